@@ -1,0 +1,240 @@
+//! Types and names that the kernel programs (`residency-ebpf`) and the daemon
+//! (`residency-daemon`) must agree on, byte for byte.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding: every
+//! gap is an explicit `_pad` field and every size is checked at compile time,
+//! so that the kernel's view and the daemon's view cannot drift apart silently.
+//! Flags are `u8`, never `bool`, because a `bool` with any bit pattern other
+//! than 0 or 1 is undefined behaviour on the Rust side.
+#![no_std]
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding fields: public so both sides can write them as zero"
+)]
+
+/// Names of the maps and programs in the kernel object. The daemon looks them
+/// up by these names; a typo is a compile error rather than a load failure.
+pub mod names {
+    /// Ring buffer of [`crate::ConnectEvent`] records.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counters, indexed by [`crate::Stat`].
+    pub const STATS: &str = "STATS";
+    /// Single-entry array holding [`crate::KernelSettings`].
+    pub const SETTINGS: &str = "SETTINGS";
+    /// LPM trie of IPv4 destination rules: key [`crate::Ipv4Key`], value [`crate::DestRule`].
+    pub const DEST_RULES_V4: &str = "DEST_RULES_V4";
+    /// LPM trie of IPv6 destination rules: key [`crate::Ipv6Key`], value [`crate::DestRule`].
+    pub const DEST_RULES_V6: &str = "DEST_RULES_V6";
+
+    /// Load-time global (`.rodata`): 1 if the programs may ever return a
+    /// deny. When it is 0 the verifier sees the deny path as dead code, so a
+    /// monitor-mode program cannot block anything, whatever the maps say.
+    pub const MAY_BLOCK: &str = "MAY_BLOCK";
+    /// Load-time global (`.rodata`): once this many bytes wait in the ring
+    /// buffer, the kernel wakes the daemon; below it, events are submitted
+    /// without a wakeup and the daemon's timer collects them.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+
+    /// The four cgroup `sock_addr` programs, in the order the daemon attaches them.
+    pub const PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    pub const CONNECT4: &str = "residency_connect4";
+    pub const CONNECT6: &str = "residency_connect6";
+    pub const SENDMSG4: &str = "residency_sendmsg4";
+    pub const SENDMSG6: &str = "residency_sendmsg6";
+}
+
+/// Capacity of each destination-rule trie. The static deny list fills these;
+/// the `GeoIP` tables get maps of their own.
+pub const MAX_DEST_RULES: u32 = 16_384;
+
+/// Stable numbers of the record kinds in the ring buffer. Numbers are never
+/// reused: a retired kind keeps its number.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A [`ConnectEvent`] from a connect or sendmsg hook.
+    Connect = 1,
+}
+
+/// Which kernel hook produced an event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect4 = 1,
+    Connect6 = 2,
+    Sendmsg4 = 3,
+    Sendmsg6 = 4,
+}
+
+impl Hook {
+    #[must_use]
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Connect4),
+            2 => Some(Self::Connect6),
+            3 => Some(Self::Sendmsg4),
+            4 => Some(Self::Sendmsg6),
+            _ => None,
+        }
+    }
+}
+
+/// What the kernel did with a connect or sendmsg. 0 is never written, so a
+/// zeroed record cannot pass for a decision.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No rule objected.
+    Allowed = 1,
+    /// A rule objected but enforcement is off: the call went through and is
+    /// reported as a violation.
+    Flagged = 2,
+    /// A rule objected and enforcement is on: the call failed with EPERM.
+    Blocked = 3,
+}
+
+impl Verdict {
+    #[must_use]
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Allowed),
+            2 => Some(Self::Flagged),
+            3 => Some(Self::Blocked),
+            _ => None,
+        }
+    }
+}
+
+/// What a destination rule asks for.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Allow = 1,
+    /// Report, never block, even in enforce mode.
+    Flag = 2,
+    /// Block in enforce mode, flag in monitor mode.
+    Block = 3,
+}
+
+/// Indexes into the per-CPU `STATS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Events written to the ring buffer.
+    Submitted = 0,
+    /// Events that could not be reserved because the ring buffer was full.
+    /// Each is a decision that was made (and enforced) but not reported.
+    Dropped = 1,
+}
+
+/// Number of entries in the `STATS` array.
+pub const STAT_COUNT: u32 = 2;
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+/// IP protocol numbers.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// `ConnectEvent::flags` bit: the program saw an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) and judged it as the IPv4 address it stands for.
+pub const FLAG_V4_MAPPED: u8 = 1;
+
+/// Start of every record in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] number.
+    pub kind: u32,
+    /// Size of the whole record in bytes, header included.
+    pub size: u32,
+}
+
+/// One `connect()` or `sendmsg()` decision, as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    /// `bpf_ktime_get_boot_ns()`: `CLOCK_BOOTTIME`, which keeps counting
+    /// through suspend, so the daemon can map it to wall-clock time.
+    pub boot_ns: u64,
+    /// cgroup v2 id (the inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    /// Process id as userspace knows it (the kernel's tgid).
+    pub tgid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Id of the rule that decided; 0 when no rule matched.
+    pub rule_id: u32,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// [`AF_INET`] or [`AF_INET6`]; an IPv4-mapped IPv6 destination is
+    /// reported as [`AF_INET`] with [`FLAG_V4_MAPPED`] set.
+    pub family: u8,
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`] (0 if the socket is neither).
+    pub protocol: u8,
+    /// A [`Hook`] number.
+    pub hook: u8,
+    /// A [`Verdict`] number.
+    pub verdict: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    pub _pad0: u8,
+    /// Destination address in network byte order. IPv4 uses the first four
+    /// bytes and leaves the rest zero.
+    pub daddr: [u8; 16],
+    /// `comm` of the calling thread, NUL-padded.
+    pub comm: [u8; 16],
+    pub _pad1: [u8; 4],
+}
+
+/// Destination rule stored in the LPM tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestRule {
+    /// Reported in events so that every verdict names the rule behind it.
+    pub rule_id: u32,
+    /// An [`Action`] number.
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Runtime settings that the daemon may change without reloading programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KernelSettings {
+    /// 1: rules that say block do block (only if `MAY_BLOCK` was set at
+    /// load time). 0: they flag.
+    pub enforce: u8,
+    pub _pad: [u8; 7],
+}
+
+/// LPM trie key data for IPv4 (network byte order). The prefix length is
+/// carried by the map's own key wrapper.
+pub type Ipv4Key = [u8; 4];
+/// LPM trie key data for IPv6 (network byte order).
+pub type Ipv6Key = [u8; 16];
+
+// Layout checks: a change here is a change of the kernel ABI between the two
+// halves and must be deliberate.
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 88);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, boot_ns) == 8);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, rule_id) == 40);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, daddr) == 52);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, comm) == 68);
+const _: () = assert!(core::mem::size_of::<DestRule>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelSettings>() == 8);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: each type is #[repr(C)], Copy, made only of integers and byte
+    // arrays, and has no implicit padding (checked by the asserts above), so
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ConnectEvent {}
+    unsafe impl aya::Pod for super::DestRule {}
+    unsafe impl aya::Pod for super::KernelSettings {}
+}

@@ -1,0 +1,652 @@
+//! Configuration: the first stage of the control path.
+//!
+//! A TOML file is parsed into a raw form that mirrors the file (with
+//! `deny_unknown_fields`, so a misspelt key is an error, not a silently
+//! ignored setting), then converted with [`Config::from_toml`] into a
+//! validated form in which invalid states cannot be represented. Every error
+//! names the file, the line and the field, and says what would be valid.
+//!
+//! The compiled kernel maps are built from the validated form by
+//! [`crate::kernel`]; nothing reads the raw form after validation.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The configuration compiled into the daemon, used when no `--config` is
+/// given. It is also the documented example: `residency default-config`
+/// prints it, and a test checks that it parses.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/residency.toml");
+
+/// A configuration error: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, or `<built-in default>`.
+    pub file: String,
+    /// 1-based line, when the error points at a place in the file.
+    pub line: Option<usize>,
+    /// Dotted path of the field, e.g. `deny[1].destinations[0]`; empty when
+    /// the file as a whole is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Monitor reports and never blocks; enforce blocks what the rules deny.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Monitor,
+    Enforce,
+}
+
+impl Mode {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    kernel: RawKernel,
+    #[serde(default)]
+    output: RawOutput,
+    #[serde(default)]
+    deny: Vec<RawDenyRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    cgroup: Option<Spanned<String>>,
+    ring_buffer_kib: Option<Spanned<u32>>,
+    wakeup_kib: Option<Spanned<u32>>,
+    poll_interval_ms: Option<Spanned<u64>>,
+    stats_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    allow_enforce_at_root: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    events: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDenyRule {
+    name: Spanned<String>,
+    destinations: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    description: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it came from, for messages.
+    pub source: String,
+    pub mode: Mode,
+    pub kernel: KernelConfig,
+    pub output: Output,
+    /// Deny rules; rule `i` has id `i + 1` (0 means "no rule matched").
+    pub deny: Vec<DenyRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelConfig {
+    /// cgroup v2 directory to attach to, relative to the cgroup2 mount
+    /// (empty: the mount itself, i.e. every process on the host).
+    pub cgroup: PathBuf,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Waiting bytes at which the kernel wakes the reader.
+    pub wakeup_bytes: u64,
+    /// How often the reader drains the ring buffer without a wakeup.
+    pub poll_interval: Duration,
+    /// How often the kernel's drop counters are read.
+    pub stats_interval: Duration,
+    /// Safety interlock: a program that can block is attached to the cgroup2
+    /// root (every process on the host) only if this is set.
+    pub allow_enforce_at_root: bool,
+}
+
+/// Where flow records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    /// Appended to, created if missing.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenyRule {
+    pub id: u32,
+    pub name: String,
+    pub description: String,
+    /// Normalised: no host bits, and IPv4-mapped IPv6 prefixes turned into
+    /// the IPv4 prefixes they stand for (the kernel judges `::ffff:a.b.c.d`
+    /// as IPv4, so a mapped prefix would otherwise never match).
+    pub destinations: Vec<IpNet>,
+}
+
+const PAGE: u32 = 4096;
+const DEFAULT_RING_KIB: u32 = 1024;
+const MAX_RING_KIB: u32 = 1024 * 1024;
+const DEFAULT_POLL_MS: u64 = 10;
+const DEFAULT_STATS_MS: u64 = 1000;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file (and line and field, where there is
+    /// one) if the file cannot be read or is not a valid configuration.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: source.clone(),
+            line: None,
+            field: String::new(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::from_toml(&text, &source)
+    }
+
+    /// The built-in default configuration.
+    ///
+    /// # Errors
+    /// Only if the built-in file is broken, which a unit test rules out.
+    pub fn builtin() -> Result<Self, ConfigError> {
+        Self::from_toml(DEFAULT_CONFIG, "<built-in default>")
+    }
+
+    /// Parses and validates TOML text; `source` names it in errors.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for the first problem found.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let at = Locator { text, source };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: source.to_owned(),
+            line: e.span().map(|s| at.line(&s)),
+            field: String::new(),
+            message: e.message().trim().to_owned(),
+        })?;
+
+        let kernel = validate_kernel(&raw.kernel, &at)?;
+        let output = match &raw.output.events {
+            None => Output::Stdout,
+            Some(s) if s.get_ref() == "-" => Output::Stdout,
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(at.err(
+                    s.span(),
+                    "output.events",
+                    "is empty; use \"-\" for standard output or a file path",
+                ));
+            }
+            Some(s) => Output::File(PathBuf::from(s.get_ref())),
+        };
+
+        let mut deny = Vec::with_capacity(raw.deny.len());
+        for (i, rule) in raw.deny.iter().enumerate() {
+            let field = format!("deny[{i}]");
+            let name = rule.name.get_ref().trim();
+            if name.is_empty() {
+                return Err(at.err(rule.name.span(), &format!("{field}.name"), "is empty"));
+            }
+            if deny.iter().any(|r: &DenyRule| r.name == name) {
+                return Err(at.err(
+                    rule.name.span(),
+                    &format!("{field}.name"),
+                    &format!(
+                        "\"{name}\" is already the name of another rule; names must be unique"
+                    ),
+                ));
+            }
+            if rule.destinations.get_ref().is_empty() {
+                return Err(at.err(
+                    rule.destinations.span(),
+                    &format!("{field}.destinations"),
+                    "is empty; list at least one CIDR, e.g. \"203.0.113.0/24\"",
+                ));
+            }
+            let mut destinations = Vec::new();
+            for (j, cidr) in rule.destinations.get_ref().iter().enumerate() {
+                let net = parse_cidr(cidr.get_ref()).map_err(|msg| {
+                    at.err(cidr.span(), &format!("{field}.destinations[{j}]"), &msg)
+                })?;
+                destinations.push(net);
+            }
+            deny.push(DenyRule {
+                id: u32::try_from(i + 1)
+                    .map_err(|_| at.err(rule.name.span(), &field, "too many rules"))?,
+                name: name.to_owned(),
+                description: rule.description.clone(),
+                destinations,
+            });
+        }
+        let total: usize = deny.iter().map(|r| r.destinations.len()).sum();
+        if total > residency_common::MAX_DEST_RULES as usize {
+            return Err(ConfigError {
+                file: source.to_owned(),
+                line: None,
+                field: "deny".to_owned(),
+                message: format!(
+                    "{total} destinations in all; at most {} fit in the kernel's rule table",
+                    residency_common::MAX_DEST_RULES
+                ),
+            });
+        }
+
+        Ok(Config {
+            source: source.to_owned(),
+            mode: raw.mode,
+            kernel,
+            output,
+            deny,
+        })
+    }
+
+    /// Whether the kernel programs must be able to block at all. When not,
+    /// they are loaded with the deny path compiled out.
+    #[must_use]
+    pub fn may_block(&self) -> bool {
+        self.mode == Mode::Enforce && !self.deny.is_empty()
+    }
+
+    /// The safety interlock: refuses to let deny rules apply to every
+    /// process on the host (the cgroup2 root) unless the configuration says
+    /// so explicitly. Checked again by `run` once the target cgroup is known,
+    /// since `--cgroup` can change it.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] on the `mode` field that says how to proceed.
+    pub fn check_enforce_interlock(&self, attaches_to_root: bool) -> Result<(), ConfigError> {
+        if self.may_block() && attaches_to_root && !self.kernel.allow_enforce_at_root {
+            return Err(ConfigError {
+                file: self.source.clone(),
+                line: None,
+                field: "mode".to_owned(),
+                message: "\"enforce\" on the cgroup2 root would let the deny rules block every \
+                          process on this host; attach to the workloads' cgroup (kernel.cgroup or \
+                          --cgroup), or set kernel.allow_enforce_at_root = true if that is meant"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The rule name for a rule id from the kernel.
+    #[must_use]
+    pub fn rule_name(&self, id: u32) -> Option<&str> {
+        if id == 0 {
+            return Some("default");
+        }
+        self.deny
+            .get(usize::try_from(id - 1).ok()?)
+            .map(|r| r.name.as_str())
+    }
+}
+
+fn validate_kernel(raw: &RawKernel, at: &Locator<'_>) -> Result<KernelConfig, ConfigError> {
+    let cgroup = match &raw.cgroup {
+        None => PathBuf::new(),
+        Some(s) => {
+            normalise_cgroup(s.get_ref()).map_err(|m| at.err(s.span(), "kernel.cgroup", &m))?
+        }
+    };
+
+    let ring_kib = raw
+        .ring_buffer_kib
+        .as_ref()
+        .map_or(DEFAULT_RING_KIB, |s| *s.get_ref());
+    if !(PAGE / 1024..=MAX_RING_KIB).contains(&ring_kib) || !ring_kib.is_power_of_two() {
+        let span = raw.ring_buffer_kib.as_ref().map(Spanned::span);
+        return Err(at.err_opt(
+            span,
+            "kernel.ring_buffer_kib",
+            &format!(
+                "{ring_kib} is not a power of two between {} and {MAX_RING_KIB} (KiB)",
+                PAGE / 1024
+            ),
+        ));
+    }
+    let ring_buffer_bytes = ring_kib * 1024;
+
+    let wakeup_bytes = match &raw.wakeup_kib {
+        // A quarter full: the reader wakes long before the ring overflows,
+        // and at most a few times per ring's worth of events.
+        None => u64::from(ring_buffer_bytes / 4),
+        Some(s) if *s.get_ref() > ring_kib => {
+            return Err(at.err(
+                s.span(),
+                "kernel.wakeup_kib",
+                &format!(
+                    "{} is larger than the ring buffer ({ring_kib} KiB); \
+                     set it to {ring_kib} to rely on the poll timer alone",
+                    s.get_ref()
+                ),
+            ));
+        }
+        Some(s) => u64::from(*s.get_ref()) * 1024,
+    };
+
+    let poll_ms = raw
+        .poll_interval_ms
+        .as_ref()
+        .map_or(DEFAULT_POLL_MS, |s| *s.get_ref());
+    if !(1..=10_000).contains(&poll_ms) {
+        return Err(at.err_opt(
+            raw.poll_interval_ms.as_ref().map(Spanned::span),
+            "kernel.poll_interval_ms",
+            &format!("{poll_ms} is outside 1..=10000"),
+        ));
+    }
+    let stats_ms = raw
+        .stats_interval_ms
+        .as_ref()
+        .map_or(DEFAULT_STATS_MS, |s| *s.get_ref());
+    if !(10..=60_000).contains(&stats_ms) {
+        return Err(at.err_opt(
+            raw.stats_interval_ms.as_ref().map(Spanned::span),
+            "kernel.stats_interval_ms",
+            &format!("{stats_ms} is outside 10..=60000"),
+        ));
+    }
+
+    Ok(KernelConfig {
+        cgroup,
+        ring_buffer_bytes,
+        wakeup_bytes,
+        poll_interval: Duration::from_millis(poll_ms),
+        stats_interval: Duration::from_millis(stats_ms),
+        allow_enforce_at_root: raw.allow_enforce_at_root,
+    })
+}
+
+/// A cgroup path relative to the cgroup2 mount: "/" or "" is the root,
+/// "/system.slice/x.service" and "system.slice/x.service" are the same.
+fn normalise_cgroup(path: &str) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if part == "." || part == ".." {
+            return Err(format!(
+                "\"{path}\" contains \"{part}\"; give the path from the cgroup2 mount, e.g. \"/system.slice\""
+            ));
+        }
+        out.push(part);
+    }
+    Ok(out)
+}
+
+/// Parses a CIDR (or a bare address, as a host prefix), rejecting host bits
+/// and turning an IPv4-mapped IPv6 prefix into its IPv4 prefix.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    let net = if text.contains('/') {
+        text.parse::<IpNet>().map_err(|_| {
+            format!(
+                "\"{text}\" is not a CIDR; expected e.g. \"203.0.113.0/24\" or \"2001:db8::/32\""
+            )
+        })?
+    } else {
+        let addr: IpAddr = text.parse().map_err(|_| {
+            format!("\"{text}\" is not an IP address or CIDR; expected e.g. \"203.0.113.7\" or \"203.0.113.0/24\"")
+        })?;
+        IpNet::from(addr)
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "\"{text}\" has host bits set; did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        let v4 = Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|e| e.to_string())?;
+        return Ok(IpNet::V4(v4));
+    }
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() < 96
+        && Ipv6Net::new("::ffff:0:0".parse().map_err(|_| String::new())?, 96)
+            .is_ok_and(|mapped| v6.contains(&mapped))
+    {
+        return Err(format!(
+            "\"{text}\" covers the IPv4-mapped range ::ffff:0:0/96, which the kernel judges as \
+             IPv4; list the IPv4 prefixes (e.g. \"0.0.0.0/0\") explicitly"
+        ));
+    }
+    Ok(net)
+}
+
+/// Turns byte spans into line numbers and builds errors.
+struct Locator<'a> {
+    text: &'a str,
+    source: &'a str,
+}
+
+impl Locator<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.get(..end).map_or(0, |t| t.matches('\n').count()) + 1
+    }
+
+    fn err(&self, span: Range<usize>, field: &str, message: &str) -> ConfigError {
+        self.err_opt(Some(span), field, message)
+    }
+
+    fn err_opt(&self, span: Option<Range<usize>>, field: &str, message: &str) -> ConfigError {
+        ConfigError {
+            file: self.source.to_owned(),
+            line: span.map(|s| self.line(&s)),
+            field: field.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml")
+    }
+
+    #[test]
+    fn builtin_default_parses_and_is_safe() {
+        let config = Config::builtin().expect("the built-in config must be valid");
+        assert_eq!(config.mode, Mode::Monitor, "the default must never block");
+        assert!(!config.may_block());
+        assert_eq!(config.output, Output::Stdout);
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.mode, Mode::Monitor);
+        assert_eq!(config.kernel.cgroup, PathBuf::new());
+        assert_eq!(config.kernel.ring_buffer_bytes, 1024 * 1024);
+        assert_eq!(config.kernel.wakeup_bytes, 256 * 1024);
+        assert_eq!(config.kernel.poll_interval, Duration::from_millis(10));
+        assert!(config.deny.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("mode = \"monitor\"\n\n[kernel]\nring_bufer_kib = 64\n").unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(err.message.contains("ring_bufer_kib"), "{err}");
+        assert!(err.to_string().starts_with("test.toml:4: "), "{err}");
+    }
+
+    #[test]
+    fn bad_mode_lists_valid_ones() {
+        let err = parse("mode = \"block\"\n").unwrap_err();
+        assert_eq!(err.line, Some(1));
+        assert!(
+            err.message.contains("monitor") && err.message.contains("enforce"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deny_rules_get_ids_in_order_and_normalise() {
+        let config = parse(
+            r#"
+[[deny]]
+name = "a"
+destinations = ["203.0.113.0/24", "2001:db8::/32"]
+
+[[deny]]
+name = "b"
+destinations = ["198.51.100.7", "::ffff:192.0.2.0/120"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.deny.len(), 2);
+        assert_eq!(config.deny[0].id, 1);
+        assert_eq!(config.deny[1].id, 2);
+        assert_eq!(config.rule_name(2), Some("b"));
+        assert_eq!(config.rule_name(0), Some("default"));
+        assert_eq!(config.rule_name(3), None);
+        let b: Vec<String> = config.deny[1]
+            .destinations
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(b, ["198.51.100.7/32", "192.0.2.0/24"]);
+    }
+
+    #[test]
+    fn bad_cidr_names_rule_entry_and_line() {
+        let err = parse(
+            "[[deny]]\nname = \"x\"\ndestinations = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "deny[0].destinations[1]");
+        assert_eq!(err.line, Some(5));
+        assert!(err.message.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn host_bits_are_refused_with_a_suggestion() {
+        let err = parse("[[deny]]\nname = \"x\"\ndestinations = [\"10.1.2.3/8\"]\n").unwrap_err();
+        assert!(err.message.contains("did you mean \"10.0.0.0/8\""), "{err}");
+    }
+
+    #[test]
+    fn wide_v6_prefix_over_mapped_range_is_refused() {
+        let err = parse("[[deny]]\nname = \"x\"\ndestinations = [\"::/0\"]\n").unwrap_err();
+        assert!(err.message.contains("IPv4-mapped"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_and_empty_rules_are_refused() {
+        let err = parse("[[deny]]\nname = \"x\"\ndestinations = [\"10.0.0.0/8\"]\n[[deny]]\nname = \"x\"\ndestinations = [\"11.0.0.0/8\"]\n").unwrap_err();
+        assert_eq!(err.line, Some(5));
+        assert!(err.message.contains("already"), "{err}");
+        let err = parse("[[deny]]\nname = \"x\"\ndestinations = []\n").unwrap_err();
+        assert_eq!(err.field, "deny[0].destinations");
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        let err = parse("[kernel]\nring_buffer_kib = 100\n").unwrap_err();
+        assert_eq!(err.field, "kernel.ring_buffer_kib");
+        assert_eq!(err.line, Some(2));
+        let err = parse("[kernel]\nring_buffer_kib = 2\n").unwrap_err();
+        assert_eq!(err.field, "kernel.ring_buffer_kib");
+        let err = parse("[kernel]\nring_buffer_kib = 4\nwakeup_kib = 8\n").unwrap_err();
+        assert_eq!(err.field, "kernel.wakeup_kib");
+    }
+
+    #[test]
+    fn cgroup_paths_are_relative_to_the_mount() {
+        let c = parse("[kernel]\ncgroup = \"/system.slice/x.service/\"\n").unwrap();
+        assert_eq!(c.kernel.cgroup, PathBuf::from("system.slice/x.service"));
+        let err = parse("[kernel]\ncgroup = \"/a/../b\"\n").unwrap_err();
+        assert_eq!(err.field, "kernel.cgroup");
+    }
+
+    #[test]
+    fn enforce_at_root_needs_the_interlock() {
+        let rule = "[[deny]]\nname = \"x\"\ndestinations = [\"10.0.0.0/8\"]\n";
+        let c = parse(&format!("mode = \"enforce\"\n{rule}")).unwrap();
+        let err = c.check_enforce_interlock(true).unwrap_err();
+        assert_eq!(err.field, "mode");
+        assert!(c.check_enforce_interlock(false).is_ok());
+        let c = parse(&format!(
+            "mode = \"enforce\"\n[kernel]\nallow_enforce_at_root = true\n{rule}"
+        ))
+        .unwrap();
+        assert!(c.check_enforce_interlock(true).is_ok());
+        // Monitor mode can never block, so the root is fine.
+        let c = parse(rule).unwrap();
+        assert!(c.check_enforce_interlock(true).is_ok());
+    }
+
+    #[test]
+    fn may_block_only_in_enforce_with_rules() {
+        let with_rule = "[[deny]]\nname = \"x\"\ndestinations = [\"10.0.0.0/8\"]\n";
+        assert!(!parse(with_rule).unwrap().may_block());
+        let enforce = format!("mode = \"enforce\"\n[kernel]\ncgroup = \"t\"\n{with_rule}");
+        assert!(parse(&enforce).unwrap().may_block());
+        assert!(
+            !parse("mode = \"enforce\"\n[kernel]\ncgroup = \"t\"\n")
+                .unwrap()
+                .may_block()
+        );
+    }
+
+    #[test]
+    fn output_target() {
+        assert_eq!(
+            parse("[output]\nevents = \"-\"\n").unwrap().output,
+            Output::Stdout
+        );
+        assert_eq!(
+            parse("[output]\nevents = \"/var/log/r.jsonl\"\n")
+                .unwrap()
+                .output,
+            Output::File(PathBuf::from("/var/log/r.jsonl"))
+        );
+        assert_eq!(
+            parse("[output]\nevents = \"\"\n").unwrap_err().field,
+            "output.events"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! The enrich stage: turns a kernel record into a [`Flow`] that says, in
+//! userspace terms, who sent what where and what was decided.
+//!
+//! Today that means wall-clock time, addresses, names and the rule's name.
+//! Process, workload, tenant, `GeoIP` and DNS detail join here as later stages
+//! of the product land.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use residency_common::{
+    AF_INET, AF_INET6, ConnectEvent, FLAG_V4_MAPPED, Hook, IPPROTO_TCP, IPPROTO_UDP, Verdict,
+};
+
+/// Maps the kernel's `CLOCK_BOOTTIME` stamps to wall-clock time.
+///
+/// The offset is re-read for every batch, so a clock step (NTP, an operator)
+/// shows up within one batch instead of skewing every later record.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    realtime_minus_boot_ns: i128,
+}
+
+impl Clock {
+    /// Reads both clocks now.
+    #[must_use]
+    pub fn now() -> Self {
+        use nix::time::{ClockId, clock_gettime};
+        let ns = |id| {
+            clock_gettime(id).map_or(0i128, |t| {
+                i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+            })
+        };
+        let boot = ns(ClockId::CLOCK_BOOTTIME);
+        let real = ns(ClockId::CLOCK_REALTIME);
+        Clock {
+            realtime_minus_boot_ns: real - boot,
+        }
+    }
+
+    /// Wall-clock time of a `CLOCK_BOOTTIME` stamp.
+    #[must_use]
+    pub fn wall(&self, boot_ns: u64) -> jiff::Timestamp {
+        let ns = i128::from(boot_ns) + self.realtime_minus_boot_ns;
+        jiff::Timestamp::from_nanosecond(ns).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    }
+}
+
+/// Transport protocol of the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Other,
+}
+
+impl Transport {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+            Transport::Other => "unknown",
+        }
+    }
+}
+
+/// One outbound connection attempt or datagram, decided and explained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub time: jiff::Timestamp,
+    /// The kernel's `CLOCK_BOOTTIME` stamp, kept for ordering and latency.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The thread's `comm`. Not necessarily UTF-8 in the kernel; invalid
+    /// bytes are replaced here.
+    pub process_name: String,
+    pub hook: Hook,
+    pub transport: Transport,
+    pub dest_ip: IpAddr,
+    pub dest_port: u16,
+    /// The program saw `::ffff:a.b.c.d` and judged it as `a.b.c.d`.
+    pub v4_mapped: bool,
+    pub verdict: Verdict,
+    pub rule_id: u32,
+}
+
+/// A kernel record with a field this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrichError {
+    #[error("unknown hook {0}")]
+    Hook(u8),
+    #[error("unknown verdict {0}")]
+    Verdict(u8),
+    #[error("unknown address family {0}")]
+    Family(u8),
+}
+
+impl Flow {
+    /// Builds a flow from a kernel record.
+    ///
+    /// # Errors
+    /// If the record carries a hook, verdict or family number this build
+    /// does not know.
+    pub fn from_kernel(ev: &ConnectEvent, clock: &Clock) -> Result<Self, EnrichError> {
+        let hook = Hook::from_u8(ev.hook).ok_or(EnrichError::Hook(ev.hook))?;
+        let verdict = Verdict::from_u8(ev.verdict).ok_or(EnrichError::Verdict(ev.verdict))?;
+        let dest_ip = match ev.family {
+            AF_INET => IpAddr::V4(Ipv4Addr::new(
+                ev.daddr[0],
+                ev.daddr[1],
+                ev.daddr[2],
+                ev.daddr[3],
+            )),
+            AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.daddr)),
+            other => return Err(EnrichError::Family(other)),
+        };
+        let transport = match ev.protocol {
+            IPPROTO_TCP => Transport::Tcp,
+            IPPROTO_UDP => Transport::Udp,
+            _ => Transport::Other,
+        };
+        let name_len = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
+        Ok(Flow {
+            time: clock.wall(ev.boot_ns),
+            boot_ns: ev.boot_ns,
+            cgroup_id: ev.cgroup_id,
+            pid: ev.tgid,
+            tid: ev.tid,
+            uid: ev.uid,
+            gid: ev.gid,
+            process_name: String::from_utf8_lossy(&ev.comm[..name_len]).into_owned(),
+            hook,
+            transport,
+            dest_ip,
+            dest_port: ev.dport,
+            v4_mapped: ev.flags & FLAG_V4_MAPPED != 0,
+            verdict,
+            rule_id: ev.rule_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use residency_common::{EventHeader, EventKind};
+
+    use super::*;
+
+    fn event(family: u8, daddr: [u8; 16]) -> ConnectEvent {
+        ConnectEvent {
+            header: EventHeader {
+                kind: EventKind::Connect as u32,
+                size: 88,
+            },
+            boot_ns: 1_000_000_000,
+            cgroup_id: 5,
+            tgid: 10,
+            tid: 11,
+            uid: 65534,
+            gid: 65534,
+            rule_id: 0,
+            dport: 8080,
+            family,
+            protocol: IPPROTO_UDP,
+            hook: Hook::Sendmsg6 as u8,
+            verdict: Verdict::Flagged as u8,
+            flags: FLAG_V4_MAPPED,
+            _pad0: 0,
+            daddr,
+            comm: *b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            _pad1: [0; 4],
+        }
+    }
+
+    #[test]
+    fn decodes_v4_v6_and_names() {
+        let clock = Clock {
+            realtime_minus_boot_ns: 1_700_000_000_000_000_000,
+        };
+        let mut d = [0u8; 16];
+        d[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let f = Flow::from_kernel(&event(AF_INET, d), &clock).unwrap();
+        assert_eq!(f.dest_ip, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(f.transport, Transport::Udp);
+        assert_eq!(f.verdict, Verdict::Flagged);
+        assert!(f.v4_mapped);
+        assert_eq!(
+            f.process_name, "a\u{fffd}b",
+            "non-UTF-8 comm is replaced, not dropped"
+        );
+        assert_eq!(f.time.as_nanosecond(), 1_700_000_001_000_000_000);
+
+        let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let f = Flow::from_kernel(&event(AF_INET6, v6.octets()), &clock).unwrap();
+        assert_eq!(f.dest_ip, IpAddr::V6(v6));
+    }
+
+    #[test]
+    fn refuses_unknown_numbers() {
+        let clock = Clock::now();
+        assert_eq!(
+            Flow::from_kernel(&event(7, [0; 16]), &clock),
+            Err(EnrichError::Family(7))
+        );
+        let mut ev = event(AF_INET, [0; 16]);
+        ev.verdict = 0;
+        assert_eq!(Flow::from_kernel(&ev, &clock), Err(EnrichError::Verdict(0)));
+        ev.verdict = 1;
+        ev.hook = 9;
+        assert_eq!(Flow::from_kernel(&ev, &clock), Err(EnrichError::Hook(9)));
+    }
+
+    #[test]
+    fn clock_tracks_realtime() {
+        let c = Clock::now();
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+        let boot_ns = u64::try_from(boot.tv_sec()).unwrap() * 1_000_000_000
+            + u64::try_from(boot.tv_nsec()).unwrap();
+        let skew = c.wall(boot_ns).duration_since(jiff::Timestamp::now()).abs();
+        assert!(skew < jiff::SignedDuration::from_secs(2), "skew {skew:?}");
+    }
+}

@@ -1,0 +1,473 @@
+//! The kernel stage: the only module that touches aya.
+//!
+//! It loads the programs built from `residency-ebpf` (embedded in this
+//! binary), writes the compiled configuration into their maps, attaches them
+//! to a cgroup v2 directory, and hands the rest of the daemon two things: an
+//! [`EventRing`] to read decisions from, and [`KernelCounters`] that say how
+//! many decisions the kernel made and how many it could not report.
+//!
+//! Programs are attached through BPF links, which the kernel detaches as soon
+//! as the last file descriptor to them closes: a daemon that crashes or is
+//! killed leaves nothing attached behind it.
+
+mod probe;
+mod ring;
+
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+};
+use ipnet::IpNet;
+pub use probe::{Features, probe};
+use residency_common::{Action, DestRule, KernelSettings, Stat, names};
+pub use ring::{DecodeError, EventRing};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Mode};
+
+/// The kernel object built by `build.rs`. Empty when the build machine had no
+/// eBPF toolchain.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/residency-ebpf"));
+
+/// Why the kernel stage could not start. Each message is one line that says
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "this binary was built without its kernel programs (bpf-linker or rust-src was missing \
+         at build time); build it with `cargo xtask build`"
+    )]
+    NotBuilt,
+    #[error(
+        "no cgroup v2 hierarchy is mounted (checked /proc/self/mountinfo); residency attaches to \
+         cgroup v2: mount it with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NoCgroup2,
+    #[error("cgroup {path} does not exist (give a directory under the cgroup2 mount {mount})")]
+    CgroupMissing { path: PathBuf, mount: PathBuf },
+    #[error("{path} is not a cgroup v2 directory (the cgroup2 mount is {mount})")]
+    NotCgroup2 { path: PathBuf, mount: PathBuf },
+    #[error("cannot open cgroup {path}: {source}")]
+    CgroupOpen { path: PathBuf, source: io::Error },
+    #[error(
+        "permission denied while {doing}: residency needs root (CAP_BPF, CAP_NET_ADMIN and \
+         CAP_SYS_ADMIN); run it with sudo or as the systemd service"
+    )]
+    PermissionDenied { doing: String },
+    #[error("the kernel verifier rejected {program}: {summary}")]
+    Verifier { program: String, summary: String },
+    #[error("{doing}: {source}")]
+    Aya {
+        doing: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl KernelError {
+    /// Wraps an aya error, recognising the causes a user can act on.
+    fn from_aya<E>(doing: impl Into<String>, err: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let doing = doing.into();
+        if chain_has_errno(&err, nix::libc::EPERM) || chain_has_errno(&err, nix::libc::EACCES) {
+            return KernelError::PermissionDenied { doing };
+        }
+        KernelError::Aya {
+            doing,
+            source: error_chain(&err).into(),
+        }
+    }
+
+    fn from_program(program: &str, doing: &str, err: ProgramError) -> Self {
+        if let ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } = &err
+        {
+            let errno = io_error.raw_os_error();
+            let log = verifier_log.to_string();
+            // EPERM/EACCES with an empty log is a privilege problem; with a
+            // log it is the verifier speaking.
+            if log.trim().is_empty() && matches!(errno, Some(nix::libc::EPERM | nix::libc::EACCES))
+            {
+                return KernelError::PermissionDenied {
+                    doing: format!("{doing} {program}"),
+                };
+            }
+            if !log.trim().is_empty() {
+                return KernelError::Verifier {
+                    program: program.to_owned(),
+                    summary: verifier_summary(&log, io_error),
+                };
+            }
+        }
+        KernelError::from_aya(format!("{doing} {program}"), err)
+    }
+
+    /// Whether the error is about privileges (for the exit code).
+    #[must_use]
+    pub fn is_permission(&self) -> bool {
+        matches!(self, KernelError::PermissionDenied { .. })
+    }
+}
+
+/// "outer: inner: innermost", because aya's errors keep the errno in their
+/// sources and a one-line message must show it.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// The verifier's log is long; its last few lines say what went wrong.
+fn verifier_summary(log: &str, io_error: &io::Error) -> String {
+    let tail: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(3)
+        .collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!("{io_error}; verifier: {}", tail.join(" | "))
+}
+
+fn chain_has_errno(err: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.raw_os_error() == Some(errno)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The cgroup the programs attach to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupTarget {
+    /// Absolute path of the directory.
+    pub path: PathBuf,
+    /// Path relative to the cgroup2 mount, `/`-rooted, as in
+    /// `/proc/<pid>/cgroup`.
+    pub name: String,
+    /// cgroup id: the directory's inode number.
+    pub id: u64,
+    /// Whether this is the cgroup2 root, i.e. every process on the host.
+    pub is_root: bool,
+}
+
+impl CgroupTarget {
+    /// Resolves `requested` (absolute, under `mount`, or relative to it).
+    ///
+    /// # Errors
+    /// If the directory is missing, outside the mount, or not cgroup v2.
+    pub fn resolve(mount: &Path, requested: &Path) -> Result<Self, KernelError> {
+        let path = if requested.is_absolute() && requested.starts_with(mount) {
+            requested.to_path_buf()
+        } else {
+            mount.join(requested.strip_prefix("/").unwrap_or(requested))
+        };
+        let not_found = || KernelError::CgroupMissing {
+            path: path.clone(),
+            mount: mount.to_path_buf(),
+        };
+        let meta = std::fs::metadata(&path).map_err(|_| not_found())?;
+        if !meta.is_dir() {
+            return Err(not_found());
+        }
+        let fs = nix::sys::statfs::statfs(&path).map_err(|e| KernelError::CgroupOpen {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let canonical = path.canonicalize().map_err(|e| KernelError::CgroupOpen {
+            path: path.clone(),
+            source: e,
+        })?;
+        let mount_canonical = mount.canonicalize().map_err(|e| KernelError::CgroupOpen {
+            path: mount.to_path_buf(),
+            source: e,
+        })?;
+        if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC
+            || !canonical.starts_with(&mount_canonical)
+        {
+            return Err(KernelError::NotCgroup2 {
+                path,
+                mount: mount.to_path_buf(),
+            });
+        }
+        let rel = canonical
+            .strip_prefix(&mount_canonical)
+            .unwrap_or(Path::new(""));
+        Ok(CgroupTarget {
+            name: format!("/{}", rel.display()),
+            is_root: canonical == mount_canonical,
+            id: meta.ino(),
+            path: canonical,
+        })
+    }
+}
+
+/// Running totals of the kernel's per-CPU counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Decisions written to the ring buffer.
+    pub submitted: u64,
+    /// Decisions that found the ring buffer full and were not reported.
+    pub dropped: u64,
+}
+
+/// Reads the kernel's per-CPU counters.
+pub struct CounterReader {
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl CounterReader {
+    /// Sums each counter over CPUs.
+    ///
+    /// # Errors
+    /// If the map cannot be read (only if the kernel objects were torn down).
+    pub fn read(&self) -> Result<KernelCounters, KernelError> {
+        let sum = |stat: Stat| -> Result<u64, KernelError> {
+            let values = self
+                .stats
+                .get(&(stat as u32), 0)
+                .map_err(|e| KernelError::from_aya("reading the kernel counters", e))?;
+            Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+        };
+        Ok(KernelCounters {
+            submitted: sum(Stat::Submitted)?,
+            dropped: sum(Stat::Dropped)?,
+        })
+    }
+}
+
+/// Programs loaded and attached. Dropping it (or calling [`Attached::detach`])
+/// detaches them; the event ring and counters stay readable, so that the
+/// daemon can collect what was decided up to that moment.
+pub struct Attached {
+    ebpf: Option<Ebpf>,
+    pub target: CgroupTarget,
+    /// Whether the deny path was compiled in.
+    pub may_block: bool,
+}
+
+impl Attached {
+    /// Detaches every program. Idempotent.
+    pub fn detach(&mut self) {
+        if self.ebpf.take().is_some() {
+            info!(cgroup = %self.target.path.display(), "programs detached");
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// Everything the rest of the daemon gets from the kernel stage.
+pub struct Kernel {
+    pub attached: Attached,
+    pub events: EventRing,
+    pub counters: CounterReader,
+    /// Kernel-side diagnostics, when the programs have any.
+    pub logger: Option<KernelLog>,
+}
+
+/// Diagnostics that the kernel programs write with `aya-log` (only on paths
+/// that should never run, never per event), forwarded to `tracing`.
+pub struct KernelLog(aya_log::EbpfLogger<&'static dyn log::Log>);
+
+impl KernelLog {
+    /// Forwards records until the programs are gone.
+    pub async fn forward(self) {
+        // SAFETY: the logger owns its ring buffer's file descriptor and is
+        // owned by the AsyncFd from here on, so the descriptor stays open.
+        let Ok(mut fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self.0, tokio::io::Interest::READABLE)
+        }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }
+}
+
+/// Loads the programs, fills their maps from `config`, and attaches them to
+/// `target`.
+///
+/// # Errors
+/// A [`KernelError`] that says in one line why it could not be done.
+pub fn start(config: &Config, target: CgroupTarget) -> Result<Kernel, KernelError> {
+    if OBJECT.is_empty() {
+        return Err(KernelError::NotBuilt);
+    }
+    let may_block = config.may_block();
+    let may_block_flag = u8::from(may_block);
+    let wakeup_bytes = config.kernel.wakeup_bytes;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::MAY_BLOCK, &may_block_flag, true)
+        .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+        .map_max_entries(names::EVENTS, config.kernel.ring_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|e| KernelError::from_aya("loading the kernel object", e))?;
+
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(KernelLog(logger)),
+        Err(e) => {
+            debug!("kernel-side logging unavailable: {e}");
+            None
+        }
+    };
+
+    fill_maps(&mut ebpf, config)?;
+
+    let cgroup = File::open(&target.path).map_err(|e| KernelError::CgroupOpen {
+        path: target.path.clone(),
+        source: e,
+    })?;
+    for name in names::PROGRAMS {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| KernelError::Aya {
+                doing: format!("finding program {name}"),
+                source: "not in the kernel object".into(),
+            })?
+            .try_into()
+            .map_err(|e| KernelError::from_program(name, "preparing", e))?;
+        program
+            .load()
+            .map_err(|e| KernelError::from_program(name, "loading", e))?;
+        // On kernels with BPF links (5.7+) aya attaches through a link, and
+        // cgroup links always run alongside other programs (systemd's, a
+        // CNI's) without replacing them; the kernel refuses any flag there,
+        // so the mode must be the default.
+        program
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+        debug!(program = name, cgroup = %target.path.display(), "attached");
+    }
+
+    let events = ring::EventRing::new(take_map(&mut ebpf, names::EVENTS)?)?;
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(take_map(&mut ebpf, names::STATS)?)
+            .map_err(|e| KernelError::from_aya("opening the kernel counters", e))?;
+
+    info!(
+        cgroup = %target.path.display(),
+        cgroup_id = target.id,
+        mode = config.mode.as_str(),
+        may_block,
+        ring_kib = config.kernel.ring_buffer_bytes / 1024,
+        "programs attached"
+    );
+    if may_block && target.is_root {
+        warn!("enforcing on the cgroup2 root: deny rules apply to every process on this host");
+    }
+    Ok(Kernel {
+        attached: Attached {
+            ebpf: Some(ebpf),
+            target,
+            may_block,
+        },
+        events,
+        counters: CounterReader { stats },
+        logger,
+    })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> {
+    ebpf.take_map(name).ok_or_else(|| KernelError::Aya {
+        doing: format!("finding map {name}"),
+        source: "not in the kernel object".into(),
+    })
+}
+
+fn fill_maps(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
+    let map_err = |name: &str| {
+        let name = name.to_owned();
+        move |e| KernelError::from_aya(format!("writing map {name}"), e)
+    };
+    {
+        let map = ebpf
+            .map_mut(names::SETTINGS)
+            .ok_or_else(|| KernelError::Aya {
+                doing: format!("finding map {}", names::SETTINGS),
+                source: "not in the kernel object".into(),
+            })?;
+        let mut settings: Array<&mut MapData, KernelSettings> =
+            Array::try_from(map).map_err(map_err(names::SETTINGS))?;
+        let value = KernelSettings {
+            enforce: u8::from(config.mode == Mode::Enforce),
+            _pad: [0; 7],
+        };
+        settings
+            .set(0, value, 0)
+            .map_err(map_err(names::SETTINGS))?;
+    }
+
+    let [v4, v6] = ebpf.maps_disjoint_mut([names::DEST_RULES_V4, names::DEST_RULES_V6]);
+    let missing = |name: &str| KernelError::Aya {
+        doing: format!("finding map {name}"),
+        source: "not in the kernel object".into(),
+    };
+    let mut v4: LpmTrie<&mut MapData, [u8; 4], DestRule> =
+        LpmTrie::try_from(v4.ok_or_else(|| missing(names::DEST_RULES_V4))?)
+            .map_err(map_err(names::DEST_RULES_V4))?;
+    let mut v6: LpmTrie<&mut MapData, [u8; 16], DestRule> =
+        LpmTrie::try_from(v6.ok_or_else(|| missing(names::DEST_RULES_V6))?)
+            .map_err(map_err(names::DEST_RULES_V6))?;
+    for rule in &config.deny {
+        let value = DestRule {
+            rule_id: rule.id,
+            action: Action::Block as u8,
+            _pad: [0; 3],
+        };
+        for net in &rule.destinations {
+            match net {
+                IpNet::V4(n) => v4
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                        value,
+                        0,
+                    )
+                    .map_err(map_err(names::DEST_RULES_V4))?,
+                IpNet::V6(n) => v6
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                        value,
+                        0,
+                    )
+                    .map_err(map_err(names::DEST_RULES_V6))?,
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Reading decisions out of the kernel's ring buffer.
+//!
+//! The kernel submits most records without a wakeup (see `residency-ebpf`),
+//! so readiness on the ring's file descriptor means "a lot is waiting", not
+//! "something is waiting": the reader also drains on a timer.
+
+use std::{io, os::fd::AsRawFd as _};
+
+use aya::maps::{Map, MapData, RingBuf};
+use residency_common::{ConnectEvent, EventHeader, EventKind};
+use tokio::io::unix::AsyncFd;
+
+use super::KernelError;
+
+/// The kernel-to-daemon ring buffer.
+pub struct EventRing {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+/// A record from the ring that is not what this daemon understands. Only a
+/// kernel object from another build could produce one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record of unknown kind {kind} ({size} bytes)")]
+    UnknownKind { kind: u32, size: u32 },
+    #[error("record of kind {kind} has {got} bytes, expected {want}")]
+    Size { kind: u32, got: usize, want: usize },
+}
+
+impl EventRing {
+    pub(super) fn new(map: Map) -> Result<Self, KernelError> {
+        let ring = RingBuf::try_from(map)
+            .map_err(|e| KernelError::from_aya("opening the event ring buffer", e))?;
+        let fd = ring.as_raw_fd();
+        // SAFETY: the ring owns its map's file descriptor and is owned by the
+        // AsyncFd from here on, so the descriptor stays open and unchanged
+        // for as long as it is registered.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| KernelError::Aya {
+                doing: format!("registering ring buffer fd {fd} with the runtime"),
+                source: Box::new(e),
+            })?;
+        Ok(EventRing { ring })
+    }
+
+    /// Waits until the kernel signals that records are waiting.
+    ///
+    /// # Errors
+    /// Only if the runtime's reactor fails.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        // Clear before the caller drains: a wakeup that arrives during the
+        // drain then sets readiness again instead of being lost.
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands waiting records to `accept` in order, for as long as it has
+    /// room (`room` says how many more it can take). Returns how many records
+    /// were consumed.
+    pub fn drain(
+        &mut self,
+        mut room: usize,
+        mut accept: impl FnMut(Result<ConnectEvent, DecodeError>),
+    ) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        // Check room before taking a record: once taken, it is gone from the
+        // kernel's ring, so it must have somewhere to go.
+        while room > 0 {
+            let Some(item) = ring.next() else { break };
+            accept(decode(&item));
+            n += 1;
+            room -= 1;
+        }
+        n
+    }
+}
+
+/// Decodes one ring-buffer record.
+///
+/// # Errors
+/// If the record is not a [`ConnectEvent`] of this build's layout.
+pub fn decode(bytes: &[u8]) -> Result<ConnectEvent, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: the length was checked; EventHeader is plain integers, valid for
+    // any bit pattern; read_unaligned makes no assumption about alignment.
+    let header: EventHeader = unsafe { bytes.as_ptr().cast::<EventHeader>().read_unaligned() };
+    if header.kind != EventKind::Connect as u32 {
+        return Err(DecodeError::UnknownKind {
+            kind: header.kind,
+            size: header.size,
+        });
+    }
+    let want = size_of::<ConnectEvent>();
+    if bytes.len() < want || header.size as usize != want {
+        return Err(DecodeError::Size {
+            kind: header.kind,
+            got: bytes.len(),
+            want,
+        });
+    }
+    // SAFETY: as above: the length was checked and ConnectEvent is plain
+    // integers and byte arrays without padding (asserted in residency-common).
+    Ok(unsafe { bytes.as_ptr().cast::<ConnectEvent>().read_unaligned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use residency_common::{AF_INET, ConnectEvent, EventHeader, EventKind};
+
+    use super::*;
+
+    fn sample() -> ConnectEvent {
+        ConnectEvent {
+            header: EventHeader {
+                kind: EventKind::Connect as u32,
+                size: u32::try_from(size_of::<ConnectEvent>()).unwrap(),
+            },
+            boot_ns: 7,
+            cgroup_id: 42,
+            tgid: 100,
+            tid: 101,
+            uid: 1000,
+            gid: 1000,
+            rule_id: 3,
+            dport: 443,
+            family: AF_INET,
+            protocol: 6,
+            hook: 1,
+            verdict: 1,
+            flags: 0,
+            _pad0: 0,
+            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            _pad1: [0; 4],
+        }
+    }
+
+    fn bytes_of(ev: &ConnectEvent) -> Vec<u8> {
+        // SAFETY: ConnectEvent has no padding, so every byte is initialised.
+        unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(ev).cast::<u8>(),
+                size_of::<ConnectEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn round_trip() {
+        let ev = sample();
+        assert_eq!(decode(&bytes_of(&ev)), Ok(ev));
+    }
+
+    #[test]
+    fn refuses_short_unknown_and_missized_records() {
+        assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
+        let mut ev = sample();
+        ev.header.kind = 99;
+        assert!(matches!(
+            decode(&bytes_of(&ev)),
+            Err(DecodeError::UnknownKind { kind: 99, .. })
+        ));
+        let ev = sample();
+        let bytes = bytes_of(&ev);
+        assert!(matches!(
+            decode(&bytes[..40]),
+            Err(DecodeError::Size { .. })
+        ));
+        let mut ev = sample();
+        ev.header.size = 12;
+        assert!(matches!(
+            decode(&bytes_of(&ev)),
+            Err(DecodeError::Size { .. })
+        ));
+    }
+}

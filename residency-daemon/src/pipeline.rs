@@ -1,0 +1,324 @@
+//! The pipeline: from the kernel's ring buffer to the sinks.
+//!
+//! Two tasks, joined by a lock-free single-producer single-consumer ring
+//! (the `ringbuf` crate):
+//!
+//! - the **reader** owns the kernel side. It drains the BPF ring buffer when
+//!   the kernel wakes it and on a short timer, reads the kernel's drop
+//!   counters, and pushes decoded records. It never blocks on a sink: when
+//!   the hand-off ring is full it stops taking from the kernel, so that any
+//!   loss happens in one place, the kernel, where it is counted.
+//! - the **writer** pops records, enriches them and writes them out in
+//!   batches.
+//!
+//! At shutdown the reader detaches the programs first, then drains what they
+//! decided up to that moment, reads the final counters and ends the stream
+//! with a `stopped` record that accounts for every decision.
+
+use std::{sync::Arc, time::Duration};
+
+use residency_common::ConnectEvent;
+use ringbuf::{
+    HeapRb,
+    traits::{Consumer as _, Observer as _, Producer as _, Split as _},
+};
+use tokio::{
+    sync::{Notify, watch},
+    time::{MissedTickBehavior, interval},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    enrich::{Clock, Flow},
+    kernel::{CounterReader, DecodeError, EventRing, Kernel, KernelCounters, KernelError},
+    sinks::{
+        Record, StartInfo, StopInfo, ecs,
+        jsonl::{JsonLines, WriteError},
+    },
+};
+
+/// Capacity of the hand-off ring between reader and writer, in records.
+const HANDOFF_CAPACITY: usize = 64 * 1024;
+
+/// What crosses the hand-off ring: kernel records stay raw (and `Copy`)
+/// until the writer enriches them.
+enum Item {
+    Event(ConnectEvent),
+    Undecodable(DecodeError),
+    Lost { count: u64, total: u64 },
+    Stopped(StopInfo),
+}
+
+/// Why the pipeline stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("the event reader failed: {0}")]
+    Reader(std::io::Error),
+    #[error("a pipeline task panicked: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the pipeline until `shutdown` changes, then detaches, drains and
+/// returns the final totals.
+///
+/// # Errors
+/// If records cannot be written, or the kernel objects fail.
+pub async fn run(
+    config: Arc<Config>,
+    kernel: Kernel,
+    start: StartInfo,
+    mut output: JsonLines,
+    shutdown: watch::Receiver<bool>,
+) -> Result<StopInfo, PipelineError> {
+    let (producer, consumer) = HeapRb::<Item>::new(HANDOFF_CAPACITY).split();
+    let ready = Arc::new(Notify::new());
+    let room = Arc::new(Notify::new());
+
+    let Kernel {
+        attached,
+        events,
+        counters,
+        logger,
+    } = kernel;
+    let log_task = logger.map(|l| tokio::spawn(l.forward()));
+
+    // The started record goes out before the reader runs, so it precedes
+    // every decision in the stream.
+    let mut buf = Vec::with_capacity(4096);
+    ecs::encode_line(
+        &Record::Started(Box::new(start)),
+        config.as_ref(),
+        config.mode.as_str(),
+        &mut buf,
+    )
+    .map_err(|e| WriteError {
+        name: "encoder".into(),
+        source: e.into(),
+    })?;
+    output.write_batch(&buf).await?;
+
+    let reader = Reader {
+        events,
+        counters,
+        attached,
+        producer,
+        ready: ready.clone(),
+        room: room.clone(),
+        reported_lost: 0,
+        received: 0,
+        undecodable: 0,
+        poll: config.kernel.poll_interval,
+        stats: config.kernel.stats_interval,
+    };
+    let reader = tokio::spawn(reader.run(shutdown));
+    let writer = tokio::spawn(write_loop(config, consumer, output, ready, room));
+
+    let stop = match writer.await? {
+        Ok(stop) => stop,
+        Err(e) => {
+            // The writer failed: stop the reader too (it detaches on drop).
+            reader.abort();
+            return Err(e.into());
+        }
+    };
+    reader.await??;
+    if let Some(task) = log_task {
+        task.abort();
+    }
+    Ok(stop)
+}
+
+struct Reader {
+    events: EventRing,
+    counters: CounterReader,
+    attached: crate::kernel::Attached,
+    producer: ringbuf::HeapProd<Item>,
+    ready: Arc<Notify>,
+    room: Arc<Notify>,
+    reported_lost: u64,
+    received: u64,
+    undecodable: u64,
+    poll: Duration,
+    stats: Duration,
+}
+
+impl Reader {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
+        let mut poll = interval(self.poll);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut stats = interval(self.stats);
+        stats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                r = self.events.readable() => r.map_err(PipelineError::Reader)?,
+                _ = poll.tick() => {}
+                _ = stats.tick() => self.check_losses()?,
+            }
+            self.drain().await;
+        }
+
+        // Detach first: from here on the kernel decides nothing new, so the
+        // drain below sees every decision and the counters are final.
+        self.attached.detach();
+        self.drain().await;
+        let totals = self.counters.read()?;
+        self.report_losses(totals).await;
+        self.push_waiting(Item::Stopped(StopInfo {
+            kernel_submitted: totals.submitted,
+            kernel_dropped: totals.dropped,
+            received: self.received,
+            undecodable: self.undecodable,
+        }))
+        .await;
+        Ok(())
+    }
+
+    /// Moves everything waiting in the kernel ring to the hand-off ring,
+    /// waiting for room when the writer is behind.
+    async fn drain(&mut self) {
+        loop {
+            let room = self.producer.vacant_len();
+            let mut received = 0;
+            let mut undecodable = 0;
+            let producer = &mut self.producer;
+            let moved = self.events.drain(room, |rec| {
+                received += 1;
+                let item = match rec {
+                    Ok(ev) => Item::Event(ev),
+                    Err(e) => {
+                        undecodable += 1;
+                        Item::Undecodable(e)
+                    }
+                };
+                // Cannot fail: `drain` takes at most `room` records.
+                let _ = producer.try_push(item);
+            });
+            self.received += received;
+            self.undecodable += undecodable;
+            if moved > 0 {
+                self.ready.notify_one();
+            }
+            if moved < room {
+                return; // the kernel ring is empty
+            }
+            // The hand-off ring is full: wait for the writer.
+            self.ready.notify_one();
+            self.room.notified().await;
+        }
+    }
+
+    fn check_losses(&mut self) -> Result<(), PipelineError> {
+        let totals = self.counters.read()?;
+        if totals.dropped > self.reported_lost && self.producer.vacant_len() > 0 {
+            let count = totals.dropped - self.reported_lost;
+            warn!(
+                count,
+                total = totals.dropped,
+                "kernel ring buffer full: decisions not reported"
+            );
+            let _ = self.producer.try_push(Item::Lost {
+                count,
+                total: totals.dropped,
+            });
+            self.reported_lost = totals.dropped;
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn report_losses(&mut self, totals: KernelCounters) {
+        if totals.dropped > self.reported_lost {
+            let count = totals.dropped - self.reported_lost;
+            warn!(
+                count,
+                total = totals.dropped,
+                "kernel ring buffer full: decisions not reported"
+            );
+            self.push_waiting(Item::Lost {
+                count,
+                total: totals.dropped,
+            })
+            .await;
+            self.reported_lost = totals.dropped;
+        }
+    }
+
+    async fn push_waiting(&mut self, mut item: Item) {
+        loop {
+            match self.producer.try_push(item) {
+                Ok(()) => {
+                    self.ready.notify_one();
+                    return;
+                }
+                Err(back) => {
+                    item = back;
+                    self.ready.notify_one();
+                    self.room.notified().await;
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    config: Arc<Config>,
+    mut consumer: ringbuf::HeapCons<Item>,
+    mut output: JsonLines,
+    ready: Arc<Notify>,
+    room: Arc<Notify>,
+) -> Result<StopInfo, WriteError> {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mode = config.mode.as_str();
+    loop {
+        ready.notified().await;
+        let clock = Clock::now();
+        let mut stop = None;
+        // Bounded batches keep memory flat and let the reader refill.
+        while buf.len() < (1 << 20) {
+            let Some(item) = consumer.try_pop() else {
+                break;
+            };
+            let record = match item {
+                Item::Event(ev) => match Flow::from_kernel(&ev, &clock) {
+                    Ok(flow) => Record::Flow(flow),
+                    Err(e) => Record::Undecodable {
+                        reason: format!("kernel record: {e}"),
+                    },
+                },
+                Item::Undecodable(e) => Record::Undecodable {
+                    reason: format!("ring buffer record: {e}"),
+                },
+                Item::Lost { count, total } => Record::Lost { count, total },
+                Item::Stopped(info) => {
+                    stop = Some(info);
+                    Record::Stopped(info)
+                }
+            };
+            if let Err(e) = ecs::encode_line(&record, config.as_ref(), mode, &mut buf) {
+                error!("cannot encode a record: {e}");
+            }
+        }
+        room.notify_one();
+        output.write_batch(&buf).await?;
+        buf.clear();
+        if let Some(stop) = stop {
+            info!(
+                received = stop.received,
+                kernel_submitted = stop.kernel_submitted,
+                kernel_dropped = stop.kernel_dropped,
+                "stopped; every kernel decision is accounted for"
+            );
+            return Ok(stop);
+        }
+        if !consumer.is_empty() {
+            ready.notify_one();
+        }
+    }
+}

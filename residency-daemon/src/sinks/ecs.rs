@@ -1,0 +1,369 @@
+//! Elastic Common Schema (ECS) encoding.
+//!
+//! Field names follow ECS where one exists (`destination.ip`,
+//! `process.pid`, `network.transport`, `rule.name`, ...); what ECS has no
+//! name for lives under `residency.*`. Flows are encoded through typed
+//! structs (this runs once per event); the rare lifecycle records use
+//! `serde_json::json!`.
+
+use std::fmt::Display;
+
+use residency_common::{Hook, Verdict};
+use serde::{Serialize, Serializer};
+use serde_json::json;
+
+use super::{Record, StartInfo, StopInfo};
+use crate::enrich::Flow;
+
+/// Names rules by id (0 is the default); the config provides it.
+pub trait RuleNames {
+    fn rule_name(&self, id: u32) -> Option<&str>;
+}
+
+impl RuleNames for crate::config::Config {
+    fn rule_name(&self, id: u32) -> Option<&str> {
+        crate::config::Config::rule_name(self, id)
+    }
+}
+
+/// Appends `record` as one line of JSON (with its newline) to `out`.
+///
+/// # Errors
+/// Only if serialisation fails, which for these types means a bug.
+pub fn encode_line(
+    record: &Record,
+    rules: &dyn RuleNames,
+    mode: &str,
+    out: &mut Vec<u8>,
+) -> serde_json::Result<()> {
+    let now = jiff::Timestamp::now();
+    match record {
+        Record::Flow(flow) => serde_json::to_writer(&mut *out, &FlowDoc::new(flow, rules, mode))?,
+        Record::Started(info) => serde_json::to_writer(&mut *out, &started(info, now))?,
+        Record::Stopped(info) => serde_json::to_writer(&mut *out, &stopped(info, now))?,
+        Record::Lost { count, total } => serde_json::to_writer(
+            &mut *out,
+            &json!({
+                "@timestamp": now.to_string(),
+                "event": {
+                    "kind": "pipeline_error",
+                    "action": "events-lost",
+                    "module": "residency",
+                    "dataset": "residency.lifecycle",
+                },
+                "message": format!(
+                    "{count} decisions were made in the kernel but not reported: the ring \
+                     buffer was full ({total} lost since start)"
+                ),
+                "residency": { "lost": { "count": count, "total": total, "where": "kernel-ring-buffer" } },
+            }),
+        )?,
+        Record::Undecodable { reason } => serde_json::to_writer(
+            &mut *out,
+            &json!({
+                "@timestamp": now.to_string(),
+                "event": {
+                    "kind": "pipeline_error",
+                    "action": "record-undecodable",
+                    "module": "residency",
+                    "dataset": "residency.lifecycle",
+                },
+                "message": reason,
+            }),
+        )?,
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+fn started(info: &StartInfo, now: jiff::Timestamp) -> serde_json::Value {
+    json!({
+        "@timestamp": now.to_string(),
+        "event": {
+            "kind": "state",
+            "action": "started",
+            "module": "residency",
+            "dataset": "residency.lifecycle",
+        },
+        "message": format!("residency {} watching cgroup {} in {} mode", env!("CARGO_PKG_VERSION"), info.cgroup_path, info.mode),
+        "residency": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "cgroup": { "path": info.cgroup_path, "id": info.cgroup_id },
+            "mode": info.mode,
+            "may_block": info.may_block,
+            "kernel_release": info.kernel_release,
+            "ring_buffer_kib": info.ring_buffer_kib,
+            "deny_rules": info.deny_rules,
+            "config": info.config_source,
+        },
+    })
+}
+
+fn stopped(info: &StopInfo, now: jiff::Timestamp) -> serde_json::Value {
+    json!({
+        "@timestamp": now.to_string(),
+        "event": {
+            "kind": "state",
+            "action": "stopped",
+            "module": "residency",
+            "dataset": "residency.lifecycle",
+        },
+        "residency": {
+            "counters": {
+                "kernel_submitted": info.kernel_submitted,
+                "kernel_dropped": info.kernel_dropped,
+                "received": info.received,
+                "undecodable": info.undecodable,
+            },
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct FlowDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: jiff::Timestamp,
+    event: EventFields,
+    network: Network,
+    destination: Destination,
+    process: Process<'a>,
+    user: Id<u32>,
+    group: Id<u32>,
+    rule: Rule<'a>,
+    residency: Residency<'a>,
+}
+
+#[derive(Serialize)]
+struct EventFields {
+    kind: &'static str,
+    category: [&'static str; 1],
+    #[serde(rename = "type")]
+    kind_type: [&'static str; 2],
+    action: &'static str,
+    outcome: &'static str,
+    module: &'static str,
+    dataset: &'static str,
+}
+
+#[derive(Serialize)]
+struct Network {
+    transport: &'static str,
+    #[serde(rename = "type")]
+    ip_type: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Serialize)]
+struct Destination {
+    ip: std::net::IpAddr,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct Process<'a> {
+    pid: u32,
+    name: &'a str,
+    thread: Id<u32>,
+}
+
+/// `{"id": "<value>"}`: ECS ids are keywords (strings), even when they are
+/// numbers.
+struct Id<T>(T);
+
+impl<T: Display> Serialize for Id<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Id", 1)?;
+        st.serialize_field("id", &AsStr(&self.0))?;
+        st.end()
+    }
+}
+
+/// Serialises a `Display` value as a JSON string without allocating.
+struct AsStr<'a, T>(&'a T);
+
+impl<T: Display> Serialize for AsStr<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+#[derive(Serialize)]
+struct Rule<'a> {
+    id: AsStr<'a, u32>,
+    name: &'a str,
+    ruleset: &'static str,
+}
+
+#[derive(Serialize)]
+struct Residency<'a> {
+    verdict: &'static str,
+    hook: &'static str,
+    mode: &'a str,
+    cgroup_id: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    v4_mapped: bool,
+    boot_ns: u64,
+}
+
+impl<'a> FlowDoc<'a> {
+    fn new(flow: &'a Flow, rules: &'a dyn RuleNames, mode: &'a str) -> Self {
+        let (kind_type, outcome) = match flow.verdict {
+            Verdict::Blocked => (["connection", "denied"], "failure"),
+            Verdict::Allowed | Verdict::Flagged => (["connection", "allowed"], "success"),
+        };
+        FlowDoc {
+            timestamp: flow.time,
+            event: EventFields {
+                kind: "event",
+                category: ["network"],
+                kind_type,
+                action: match flow.hook {
+                    Hook::Connect4 | Hook::Connect6 => "connect",
+                    Hook::Sendmsg4 | Hook::Sendmsg6 => "sendmsg",
+                },
+                outcome,
+                module: "residency",
+                dataset: "residency.flow",
+            },
+            network: Network {
+                transport: flow.transport.as_str(),
+                ip_type: if flow.dest_ip.is_ipv4() {
+                    "ipv4"
+                } else {
+                    "ipv6"
+                },
+                direction: "egress",
+            },
+            destination: Destination {
+                ip: flow.dest_ip,
+                port: flow.dest_port,
+            },
+            process: Process {
+                pid: flow.pid,
+                name: &flow.process_name,
+                thread: Id(flow.tid),
+            },
+            user: Id(flow.uid),
+            group: Id(flow.gid),
+            rule: Rule {
+                id: AsStr(&flow.rule_id),
+                name: rules.rule_name(flow.rule_id).unwrap_or("unknown"),
+                ruleset: "deny",
+            },
+            residency: Residency {
+                verdict: verdict_str(flow.verdict),
+                hook: hook_str(flow.hook),
+                mode,
+                cgroup_id: flow.cgroup_id,
+                v4_mapped: flow.v4_mapped,
+                boot_ns: flow.boot_ns,
+            },
+        }
+    }
+}
+
+#[must_use]
+pub fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allowed => "allowed",
+        Verdict::Flagged => "flagged",
+        Verdict::Blocked => "blocked",
+    }
+}
+
+#[must_use]
+pub fn hook_str(h: Hook) -> &'static str {
+    match h {
+        Hook::Connect4 => "connect4",
+        Hook::Connect6 => "connect6",
+        Hook::Sendmsg4 => "sendmsg4",
+        Hook::Sendmsg6 => "sendmsg6",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::Transport;
+
+    struct Names;
+    impl RuleNames for Names {
+        fn rule_name(&self, id: u32) -> Option<&str> {
+            (id == 2).then_some("no-us-llm")
+        }
+    }
+
+    fn flow() -> Flow {
+        Flow {
+            time: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            boot_ns: 5,
+            cgroup_id: 77,
+            pid: 10,
+            tid: 11,
+            uid: 65534,
+            gid: 65533,
+            process_name: "py\"thon\n".to_owned(),
+            hook: Hook::Connect6,
+            transport: Transport::Tcp,
+            dest_ip: "2001:db8::1".parse().unwrap(),
+            dest_port: 443,
+            v4_mapped: false,
+            verdict: Verdict::Blocked,
+            rule_id: 2,
+        }
+    }
+
+    fn encode(r: &Record) -> serde_json::Value {
+        let mut out = Vec::new();
+        encode_line(r, &Names, "enforce", &mut out).unwrap();
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(
+            out.split(|&b| b == b'\n').count() - 1,
+            1,
+            "one line per record"
+        );
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn flow_uses_ecs_names() {
+        let v = encode(&Record::Flow(flow()));
+        assert_eq!(v["@timestamp"], "2027-01-15T08:00:00Z");
+        assert_eq!(v["destination"]["ip"], "2001:db8::1");
+        assert_eq!(v["destination"]["port"], 443);
+        assert_eq!(v["network"]["transport"], "tcp");
+        assert_eq!(v["network"]["type"], "ipv6");
+        assert_eq!(v["network"]["direction"], "egress");
+        assert_eq!(v["process"]["pid"], 10);
+        assert_eq!(v["process"]["thread"]["id"], "11");
+        assert_eq!(v["process"]["name"], "py\"thon\n", "escaped, not mangled");
+        assert_eq!(v["user"]["id"], "65534");
+        assert_eq!(v["group"]["id"], "65533");
+        assert_eq!(v["event"]["action"], "connect");
+        assert_eq!(v["event"]["outcome"], "failure");
+        assert_eq!(v["event"]["type"][1], "denied");
+        assert_eq!(v["rule"]["id"], "2");
+        assert_eq!(v["rule"]["name"], "no-us-llm");
+        assert_eq!(v["residency"]["verdict"], "blocked");
+        assert_eq!(v["residency"]["hook"], "connect6");
+        assert_eq!(v["residency"]["mode"], "enforce");
+        assert!(v["residency"].get("v4_mapped").is_none());
+    }
+
+    #[test]
+    fn lifecycle_records() {
+        let v = encode(&Record::Lost { count: 3, total: 9 });
+        assert_eq!(v["event"]["action"], "events-lost");
+        assert_eq!(v["residency"]["lost"]["count"], 3);
+        assert_eq!(v["residency"]["lost"]["total"], 9);
+        let v = encode(&Record::Stopped(StopInfo {
+            kernel_submitted: 5,
+            kernel_dropped: 1,
+            received: 5,
+            undecodable: 0,
+        }));
+        assert_eq!(v["event"]["action"], "stopped");
+        assert_eq!(v["residency"]["counters"]["kernel_dropped"], 1);
+    }
+}

@@ -1,0 +1,211 @@
+//! A test client: joins a cgroup, optionally drops privileges, then makes
+//! outbound TCP connects and UDP sends to the given loopback addresses and
+//! reports, as JSON on standard output, what each call returned.
+//!
+//! Each `connect()` and `sendto()` is a single system call timed on its own
+//! (socket creation and close are outside the timed region), so the
+//! benchmark's latencies are those of the hooked calls.
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::PathBuf,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use nix::{
+    errno::Errno,
+    sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockType, SockaddrStorage, connect, sendto, setsockopt,
+        socket, sockopt,
+    },
+    unistd::{Gid, Uid, setgid, setgroups, setuid},
+};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "Outbound test traffic for residency's end-to-end tests (loopback only)")]
+struct Args {
+    /// cgroup v2 directory to join first.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// uid (and gid) to switch to after joining.
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Repeat the whole list this many times.
+    #[arg(long, default_value_t = 1)]
+    repeat: u64,
+    /// Report latency percentiles per operation.
+    #[arg(long)]
+    timing: bool,
+    /// Operations: tcp:ADDR:PORT or udp:ADDR:PORT (IPv6 in brackets).
+    #[arg(required = true)]
+    ops: Vec<String>,
+}
+
+enum Op {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+struct Stats {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    nanos: Vec<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ops = args
+        .ops
+        .iter()
+        .map(|s| parse_op(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    if let Some(cg) = &args.cgroup {
+        std::fs::write(cg.join("cgroup.procs"), "0")
+            .with_context(|| format!("joining cgroup {}", cg.display()))?;
+    }
+    if let Some(uid) = args.uid {
+        setgroups(&[]).context("setgroups")?;
+        setgid(Gid::from_raw(uid)).context("setgid")?;
+        setuid(Uid::from_raw(uid)).context("setuid")?;
+    }
+
+    let mut stats: Vec<Stats> = ops
+        .iter()
+        .map(|_| Stats {
+            ok: 0,
+            errors: BTreeMap::new(),
+            nanos: Vec::new(),
+        })
+        .collect();
+    // One UDP socket per family, reused: sendto() is what is measured.
+    let udp4 = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::empty(),
+        None,
+    )?;
+    let udp6 = socket(
+        AddressFamily::Inet6,
+        SockType::Datagram,
+        SockFlag::empty(),
+        None,
+    )?;
+
+    let started = Instant::now();
+    for _ in 0..args.repeat {
+        for (op, st) in ops.iter().zip(stats.iter_mut()) {
+            let (result, nanos) = match op {
+                Op::Tcp(addr) => tcp_connect(*addr)?,
+                Op::Udp(addr) => {
+                    let fd = if addr.is_ipv4() { &udp4 } else { &udp6 };
+                    let dest = SockaddrStorage::from(*addr);
+                    let t = Instant::now();
+                    let r = sendto(fd.as_raw_fd(), b"r", &dest, MsgFlags::empty()).map(|_| ());
+                    (r, elapsed_ns(t))
+                }
+            };
+            match result {
+                Ok(()) => st.ok += 1,
+                Err(e) => *st.errors.entry(format!("{e:?}")).or_default() += 1,
+            }
+            if args.timing {
+                st.nanos.push(nanos);
+            }
+        }
+    }
+    let wall = started.elapsed();
+
+    let report: Vec<Value> = args
+        .ops
+        .iter()
+        .zip(stats.iter_mut())
+        .map(|(name, st)| {
+            let mut v = json!({ "op": name, "ok": st.ok, "errors": st.errors });
+            if args.timing && !st.nanos.is_empty() {
+                st.nanos.sort_unstable();
+                let pct = |p: f64| {
+                    #[expect(
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss,
+                        clippy::cast_precision_loss,
+                        reason = "an index into a sorted sample"
+                    )]
+                    let i = ((st.nanos.len() - 1) as f64 * p).round() as usize;
+                    st.nanos[i]
+                };
+                v["p50_ns"] = json!(pct(0.50));
+                v["p99_ns"] = json!(pct(0.99));
+                v["calls"] = json!(st.nanos.len());
+            }
+            v
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "pid": std::process::id(),
+            "wall_ns": u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
+            "ops": report,
+        })
+    );
+    Ok(())
+}
+
+fn elapsed_ns(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One `connect()` on a fresh socket; the socket is closed with a reset so that
+/// a storm of connects leaves no `TIME_WAIT` behind to exhaust ports.
+fn tcp_connect(addr: SocketAddr) -> anyhow::Result<(Result<(), Errno>, u64)> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket(family, SockType::Stream, SockFlag::empty(), None)?;
+    let dest = SockaddrStorage::from(addr);
+    let t = Instant::now();
+    let r = connect(fd.as_raw_fd(), &dest);
+    let ns = elapsed_ns(t);
+    let _ = setsockopt(
+        &fd,
+        sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    drop(fd);
+    Ok((r, ns))
+}
+
+fn parse_op(s: &str) -> anyhow::Result<Op> {
+    let (kind, addr) = s
+        .split_once(':')
+        .context("expected tcp:ADDR:PORT or udp:ADDR:PORT")?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address in {s}"))?;
+    let loopback = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    if !loopback {
+        bail!("{s}: this client only sends to loopback addresses");
+    }
+    match kind {
+        "tcp" => Ok(Op::Tcp(addr)),
+        "udp" => Ok(Op::Udp(addr)),
+        _ => bail!("{s}: expected tcp: or udp:"),
+    }
+}

@@ -1,0 +1,473 @@
+//! Test support for residency's privileged end-to-end tests and benchmarks.
+//!
+//! Everything here works on real things: a child cgroup made for the test,
+//! the real `residency` binary attached to it, and client processes that move
+//! themselves into it and open real sockets to loopback. Each resource is an
+//! RAII guard that cleans up after itself, also when a test fails:
+//! [`TestCgroup`] removes its directory, [`Daemon`] stops the daemon it
+//! started (by pid), [`Listener`] closes its sockets.
+//!
+//! Safety rules of these machines, enforced here: programs that can deny are
+//! only ever attached to a [`TestCgroup`], never to the cgroup2 root, and
+//! clients only talk to loopback addresses.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+/// Whether privileged tests can run. Without root they skip with a message,
+/// except in CI (`CI=true`), where skipping would hide a failure, so they
+/// fail instead.
+///
+/// # Panics
+/// Under `CI=true` without root.
+#[must_use]
+pub fn privileged_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: CI=true but not running as root: privileged tests must run in CI"
+    );
+    eprintln!(
+        "SKIPPED {test}: needs root (loads BPF programs and creates cgroups); run `cargo xtask test` as root"
+    );
+    false
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo (never assumed).
+///
+/// # Errors
+/// If no cgroup2 hierarchy is mounted.
+pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    for line in info.lines() {
+        // ... mount_point ... - fstype source options
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(point) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(point.replace("\\040", " ")));
+        }
+    }
+    bail!("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A child cgroup of the cgroup2 root, made for one test and removed when
+/// dropped.
+#[derive(Debug)]
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<mount>/residency-test-<pid>-<n>-<label>`.
+    ///
+    /// # Errors
+    /// If the directory cannot be made.
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        let mount = cgroup2_mount()?;
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = mount.join(format!("residency-test-{}-{n}-{label}", std::process::id()));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TestCgroup { path })
+    }
+
+    /// The cgroup id: the directory's inode number.
+    ///
+    /// # Errors
+    /// If the directory is gone.
+    pub fn id(&self) -> anyhow::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(fs::metadata(&self.path)?.ino())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Clients exit on their own; give stragglers a moment, then remove.
+        for _ in 0..50 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        eprintln!(
+            "warning: could not remove test cgroup {}",
+            self.path.display()
+        );
+    }
+}
+
+/// Path of a binary of this workspace, next to the running executable
+/// (`target/<profile>/` for tests in `deps/` and for binaries alike).
+/// `RESIDENCY_BIN_DIR` overrides the directory.
+///
+/// # Errors
+/// If the binary has not been built.
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = if let Some(d) = std::env::var_os("RESIDENCY_BIN_DIR") {
+        PathBuf::from(d)
+    } else {
+        let exe = std::env::current_exe()?;
+        let mut dir = exe
+            .parent()
+            .context("executable has no directory")?
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        dir
+    };
+    let path = dir.join(name);
+    ensure!(
+        path.is_file(),
+        "{} is not built; `cargo xtask test` builds it (or `cargo build -p residency-daemon -p residency-tests`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A `residency run` process attached to a test cgroup, writing records to a
+/// file that the test reads.
+pub struct Daemon {
+    child: Option<Child>,
+    pub output: PathBuf,
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Writes `config` to a file, starts the daemon on `cgroup`, and waits
+    /// until its `started` record appears (the programs are attached then).
+    ///
+    /// # Errors
+    /// If the daemon exits or does not start within 20 s; the error carries
+    /// its standard error.
+    pub fn start(config: &str, cgroup: &TestCgroup) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("residency.toml");
+        fs::write(&config_path, config)?;
+        let output = dir.path().join("events.jsonl");
+        let stderr = dir.path().join("stderr.log");
+        let child = Command::new(workspace_bin("residency")?)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .arg("--cgroup")
+            .arg(&cgroup.path)
+            .arg("--output")
+            .arg(&output)
+            .env("RESIDENCY_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr)?)
+            .spawn()?;
+        let mut daemon = Daemon {
+            child: Some(child),
+            output,
+            stderr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if daemon.records()?.iter().any(|r| action(r) == "started") {
+                return Ok(daemon);
+            }
+            if let Some(child) = daemon.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "daemon exited with {status} before starting: {}",
+                    daemon.stderr_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("daemon did not start within 20 s: {}", daemon.stderr_text());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's standard error so far.
+    #[must_use]
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Every complete record written so far.
+    ///
+    /// # Errors
+    /// If a complete line is not JSON.
+    pub fn records(&self) -> anyhow::Result<Vec<Value>> {
+        read_records(&self.output)
+    }
+
+    /// Sends SIGTERM, waits for a clean exit, and returns every record.
+    ///
+    /// # Errors
+    /// If the daemon does not exit cleanly within 20 s.
+    pub fn stop(mut self) -> anyhow::Result<Vec<Value>> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = Pid::from_raw(i32::try_from(child.id())?);
+        kill(pid, Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "daemon did not stop within 20 s of SIGTERM: {}",
+                    self.stderr_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        ensure!(
+            status.success(),
+            "daemon exited with {status}: {}",
+            self.stderr_text()
+        );
+        self.records()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Only the process this guard started, by its pid.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads JSON-lines records, ignoring a trailing partial line.
+///
+/// # Errors
+/// If the file cannot be read or a complete line is not JSON.
+pub fn read_records(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let Ok(file) = fs::File::open(path) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || !line.ends_with('\n') {
+            return Ok(out);
+        }
+        out.push(serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?);
+    }
+}
+
+/// `event.action` of a record.
+#[must_use]
+pub fn action(record: &Value) -> &str {
+    record["event"]["action"].as_str().unwrap_or("")
+}
+
+/// Flow records (connect/sendmsg decisions).
+#[must_use]
+pub fn flows(records: &[Value]) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| r["event"]["dataset"] == "residency.flow")
+        .collect()
+}
+
+/// One operation of the test client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Tcp(a) => write!(f, "tcp:{a}"),
+            Op::Udp(a) => write!(f, "udp:{a}"),
+        }
+    }
+}
+
+/// How the test client should run.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions<'a> {
+    /// Join this cgroup before doing anything.
+    pub cgroup: Option<&'a TestCgroup>,
+    /// Drop to this uid and gid after joining.
+    pub uid: Option<u32>,
+    /// Repeat the operation list this many times (default 1).
+    pub repeat: Option<u64>,
+    /// Report per-call latency statistics.
+    pub timing: bool,
+}
+
+/// Runs `egress-client` and returns its JSON report: `pid`, and per
+/// operation `ok`, `errors` (errno -> count), and with `timing` the latency
+/// percentiles.
+///
+/// # Errors
+/// If the client cannot run or fails outside its operations.
+pub fn run_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Value> {
+    for op in ops {
+        let (Op::Tcp(a) | Op::Udp(a)) = op;
+        ensure!(
+            is_loopback(a.ip()),
+            "test traffic must stay on loopback: {a}"
+        );
+    }
+    let mut cmd = Command::new(workspace_bin("egress-client")?);
+    if let Some(cg) = options.cgroup {
+        cmd.arg("--cgroup").arg(&cg.path);
+    }
+    if let Some(uid) = options.uid {
+        cmd.arg("--uid").arg(uid.to_string());
+    }
+    if let Some(n) = options.repeat {
+        cmd.arg("--repeat").arg(n.to_string());
+    }
+    if options.timing {
+        cmd.arg("--timing");
+    }
+    cmd.args(ops.iter().map(ToString::to_string));
+    let out: Output = cmd.stdin(Stdio::null()).output()?;
+    ensure!(
+        out.status.success(),
+        "egress-client failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("egress-client output is not JSON")
+}
+
+/// Loopback, including IPv4-mapped loopback.
+#[must_use]
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Loopback listeners for TCP (accepting and closing in a thread) and UDP
+/// (bound, never read), closed on drop.
+pub struct Listener {
+    pub tcp: SocketAddr,
+    pub udp: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    _udp: UdpSocket,
+}
+
+impl Listener {
+    /// Binds both on `ip` (a loopback address) with free ports.
+    ///
+    /// # Errors
+    /// If binding fails.
+    pub fn bind(ip: IpAddr) -> anyhow::Result<Self> {
+        ensure!(is_loopback(ip), "listeners stay on loopback");
+        let tcp = TcpListener::bind(SocketAddr::new(ip, 0))?;
+        tcp.set_nonblocking(true)?;
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tcp_addr = tcp.local_addr()?;
+        let stop2 = stop.clone();
+        let thread = thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => thread::sleep(Duration::from_micros(200)),
+                }
+            }
+        });
+        Ok(Listener {
+            tcp: tcp_addr,
+            udp: udp.local_addr()?,
+            stop,
+            thread: Some(thread),
+            _udp: udp,
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Programs attached to a cgroup, as `bpftool` sees them (an independent
+/// check of what the daemon says). `None` if bpftool is not installed.
+///
+/// # Errors
+/// If bpftool runs but fails.
+pub fn bpftool_attached(cgroup: &TestCgroup) -> anyhow::Result<Option<Vec<String>>> {
+    let Ok(out) = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cgroup.path)
+        .arg("-j")
+        .output()
+    else {
+        return Ok(None);
+    };
+    ensure!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(Some(
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        format!(
+                            "{}:{}",
+                            p["attach_type"].as_str().unwrap_or("?"),
+                            p["name"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    ))
+}
