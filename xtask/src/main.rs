@@ -1,1 +1,288 @@
-fn main() {}
+//! `cargo xtask`: build, run, test and benchmark residency on a fresh machine.
+//!
+//! Every command first installs what it needs and finds missing: the
+//! `rust-src` component and `bpf-linker` (to build the kernel programs), and
+//! the Debian packages the tests use. Nothing depends on a tool installed by
+//! hand.
+#![forbid(unsafe_code)]
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release that works with this machine's stable rustc and
+/// its own LLVM (later releases need a system LLVM these machines lack).
+const BPF_LINKER_VERSION: &str = "0.10.3";
+
+/// Debian packages the end-to-end tests use: bpftool independently checks
+/// what is attached to a cgroup.
+const TEST_PACKAGES: &[(&str, &str)] = &[("bpftool", "bpftool")];
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark residency",
+    long_about = "Build, run, test and benchmark residency.\n\n\
+                  Each command installs what it needs that is missing (rust-src, bpf-linker, \
+                  Debian packages) before it starts."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the daemon (with its kernel programs embedded) and the test tools.
+    Build {
+        /// Optimised build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run the daemon (needs root); without arguments it uses the
+    /// built-in configuration: monitor mode on the whole host.
+    ///
+    /// Arguments after `--` go to `residency run`, e.g.
+    /// `cargo xtask run -- --config my.toml --output /tmp/flows.jsonl`.
+    Run {
+        /// Arguments for `residency run`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test: formatting, clippy, unit tests, then the privileged
+    /// end-to-end tests (as root; without root they skip, and under CI=true
+    /// they fail instead of skipping).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run a benchmark and write its table into BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Loopback connect and sendto storms in a child cgroup: without
+    /// programs, with the programs attached, and with the full daemon.
+    Connect {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Build { release } => {
+            ensure_ebpf_toolchain()?;
+            cargo(&build_args(release))
+        }
+        Cmd::Run { args } => {
+            ensure_ebpf_toolchain()?;
+            cargo(&build_args(true))?;
+            if !is_root() {
+                bail!("residency loads BPF programs and needs root: run `sudo -E cargo xtask run`");
+            }
+            let mut cmd = Command::new(root.join("target/release/residency"));
+            cmd.arg("run").args(args);
+            eprintln!("xtask: running {cmd:?} (Ctrl-C to stop)");
+            status(&mut cmd)
+        }
+        Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Bench {
+            which: Bench::Connect { args },
+        } => {
+            ensure_ebpf_toolchain()?;
+            ensure_packages(TEST_PACKAGES)?;
+            cargo(&build_args(true))?;
+            if !is_root() {
+                bail!("the benchmark attaches BPF programs and needs root");
+            }
+            let mut cmd = Command::new(root.join("target/release/residency-bench"));
+            cmd.arg("connect")
+                .arg("--write")
+                .arg(root.join("BENCHMARKS.md"))
+                .args(args);
+            status(&mut cmd)
+        }
+    }
+}
+
+fn build_args(release: bool) -> Vec<&'static str> {
+    let mut args = vec!["build", "-p", "residency-daemon", "-p", "residency-tests"];
+    if release {
+        args.push("--release");
+    }
+    args
+}
+
+fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
+    ensure_ebpf_toolchain()?;
+    ensure_packages(TEST_PACKAGES)?;
+    let ci = env::var("CI").as_deref() == Ok("true");
+    if ci && !is_root() {
+        bail!("CI=true but not root: the privileged end-to-end tests must run in CI");
+    }
+    if !no_lint {
+        cargo(&["fmt", "--all", "--check"]).context("formatting: run `cargo fmt --all`")?;
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
+    // The end-to-end tests run the real binaries, so build them first, in
+    // the profile the tests use.
+    cargo(&build_args(false))?;
+    if !is_root() {
+        eprintln!(
+            "xtask: not root: the privileged end-to-end tests will skip; run `sudo -E cargo xtask test` to run them"
+        );
+    }
+    let mut args: Vec<OsString> = ["test", "--workspace"].iter().map(OsString::from).collect();
+    args.extend(extra.iter().cloned());
+    status(Command::new(cargo_bin()).args(&args))
+}
+
+/// rust-src and bpf-linker, installed when missing.
+fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
+    let sysroot = output(Command::new("rustc").args(["--print", "sysroot"]))?;
+    let core_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    if !core_src.is_dir() {
+        eprintln!(
+            "xtask: installing the rust-src component (the kernel programs build core from source)"
+        );
+        status(Command::new("rustup").args(["component", "add", "rust-src"]))?;
+    }
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !have
+        .as_deref()
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
+        eprintln!(
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} (links the kernel programs; takes a minute)"
+        );
+        status(Command::new(cargo_bin()).args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Debian packages, by (command, package), installed when the command is
+/// missing. Without root, says what to install instead of failing.
+fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() || !on_path("apt-get") {
+        eprintln!(
+            "xtask: missing Debian packages {missing:?}; some checks will be skipped (install them as root)"
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages {missing:?}");
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn on_path(cmd: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
+        || Path::new("/usr/sbin").join(cmd).is_file()
+}
+
+fn is_root() -> bool {
+    // The effective uid, without unsafe code: /proc/self/status "Uid:" line.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn cargo_bin() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    status(Command::new(cargo_bin()).args(args))
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = env::var_os("CARGO_MANIFEST_DIR").context("run through `cargo xtask`")?;
+    Ok(Path::new(&manifest)
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}

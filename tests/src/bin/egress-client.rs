@@ -142,6 +142,8 @@ fn main() -> anyhow::Result<()> {
                 };
                 v["p50_ns"] = json!(pct(0.50));
                 v["p99_ns"] = json!(pct(0.99));
+                v["p999_ns"] = json!(pct(0.999));
+                v["max_ns"] = json!(pct(1.0));
                 v["calls"] = json!(st.nanos.len());
             }
             v

@@ -1,0 +1,105 @@
+//! Every kernel program, in every variant the daemon can load, passes the
+//! kernel's verifier and attaches. The variants differ in load-time
+//! constants (the deny path compiled in or out, the wakeup threshold) and in
+//! map sizes, and the verifier judges each one on its own.
+
+use residency_daemon::{config::Config, kernel};
+use residency_tests::{
+    TestCgroup, bpftool_attached, bpftool_xlated_bytes, cgroup2_mount, privileged_or_skip,
+};
+
+const VARIANTS: &[(&str, &str)] = &[
+    ("monitor, no rules", "mode = \"monitor\"\n"),
+    (
+        "monitor with rules (deny path compiled out)",
+        "mode = \"monitor\"\n[[deny]]\nname = \"r\"\ndestinations = [\"127.0.0.66/32\", \"::1/128\"]\n",
+    ),
+    (
+        "enforce with rules (deny path compiled in)",
+        "mode = \"enforce\"\n[[deny]]\nname = \"r\"\ndestinations = [\"127.0.0.66/32\", \"::1/128\"]\n",
+    ),
+    (
+        "smallest ring, wakeup on every record",
+        "[kernel]\nring_buffer_kib = 4\nwakeup_kib = 0\n",
+    ),
+];
+
+#[test]
+fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
+    if !privileged_or_skip("every_program_variant_passes_the_verifier") {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _enter = runtime.enter();
+    let mount = cgroup2_mount()?;
+    for (name, toml) in VARIANTS {
+        let cg = TestCgroup::new("verifier")?;
+        let config = Config::from_toml(toml, name)?;
+        let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
+        assert!(!target.is_root, "tests attach only to their own cgroup");
+        let k = kernel::start(&config, target).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        assert_eq!(k.attached.may_block, config.may_block(), "{name}");
+        if let Some(progs) = bpftool_attached(&cg)? {
+            let mut kinds: Vec<&str> = progs
+                .iter()
+                .map(|p| p.split(':').next().unwrap_or(""))
+                .collect();
+            kinds.sort_unstable();
+            assert_eq!(
+                kinds,
+                [
+                    "cgroup_inet4_connect",
+                    "cgroup_inet6_connect",
+                    "cgroup_udp4_sendmsg",
+                    "cgroup_udp6_sendmsg"
+                ],
+                "{name}: {progs:?}"
+            );
+        }
+        drop(k);
+        if let Some(progs) = bpftool_attached(&cg)? {
+            assert!(progs.is_empty(), "{name}: left attached: {progs:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Monitor mode's promise, checked structurally: with the same rules, the
+/// programs the verifier accepted in monitor mode are smaller than in
+/// enforce mode in every hook, because the deny path was pruned as dead code
+/// (`MAY_BLOCK` is a frozen constant). Behaviour is checked end to end in
+/// `pipeline.rs`.
+#[test]
+fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
+    if !privileged_or_skip("monitor_mode_programs_have_no_deny_path") {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _enter = runtime.enter();
+    let mount = cgroup2_mount()?;
+    let rules = "[[deny]]\nname = \"r\"\ndestinations = [\"127.0.0.66/32\", \"::1/128\"]\n";
+    let mut sizes = Vec::new();
+    for mode in ["monitor", "enforce"] {
+        let cg = TestCgroup::new("pruned")?;
+        let config = Config::from_toml(&format!("mode = \"{mode}\"\n{rules}"), mode)?;
+        let k = kernel::start(&config, kernel::CgroupTarget::resolve(&mount, &cg.path)?)?;
+        let Some(s) = bpftool_xlated_bytes(&cg)? else {
+            eprintln!("SKIPPED monitor_mode_programs_have_no_deny_path: bpftool is not installed");
+            return Ok(());
+        };
+        drop(k);
+        sizes.push(s);
+    }
+    assert_eq!(sizes[0].len(), 4);
+    for (monitor, enforce) in sizes[0].iter().zip(&sizes[1]) {
+        assert_eq!(monitor.0, enforce.0);
+        assert!(
+            monitor.1 < enforce.1,
+            "{}: monitor program ({} bytes) is not smaller than enforce ({} bytes)",
+            monitor.0,
+            monitor.1,
+            enforce.1
+        );
+    }
+    Ok(())
+}
