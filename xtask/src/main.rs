@@ -167,9 +167,80 @@ fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
             "xtask: not root: the privileged end-to-end tests will skip; run `sudo -E cargo xtask test` to run them"
         );
     }
-    let mut args: Vec<OsString> = ["test", "--workspace"].iter().map(OsString::from).collect();
-    args.extend(extra.iter().cloned());
-    status(Command::new(cargo_bin()).args(&args))
+    // Unit tests first, then the end-to-end crate, so that the run closes on
+    // the tests that exercise the kernel. Doc tests are left out: there are
+    // none, and their empty runs would close the log.
+    let mut totals = Totals::default();
+    let suites: [&[&str]; 2] = [
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "residency-tests",
+            "--all-targets",
+        ],
+        &["test", "-p", "residency-tests", "--all-targets"],
+    ];
+    for suite in suites {
+        let mut cmd = Command::new(cargo_bin());
+        cmd.args(suite).args(extra);
+        run_counting(&mut cmd, &mut totals)?;
+    }
+    println!("xtask: {} passed, {} failed", totals.passed, totals.failed);
+    if totals.failed > 0 {
+        bail!("{} test(s) failed", totals.failed);
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs a `cargo test`, passing its output through while adding up the
+/// `test result:` lines.
+fn run_counting(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        writeln!(out, "{line}")?;
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            totals.passed += count(" passed");
+            totals.failed += count(" failed");
+        }
+    }
+    drop(out);
+    let st = child.wait()?;
+    if !st.success() {
+        println!(
+            "xtask: {} passed, {} failed",
+            totals.passed,
+            totals.failed.max(1)
+        );
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
 }
 
 /// rust-src and bpf-linker, installed when missing.
