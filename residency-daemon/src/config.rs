@@ -219,6 +219,8 @@ impl Config {
         };
 
         let mut deny = Vec::with_capacity(raw.deny.len());
+        // The kernel keys rules by prefix, so one prefix can name one rule.
+        let mut seen: std::collections::HashMap<IpNet, usize> = std::collections::HashMap::new();
         for (i, rule) in raw.deny.iter().enumerate() {
             let field = format!("deny[{i}]");
             let name = rule.name.get_ref().trim();
@@ -243,9 +245,19 @@ impl Config {
             }
             let mut destinations = Vec::new();
             for (j, cidr) in rule.destinations.get_ref().iter().enumerate() {
-                let net = parse_cidr(cidr.get_ref()).map_err(|msg| {
-                    at.err(cidr.span(), &format!("{field}.destinations[{j}]"), &msg)
-                })?;
+                let here = format!("{field}.destinations[{j}]");
+                let net =
+                    parse_cidr(cidr.get_ref()).map_err(|msg| at.err(cidr.span(), &here, &msg))?;
+                if let Some(&k) = seen.get(&net) {
+                    return Err(at.err(
+                        cidr.span(),
+                        &here,
+                        &format!(
+                            "{net} is already listed in deny[{k}]; a prefix can belong to one rule"
+                        ),
+                    ));
+                }
+                seen.insert(net, i);
                 destinations.push(net);
             }
             deny.push(DenyRule {
@@ -581,6 +593,16 @@ destinations = ["198.51.100.7", "::ffff:192.0.2.0/120"]
         assert!(err.message.contains("already"), "{err}");
         let err = parse("[[deny]]\nname = \"x\"\ndestinations = []\n").unwrap_err();
         assert_eq!(err.field, "deny[0].destinations");
+    }
+
+    #[test]
+    fn a_prefix_belongs_to_one_rule() {
+        let err = parse(
+            "[[deny]]\nname = \"a\"\ndestinations = [\"10.0.0.0/8\"]\n[[deny]]\nname = \"b\"\ndestinations = [\"::ffff:10.0.0.0/104\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "deny[1].destinations[0]");
+        assert!(err.message.contains("deny[0]"), "{err}");
     }
 
     #[test]

@@ -36,15 +36,16 @@ pub fn encode_line(
     mode: &str,
     out: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
-    let now = jiff::Timestamp::now();
+    // Flows carry the kernel's time; the rest are stamped when written.
+    let now = jiff::Timestamp::now;
     match record {
         Record::Flow(flow) => serde_json::to_writer(&mut *out, &FlowDoc::new(flow, rules, mode))?,
-        Record::Started(info) => serde_json::to_writer(&mut *out, &started(info, now))?,
-        Record::Stopped(info) => serde_json::to_writer(&mut *out, &stopped(info, now))?,
+        Record::Started(info) => serde_json::to_writer(&mut *out, &started(info, now()))?,
+        Record::Stopped(info) => serde_json::to_writer(&mut *out, &stopped(info, now()))?,
         Record::Lost { count, total } => serde_json::to_writer(
             &mut *out,
             &json!({
-                "@timestamp": now.to_string(),
+                "@timestamp": now().to_string(),
                 "event": {
                     "kind": "pipeline_error",
                     "action": "events-lost",
@@ -61,7 +62,7 @@ pub fn encode_line(
         Record::Undecodable { reason } => serde_json::to_writer(
             &mut *out,
             &json!({
-                "@timestamp": now.to_string(),
+                "@timestamp": now().to_string(),
                 "event": {
                     "kind": "pipeline_error",
                     "action": "record-undecodable",

@@ -312,7 +312,7 @@ fn render(
             let s = summary(samples, case);
             let _ = writeln!(
                 out,
-                "| {} | {:.1} µs | {:.1} µs | {:.0} | {} | {} |",
+                "| {} | {:.2} µs | {:.2} µs | {:.0} | {} | {} |",
                 case.name(),
                 s.p50 / 1e3,
                 s.p99 / 1e3,
