@@ -22,6 +22,13 @@ fn main() -> anyhow::Result<()> {
              `cargo xtask build` installs what is missing."
         );
         fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
+        // Naming a file that never exists makes cargo rerun this script on
+        // every build, so the programs get built as soon as the toolchain
+        // is installed instead of the empty object staying cached.
+        println!(
+            "cargo:rerun-if-changed={}",
+            out_dir.join("toolchain-missing").display()
+        );
         return Ok(());
     }
 

@@ -139,6 +139,8 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// `ConnectEvent::flags` bit: the program saw an IPv4-mapped IPv6 address
 /// (`::ffff:a.b.c.d`) and judged it as the IPv4 address it stands for.
+/// Only connect6 sees such addresses: for UDP sends to a mapped address the
+/// kernel itself rewrites the destination and runs sendmsg4.
 pub const FLAG_V4_MAPPED: u8 = 1;
 
 /// Start of every record in the ring buffer.

@@ -25,7 +25,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, ConfigError, Output},
@@ -94,16 +94,27 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     tokio::spawn(async move {
+        let mut stopping = false;
         loop {
-            tokio::select! {
-                _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
-                _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-                _ = sighup.recv() => warn!(
-                    "SIGHUP: configuration reload is not supported yet; the running configuration stays in force"
-                ),
+            let name = tokio::select! {
+                _ = sigint.recv() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sighup.recv() => {
+                    warn!("SIGHUP: configuration reload is not supported yet; the running configuration stays in force");
+                    continue;
+                }
+            };
+            if stopping {
+                // A shutdown that hangs (an output that blocks) must still
+                // be interruptible. The kernel detaches the programs when
+                // the process ends.
+                error!("{name} again: exiting now; records not yet written are lost");
+                std::process::exit(130);
             }
+            info!("{name}: stopping (send it again to exit at once)");
+            stopping = true;
+            let _ = stop_tx.send(true);
         }
-        let _ = stop_tx.send(true);
     });
 
     // Open the output before attaching, so a bad path fails before anything

@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 /// privileges, each get their own, so that service managers and scripts can
 /// tell them apart from a crash.
 const EXIT_CONFIG: u8 = 64;
+const EXIT_CANTCREAT: u8 = 73;
 const EXIT_NOPERM: u8 = 77;
 
 #[derive(Parser)]
@@ -23,14 +24,16 @@ const EXIT_NOPERM: u8 = 77;
     version,
     about = "Watch, and if asked block, where each workload's network traffic goes.",
     long_about = "residency attaches eBPF programs to connect() and sendmsg() in a cgroup v2 \
-                  subtree. Every outbound TCP connection and UDP datagram (IPv4 and IPv6) is \
-                  judged in the kernel against the configured deny rules before a byte leaves, \
-                  and reported as one JSON line with Elastic Common Schema field names.\n\n\
+                  subtree. Every TCP and UDP connect() and every UDP sendto()/sendmsg() with a \
+                  destination address (IPv4 and IPv6) is judged in the kernel against the \
+                  configured deny rules before a byte leaves, and reported as one JSON line with \
+                  Elastic Common Schema field names. (A connected UDP socket is judged once, at \
+                  connect(); raw and packet sockets are not covered.)\n\n\
                   Start with `residency probe` to see what this kernel offers, \
                   `residency default-config > residency.toml` for a commented configuration, \
                   and `sudo residency run --config residency.toml`.",
     after_help = "Logs go to standard error; set RESIDENCY_LOG (e.g. RESIDENCY_LOG=debug) to change how much.\n\
-                  Exit codes: 0 success, 1 failure, 64 invalid configuration, 77 missing privileges."
+                  Exit codes: 0 success, 1 failure, 64 invalid configuration, 73 output cannot be opened, 77 missing privileges."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     match e {
                         RunError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                        RunError::Output(_) => ExitCode::from(EXIT_CANTCREAT),
                         RunError::Kernel(k) if k.is_permission() => ExitCode::from(EXIT_NOPERM),
                         _ => ExitCode::FAILURE,
                     }

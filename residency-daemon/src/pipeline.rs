@@ -40,6 +40,12 @@ use crate::{
 
 /// Capacity of the hand-off ring between reader and writer, in records.
 const HANDOFF_CAPACITY: usize = 64 * 1024;
+/// How long shutdown waits for records that calls in flight at detach time
+/// are still submitting.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+/// How often the writer checks that the reader is still there when no
+/// records arrive.
+const READER_CHECK: Duration = Duration::from_millis(500);
 
 /// What crosses the hand-off ring: kernel records stay raw (and `Copy`)
 /// until the writer enriches them.
@@ -61,6 +67,16 @@ pub enum PipelineError {
     Reader(std::io::Error),
     #[error("a pipeline task panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the event reader stopped without a reason")]
+    ReaderGone,
+}
+
+/// How the writer ended.
+enum WriterEnd {
+    /// The reader's `stopped` record was written: a clean end.
+    Stopped(StopInfo),
+    /// The reader went away without one (it failed or panicked).
+    ReaderGone,
 }
 
 /// Runs the pipeline until `shutdown` changes, then detaches, drains and
@@ -101,6 +117,11 @@ pub async fn run(
         source: e.into(),
     })?;
     output.write_batch(&buf).await?;
+    // Under systemd (Type=notify), the unit counts as started only now that
+    // the programs are attached, so units ordered after it are covered.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("cannot notify systemd of readiness: {e}");
+    }
 
     let reader = Reader {
         events,
@@ -118,19 +139,27 @@ pub async fn run(
     let reader = tokio::spawn(reader.run(shutdown));
     let writer = tokio::spawn(write_loop(config, consumer, output, ready, room));
 
-    let stop = match writer.await? {
-        Ok(stop) => stop,
-        Err(e) => {
-            // The writer failed: stop the reader too (it detaches on drop).
-            reader.abort();
-            return Err(e.into());
-        }
-    };
-    reader.await??;
+    let end = writer.await;
     if let Some(task) = log_task {
         task.abort();
     }
-    Ok(stop)
+    match end? {
+        Ok(WriterEnd::Stopped(stop)) => {
+            reader.await??;
+            Ok(stop)
+        }
+        Ok(WriterEnd::ReaderGone) => {
+            // The reader's own error says why; the programs are detached
+            // (dropping the reader dropped them).
+            reader.await??;
+            Err(PipelineError::ReaderGone)
+        }
+        Err(e) => {
+            // The writer failed: stop the reader too (it detaches on drop).
+            reader.abort();
+            Err(e.into())
+        }
+    }
 }
 
 struct Reader {
@@ -156,7 +185,10 @@ impl Reader {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                    break;
+                }
                 r = self.events.readable() => r.map_err(PipelineError::Reader)?,
                 _ = poll.tick() => {}
                 _ = stats.tick() => self.check_losses()?,
@@ -164,12 +196,34 @@ impl Reader {
             self.drain().await;
         }
 
-        // Detach first: from here on the kernel decides nothing new, so the
-        // drain below sees every decision and the counters are final.
+        // Detach first: from here on no new call reaches the programs.
+        // Calls already inside them (on other CPUs) may still submit, and a
+        // record reserved but not yet submitted stops the drain, so drain
+        // until what was read matches what the kernel counted, for a while.
         self.attached.detach();
-        self.drain().await;
-        let totals = self.counters.read()?;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        let mut totals = self.counters.read()?;
+        loop {
+            self.drain().await;
+            totals = self.counters.read().unwrap_or(totals);
+            if self.received >= totals.submitted || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.report_losses(totals).await;
+        let unread = totals.submitted.saturating_sub(self.received);
+        if unread > 0 {
+            warn!(
+                unread,
+                "records submitted by the kernel but not readable before shutdown"
+            );
+            self.push_waiting(Item::Lost {
+                count: unread,
+                total: totals.dropped + unread,
+            })
+            .await;
+        }
         self.push_waiting(Item::Stopped(StopInfo {
             kernel_submitted: totals.submitted,
             kernel_dropped: totals.dropped,
@@ -273,11 +327,19 @@ async fn write_loop(
     mut output: JsonLines,
     ready: Arc<Notify>,
     room: Arc<Notify>,
-) -> Result<StopInfo, WriteError> {
+) -> Result<WriterEnd, WriteError> {
     let mut buf = Vec::with_capacity(1 << 20);
     let mode = config.mode.as_str();
     loop {
-        ready.notified().await;
+        if tokio::time::timeout(READER_CHECK, ready.notified())
+            .await
+            .is_err()
+            && !consumer.write_is_held()
+            && consumer.is_empty()
+        {
+            error!("the event reader stopped; no more records will come");
+            return Ok(WriterEnd::ReaderGone);
+        }
         let clock = Clock::now();
         let mut stop = None;
         // Bounded batches keep memory flat and let the reader refill.
@@ -313,9 +375,9 @@ async fn write_loop(
                 received = stop.received,
                 kernel_submitted = stop.kernel_submitted,
                 kernel_dropped = stop.kernel_dropped,
-                "stopped; every kernel decision is accounted for"
+                "stopped"
             );
-            return Ok(stop);
+            return Ok(WriterEnd::Stopped(stop));
         }
         if !consumer.is_empty() {
             ready.notify_one();

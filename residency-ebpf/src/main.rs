@@ -18,6 +18,11 @@
 // build.rs). On the host the crate still compiles, so that
 // `cargo clippy --workspace` lints this code like the rest.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// The BPF target has no compare-and-swap, so core's atomic types offer no
+// fetch_add there; the intrinsic compiles to the BPF atomic add. (The BPF
+// build runs with RUSTC_BOOTSTRAP=1, see residency-daemon/build.rs.)
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd"))]
 
 use aya_ebpf::{
     bindings::{
@@ -267,9 +272,10 @@ fn protocol(sa: *mut bpf_sock_addr) -> u8 {
     match proto {
         p if p == u32::from(IPPROTO_TCP) => IPPROTO_TCP,
         p if p == u32::from(IPPROTO_UDP) => IPPROTO_UDP,
-        // Protocol 0 means "the default for the socket type".
-        _ if ty == SOCK_STREAM => IPPROTO_TCP,
-        _ if ty == SOCK_DGRAM => IPPROTO_UDP,
+        // Protocol 0 means "the default for the socket type". Anything else
+        // (ICMP ping sockets, SCTP, MPTCP) is neither TCP nor UDP.
+        0 if ty == SOCK_STREAM => IPPROTO_TCP,
+        0 if ty == SOCK_DGRAM => IPPROTO_UDP,
         _ => 0,
     }
 }
@@ -277,9 +283,24 @@ fn protocol(sa: *mut bpf_sock_addr) -> u8 {
 #[inline(always)]
 fn count(stat: Stat) {
     if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: a per-CPU slot is touched only by this CPU, and a program
-        // runs to completion without migrating, so the plain add is exclusive.
-        unsafe { *slot += 1 };
+        // Atomic even though the slot is per-CPU: these programs run with
+        // migration disabled but can be preempted (PREEMPT kernels), and a
+        // task preempting us on this CPU may run the same program. A plain
+        // read-modify-write could then lose a count, and a lost drop count
+        // would be a silent loss.
+        // SAFETY: the map value is a valid, 8-byte aligned u64 for as long
+        // as the program runs.
+        #[cfg(target_arch = "bpf")]
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                slot, 1,
+            );
+        }
+        // Host builds exist only for linting; they never run.
+        #[cfg(not(target_arch = "bpf"))]
+        unsafe {
+            *slot += 1;
+        }
     }
 }
 

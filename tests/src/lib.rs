@@ -230,10 +230,18 @@ impl Daemon {
     ///
     /// # Errors
     /// If the daemon does not exit cleanly within 20 s.
-    pub fn stop(mut self) -> anyhow::Result<Vec<Value>> {
+    pub fn stop(self) -> anyhow::Result<Vec<Value>> {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    /// Like [`Daemon::stop`], with another signal (SIGINT is Ctrl-C).
+    ///
+    /// # Errors
+    /// If the daemon does not exit cleanly within 20 s.
+    pub fn stop_with(mut self, signal: Signal) -> anyhow::Result<Vec<Value>> {
         let mut child = self.child.take().context("already stopped")?;
         let pid = Pid::from_raw(i32::try_from(child.id())?);
-        kill(pid, Signal::SIGTERM)?;
+        kill(pid, signal)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = child.try_wait()? {

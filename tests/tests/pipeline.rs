@@ -183,7 +183,16 @@ fn processes_outside_the_cgroup_are_not_reported() -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let records = daemon.stop()?;
+    // Ctrl-C stops as cleanly as SIGTERM: detached, drained, accounted for.
+    let records = daemon.stop_with(nix::sys::signal::Signal::SIGINT)?;
+    let stopped = records
+        .iter()
+        .find(|r| action(r) == "stopped")
+        .expect("stopped record");
+    assert_eq!(
+        stopped["residency"]["counters"]["kernel_submitted"],
+        stopped["residency"]["counters"]["received"]
+    );
 
     let outside_pid = pid_of(&outside);
     assert!(

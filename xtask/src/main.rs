@@ -106,7 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ensure_ebpf_toolchain()?;
             cargo(&build_args(true))?;
             if !is_root() {
-                bail!("residency loads BPF programs and needs root: run `sudo -E cargo xtask run`");
+                bail!(
+                    "residency loads BPF programs and needs root; the build is done, so run \
+                     `sudo target/release/residency run` (sudo's PATH usually lacks cargo)"
+                );
             }
             let mut cmd = Command::new(root.join("target/release/residency"));
             cmd.arg("run").args(args);

@@ -62,6 +62,11 @@ pub enum KernelError {
          CAP_SYS_ADMIN); run it with sudo or as the systemd service"
     )]
     PermissionDenied { doing: String },
+    #[error(
+        "permission denied while {doing}, although running as root: the capability set is \
+         restricted, or a security module or kernel lockdown forbids BPF here"
+    )]
+    DeniedAsRoot { doing: String },
     #[error("the kernel verifier rejected {program}: {summary}")]
     Verifier { program: String, summary: String },
     #[error("{doing}: {source}")]
@@ -80,7 +85,7 @@ impl KernelError {
     {
         let doing = doing.into();
         if chain_has_errno(&err, nix::libc::EPERM) || chain_has_errno(&err, nix::libc::EACCES) {
-            return KernelError::PermissionDenied { doing };
+            return KernelError::denied(doing);
         }
         KernelError::Aya {
             doing,
@@ -100,9 +105,7 @@ impl KernelError {
             // log it is the verifier speaking.
             if log.trim().is_empty() && matches!(errno, Some(nix::libc::EPERM | nix::libc::EACCES))
             {
-                return KernelError::PermissionDenied {
-                    doing: format!("{doing} {program}"),
-                };
+                return KernelError::denied(format!("{doing} {program}"));
             }
             if !log.trim().is_empty() {
                 return KernelError::Verifier {
@@ -114,10 +117,21 @@ impl KernelError {
         KernelError::from_aya(format!("{doing} {program}"), err)
     }
 
+    fn denied(doing: String) -> Self {
+        if nix::unistd::geteuid().is_root() {
+            KernelError::DeniedAsRoot { doing }
+        } else {
+            KernelError::PermissionDenied { doing }
+        }
+    }
+
     /// Whether the error is about privileges (for the exit code).
     #[must_use]
     pub fn is_permission(&self) -> bool {
-        matches!(self, KernelError::PermissionDenied { .. })
+        matches!(
+            self,
+            KernelError::PermissionDenied { .. } | KernelError::DeniedAsRoot { .. }
+        )
     }
 }
 

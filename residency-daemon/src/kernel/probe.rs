@@ -34,11 +34,13 @@ pub struct Features {
 pub fn probe() -> Features {
     let mounts = procfs_mounts();
     let privileged = nix::unistd::geteuid().is_root();
+    // Only a mount of the hierarchy's root will do: a bind mount of a
+    // subtree (root field not "/") is not "the whole host".
     let find = |fs: &str| {
         mounts
             .iter()
-            .find(|(fs_type, _)| fs_type == fs)
-            .map(|(_, point)| point.clone())
+            .find(|(fs_type, root, _)| fs_type == fs && root == "/")
+            .map(|(_, _, point)| point.clone())
     };
     Features {
         kernel_release: nix::sys::utsname::uname().map_or_else(
@@ -62,8 +64,9 @@ pub fn probe() -> Features {
     }
 }
 
-/// (filesystem type, mount point) for every mount this process sees.
-fn procfs_mounts() -> Vec<(String, PathBuf)> {
+/// (filesystem type, root within the filesystem, mount point) for every
+/// mount this process sees.
+fn procfs_mounts() -> Vec<(String, String, PathBuf)> {
     let Ok(me) = procfs::process::Process::myself() else {
         return Vec::new();
     };
@@ -71,7 +74,7 @@ fn procfs_mounts() -> Vec<(String, PathBuf)> {
         .map(|infos| {
             infos
                 .into_iter()
-                .map(|m| (m.fs_type, m.mount_point))
+                .map(|m| (m.fs_type, m.root, m.mount_point))
                 .collect()
         })
         .unwrap_or_default()

@@ -135,8 +135,8 @@ fn main() -> anyhow::Result<()> {
     storm(&cg, Op::Tcp(listener.tcp), connects / 10)?;
     storm(&cg, Op::Udp(listener.udp), sends / 10)?;
 
-    let mut tcp: Vec<(Case, Sample)> = Vec::new();
-    let mut udp: Vec<(Case, Sample)> = Vec::new();
+    let mut tcp: Vec<(usize, Case, Sample)> = Vec::new();
+    let mut udp: Vec<(usize, Case, Sample)> = Vec::new();
     let mut books = Books::default();
     for round in 0..rounds {
         for i in 0..Case::ALL.len() {
@@ -189,8 +189,8 @@ fn main() -> anyhow::Result<()> {
                     (t, u)
                 }
             };
-            tcp.push((case, t));
-            udp.push((case, u));
+            tcp.push((round, case, t));
+            udp.push((round, case, u));
         }
     }
     drop(cg);
@@ -202,12 +202,14 @@ fn main() -> anyhow::Result<()> {
         books.lost
     );
 
-    let table = render(rounds, connects, sends, &tcp, &udp, &books);
+    let (table, met) = render(rounds, connects, sends, &tcp, &udp, &books);
     println!("{table}");
     if let Some(path) = write {
         write_section(&path, "connect", &table)?;
         eprintln!("wrote the table to {}", path.display());
     }
+    // The table is written either way: a missed target is a result to show.
+    ensure!(met, "a target was missed; see the table");
     Ok(())
 }
 
@@ -263,13 +265,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn summary(samples: &[(Case, Sample)], case: Case) -> Sample {
+fn summary(samples: &[(usize, Case, Sample)], case: Case) -> Sample {
     let of = |f: fn(&Sample) -> f64| {
         median(
             samples
                 .iter()
-                .filter(|(c, _)| *c == case)
-                .map(|(_, s)| f(s))
+                .filter(|(_, c, _)| *c == case)
+                .map(|(_, _, s)| f(s))
                 .collect(),
         )
     };
@@ -280,14 +282,39 @@ fn summary(samples: &[(Case, Sample)], case: Case) -> Sample {
     }
 }
 
+/// The p50 ratio to "no programs" of each round (same round, so that drift
+/// between rounds cancels): (median, min, max) as percentages.
+fn round_ratios(samples: &[(usize, Case, Sample)], case: Case) -> (f64, f64, f64) {
+    let mut ratios: Vec<f64> = Vec::new();
+    for (round, c, s) in samples {
+        if *c != case {
+            continue;
+        }
+        if let Some((_, _, base)) = samples
+            .iter()
+            .find(|(r, c, _)| r == round && *c == Case::None)
+            && base.p50 > 0.0
+        {
+            ratios.push((s.p50 / base.p50 - 1.0) * 100.0);
+        }
+    }
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(ratios), min, max)
+}
+
+/// Issue target: `connect()` p50 with the daemon consuming within +15% of no
+/// programs, and no event lost.
+const CONNECT_P50_TARGET_PCT: f64 = 15.0;
+
 fn render(
     rounds: usize,
     connects: u64,
     sends: u64,
-    tcp: &[(Case, Sample)],
-    udp: &[(Case, Sample)],
+    tcp: &[(usize, Case, Sample)],
+    udp: &[(usize, Case, Sample)],
     books: &Books,
-) -> String {
+) -> (String, bool) {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -297,8 +324,9 @@ fn render(
         out,
         "Measured {} on Linux {kernel}, {cpus} CPUs, by `cargo xtask bench connect`: \
          {rounds} rounds, each with {connects} loopback TCP connects and {sends} UDP sends per \
-         case, cases interleaved; each figure is the median over rounds of that round's \
-         per-call p50 / p99 (every call timed on its own).\n",
+         case, cases interleaved. p50 and p99 are per call (every call timed on its own), \
+         the median over rounds; \"p50 vs none\" compares each round with the same round's \
+         no-programs case and gives the median and, in brackets, the range over rounds.\n",
         jiff::Zoned::now().strftime("%Y-%m-%d")
     );
     for (title, samples) in [("TCP connect()", tcp), ("UDP sendto()", udp)] {
@@ -310,14 +338,14 @@ fn render(
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
         for case in Case::ALL {
             let s = summary(samples, case);
+            let (mid, lo, hi) = round_ratios(samples, case);
             let _ = writeln!(
                 out,
-                "| {} | {:.2} µs | {:.2} µs | {:.0} | {} | {} |",
+                "| {} | {:.2} µs | {:.2} µs | {:.0} | {mid:+.1}% [{lo:+.1}, {hi:+.1}] | {} |",
                 case.name(),
                 s.p50 / 1e3,
                 s.p99 / 1e3,
                 s.per_sec,
-                ratio(s.p50, base.p50),
                 ratio(s.p99, base.p99),
             );
         }
@@ -326,10 +354,22 @@ fn render(
     let _ = writeln!(
         out,
         "Events in the daemon cases: {} calls, {} reported, {} lost (counted by the kernel and \
-         reported as `events-lost` records).",
+         reported as `events-lost` records).\n",
         books.calls, books.reported, books.lost
     );
-    out
+    let (connect_p50, _, _) = round_ratios(tcp, Case::Daemon);
+    let p50_met = connect_p50 <= CONNECT_P50_TARGET_PCT;
+    let loss_met = books.lost == 0;
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let _ = writeln!(
+        out,
+        "Targets: connect() p50 with the daemon consuming {connect_p50:+.1}% (target at most \
+         +{CONNECT_P50_TARGET_PCT:.0}%): {}; events lost {} (target 0): {}.",
+        verdict(p50_met),
+        books.lost,
+        verdict(loss_met)
+    );
+    (out, p50_met && loss_met)
 }
 
 fn ratio(x: f64, base: f64) -> String {

@@ -1,0 +1,304 @@
+//! Opening MaxMind DB files and looking addresses up.
+//!
+//! Supported layouts, detected per record rather than by database type so
+//! that unusual builds still work: MaxMind GeoIP2/GeoLite2 Country and City
+//! (`country.iso_code`, `registered_country.iso_code`, `continent.code`),
+//! the CC0 ip-location-db country files (`country_code`), and ASN data
+//! (`autonomous_system_number`, `autonomous_system_organization`), whether
+//! in the same file or in a separate ASN database.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use maxminddb::Reader;
+use serde::Deserialize;
+
+use crate::country::CountryCode;
+
+/// Why a database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GeoIpError {
+    #[error("cannot open GeoIP database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable MaxMind DB file: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("GeoIP lookup of {ip} in {path} failed: {reason}")]
+    Lookup {
+        ip: IpAddr,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+/// What identifies one build of a database: evidence and events carry it so
+/// that every verdict says which data decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DbVersion {
+    /// `database_type` from the file's metadata, e.g. `GeoLite2-Country`.
+    pub database_type: String,
+    /// Build time, seconds since the Unix epoch.
+    pub build_epoch: u64,
+    /// 4 or 6.
+    pub ip_version: u16,
+    /// Size of the search tree, as a cheap fingerprint of the build.
+    pub node_count: u32,
+}
+
+impl DbVersion {
+    /// A short label: `type@build_epoch`.
+    #[must_use]
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.database_type, self.build_epoch)
+    }
+}
+
+/// Everything the database says about one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoInfo {
+    /// The most specific network in the database that holds the address.
+    pub network: IpNet,
+    /// Where the address is located (`country`, or `country_code`).
+    pub country: Option<CountryCode>,
+    /// Where the network is registered, when the database says.
+    pub registered_country: Option<CountryCode>,
+    /// Two-letter continent code (`EU`, `NA`, ...), when the database says.
+    pub continent: Option<String>,
+    pub asn: Option<u32>,
+    pub as_org: Option<String>,
+}
+
+impl GeoInfo {
+    /// The country residency judges by: the located country, or failing that
+    /// the registered one (some blocks carry only the latter).
+    #[must_use]
+    pub fn effective_country(&self) -> Option<CountryCode> {
+        self.country.or(self.registered_country)
+    }
+}
+
+#[derive(Deserialize)]
+struct Named<'a> {
+    #[serde(borrow)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Continent<'a> {
+    #[serde(borrow)]
+    code: Option<&'a str>,
+}
+
+/// The fields residency reads, from any supported layout. Unknown fields
+/// are ignored.
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    country: Option<Named<'a>>,
+    #[serde(borrow)]
+    registered_country: Option<Named<'a>>,
+    #[serde(borrow)]
+    continent: Option<Continent<'a>>,
+    #[serde(borrow)]
+    country_code: Option<&'a str>,
+    /// u64: MaxMind writes uint32, other writers uint64.
+    autonomous_system_number: Option<u64>,
+    #[serde(borrow)]
+    autonomous_system_organization: Option<&'a str>,
+}
+
+/// The bytes behind a reader: a memory map of the file, or a buffer.
+pub enum Source {
+    Mmap(memmap2::Mmap),
+    Bytes(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Source {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Source::Mmap(m) => m,
+            Source::Bytes(b) => b,
+        }
+    }
+}
+
+/// An open, verified database.
+pub struct Database {
+    reader: Reader<Source>,
+    path: PathBuf,
+    version: DbVersion,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Memory-maps and verifies a database file.
+    ///
+    /// The whole file is checked (tree, data section, metadata) before it is
+    /// used, so a truncated or corrupt file is refused here with a clear
+    /// error instead of failing on some later lookup.
+    ///
+    /// # Errors
+    /// If the file cannot be read or is not a valid MaxMind DB.
+    pub fn open(path: &Path) -> Result<Self, GeoIpError> {
+        let file = File::open(path).map_err(|source| GeoIpError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the map is read-only. Updaters (geoipupdate, residency's
+        // own fetch) write a new file and rename it over the old one, which
+        // leaves this mapping on the old, unchanged inode. A tool that
+        // truncated the file in place could make reads fault; the daemon
+        // notices a changed file and reopens it.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| GeoIpError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_source(Source::Mmap(map), path)
+    }
+
+    /// Verifies a database held in memory; `name` stands for it in errors.
+    ///
+    /// # Errors
+    /// If the bytes are not a valid MaxMind DB.
+    pub fn from_bytes(bytes: Vec<u8>, name: &Path) -> Result<Self, GeoIpError> {
+        Self::from_source(Source::Bytes(bytes), name)
+    }
+
+    fn from_source(source: Source, path: &Path) -> Result<Self, GeoIpError> {
+        let invalid = |reason: String| GeoIpError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // maxminddb reports malformed input as errors; the catch is a second
+        // line of defence so that no file, however broken, can take the
+        // daemon down.
+        let reader = std::panic::catch_unwind(move || {
+            let reader = Reader::from_source(source)?;
+            reader.verify()?;
+            Ok::<_, maxminddb::MaxMindDbError>(reader)
+        })
+        .map_err(|_| invalid("the reader failed on malformed data".to_owned()))?
+        .map_err(|e| invalid(e.to_string()))?;
+        let m = reader.metadata();
+        let version = DbVersion {
+            database_type: m.database_type.clone(),
+            build_epoch: m.build_epoch,
+            ip_version: m.ip_version,
+            node_count: m.node_count,
+        };
+        Ok(Database {
+            reader,
+            path: path.to_path_buf(),
+            version,
+        })
+    }
+
+    #[must_use]
+    pub fn version(&self) -> &DbVersion {
+        &self.version
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn reader(&self) -> &Reader<Source> {
+        &self.reader
+    }
+
+    /// Looks an address up. IPv4-mapped IPv6 addresses are looked up as the
+    /// IPv4 address they stand for, as the kernel judges them. `None` means
+    /// the database has no record for the address.
+    ///
+    /// # Errors
+    /// If the record cannot be decoded.
+    pub fn lookup(&self, ip: IpAddr) -> Result<Option<GeoInfo>, GeoIpError> {
+        let ip = canonical(ip);
+        if ip.is_ipv6() && self.version.ip_version == 4 {
+            return Ok(None);
+        }
+        let err = |e: maxminddb::MaxMindDbError| GeoIpError::Lookup {
+            ip,
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let result = self.reader.lookup(ip).map_err(err)?;
+        let Some(record) = result.decode::<Record<'_>>().map_err(err)? else {
+            return Ok(None);
+        };
+        let network = result.network().map_err(err)?;
+        let network =
+            IpNet::new(network.network(), network.prefix()).map_err(|e| GeoIpError::Lookup {
+                ip,
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Some(GeoInfo {
+            network,
+            country: code(
+                record
+                    .country
+                    .and_then(|c| c.iso_code)
+                    .or(record.country_code),
+            ),
+            registered_country: code(record.registered_country.and_then(|c| c.iso_code)),
+            continent: record.continent.and_then(|c| c.code).map(str::to_owned),
+            asn: record
+                .autonomous_system_number
+                .and_then(|n| u32::try_from(n).ok()),
+            as_org: record.autonomous_system_organization.map(str::to_owned),
+        }))
+    }
+}
+
+/// The effective country of a raw record (see [`GeoInfo::effective_country`]),
+/// decoded straight from the data section: the flattener's fast path.
+pub(crate) fn effective_country_of(
+    result: &maxminddb::LookupResult<'_, Source>,
+) -> Result<(Option<CountryCode>, Option<String>), maxminddb::MaxMindDbError> {
+    let Some(record) = result.decode::<Record<'_>>()? else {
+        return Ok((None, None));
+    };
+    let raw = record
+        .country
+        .and_then(|c| c.iso_code)
+        .or(record.country_code)
+        .or(record.registered_country.and_then(|c| c.iso_code));
+    let parsed = code(raw);
+    let unknown = match (raw, parsed) {
+        (Some(r), None) => Some(r.to_owned()),
+        _ => None,
+    };
+    Ok((parsed, unknown))
+}
+
+/// A code from the data, if it is a real country code. Data providers also
+/// use pseudo-codes ("EU", "AP", "ZZ"), which are no country.
+fn code(raw: Option<&str>) -> Option<CountryCode> {
+    raw.and_then(|s| s.parse().ok())
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`; everything else unchanged.
+#[must_use]
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
