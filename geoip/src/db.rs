@@ -146,11 +146,14 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
-    /// Memory-maps and verifies a database file.
+    /// Memory-maps a database file and checks its metadata and layout.
     ///
-    /// The whole file is checked (tree, data section, metadata) before it is
-    /// used, so a truncated or corrupt file is refused here with a clear
-    /// error instead of failing on some later lookup.
+    /// The tree and the records are checked when the database is flattened
+    /// ([`crate::flatten`] walks every network and decodes every record, and
+    /// the daemon flattens every database before using it); lookups are
+    /// bounds-checked and report damage as errors. maxminddb's own
+    /// `verify()` is not used: it also requires a non-empty description,
+    /// which the CC0 ip-location-db files do not have.
     ///
     /// # Errors
     /// If the file cannot be read or is not a valid MaxMind DB.
@@ -186,15 +189,20 @@ impl Database {
         };
         // maxminddb reports malformed input as errors; the catch is a second
         // line of defence so that no file, however broken, can take the
-        // daemon down.
+        // daemon down (the damaged-file property test exercises this).
         let reader = std::panic::catch_unwind(move || {
             let reader = Reader::from_source(source)?;
-            reader.verify()?;
             Ok::<_, maxminddb::MaxMindDbError>(reader)
         })
         .map_err(|_| invalid("the reader failed on malformed data".to_owned()))?
         .map_err(|e| invalid(e.to_string()))?;
         let m = reader.metadata();
+        if m.database_type.is_empty() || !matches!(m.ip_version, 4 | 6) || m.node_count == 0 {
+            return Err(invalid(format!(
+                "implausible metadata (type {:?}, IP version {}, {} nodes)",
+                m.database_type, m.ip_version, m.node_count
+            )));
+        }
         let version = DbVersion {
             database_type: m.database_type.clone(),
             build_epoch: m.build_epoch,

@@ -11,8 +11,9 @@ use crate::country::{CountryCode, MAX_INDEX, UnknownCountry};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct CountrySet(pub [u64; WORDS]);
 
-/// 64-bit words in a [`CountrySet`]: room for indexes 0..256.
-pub const WORDS: usize = 4;
+/// 64-bit words in a [`CountrySet`]: room for indexes 0..256, the same
+/// bitmap the kernel's policies hold.
+pub const WORDS: usize = residency_common::COUNTRY_WORDS;
 const _: () = assert!((MAX_INDEX as usize) < WORDS * 64);
 
 impl CountrySet {

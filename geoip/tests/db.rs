@@ -197,7 +197,7 @@ fn arb_entry() -> impl Strategy<Value = (IpNet, usize)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Every sampled address gets the same country from the flattened
     /// table, from the kernel's IPv4 layout, and from the database itself.
@@ -212,7 +212,7 @@ proptest! {
             .collect();
         let db = open(build(Layout::GeoIp2, "t", 1, &leaked));
         let tables = flatten(&db).unwrap();
-        let layout = V4Layout::build(&tables.v4);
+        let layout = V4Layout::build(&tables.v4).unwrap();
 
         prop_assert!(tables.v4.windows(2).all(|w| w[0].0.broadcast() < w[1].0.network()), "sorted, disjoint");
         prop_assert!(tables.v6.windows(2).all(|w| w[0].0.broadcast() < w[1].0.network()), "sorted, disjoint");

@@ -19,12 +19,22 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters, indexed by [`crate::Stat`].
     pub const STATS: &str = "STATS";
-    /// Single-entry array holding [`crate::KernelSettings`].
-    pub const SETTINGS: &str = "SETTINGS";
+    /// Array of [`crate::Policy`]; index 0 is the default policy.
+    pub const POLICIES: &str = "POLICIES";
     /// LPM trie of IPv4 destination rules: key [`crate::Ipv4Key`], value [`crate::DestRule`].
     pub const DEST_RULES_V4: &str = "DEST_RULES_V4";
     /// LPM trie of IPv6 destination rules: key [`crate::Ipv6Key`], value [`crate::DestRule`].
     pub const DEST_RULES_V6: &str = "DEST_RULES_V6";
+    /// Single-entry array: the [`crate::GeoActive`] generation of the tables.
+    pub const GEO_ACTIVE: &str = "GEO_ACTIVE";
+    /// Hash of maps, generation -> IPv4 level-1 array (`u32` x 65,536).
+    pub const GEO4_L1: &str = "GEO4_L1";
+    /// Hash of maps, generation -> IPv4 level-2 array (`[u16; 256]` per split /16).
+    pub const GEO4_L2: &str = "GEO4_L2";
+    /// Hash of maps, generation -> IPv4 level-3 array (`[u8; 256]` per split /24).
+    pub const GEO4_L3: &str = "GEO4_L3";
+    /// Hash of maps, generation -> IPv6 LPM trie (country index per prefix).
+    pub const GEO6: &str = "GEO6";
 
     /// Load-time global (`.rodata`): 1 if the programs may ever return a
     /// deny. When it is 0 the verifier sees the deny path as dead code, so a
@@ -43,9 +53,31 @@ pub mod names {
     pub const SENDMSG6: &str = "residency_sendmsg6";
 }
 
-/// Capacity of each destination-rule trie. The static deny list fills these;
-/// the `GeoIP` tables get maps of their own.
-pub const MAX_DEST_RULES: u32 = 16_384;
+/// Capacity of each destination-rule trie (deny rules, internal networks,
+/// local ranges).
+pub const MAX_DEST_RULES: u32 = 65_536;
+/// Entries in the policy array.
+pub const MAX_POLICIES: u32 = 1024;
+/// Generations of `GeoIP` tables the kernel can hold at once: the active one,
+/// the next one being loaded, and room for a swap that overlaps another.
+pub const GEO_GENERATIONS: u32 = 4;
+/// Capacity of an IPv6 country trie (about 600,000 prefixes in the largest
+/// free database today).
+pub const GEO6_MAX_PREFIXES: u32 = 4_000_000;
+/// Entries in the IPv4 level-1 array: one per /16.
+pub const GEO4_L1_ENTRIES: u32 = 1 << 16;
+/// Level-1 flag: the low 16 bits are the country index of the whole /16.
+/// Otherwise a non-zero value `n` names level-2 block `n - 1`, and 0 means
+/// no country.
+pub const GEO4_L1_UNIFORM: u32 = 1 << 31;
+/// Level-2 values from here up name a level-3 block: `value - GEO4_L2_SPLIT`.
+/// Below it they are a country index.
+pub const GEO4_L2_SPLIT: u16 = 0x100;
+/// `BPF_F_INNER_MAP`: inner maps of different sizes may share an outer map.
+/// The level-2 and level-3 arrays are sized per database.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// `BPF_F_NO_PREALLOC`: tries allocate per entry.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Stable numbers of the record kinds in the ring buffer. Numbers are never
 /// reused: a retired kind keeps its number.
@@ -84,12 +116,12 @@ impl Hook {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// No rule objected.
+    /// Nothing objected.
     Allowed = 1,
-    /// A rule objected but enforcement is off: the call went through and is
-    /// reported as a violation.
+    /// Something objected but enforcement is off: the call went through and
+    /// is reported as a violation.
     Flagged = 2,
-    /// A rule objected and enforcement is on: the call failed with EPERM.
+    /// Something objected and enforcement is on: the call failed with EPERM.
     Blocked = 3,
 }
 
@@ -105,15 +137,61 @@ impl Verdict {
     }
 }
 
-/// What a destination rule asks for.
+/// What a rule (or a policy, for unknown destinations) asks for.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Allow = 1,
-    /// Report, never block, even in enforce mode.
+    /// Report as a violation, never block, even when enforcing.
     Flag = 2,
-    /// Block in enforce mode, flag in monitor mode.
+    /// Block when the policy enforces, flag when it monitors.
     Block = 3,
+    /// Judge by the rule's country against the policy's allowed set.
+    Judge = 4,
+}
+
+impl Action {
+    #[must_use]
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Flag),
+            3 => Some(Self::Block),
+            4 => Some(Self::Judge),
+            _ => None,
+        }
+    }
+}
+
+/// What decided about a destination.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestKind {
+    /// The `GeoIP` tables gave a country, judged against the policy.
+    Geo = 1,
+    /// The `GeoIP` tables have no country for it: the policy's choice for
+    /// unknown destinations applied.
+    Unknown = 2,
+    /// A deny rule.
+    Denied = 3,
+    /// A loopback, private or link-local range.
+    Local = 4,
+    /// A network the configuration declares internal, in a jurisdiction.
+    Internal = 5,
+}
+
+impl DestKind {
+    #[must_use]
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Geo),
+            2 => Some(Self::Unknown),
+            3 => Some(Self::Denied),
+            4 => Some(Self::Local),
+            5 => Some(Self::Internal),
+            _ => None,
+        }
+    }
 }
 
 /// Indexes into the per-CPU `STATS` array.
@@ -169,10 +247,15 @@ pub struct ConnectEvent {
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Id of the rule that decided; 0 when no rule matched.
+    /// Id of the destination rule that decided; 0 when the `GeoIP` tables did.
     pub rule_id: u32,
+    /// Generation of the `GeoIP` tables consulted; 0 when none were.
+    pub geo_gen: u32,
     /// Destination port, host byte order.
     pub dport: u16,
+    /// Country index that decided (from the `GeoIP` tables or an internal
+    /// network's jurisdiction); 0 for none.
+    pub country: u16,
     /// [`AF_INET`] or [`AF_INET6`]; an IPv4-mapped IPv6 destination is
     /// reported as [`AF_INET`] with [`FLAG_V4_MAPPED`] set.
     pub family: u8,
@@ -184,16 +267,19 @@ pub struct ConnectEvent {
     pub verdict: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    pub _pad0: u8,
+    /// A [`DestKind`] number.
+    pub dest_kind: u8,
+    /// Index of the policy applied.
+    pub policy: u16,
     /// Destination address in network byte order. IPv4 uses the first four
     /// bytes and leaves the rest zero.
     pub daddr: [u8; 16],
     /// `comm` of the calling thread, NUL-padded.
     pub comm: [u8; 16],
-    pub _pad1: [u8; 4],
+    pub _pad: [u8; 4],
 }
 
-/// Destination rule stored in the LPM tries.
+/// Destination rule stored in the `DEST_RULES` tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DestRule {
@@ -201,17 +287,37 @@ pub struct DestRule {
     pub rule_id: u32,
     /// An [`Action`] number.
     pub action: u8,
-    pub _pad: [u8; 3],
+    /// A [`DestKind`] number.
+    pub kind: u8,
+    /// Country index for [`Action::Judge`] (an internal network's
+    /// jurisdiction); 0 otherwise.
+    pub country: u16,
 }
 
-/// Runtime settings that the daemon may change without reloading programs.
+/// Words in a country bitmap: bit `i` is country index `i` (1-based; bit 0
+/// is never set).
+pub const COUNTRY_WORDS: usize = 4;
+
+/// A residency policy as the kernel applies it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct KernelSettings {
-    /// 1: rules that say block do block (only if `MAY_BLOCK` was set at
-    /// load time). 0: they flag.
+pub struct Policy {
+    /// Countries data may go to.
+    pub allowed: [u64; COUNTRY_WORDS],
+    /// [`Action`] for destinations without a country.
+    pub unknown_action: u8,
+    /// 1: violations are blocked (only if `MAY_BLOCK` was set at load
+    /// time). 0: they are flagged.
     pub enforce: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 6],
+}
+
+/// Which generation of the `GeoIP` tables is in force (0: none loaded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GeoActive {
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// LPM trie key data for IPv4 (network byte order). The prefix length is
@@ -223,13 +329,16 @@ pub type Ipv6Key = [u8; 16];
 // Layout checks: a change here is a change of the kernel ABI between the two
 // halves and must be deliberate.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, boot_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, rule_id) == 40);
-const _: () = assert!(core::mem::offset_of!(ConnectEvent, daddr) == 52);
-const _: () = assert!(core::mem::offset_of!(ConnectEvent, comm) == 68);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, dport) == 48);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, family) == 52);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, daddr) == 60);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, comm) == 76);
 const _: () = assert!(core::mem::size_of::<DestRule>() == 8);
-const _: () = assert!(core::mem::size_of::<KernelSettings>() == 8);
+const _: () = assert!(core::mem::size_of::<Policy>() == 40);
+const _: () = assert!(core::mem::size_of::<GeoActive>() == 8);
 
 #[cfg(feature = "user")]
 mod user {
@@ -238,5 +347,6 @@ mod user {
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for super::ConnectEvent {}
     unsafe impl aya::Pod for super::DestRule {}
-    unsafe impl aya::Pod for super::KernelSettings {}
+    unsafe impl aya::Pod for super::Policy {}
+    unsafe impl aya::Pod for super::GeoActive {}
 }

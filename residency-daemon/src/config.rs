@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use geoip::{CountryCode, CountrySet, Sets};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use toml::Spanned;
@@ -71,6 +72,28 @@ impl Mode {
     }
 }
 
+/// What to do with a destination: for unknown destinations and local ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Choice {
+    Allow,
+    /// Report as a violation, never block.
+    Flag,
+    /// Block when enforcing, flag when monitoring.
+    Block,
+}
+
+impl Choice {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Choice::Allow => "allow",
+            Choice::Flag => "flag",
+            Choice::Block => "block",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -81,7 +104,51 @@ struct RawConfig {
     #[serde(default)]
     output: RawOutput,
     #[serde(default)]
+    geoip: RawGeoIp,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    jurisdiction: Vec<RawJurisdiction>,
+    #[serde(default)]
+    internal: Vec<RawInternal>,
+    #[serde(default)]
     deny: Vec<RawDenyRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoIp {
+    database: Option<Spanned<String>>,
+    asn_database: Option<Spanned<String>>,
+    check_interval_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    allowed: Option<Spanned<Vec<Spanned<String>>>>,
+    unknown: Option<Choice>,
+    local: Option<Choice>,
+    local_networks: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJurisdiction {
+    name: Spanned<String>,
+    countries: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInternal {
+    name: Spanned<String>,
+    destinations: Spanned<Vec<Spanned<String>>>,
+    jurisdiction: Spanned<String>,
+    #[serde(default)]
+    description: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,16 +179,91 @@ struct RawDenyRule {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where it came from, for messages.
     pub source: String,
     pub mode: Mode,
     pub kernel: KernelConfig,
     pub output: Output,
-    /// Deny rules; rule `i` has id `i + 1` (0 means "no rule matched").
-    pub deny: Vec<DenyRule>,
+    pub geoip: GeoIpConfig,
+    pub policy: PolicyConfig,
+    /// Built-in and custom jurisdiction sets.
+    pub sets: Sets,
+    /// Destination rules, checked before the `GeoIP` tables: deny rules,
+    /// then internal networks, then the local ranges. Rule `i` has id
+    /// `i + 1`; 0 means the `GeoIP` tables decided.
+    pub rules: Vec<Rule>,
 }
+
+/// Where the `GeoIP` data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoIpConfig {
+    /// A country (or city) database; `None`: search the usual places.
+    pub database: Option<PathBuf>,
+    /// A separate ASN database, if the country one has no ASNs.
+    pub asn_database: Option<PathBuf>,
+    /// How often the files are checked for a new version.
+    pub check_interval: Duration,
+}
+
+/// The residency policy (one, for every workload, until tenants and
+/// workloads have their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Countries data may go to.
+    pub allowed: CountrySet,
+    /// The names the set was written with (sets and countries), for
+    /// explanations.
+    pub allowed_names: Vec<String>,
+    /// Destinations the `GeoIP` data has no country for.
+    pub unknown: Choice,
+    /// Loopback, private, link-local and multicast destinations.
+    pub local: Choice,
+}
+
+/// A destination rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub id: u32,
+    pub name: String,
+    pub description: String,
+    pub kind: RuleKind,
+    /// Normalised: no host bits, and IPv4-mapped IPv6 prefixes turned into
+    /// the IPv4 prefixes they stand for (the kernel judges `::ffff:a.b.c.d`
+    /// as IPv4, so a mapped prefix would otherwise never match).
+    pub destinations: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// Never allowed: blocked when enforcing, flagged when monitoring.
+    Deny,
+    /// An internal network, judged by the jurisdiction it sits in.
+    Internal(CountryCode),
+    /// Loopback, private, link-local, multicast: `policy.local` applies.
+    Local,
+}
+
+/// The ranges that are local by default (`policy.local_networks` replaces
+/// the list): loopback (RFC 1122, RFC 4291), private (RFC 1918, RFC 4193),
+/// shared CGNAT space (RFC 6598), link-local (RFC 3927, RFC 4291), "this
+/// network" (RFC 1122), multicast and limited broadcast.
+pub const DEFAULT_LOCAL_NETWORKS: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "0.0.0.0/8",
+    "224.0.0.0/4",
+    "ff00::/8",
+    "255.255.255.255/32",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelConfig {
@@ -149,22 +291,12 @@ pub enum Output {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DenyRule {
-    pub id: u32,
-    pub name: String,
-    pub description: String,
-    /// Normalised: no host bits, and IPv4-mapped IPv6 prefixes turned into
-    /// the IPv4 prefixes they stand for (the kernel judges `::ffff:a.b.c.d`
-    /// as IPv4, so a mapped prefix would otherwise never match).
-    pub destinations: Vec<IpNet>,
-}
-
 const PAGE: u32 = 4096;
 const DEFAULT_RING_KIB: u32 = 1024;
 const MAX_RING_KIB: u32 = 1024 * 1024;
 const DEFAULT_POLL_MS: u64 = 10;
 const DEFAULT_STATS_MS: u64 = 1000;
+const DEFAULT_GEOIP_CHECK_SECS: u64 = 10;
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -218,57 +350,84 @@ impl Config {
             Some(s) => Output::File(PathBuf::from(s.get_ref())),
         };
 
-        let mut deny = Vec::with_capacity(raw.deny.len());
+        let geoip = validate_geoip(&raw.geoip, &at)?;
+
+        let mut sets = Sets::new();
+        for (i, j) in raw.jurisdiction.iter().enumerate() {
+            let members: Vec<&str> = j.countries.get_ref().iter().map(|c| c.get_ref().as_str()).collect();
+            sets.define(j.name.get_ref(), &members).map_err(|e| {
+                // Point at the member at fault when there is one.
+                let (span, field) = match &e {
+                    geoip::sets::SetError::Unknown(bad) | geoip::sets::SetError::Country(geoip::country::UnknownCountry(bad)) => j
+                        .countries
+                        .get_ref()
+                        .iter()
+                        .enumerate()
+                        .find(|(_, c)| c.get_ref() == bad)
+                        .map_or((j.countries.span(), format!("jurisdiction[{i}].countries")), |(k, c)| {
+                            (c.span(), format!("jurisdiction[{i}].countries[{k}]"))
+                        }),
+                    _ => (j.name.span(), format!("jurisdiction[{i}].name")),
+                };
+                at.err(span, &field, &e.to_string())
+            })?;
+            let _ = &j.description;
+        }
+
+        let policy = validate_policy(&raw.policy, &sets, &at)?;
+
+        let mut rules: Vec<Rule> = Vec::new();
         // The kernel keys rules by prefix, so one prefix can name one rule.
-        let mut seen: std::collections::HashMap<IpNet, usize> = std::collections::HashMap::new();
+        let mut seen: std::collections::HashMap<IpNet, String> = std::collections::HashMap::new();
         for (i, rule) in raw.deny.iter().enumerate() {
             let field = format!("deny[{i}]");
-            let name = rule.name.get_ref().trim();
-            if name.is_empty() {
-                return Err(at.err(rule.name.span(), &format!("{field}.name"), "is empty"));
-            }
-            if deny.iter().any(|r: &DenyRule| r.name == name) {
-                return Err(at.err(
-                    rule.name.span(),
-                    &format!("{field}.name"),
-                    &format!(
-                        "\"{name}\" is already the name of another rule; names must be unique"
-                    ),
-                ));
-            }
-            if rule.destinations.get_ref().is_empty() {
-                return Err(at.err(
-                    rule.destinations.span(),
-                    &format!("{field}.destinations"),
-                    "is empty; list at least one CIDR, e.g. \"203.0.113.0/24\"",
-                ));
-            }
-            let mut destinations = Vec::new();
-            for (j, cidr) in rule.destinations.get_ref().iter().enumerate() {
-                let here = format!("{field}.destinations[{j}]");
-                let net =
-                    parse_cidr(cidr.get_ref()).map_err(|msg| at.err(cidr.span(), &here, &msg))?;
-                if let Some(&k) = seen.get(&net) {
-                    return Err(at.err(
-                        cidr.span(),
-                        &here,
-                        &format!(
-                            "{net} is already listed in deny[{k}]; a prefix can belong to one rule"
-                        ),
-                    ));
-                }
-                seen.insert(net, i);
-                destinations.push(net);
-            }
-            deny.push(DenyRule {
-                id: u32::try_from(i + 1)
-                    .map_err(|_| at.err(rule.name.span(), &field, "too many rules"))?,
-                name: name.to_owned(),
-                description: rule.description.clone(),
+            let destinations = rule_destinations(&rule.destinations, &field, &mut seen, &at)?;
+            push_rule(&mut rules, &rule.name, &field, &rule.description, RuleKind::Deny, destinations, &at)?;
+        }
+        for (i, net) in raw.internal.iter().enumerate() {
+            let field = format!("internal[{i}]");
+            let jurisdiction: CountryCode = net.jurisdiction.get_ref().parse().map_err(|e: geoip::country::UnknownCountry| {
+                at.err(net.jurisdiction.span(), &format!("{field}.jurisdiction"), &e.to_string())
+            })?;
+            let destinations = rule_destinations(&net.destinations, &field, &mut seen, &at)?;
+            push_rule(
+                &mut rules,
+                &net.name,
+                &field,
+                &net.description,
+                RuleKind::Internal(jurisdiction),
                 destinations,
+                &at,
+            )?;
+        }
+        // Local ranges: the configured list or the defaults. A prefix the
+        // user named in a rule above keeps that rule.
+        let local: Vec<IpNet> = match &raw.policy.local_networks {
+            Some(list) => {
+                let mut nets = Vec::new();
+                for (j, cidr) in list.get_ref().iter().enumerate() {
+                    let here = format!("policy.local_networks[{j}]");
+                    nets.push(parse_cidr(cidr.get_ref()).map_err(|msg| at.err(cidr.span(), &here, &msg))?);
+                }
+                nets
+            }
+            None => DEFAULT_LOCAL_NETWORKS
+                .iter()
+                .filter_map(|c| parse_cidr(c).ok())
+                .collect(),
+        };
+        let local: Vec<IpNet> = local.into_iter().filter(|n| !seen.contains_key(n)).collect();
+        if !local.is_empty() {
+            rules.push(Rule {
+                id: next_id(&rules),
+                name: "local-networks".to_owned(),
+                description: "loopback, private, link-local and multicast ranges".to_owned(),
+                kind: RuleKind::Local,
+                destinations: local,
             });
         }
-        let total: usize = deny.iter().map(|r| r.destinations.len()).sum();
+
+        let total: usize = rules.iter().map(|r| r.destinations.len()).sum();
         if total > residency_common::MAX_DEST_RULES as usize {
             return Err(ConfigError {
                 file: source.to_owned(),
@@ -286,15 +445,27 @@ impl Config {
             mode: raw.mode,
             kernel,
             output,
-            deny,
+            geoip,
+            policy,
+            sets,
+            rules,
         })
+    }
+
+    /// The deny rules.
+    pub fn deny_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(|r| r.kind == RuleKind::Deny)
     }
 
     /// Whether the kernel programs must be able to block at all. When not,
     /// they are loaded with the deny path compiled out.
     #[must_use]
     pub fn may_block(&self) -> bool {
-        self.mode == Mode::Enforce && !self.deny.is_empty()
+        self.mode == Mode::Enforce
+            && (self.deny_rules().next().is_some()
+                || self.policy.allowed != CountrySet::all()
+                || self.policy.unknown == Choice::Block
+                || self.policy.local == Choice::Block)
     }
 
     /// The safety interlock: refuses to let deny rules apply to every
@@ -319,15 +490,19 @@ impl Config {
         Ok(())
     }
 
-    /// The rule name for a rule id from the kernel.
+    /// The rule with an id from the kernel (0, the `GeoIP` tables, has none).
+    #[must_use]
+    pub fn rule(&self, id: u32) -> Option<&Rule> {
+        self.rules.get(usize::try_from(id.checked_sub(1)?).ok()?)
+    }
+
+    /// The rule name for a rule id from the kernel; "geoip" for 0.
     #[must_use]
     pub fn rule_name(&self, id: u32) -> Option<&str> {
         if id == 0 {
-            return Some("default");
+            return Some("geoip");
         }
-        self.deny
-            .get(usize::try_from(id - 1).ok()?)
-            .map(|r| r.name.as_str())
+        self.rule(id).map(|r| r.name.as_str())
     }
 }
 
@@ -404,6 +579,133 @@ fn validate_kernel(raw: &RawKernel, at: &Locator<'_>) -> Result<KernelConfig, Co
         poll_interval: Duration::from_millis(poll_ms),
         stats_interval: Duration::from_millis(stats_ms),
         allow_enforce_at_root: raw.allow_enforce_at_root,
+    })
+}
+
+fn next_id(rules: &[Rule]) -> u32 {
+    u32::try_from(rules.len() + 1).unwrap_or(u32::MAX)
+}
+
+fn push_rule(
+    rules: &mut Vec<Rule>,
+    name: &Spanned<String>,
+    field: &str,
+    description: &str,
+    kind: RuleKind,
+    destinations: Vec<IpNet>,
+    at: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    let n = name.get_ref().trim();
+    if n.is_empty() {
+        return Err(at.err(name.span(), &format!("{field}.name"), "is empty"));
+    }
+    if rules.iter().any(|r| r.name == n) {
+        return Err(at.err(
+            name.span(),
+            &format!("{field}.name"),
+            &format!("\"{n}\" is already the name of another rule; names must be unique"),
+        ));
+    }
+    rules.push(Rule {
+        id: next_id(rules),
+        name: n.to_owned(),
+        description: description.to_owned(),
+        kind,
+        destinations,
+    });
+    Ok(())
+}
+
+fn rule_destinations(
+    list: &Spanned<Vec<Spanned<String>>>,
+    field: &str,
+    seen: &mut std::collections::HashMap<IpNet, String>,
+    at: &Locator<'_>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    if list.get_ref().is_empty() {
+        return Err(at.err(
+            list.span(),
+            &format!("{field}.destinations"),
+            "is empty; list at least one CIDR, e.g. \"203.0.113.0/24\"",
+        ));
+    }
+    let mut out = Vec::new();
+    for (j, cidr) in list.get_ref().iter().enumerate() {
+        let here = format!("{field}.destinations[{j}]");
+        let net = parse_cidr(cidr.get_ref()).map_err(|msg| at.err(cidr.span(), &here, &msg))?;
+        if let Some(other) = seen.get(&net) {
+            return Err(at.err(
+                cidr.span(),
+                &here,
+                &format!("{net} is already listed in {other}; a prefix can belong to one rule"),
+            ));
+        }
+        seen.insert(net, field.to_owned());
+        out.push(net);
+    }
+    Ok(out)
+}
+
+fn validate_geoip(raw: &RawGeoIp, at: &Locator<'_>) -> Result<GeoIpConfig, ConfigError> {
+    let path = |p: &Option<Spanned<String>>, field: &str| -> Result<Option<PathBuf>, ConfigError> {
+        match p {
+            None => Ok(None),
+            Some(s) if s.get_ref().trim().is_empty() => Err(at.err(
+                s.span(),
+                field,
+                "is empty; give the path of a .mmdb file, or leave the key out to search the usual places",
+            )),
+            Some(s) => Ok(Some(PathBuf::from(s.get_ref()))),
+        }
+    };
+    let secs = raw
+        .check_interval_secs
+        .as_ref()
+        .map_or(DEFAULT_GEOIP_CHECK_SECS, |s| *s.get_ref());
+    if !(1..=86_400).contains(&secs) {
+        return Err(at.err_opt(
+            raw.check_interval_secs.as_ref().map(Spanned::span),
+            "geoip.check_interval_secs",
+            &format!("{secs} is outside 1..=86400"),
+        ));
+    }
+    Ok(GeoIpConfig {
+        database: path(&raw.database, "geoip.database")?,
+        asn_database: path(&raw.asn_database, "geoip.asn_database")?,
+        check_interval: Duration::from_secs(secs),
+    })
+}
+
+fn validate_policy(raw: &RawPolicy, sets: &Sets, at: &Locator<'_>) -> Result<PolicyConfig, ConfigError> {
+    let (allowed, allowed_names) = match &raw.allowed {
+        // Without a list every country is allowed: the policy then only
+        // reports, and flags what the other settings say.
+        None => (CountrySet::all(), vec!["all countries".to_owned()]),
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                return Err(at.err(
+                    list.span(),
+                    "policy.allowed",
+                    "is empty, which would forbid every country; name sets or countries, e.g. [\"EEA\"], or leave the key out to allow all",
+                ));
+            }
+            let mut set = CountrySet::EMPTY;
+            let mut names = Vec::new();
+            for (j, name) in list.get_ref().iter().enumerate() {
+                let s = sets.resolve(name.get_ref()).map_err(|e| {
+                    at.err(name.span(), &format!("policy.allowed[{j}]"), &e.to_string())
+                })?;
+                set = set.union(&s);
+                names.push(name.get_ref().clone());
+            }
+            (set, names)
+        }
+    };
+    Ok(PolicyConfig {
+        allowed,
+        allowed_names,
+        unknown: raw.unknown.unwrap_or(Choice::Flag),
+        local: raw.local.unwrap_or(Choice::Allow),
     })
 }
 
@@ -514,7 +816,11 @@ mod tests {
         assert_eq!(config.kernel.ring_buffer_bytes, 1024 * 1024);
         assert_eq!(config.kernel.wakeup_bytes, 256 * 1024);
         assert_eq!(config.kernel.poll_interval, Duration::from_millis(10));
-        assert!(config.deny.is_empty());
+        assert_eq!(config.deny_rules().count(), 0);
+        assert_eq!(config.policy.allowed, CountrySet::all(), "no list: every country");
+        assert_eq!(config.policy.unknown, Choice::Flag);
+        assert_eq!(config.policy.local, Choice::Allow);
+        assert_eq!(config.rules.len(), 1, "only the local ranges");
     }
 
     #[test]
@@ -549,13 +855,15 @@ destinations = ["198.51.100.7", "::ffff:192.0.2.0/120"]
 "#,
         )
         .unwrap();
-        assert_eq!(config.deny.len(), 2);
-        assert_eq!(config.deny[0].id, 1);
-        assert_eq!(config.deny[1].id, 2);
+        let deny: Vec<&Rule> = config.deny_rules().collect();
+        assert_eq!(deny.len(), 2);
+        assert_eq!(deny[0].id, 1);
+        assert_eq!(deny[1].id, 2);
         assert_eq!(config.rule_name(2), Some("b"));
-        assert_eq!(config.rule_name(0), Some("default"));
-        assert_eq!(config.rule_name(3), None);
-        let b: Vec<String> = config.deny[1]
+        assert_eq!(config.rule_name(0), Some("geoip"));
+        assert_eq!(config.rule_name(3), Some("local-networks"));
+        assert_eq!(config.rule_name(4), None);
+        let b: Vec<String> = deny[1]
             .destinations
             .iter()
             .map(ToString::to_string)
@@ -606,6 +914,59 @@ destinations = ["198.51.100.7", "::ffff:192.0.2.0/120"]
     }
 
     #[test]
+    fn policy_sets_and_internal_networks() {
+        let c = parse(
+            r#"
+[policy]
+allowed = ["dach", "EEA", "JP"]
+unknown = "block"
+local = "flag"
+local_networks = ["127.0.0.0/8"]
+[[jurisdiction]]
+name = "dach"
+countries = ["DE", "AT", "CH"]
+[[internal]]
+name = "dc"
+destinations = ["10.20.0.0/16"]
+jurisdiction = "CH"
+"#,
+        )
+        .unwrap();
+        let cc = |s: &str| s.parse::<CountryCode>().unwrap();
+        assert!(c.policy.allowed.contains(cc("CH")) && c.policy.allowed.contains(cc("NO")));
+        assert!(c.policy.allowed.contains(cc("JP")) && !c.policy.allowed.contains(cc("US")));
+        assert_eq!(c.policy.allowed_names, ["dach", "EEA", "JP"]);
+        assert_eq!((c.policy.unknown, c.policy.local), (Choice::Block, Choice::Flag));
+        assert_eq!(c.rules[0].kind, RuleKind::Internal(cc("CH")));
+        assert_eq!(c.rules[1].kind, RuleKind::Local);
+        assert_eq!(c.rules[1].destinations.len(), 1, "local_networks replaces the defaults");
+    }
+
+    #[test]
+    fn policy_mistakes_name_the_entry() {
+        let err = parse("[policy]\nallowed = [\"EEA\", \"UK\"]\n").unwrap_err();
+        assert_eq!((err.field.as_str(), err.line), ("policy.allowed[1]", Some(2)));
+        assert!(err.message.contains("\"UK\" is neither a country code nor a jurisdiction set"), "{err}");
+        let err = parse("[policy]\nallowed = []\n").unwrap_err();
+        assert_eq!(err.field, "policy.allowed");
+        let err = parse("[policy]\nunknown = \"deny\"\n").unwrap_err();
+        assert!(err.message.contains("allow") && err.message.contains("block"), "{err}");
+        let err = parse("[[jurisdiction]]\nname = \"x\"\ncountries = [\"DE\", \"XX\"]\n").unwrap_err();
+        assert_eq!((err.field.as_str(), err.line), ("jurisdiction[0].countries[1]", Some(3)));
+        let err = parse("[[jurisdiction]]\nname = \"EU\"\ncountries = [\"DE\"]\n").unwrap_err();
+        assert_eq!(err.field, "jurisdiction[0].name");
+        let err = parse("[[internal]]\nname = \"dc\"\ndestinations = [\"10.0.0.0/8\"]\njurisdiction = \"Germany\"\n").unwrap_err();
+        assert_eq!((err.field.as_str(), err.line), ("internal[0].jurisdiction", Some(4)));
+        let err = parse("[geoip]\ndatabase = \"\"\n").unwrap_err();
+        assert_eq!(err.field, "geoip.database");
+        let err = parse(
+            "[[deny]]\nname = \"a\"\ndestinations = [\"10.1.0.0/16\"]\n[[internal]]\nname = \"b\"\ndestinations = [\"10.1.0.0/16\"]\njurisdiction = \"DE\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "internal[0].destinations[0]");
+    }
+
+    #[test]
     fn ring_size_must_be_a_power_of_two() {
         let err = parse("[kernel]\nring_buffer_kib = 100\n").unwrap_err();
         assert_eq!(err.field, "kernel.ring_buffer_kib");
@@ -650,8 +1011,11 @@ destinations = ["198.51.100.7", "::ffff:192.0.2.0/120"]
         assert!(
             !parse("mode = \"enforce\"\n[kernel]\ncgroup = \"t\"\n")
                 .unwrap()
-                .may_block()
+                .may_block(),
+            "nothing can block"
         );
+        assert!(parse("mode = \"enforce\"\n[policy]\nallowed = [\"EEA\"]\n").unwrap().may_block());
+        assert!(parse("mode = \"enforce\"\n[policy]\nunknown = \"block\"\n").unwrap().may_block());
     }
 
     #[test]

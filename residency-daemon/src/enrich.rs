@@ -1,15 +1,23 @@
 //! The enrich stage: turns a kernel record into a [`Flow`] that says, in
 //! userspace terms, who sent what where and what was decided.
 //!
-//! Today that means wall-clock time, addresses, names and the rule's name.
-//! Process, workload, tenant, `GeoIP` and DNS detail join here as later stages
-//! of the product land.
+//! Today that means wall-clock time, addresses, names, and the `GeoIP`
+//! detail (country, continent, AS) of the database generation that decided.
+//! Process, workload, tenant and DNS detail join here as later stages of the
+//! product land.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use residency_common::{
-    AF_INET, AF_INET6, ConnectEvent, FLAG_V4_MAPPED, Hook, IPPROTO_TCP, IPPROTO_UDP, Verdict,
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
+
+use geoip::{CountryCode, DbVersion};
+use residency_common::{
+    AF_INET, AF_INET6, ConnectEvent, DestKind, FLAG_V4_MAPPED, Hook, IPPROTO_TCP, IPPROTO_UDP,
+    Verdict,
+};
+
+use crate::geo::{Detail, DetailCache, Registry};
 
 /// Maps the kernel's `CLOCK_BOOTTIME` stamps to wall-clock time.
 ///
@@ -86,6 +94,17 @@ pub struct Flow {
     pub v4_mapped: bool,
     pub verdict: Verdict,
     pub rule_id: u32,
+    /// What decided: `GeoIP`, a rule, a local range.
+    pub dest_kind: DestKind,
+    /// The country the kernel judged (`GeoIP` or an internal network's
+    /// jurisdiction).
+    pub country: Option<CountryCode>,
+    /// Generation of the kernel's `GeoIP` tables that was consulted (0: none).
+    pub geo_gen: u32,
+    /// Version of the database behind that generation.
+    pub geo_version: Option<Arc<DbVersion>>,
+    /// What the full database says about the destination.
+    pub detail: Option<Arc<Detail>>,
 }
 
 /// A kernel record with a field this build does not know.
@@ -97,6 +116,8 @@ pub enum EnrichError {
     Verdict(u8),
     #[error("unknown address family {0}")]
     Family(u8),
+    #[error("unknown destination kind {0}")]
+    DestKind(u8),
 }
 
 impl Flow {
@@ -107,6 +128,7 @@ impl Flow {
     /// does not know.
     pub fn from_kernel(ev: &ConnectEvent, clock: &Clock) -> Result<Self, EnrichError> {
         let hook = Hook::from_u8(ev.hook).ok_or(EnrichError::Hook(ev.hook))?;
+        let dest_kind = DestKind::from_u8(ev.dest_kind).ok_or(EnrichError::DestKind(ev.dest_kind))?;
         let verdict = Verdict::from_u8(ev.verdict).ok_or(EnrichError::Verdict(ev.verdict))?;
         let dest_ip = match ev.family {
             AF_INET => IpAddr::V4(Ipv4Addr::new(
@@ -144,7 +166,27 @@ impl Flow {
             v4_mapped: ev.flags & FLAG_V4_MAPPED != 0,
             verdict,
             rule_id: ev.rule_id,
+            dest_kind,
+            country: CountryCode::from_index(ev.country),
+            geo_gen: ev.geo_gen,
+            geo_version: None,
+            detail: None,
         })
+    }
+
+    /// Adds the `GeoIP` detail: from the generation the kernel consulted, or
+    /// the newest one for destinations a rule decided. Local destinations
+    /// get none (there is nothing to say about 10.0.0.1 in a country
+    /// database).
+    pub fn add_geo(&mut self, registry: &Registry, cache: &mut DetailCache) {
+        if self.dest_kind == DestKind::Local {
+            return;
+        }
+        let Some(generation) = registry.get(self.geo_gen) else {
+            return;
+        };
+        self.detail = Some(cache.get(&generation, self.dest_ip));
+        self.geo_version = Some(generation.version.clone());
     }
 }
 
@@ -158,7 +200,7 @@ mod tests {
         ConnectEvent {
             header: EventHeader {
                 kind: EventKind::Connect as u32,
-                size: 88,
+                size: 96,
             },
             boot_ns: 1_000_000_000,
             cgroup_id: 5,
@@ -167,16 +209,19 @@ mod tests {
             uid: 65534,
             gid: 65534,
             rule_id: 0,
+            geo_gen: 3,
             dport: 8080,
+            country: "US".parse::<CountryCode>().unwrap().index(),
             family,
             protocol: IPPROTO_UDP,
             hook: Hook::Sendmsg6 as u8,
             verdict: Verdict::Flagged as u8,
             flags: FLAG_V4_MAPPED,
-            _pad0: 0,
+            dest_kind: DestKind::Geo as u8,
+            policy: 0,
             daddr,
             comm: *b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0",
-            _pad1: [0; 4],
+            _pad: [0; 4],
         }
     }
 
@@ -197,6 +242,8 @@ mod tests {
             "non-UTF-8 comm is replaced, not dropped"
         );
         assert_eq!(f.time.as_nanosecond(), 1_700_000_001_000_000_000);
+        assert_eq!(f.country, Some("US".parse().unwrap()));
+        assert_eq!((f.dest_kind, f.geo_gen), (DestKind::Geo, 3));
 
         let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
         let f = Flow::from_kernel(&event(AF_INET6, v6.octets()), &clock).unwrap();

@@ -4,8 +4,13 @@
 //! data flow (see `docs/architecture.md`):
 //!
 //! - [`config`]: the TOML file, validated;
-//! - [`kernel`]: loads, fills and attaches the kernel programs, and reads
-//!   their ring buffer and counters (the only module that uses aya);
+//! - [`policy`]: the configuration compiled for the kernel, and the same
+//!   decision made in userspace for explanations;
+//! - [`geo`]: the `GeoIP` database: found, flattened into kernel tables,
+//!   watched for new versions, and looked up for enrichment;
+//! - [`kernel`]: loads, fills and attaches the kernel programs, swaps the
+//!   `GeoIP` tables, and reads the ring buffer and counters (the only module
+//!   that uses aya);
 //! - [`pipeline`]: moves records from the kernel to the sinks;
 //! - [`enrich`]: turns kernel records into explained flows;
 //! - [`sinks`]: writes records out (ECS JSON lines today).
@@ -15,8 +20,10 @@
 
 pub mod config;
 pub mod enrich;
+pub mod geo;
 pub mod kernel;
 pub mod pipeline;
+pub mod policy;
 pub mod sinks;
 
 use std::{path::PathBuf, sync::Arc};
@@ -45,6 +52,8 @@ pub struct RunOptions {
     pub cgroup: Option<PathBuf>,
     /// Output instead of `output.events`.
     pub output: Option<Output>,
+    /// `GeoIP` database instead of `geoip.database`.
+    pub geoip: Option<PathBuf>,
 }
 
 /// Why `run` failed.
@@ -60,6 +69,8 @@ pub enum RunError {
     Pipeline(#[from] PipelineError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("GeoIP: {0}")]
+    Geo(#[from] geo::GeoError),
 }
 
 /// Attaches the kernel programs and reports every decision until SIGINT or
@@ -90,6 +101,8 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     // Signals first, so that a SIGTERM during start-up is not lost, and
     // SIGHUP (sent by `systemctl reload`) does not kill the daemon.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let reload = Arc::new(tokio::sync::Notify::new());
+    let reload_on_hup = reload.clone();
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
@@ -100,7 +113,8 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
                 _ = sigint.recv() => "SIGINT",
                 _ = sigterm.recv() => "SIGTERM",
                 _ = sighup.recv() => {
-                    warn!("SIGHUP: configuration reload is not supported yet; the running configuration stays in force");
+                    info!("SIGHUP: reloading the GeoIP database (the configuration itself is not reloaded yet)");
+                    reload_on_hup.notify_one();
                     continue;
                 }
             };
@@ -120,6 +134,65 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     // Open the output before attaching, so a bad path fails before anything
     // touches the kernel.
     let output = JsonLines::open(&config.output).await?;
+
+    // The GeoIP tables are loaded before the programs are attached, so that
+    // the first call is judged with them.
+    let explicit = options.geoip.clone().or_else(|| config.geoip.database.clone());
+    let geo_path = geo::discover(explicit.as_deref());
+    let asn_path = geo::discover_asn(config.geoip.asn_database.as_deref());
+    let prepared = match &geo_path {
+        Some(path) => {
+            let (p, a) = (path.clone(), asn_path.clone());
+            let prepared = tokio::task::spawn_blocking(move || geo::prepare(&p, a.as_deref()))
+                .await
+                .map_err(|e| RunError::Pipeline(PipelineError::Join(e)))??;
+            Some(prepared)
+        }
+        None => {
+            warn!(
+                searched = ?geo::SEARCH_PATHS,
+                unknown = config.policy.unknown.as_str(),
+                "no GeoIP database: every destination outside the rules is \"unknown\"; \
+                 set geoip.database, or install one (cargo xtask run fetches the CC0 default)"
+            );
+            None
+        }
+    };
+
+    let compiled = policy::compile(&config);
+    let start_geo = prepared.as_ref().map(|p| (&p.v4, &p.v6[..]));
+    let (kernel, geo_maps, installed) = kernel::start(&config, &compiled, target.clone(), start_geo)?;
+
+    let registry = Arc::new(geo::Registry::default());
+    let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut geo_label = None;
+    if let (Some(p), Some(installed), Some(path)) = (&prepared, &installed, &geo_path) {
+        let version = Arc::new(p.db.version().clone());
+        geo_label = Some(version.label());
+        registry.add(geo::Generation {
+            number: installed.generation,
+            version: version.clone(),
+            path: path.clone(),
+            db: p.db.clone(),
+            asn: p.asn.clone(),
+        });
+        let _ = notes_tx.send(geo::loaded_note(path, &version, p, installed));
+    }
+    tokio::spawn(geo::watch(
+        geo::Watch {
+            maps: Some(geo_maps),
+            explicit: explicit.is_some(),
+            identity: prepared.as_ref().map(|p| p.identity).unwrap_or_default(),
+            path: geo_path,
+            asn: asn_path,
+            interval: config.geoip.check_interval,
+            registry: registry.clone(),
+            notes: notes_tx,
+            reload,
+        },
+        stop_rx.clone(),
+    ));
+
     let start = StartInfo {
         cgroup_path: target.path.display().to_string(),
         cgroup_id: target.id,
@@ -127,9 +200,69 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         may_block: config.may_block(),
         kernel_release: features.kernel_release.clone(),
         ring_buffer_kib: config.kernel.ring_buffer_bytes / 1024,
-        deny_rules: config.deny.len(),
+        deny_rules: config.deny_rules().count(),
         config_source: config.source.clone(),
+        geoip: geo_label,
+        geoip_generation: installed.map_or(0, |i| i.generation),
+        allowed: config.policy.allowed_names.clone(),
     };
-    let kernel = kernel::start(&config, target)?;
-    Ok(pipeline::run(Arc::new(config), kernel, start, output, stop_rx).await?)
+    Ok(pipeline::run(Arc::new(config), kernel, start, output, registry, notes_rx, stop_rx).await?)
+}
+
+/// What `residency lookup` says about one address.
+#[derive(Debug, Clone)]
+pub struct LookupReport {
+    pub ip: std::net::IpAddr,
+    pub decision: policy::Decision,
+    /// The rule that decided, by name.
+    pub rule: Option<String>,
+    /// What the full database says.
+    pub detail: Option<geo::Detail>,
+    /// The database consulted, as `type@build_epoch`, and its path.
+    pub database: Option<(String, PathBuf)>,
+}
+
+/// Decides about addresses as the running daemon would with `config`,
+/// without touching the kernel: the same rules, the same flattened `GeoIP`
+/// tables, and the full database for detail.
+///
+/// # Errors
+/// If the `GeoIP` database cannot be prepared.
+pub fn lookup(
+    config: &Config,
+    geoip_path: Option<&std::path::Path>,
+    ips: &[std::net::IpAddr],
+) -> Result<Vec<LookupReport>, RunError> {
+    let explicit = geoip_path.map(std::path::Path::to_path_buf).or_else(|| config.geoip.database.clone());
+    let path = geo::discover(explicit.as_deref());
+    let asn = geo::discover_asn(config.geoip.asn_database.as_deref());
+    let prepared = match &path {
+        Some(p) => Some(geo::prepare(p, asn.as_deref())?),
+        None => None,
+    };
+    let generation = prepared.as_ref().zip(path.as_ref()).map(|(p, path)| geo::Generation {
+        number: 1,
+        version: Arc::new(p.db.version().clone()),
+        path: path.clone(),
+        db: p.db.clone(),
+        asn: p.asn.clone(),
+    });
+    let mut cache = geo::DetailCache::new(ips.len());
+    Ok(ips
+        .iter()
+        .map(|&ip| {
+            let decision =
+                policy::decide(config, ip, |a| prepared.as_ref().and_then(|p| p.kernel_country(a)));
+            let detail = (decision.kind != residency_common::DestKind::Local)
+                .then(|| generation.as_ref().map(|g| (*cache.get(g, ip)).clone()))
+                .flatten();
+            LookupReport {
+                ip,
+                rule: config.rule(decision.rule_id).map(|r| r.name.clone()),
+                decision,
+                detail,
+                database: generation.as_ref().map(|g| (g.version.label(), g.path.clone())),
+            }
+        })
+        .collect())
 }

@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 /// privileges, each get their own, so that service managers and scripts can
 /// tell them apart from a crash.
 const EXIT_CONFIG: u8 = 64;
+const EXIT_DATAERR: u8 = 65;
 const EXIT_CANTCREAT: u8 = 73;
 const EXIT_NOPERM: u8 = 77;
 
@@ -33,7 +34,7 @@ const EXIT_NOPERM: u8 = 77;
                   `residency default-config > residency.toml` for a commented configuration, \
                   and `sudo residency run --config residency.toml`.",
     after_help = "Logs go to standard error; set RESIDENCY_LOG (e.g. RESIDENCY_LOG=debug) to change how much.\n\
-                  Exit codes: 0 success, 1 failure, 64 invalid configuration, 73 output cannot be opened, 77 missing privileges."
+                  Exit codes: 0 success, 1 failure, 64 invalid configuration, 65 unusable GeoIP database, 73 output cannot be opened, 77 missing privileges."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,6 +69,32 @@ enum Command {
         /// (appended to) or `-` for standard output.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// GeoIP database (.mmdb) instead of `geoip.database` and the
+        /// search of the usual places.
+        #[arg(long, value_name = "FILE")]
+        geoip: Option<PathBuf>,
+    },
+    /// Say what the daemon would decide for addresses, and why, without loading anything.
+    ///
+    /// Uses the same rules and the same GeoIP tables the kernel would use
+    /// (from the configuration and the GeoIP database), and shows what the
+    /// full database says about each address.
+    #[command(after_help = "Examples:\n  \
+        residency lookup 8.8.8.8 2a00:1450:4001::1\n  \
+        residency lookup --config /etc/residency/residency.toml --json 203.0.113.9")]
+    Lookup {
+        /// Configuration file (default: the built-in one).
+        #[arg(short, long, env = "RESIDENCY_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// GeoIP database (.mmdb) instead of the configured or found one.
+        #[arg(long, value_name = "FILE")]
+        geoip: Option<PathBuf>,
+        /// One JSON object per address instead of text.
+        #[arg(long)]
+        json: bool,
+        /// IPv4 or IPv6 addresses.
+        #[arg(required = true, value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
     },
     /// Validate a configuration file without loading anything into the kernel.
     ///
@@ -109,21 +136,55 @@ fn main() -> ExitCode {
                     return config_error(&e);
                 }
                 println!(
-                    "{}: valid: mode {}, cgroup /{}, {} deny rule(s) with {} destination(s)",
+                    "{}: valid: mode {}, cgroup /{}, allowed {}, unknown destinations: {}, \
+                     {} deny rule(s), {} internal network rule(s)",
                     c.source,
                     c.mode.as_str(),
                     c.kernel.cgroup.display(),
-                    c.deny.len(),
-                    c.deny.iter().map(|r| r.destinations.len()).sum::<usize>()
+                    c.policy.allowed_names.join(", "),
+                    c.policy.unknown.as_str(),
+                    c.deny_rules().count(),
+                    c.rules
+                        .iter()
+                        .filter(|r| matches!(r.kind, residency_daemon::config::RuleKind::Internal(_)))
+                        .count(),
                 );
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
         },
+        Command::Lookup {
+            config,
+            geoip,
+            json,
+            ips,
+        } => {
+            let config = match config.as_deref().map_or_else(Config::builtin, Config::from_file) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            match residency_daemon::lookup(&config, geoip.as_deref(), &ips) {
+                Ok(reports) => {
+                    for r in &reports {
+                        if json {
+                            println!("{}", lookup_json(r));
+                        } else {
+                            print!("{}", lookup_text(r));
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_DATAERR)
+                }
+            }
+        }
         Command::Run {
             config,
             cgroup,
             output,
+            geoip,
         } => {
             let config = match config
                 .as_deref()
@@ -141,6 +202,7 @@ fn main() -> ExitCode {
                         Output::File(p)
                     }
                 }),
+                geoip,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -156,6 +218,7 @@ fn main() -> ExitCode {
                     match e {
                         RunError::Config(_) => ExitCode::from(EXIT_CONFIG),
                         RunError::Output(_) => ExitCode::from(EXIT_CANTCREAT),
+                        RunError::Geo(_) => ExitCode::from(EXIT_DATAERR),
                         RunError::Kernel(k) if k.is_permission() => ExitCode::from(EXIT_NOPERM),
                         _ => ExitCode::FAILURE,
                     }
@@ -168,4 +231,78 @@ fn main() -> ExitCode {
 fn config_error(e: &ConfigError) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(EXIT_CONFIG)
+}
+
+fn verdict_word(v: residency_common::Verdict) -> &'static str {
+    residency_daemon::sinks::ecs::verdict_str(v)
+}
+
+fn lookup_text(r: &residency_daemon::LookupReport) -> String {
+    use std::fmt::Write as _;
+    let d = &r.decision;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", r.ip);
+    let _ = writeln!(out, "  verdict:    {}", verdict_word(d.verdict));
+    let by = residency_daemon::sinks::ecs::kind_str(d.kind);
+    match &r.rule {
+        Some(rule) => {
+            let _ = writeln!(out, "  decided by: {by} (rule \"{rule}\", id {})", d.rule_id);
+        }
+        None => {
+            let _ = writeln!(out, "  decided by: {by}");
+        }
+    }
+    if let Some(c) = d.country {
+        let _ = writeln!(out, "  country:    {c} (as the kernel judges it)");
+    }
+    if let Some(det) = &r.detail {
+        let mut parts = Vec::new();
+        if let Some(c) = det.country {
+            parts.push(format!("located {c}"));
+        }
+        if let Some(c) = det.registered_country {
+            parts.push(format!("registered {c}"));
+        }
+        if let Some(c) = &det.continent {
+            parts.push(format!("continent {c}"));
+        }
+        if let Some(n) = det.asn {
+            parts.push(format!("AS{n} {}", det.as_org.as_deref().unwrap_or("")).trim_end().to_owned());
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(out, "  database:   {}", parts.join(", "));
+        }
+    }
+    match &r.database {
+        Some((label, path)) => {
+            let _ = writeln!(out, "  data:       {label} ({})", path.display());
+        }
+        None => {
+            let _ = writeln!(out, "  data:       no GeoIP database found");
+        }
+    }
+    for (i, reason) in d.reasons.iter().enumerate() {
+        let _ = writeln!(out, "  {} {reason}", if i == 0 { "why:       " } else { "           " });
+    }
+    out
+}
+
+fn lookup_json(r: &residency_daemon::LookupReport) -> serde_json::Value {
+    let d = &r.decision;
+    serde_json::json!({
+        "ip": r.ip.to_string(),
+        "verdict": verdict_word(d.verdict),
+        "decided_by": residency_daemon::sinks::ecs::kind_str(d.kind),
+        "rule": { "id": d.rule_id, "name": r.rule },
+        "country": d.country.map(|c| c.to_string()),
+        "database": r.detail.as_ref().map(|det| serde_json::json!({
+            "country": det.country.map(|c| c.to_string()),
+            "registered_country": det.registered_country.map(|c| c.to_string()),
+            "continent": det.continent,
+            "asn": det.asn,
+            "as_org": det.as_org,
+        })),
+        "geoip": r.database.as_ref().map(|(label, path)| serde_json::json!({ "version": label, "path": path.display().to_string() })),
+        "reasons": d.reasons,
+    })
 }

@@ -31,12 +31,20 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     enrich::{Clock, Flow},
+    geo::{DetailCache, Registry},
     kernel::{CounterReader, DecodeError, EventRing, Kernel, KernelCounters, KernelError},
     sinks::{
         Record, StartInfo, StopInfo, ecs,
         jsonl::{JsonLines, WriteError},
     },
 };
+
+/// Addresses whose `GeoIP` detail the writer keeps at hand.
+const DETAIL_CACHE: usize = 65_536;
+
+/// What the pipeline writes besides kernel records (lifecycle notes from
+/// other tasks, such as a `GeoIP` reload).
+pub type Notes = tokio::sync::mpsc::UnboundedReceiver<Record>;
 
 /// Capacity of the hand-off ring between reader and writer, in records.
 const HANDOFF_CAPACITY: usize = 64 * 1024;
@@ -89,6 +97,8 @@ pub async fn run(
     kernel: Kernel,
     start: StartInfo,
     mut output: JsonLines,
+    registry: Arc<Registry>,
+    notes: Notes,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StopInfo, PipelineError> {
     let (producer, consumer) = HeapRb::<Item>::new(HANDOFF_CAPACITY).split();
@@ -137,7 +147,15 @@ pub async fn run(
         stats: config.kernel.stats_interval,
     };
     let reader = tokio::spawn(reader.run(shutdown));
-    let writer = tokio::spawn(write_loop(config, consumer, output, ready, room));
+    let writer = tokio::spawn(write_loop(Writer {
+        config,
+        consumer,
+        output,
+        ready,
+        room,
+        registry,
+        notes,
+    }));
 
     let end = writer.await;
     if let Some(task) = log_task {
@@ -321,35 +339,62 @@ impl Reader {
     }
 }
 
-async fn write_loop(
+struct Writer {
     config: Arc<Config>,
-    mut consumer: ringbuf::HeapCons<Item>,
-    mut output: JsonLines,
+    consumer: ringbuf::HeapCons<Item>,
+    output: JsonLines,
     ready: Arc<Notify>,
     room: Arc<Notify>,
-) -> Result<WriterEnd, WriteError> {
+    registry: Arc<Registry>,
+    notes: Notes,
+}
+
+async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
+    let Writer {
+        config,
+        mut consumer,
+        mut output,
+        ready,
+        room,
+        registry,
+        mut notes,
+    } = w;
     let mut buf = Vec::with_capacity(1 << 20);
+    let mut cache = DetailCache::new(DETAIL_CACHE);
     let mode = config.mode.as_str();
+    let mut notes_open = true;
     loop {
-        if tokio::time::timeout(READER_CHECK, ready.notified())
-            .await
-            .is_err()
-            && !consumer.write_is_held()
-            && consumer.is_empty()
-        {
+        let woke = tokio::select! {
+            () = ready.notified() => true,
+            note = notes.recv(), if notes_open => {
+                match note {
+                    Some(note) => {
+                        if let Err(e) = ecs::encode_line(&note, config.as_ref(), mode, &mut buf) {
+                            error!("cannot encode a record: {e}");
+                        }
+                    }
+                    None => notes_open = false,
+                }
+                true
+            }
+            () = tokio::time::sleep(READER_CHECK) => false,
+        };
+        if !woke && !consumer.write_is_held() && consumer.is_empty() {
             error!("the event reader stopped; no more records will come");
+            output.write_batch(&buf).await?;
             return Ok(WriterEnd::ReaderGone);
         }
         let clock = Clock::now();
         let mut stop = None;
         // Bounded batches keep memory flat and let the reader refill.
         while buf.len() < (1 << 20) {
-            let Some(item) = consumer.try_pop() else {
-                break;
-            };
+            let Some(item) = consumer.try_pop() else { break };
             let record = match item {
                 Item::Event(ev) => match Flow::from_kernel(&ev, &clock) {
-                    Ok(flow) => Record::Flow(flow),
+                    Ok(mut flow) => {
+                        flow.add_geo(&registry, &mut cache);
+                        Record::Flow(flow)
+                    }
                     Err(e) => Record::Undecodable {
                         reason: format!("kernel record: {e}"),
                     },

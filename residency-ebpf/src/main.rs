@@ -25,22 +25,22 @@
 #![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd"))]
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr,
-    },
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr},
+    btf_maps::{Array as BtfArray, HashOfMaps, LpmTrie as BtfLpmTrie},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
-    macros::{cgroup_sock_addr, map},
+    macros::{btf_map, cgroup_sock_addr, map},
     maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::SockAddrContext,
 };
 use aya_log_ebpf::warn;
 use residency_common::{
-    AF_INET, AF_INET6, Action, ConnectEvent, DestRule, EventHeader, EventKind, FLAG_V4_MAPPED,
-    Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key, KernelSettings, MAX_DEST_RULES, STAT_COUNT,
-    Stat, Verdict,
+    AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, ConnectEvent, DestKind,
+    DestRule, EventHeader, EventKind, FLAG_V4_MAPPED, GEO_GENERATIONS, GEO4_L1_ENTRIES,
+    GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive, Hook, IPPROTO_TCP, IPPROTO_UDP,
+    Ipv4Key, Ipv6Key, MAX_DEST_RULES, MAX_POLICIES, Policy, STAT_COUNT, Stat, Verdict,
 };
 
 /// Return values of a `sock_addr` program.
@@ -65,8 +65,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-#[map(name = "SETTINGS")]
-static SETTINGS: Array<KernelSettings> = Array::with_max_entries(1, 0);
+#[map(name = "POLICIES")]
+static POLICIES: Array<Policy> = Array::with_max_entries(MAX_POLICIES, 0);
 
 #[map(name = "DEST_RULES_V4")]
 static DEST_RULES_V4: LpmTrie<Ipv4Key, DestRule> =
@@ -75,6 +75,40 @@ static DEST_RULES_V4: LpmTrie<Ipv4Key, DestRule> =
 #[map(name = "DEST_RULES_V6")]
 static DEST_RULES_V6: LpmTrie<Ipv6Key, DestRule> =
     LpmTrie::with_max_entries(MAX_DEST_RULES, BPF_F_NO_PREALLOC);
+
+// GeoIP tables. Each generation is a set of inner maps that the daemon builds
+// off to the side and then publishes by bumping GEO_ACTIVE; the previous
+// generation is removed only after that, and the kernel frees it once no
+// program holds it (RCU). A program that finds a table of the generation it
+// read missing (removed meanwhile) reads GEO_ACTIVE again: there is no moment
+// at which a lookup misses.
+#[map(name = "GEO_ACTIVE")]
+static GEO_ACTIVE: Array<GeoActive> = Array::with_max_entries(1, 0);
+
+#[btf_map]
+static GEO4_L1: HashOfMaps<u32, BtfArray<u32, { GEO4_L1_ENTRIES as usize }>, { GEO_GENERATIONS as usize }> =
+    HashOfMaps::new();
+
+#[btf_map]
+static GEO4_L2: HashOfMaps<
+    u32,
+    BtfArray<[u16; 256], 1, { BPF_F_INNER_MAP as usize }>,
+    { GEO_GENERATIONS as usize },
+> = HashOfMaps::new();
+
+#[btf_map]
+static GEO4_L3: HashOfMaps<
+    u32,
+    BtfArray<[u8; 256], 1, { BPF_F_INNER_MAP as usize }>,
+    { GEO_GENERATIONS as usize },
+> = HashOfMaps::new();
+
+#[btf_map]
+static GEO6: HashOfMaps<
+    u32,
+    BtfLpmTrie<Ipv6Key, u16, { GEO6_MAX_PREFIXES as usize }, { BPF_F_NO_PREALLOC as usize }>,
+    { GEO_GENERATIONS as usize },
+> = HashOfMaps::new();
 
 #[cgroup_sock_addr(connect4)]
 pub fn residency_connect4(ctx: SockAddrContext) -> i32 {
@@ -128,13 +162,7 @@ fn on_ipv6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // ::ffff:a.b.c.d on a dual-stack socket goes out as IPv4, so it is judged
     // and reported as IPv4: a v4 rule must not be sidestepped through AF_INET6.
     if w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
-        return decide(
-            ctx,
-            hook,
-            &Dest::V4(w[3].to_ne_bytes()),
-            port,
-            FLAG_V4_MAPPED,
-        );
+        return decide(ctx, hook, &Dest::V4(w[3].to_ne_bytes()), port, FLAG_V4_MAPPED);
     }
     let mut addr = [0u8; 16];
     let mut i = 0;
@@ -149,16 +177,28 @@ fn on_ipv6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     decide(ctx, hook, &Dest::V6(addr), port, 0)
 }
 
+/// How a destination was classified, and by what.
+struct Finding {
+    kind: DestKind,
+    action: Action,
+    rule_id: u32,
+    country: u16,
+    geo_gen: u32,
+}
+
 fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u8) -> i32 {
-    let rule = match dest {
-        Dest::V4(a) => DEST_RULES_V4.get(Key::new(32, *a)),
-        Dest::V6(a) => DEST_RULES_V6.get(Key::new(128, *a)),
+    // Every call is judged by a policy; index 0, the default, always exists
+    // (an array entry), so this lookup cannot miss.
+    let Some(policy) = POLICIES.get(0) else {
+        return ALLOW;
     };
-    let (verdict, rule_id) = match rule {
-        None => (Verdict::Allowed, 0),
-        Some(rule) => (judge(ctx, rule), rule.rule_id),
+    let finding = classify(ctx, dest, policy);
+    let verdict = match finding.action {
+        Action::Allow => Verdict::Allowed,
+        Action::Block if may_block() && policy.enforce != 0 => Verdict::Blocked,
+        Action::Flag | Action::Block | Action::Judge => Verdict::Flagged,
     };
-    report(ctx, hook, dest, port_be, flags, verdict, rule_id);
+    report(ctx, hook, dest, port_be, flags, verdict, &finding);
     if matches!(verdict, Verdict::Blocked) {
         DENY
     } else {
@@ -166,24 +206,167 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
     }
 }
 
-fn judge(ctx: &SockAddrContext, rule: &DestRule) -> Verdict {
+/// Rules first (deny rules, internal networks, local ranges), then the
+/// `GeoIP` tables.
+#[inline(always)]
+fn classify(ctx: &SockAddrContext, dest: &Dest, policy: &Policy) -> Finding {
+    let rule = match dest {
+        Dest::V4(a) => DEST_RULES_V4.get(Key::new(32, *a)),
+        Dest::V6(a) => DEST_RULES_V6.get(Key::new(128, *a)),
+    };
+    if let Some(rule) = rule {
+        let kind = kind_of(rule.kind);
+        let action = match action_of(ctx, rule) {
+            Action::Judge => judge(policy, rule.country),
+            a => a,
+        };
+        return Finding {
+            kind,
+            action,
+            rule_id: rule.rule_id,
+            country: rule.country,
+            geo_gen: 0,
+        };
+    }
+    let (country, geo_gen) = match dest {
+        Dest::V4(a) => geo_v4(u32::from_be_bytes(*a)),
+        Dest::V6(a) => geo_v6(a),
+    };
+    Finding {
+        kind: if country == 0 { DestKind::Unknown } else { DestKind::Geo },
+        action: judge(policy, country),
+        rule_id: 0,
+        country,
+        geo_gen,
+    }
+}
+
+/// A country against a policy: allowed, a violation, or unknown.
+#[inline(always)]
+fn judge(policy: &Policy, country: u16) -> Action {
+    if country == 0 {
+        return match policy.unknown_action {
+            a if a == Action::Allow as u8 => Action::Allow,
+            a if a == Action::Block as u8 => Action::Block,
+            _ => Action::Flag,
+        };
+    }
+    // Constant offsets: an index computed at run time would be bounded in
+    // the source but, after LLVM drops the "redundant" mask, not provably so
+    // to the verifier.
+    let word = match country >> 6 {
+        0 => policy.allowed[0],
+        1 => policy.allowed[1],
+        2 => policy.allowed[2],
+        3 => policy.allowed[3],
+        _ => return Action::Block,
+    };
+    const _: () = assert!(residency_common::COUNTRY_WORDS == 4);
+    let bit = 1u64 << (country & 63);
+    if word & bit != 0 {
+        Action::Allow
+    } else {
+        Action::Block
+    }
+}
+
+#[inline(always)]
+fn kind_of(k: u8) -> DestKind {
+    match k {
+        k if k == DestKind::Local as u8 => DestKind::Local,
+        k if k == DestKind::Internal as u8 => DestKind::Internal,
+        _ => DestKind::Denied,
+    }
+}
+
+#[inline(always)]
+fn action_of(ctx: &SockAddrContext, rule: &DestRule) -> Action {
     match rule.action {
-        a if a == Action::Allow as u8 => Verdict::Allowed,
-        a if a == Action::Flag as u8 => Verdict::Flagged,
-        a if a == Action::Block as u8 => {
-            if may_block() && enforcing() {
-                Verdict::Blocked
-            } else {
-                Verdict::Flagged
-            }
-        }
+        a if a == Action::Allow as u8 => Action::Allow,
+        a if a == Action::Flag as u8 => Action::Flag,
+        a if a == Action::Block as u8 => Action::Block,
+        a if a == Action::Judge as u8 => Action::Judge,
         other => {
-            // Only a daemon bug can put this here; say so, and fail open to a
+            // Only a daemon bug can put this here; say so, and fail to a
             // flag so that the event still reaches the evidence.
             warn!(ctx, "rule {} has unknown action {}", rule.rule_id, other);
-            Verdict::Flagged
+            Action::Flag
         }
     }
+}
+
+/// The generation of tables in force, or 0.
+#[inline(always)]
+fn active_generation() -> u32 {
+    GEO_ACTIVE.get(0).map_or(0, |a| a.generation)
+}
+
+/// Country index of an IPv4 address (host byte order) and the generation
+/// of the tables that gave it.
+#[inline(always)]
+fn geo_v4(ip: u32) -> (u16, u32) {
+    // Two tries: a generation retired between reading GEO_ACTIVE and
+    // fetching its tables sends us back for the new one.
+    let mut attempt = 0;
+    while attempt < 2 {
+        attempt += 1;
+        let generation = active_generation();
+        if generation == 0 {
+            return (0, 0);
+        }
+        // SAFETY: the inner maps are only read through BPF helpers.
+        let tables = unsafe {
+            (
+                GEO4_L1.get(&generation),
+                GEO4_L2.get(&generation),
+                GEO4_L3.get(&generation),
+            )
+        };
+        let (Some(l1), Some(l2), Some(l3)) = tables else {
+            continue;
+        };
+        let Some(&e1) = l1.get(ip >> 16) else {
+            return (0, generation);
+        };
+        if e1 & GEO4_L1_UNIFORM != 0 {
+            return ((e1 & 0xffff) as u16, generation);
+        }
+        if e1 == 0 {
+            return (0, generation);
+        }
+        let Some(block) = l2.get(e1 - 1) else {
+            return (0, generation);
+        };
+        let e2 = block[((ip >> 8) & 0xff) as usize];
+        if e2 < GEO4_L2_SPLIT {
+            return (e2, generation);
+        }
+        let Some(block) = l3.get(u32::from(e2 - GEO4_L2_SPLIT)) else {
+            return (0, generation);
+        };
+        return (u16::from(block[(ip & 0xff) as usize]), generation);
+    }
+    (0, 0)
+}
+
+/// Country index of an IPv6 address and the generation that gave it.
+#[inline(always)]
+fn geo_v6(addr: &[u8; 16]) -> (u16, u32) {
+    let mut attempt = 0;
+    while attempt < 2 {
+        attempt += 1;
+        let generation = active_generation();
+        if generation == 0 {
+            return (0, 0);
+        }
+        // SAFETY: the inner map is only read through BPF helpers.
+        let Some(trie) = (unsafe { GEO6.get(&generation) }) else {
+            continue;
+        };
+        let key = aya_ebpf::btf_maps::lpm_trie::Key::new(128, *addr);
+        return (trie.get(&key).copied().unwrap_or(0), generation);
+    }
+    (0, 0)
 }
 
 #[inline(always)]
@@ -194,11 +377,6 @@ fn may_block() -> bool {
 }
 
 #[inline(always)]
-fn enforcing() -> bool {
-    SETTINGS.get(0).is_some_and(|s| s.enforce != 0)
-}
-
-#[inline(always)]
 fn report(
     ctx: &SockAddrContext,
     hook: Hook,
@@ -206,7 +384,7 @@ fn report(
     port_be: u32,
     flags: u8,
     verdict: Verdict,
-    rule_id: u32,
+    finding: &Finding,
 ) {
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count(Stat::Dropped);
@@ -238,17 +416,20 @@ fn report(
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        rule_id,
+        rule_id: finding.rule_id,
+        geo_gen: finding.geo_gen,
         dport: u16::from_be(port_be as u16),
+        country: finding.country,
         family,
         protocol: protocol(ctx.sock_addr),
         hook: hook as u8,
         verdict: verdict as u8,
         flags,
-        _pad0: 0,
+        dest_kind: finding.kind as u8,
+        policy: 0,
         daddr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        _pad1: [0; 4],
+        _pad: [0; 4],
     });
     let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes() {
         BPF_RB_FORCE_WAKEUP

@@ -16,7 +16,7 @@ use std::{
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -168,6 +168,14 @@ impl Daemon {
     /// If the daemon exits or does not start within 20 s; the error carries
     /// its standard error.
     pub fn start(config: &str, cgroup: &TestCgroup) -> anyhow::Result<Self> {
+        Self::start_with(config, cgroup, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra arguments for `residency run`.
+    ///
+    /// # Errors
+    /// As [`Daemon::start`].
+    pub fn start_with(config: &str, cgroup: &TestCgroup, extra: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("residency.toml");
         fs::write(&config_path, config)?;
@@ -180,6 +188,7 @@ impl Daemon {
             .arg(&cgroup.path)
             .arg("--output")
             .arg(&output)
+            .args(extra)
             .env("RESIDENCY_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -208,6 +217,30 @@ impl Daemon {
             if Instant::now() > deadline {
                 bail!("daemon did not start within 20 s: {}", daemon.stderr_text());
             }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's process id (to signal it).
+    #[must_use]
+    pub fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .and_then(|c| i32::try_from(c.id()).ok())
+            .map(Pid::from_raw)
+    }
+
+    /// Waits until a record matching `pred` has been written.
+    ///
+    /// # Errors
+    /// If none appears within `timeout`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.records()?.into_iter().find(|r| pred(r)) {
+                return Ok(r);
+            }
+            ensure!(Instant::now() < deadline, "no such record within {timeout:?}: {}", self.stderr_text());
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -338,6 +371,10 @@ pub struct ClientOptions<'a> {
     pub repeat: Option<u64>,
     /// Report per-call latency statistics.
     pub timing: bool,
+    /// Repeat for this long instead of `repeat` times.
+    pub duration_ms: Option<u64>,
+    /// Pause between passes over the operations.
+    pub interval_us: Option<u64>,
 }
 
 /// Runs `egress-client` and returns its JSON report: `pid`, and per
@@ -347,11 +384,29 @@ pub struct ClientOptions<'a> {
 /// # Errors
 /// If the client cannot run or fails outside its operations.
 pub fn run_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Value> {
+    let child = spawn_client(ops, options)?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "egress-client failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("egress-client output is not JSON")
+}
+
+/// Starts `egress-client` without waiting for it (for storms that run
+/// while the test does something else); collect it with
+/// [`std::process::Child::wait_with_output`].
+///
+/// # Errors
+/// If an address is neither loopback nor a test host, or it cannot start.
+pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Child> {
     for op in ops {
         let (Op::Tcp(a) | Op::Udp(a)) = op;
         ensure!(
-            is_loopback(a.ip()),
-            "test traffic must stay on loopback: {a}"
+            is_loopback(a.ip()) || is_test_host(a.ip()),
+            "test traffic must stay on loopback or the test hosts: {a}"
         );
     }
     let mut cmd = Command::new(workspace_bin("egress-client")?);
@@ -367,15 +422,31 @@ pub fn run_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Val
     if options.timing {
         cmd.arg("--timing");
     }
+    if let Some(ms) = options.duration_ms {
+        cmd.arg("--duration-ms").arg(ms.to_string());
+    }
+    if let Some(us) = options.interval_us {
+        cmd.arg("--interval-us").arg(us.to_string());
+    }
     cmd.args(ops.iter().map(ToString::to_string));
-    let out: Output = cmd.stdin(Stdio::null()).output()?;
-    ensure!(
-        out.status.success(),
-        "egress-client failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).context("egress-client output is not JSON")
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    Ok(child)
+}
+
+/// The ULA prefix used only for the test hosts this crate creates in its
+/// own network namespaces.
+pub const TEST_HOSTS: &str = "fd00:77::/32";
+
+/// Whether `ip` is one of the test hosts' addresses.
+#[must_use]
+pub fn is_test_host(ip: IpAddr) -> bool {
+    TEST_HOSTS
+        .parse::<ipnet::IpNet>()
+        .is_ok_and(|n| n.contains(&ip))
 }
 
 /// Loopback, including IPv4-mapped loopback.
@@ -555,4 +626,96 @@ pub fn bpftool_xlated_bytes(cgroup: &TestCgroup) -> anyhow::Result<Option<Vec<(S
     }
     sizes.sort();
     Ok(Some(sizes))
+}
+
+/// A test host: a network namespace made for one test, joined to this one
+/// by a veth pair, with addresses from [`TEST_HOSTS`]. Dropping it deletes
+/// the namespace, which takes the veth pair with it.
+pub struct NetNs {
+    pub name: String,
+    /// Addresses of the host inside the namespace.
+    pub hosts: Vec<IpAddr>,
+    server: Option<Child>,
+}
+
+static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl NetNs {
+    /// Creates the namespace with one host address per `/48` given (e.g.
+    /// `fd00:77:1::/48` gives the host `fd00:77:1::2`, and this side
+    /// `fd00:77:1::1`).
+    ///
+    /// # Errors
+    /// If `ip` fails (iproute2 missing, no privileges).
+    pub fn new(subnets: &[&str]) -> anyhow::Result<Self> {
+        let n = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("rzt{}n{n}", std::process::id());
+        let outer = format!("rzo{}n{n}", std::process::id() % 100_000);
+        let inner = format!("rzi{}n{n}", std::process::id() % 100_000);
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+            ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        };
+        ip(&["netns", "add", &name])?;
+        let mut ns = NetNs { name: name.clone(), hosts: Vec::new(), server: None };
+        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+        ip(&["link", "set", &inner, "netns", &name])?;
+        ip(&["link", "set", &outer, "up"])?;
+        ip(&["-n", &name, "link", "set", &inner, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        for subnet in subnets {
+            let net: ipnet::Ipv6Net = subnet.parse()?;
+            ensure!(is_test_host(IpAddr::V6(net.network())), "{subnet} is not in {TEST_HOSTS}");
+            let base = u128::from(net.network());
+            let this = std::net::Ipv6Addr::from(base | 1);
+            let host = std::net::Ipv6Addr::from(base | 2);
+            let p = net.prefix_len();
+            ip(&["addr", "add", &format!("{this}/{p}"), "dev", &outer, "nodad"])?;
+            ip(&["-n", &name, "addr", "add", &format!("{host}/{p}"), "dev", &inner, "nodad"])?;
+            ns.hosts.push(IpAddr::V6(host));
+        }
+        Ok(ns)
+    }
+
+    /// Starts `test-listener` in the namespace on every host address, and
+    /// returns the TCP and UDP addresses it bound (same port for both).
+    ///
+    /// # Errors
+    /// If the listener does not start.
+    pub fn serve(&mut self) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(workspace_bin("test-listener")?);
+        for h in &self.hosts {
+            cmd.arg(SocketAddr::new(*h, 0).to_string());
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let stdout = child.stdout.take().context("listener stdout")?;
+        self.server = Some(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let bound: Value = serde_json::from_str(&line).context("listener did not report its sockets")?;
+        bound
+            .as_array()
+            .context("listener output")?
+            .iter()
+            .map(|b| {
+                Ok((
+                    b["tcp"].as_str().context("tcp")?.parse()?,
+                    b["udp"].as_str().context("udp")?.parse()?,
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            // The listener this guard started, by its pid.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
 }

@@ -279,7 +279,8 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
     let ok = matching(&records, pid, "127.0.0.1", allowed.tcp.port(), "tcp");
     assert_eq!(ok.len(), 1);
     assert_eq!(ok[0]["residency"]["verdict"], "allowed");
-    assert_eq!(ok[0]["rule"]["name"], "default");
+    assert_eq!(ok[0]["rule"]["name"], "local-networks");
+    assert_eq!(ok[0]["residency"]["decided_by"], "local");
 
     // Stopped means detached: nothing left on the cgroup, and the same
     // forbidden connect now reaches the listener.

@@ -37,7 +37,9 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
         let config = Config::from_toml(toml, name)?;
         let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
         assert!(!target.is_root, "tests attach only to their own cgroup");
-        let k = kernel::start(&config, target).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let compiled = residency_daemon::policy::compile(&config);
+        let (k, _geo, _) = kernel::start(&config, &compiled, target, None)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         assert_eq!(k.attached.may_block, config.may_block(), "{name}");
         if let Some(progs) = bpftool_attached(&cg)? {
             let mut kinds: Vec<&str> = progs
@@ -82,7 +84,13 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
     for mode in ["monitor", "enforce"] {
         let cg = TestCgroup::new("pruned")?;
         let config = Config::from_toml(&format!("mode = \"{mode}\"\n{rules}"), mode)?;
-        let k = kernel::start(&config, kernel::CgroupTarget::resolve(&mount, &cg.path)?)?;
+        let compiled = residency_daemon::policy::compile(&config);
+        let (k, _geo, _) = kernel::start(
+            &config,
+            &compiled,
+            kernel::CgroupTarget::resolve(&mount, &cg.path)?,
+            None,
+        )?;
         let Some(s) = bpftool_xlated_bytes(&cg)? else {
             eprintln!("SKIPPED monitor_mode_programs_have_no_deny_path: bpftool is not installed");
             return Ok(());

@@ -10,6 +10,7 @@
 //! as the last file descriptor to them closes: a daemon that crashes or is
 //! killed leaves nothing attached behind it.
 
+mod geo;
 mod probe;
 mod ring;
 
@@ -25,13 +26,13 @@ use aya::{
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
 };
-use ipnet::IpNet;
+pub use geo::{GeoMaps, Installed};
 pub use probe::{Features, probe};
-use residency_common::{Action, DestRule, KernelSettings, Stat, names};
-pub use ring::{DecodeError, EventRing};
+use residency_common::{DestRule, Policy, Stat, names};
+pub use ring::{DecodeError, EventRing, decode};
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Mode};
+use crate::{config::Config, policy::Compiled};
 
 /// The kernel object built by `build.rs`. Empty when the build machine had no
 /// eBPF toolchain.
@@ -153,10 +154,17 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// The verifier's log is long; its last few lines say what went wrong.
 fn verifier_summary(log: &str, io_error: &io::Error) -> String {
+    // The log ends with statistics (time, stack depth, instruction counts);
+    // the complaint is just before them.
+    let is_stat = |l: &str| {
+        ["verification time", "stack depth", "processed ", "max_states_per_insn"]
+            .iter()
+            .any(|p| l.starts_with(p))
+    };
     let tail: Vec<&str> = log
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !is_stat(l))
         .rev()
         .take(3)
         .collect();
@@ -334,12 +342,22 @@ impl KernelLog {
     }
 }
 
-/// Loads the programs, fills their maps from `config`, and attaches them to
-/// `target`.
+/// The first `GeoIP` tables: the IPv4 layout and the IPv6 prefixes.
+pub type GeoTables<'a> = (&'a geoip::layout::V4Layout, &'a [(ipnet::Ipv6Net, geoip::CountryCode)]);
+
+/// Loads the programs, fills their maps from `compiled` (and the `GeoIP`
+/// tables from `geo`, when there are any), and only then attaches them to
+/// `target`, so that the first call they see is judged with everything in
+/// place. Returns the `GeoIP` maps separately, for whoever swaps tables.
 ///
 /// # Errors
 /// A [`KernelError`] that says in one line why it could not be done.
-pub fn start(config: &Config, target: CgroupTarget) -> Result<Kernel, KernelError> {
+pub fn start(
+    config: &Config,
+    compiled: &Compiled,
+    target: CgroupTarget,
+    geo: Option<GeoTables<'_>>,
+) -> Result<(Kernel, GeoMaps, Option<Installed>), KernelError> {
     if OBJECT.is_empty() {
         return Err(KernelError::NotBuilt);
     }
@@ -361,7 +379,12 @@ pub fn start(config: &Config, target: CgroupTarget) -> Result<Kernel, KernelErro
         }
     };
 
-    fill_maps(&mut ebpf, config)?;
+    fill_maps(&mut ebpf, compiled)?;
+    let mut geo_maps = GeoMaps::take(&mut ebpf)?;
+    let installed = match geo {
+        Some((v4, v6)) => Some(geo_maps.install(v4, v6)?),
+        None => None,
+    };
 
     let cgroup = File::open(&target.path).map_err(|e| KernelError::CgroupOpen {
         path: target.path.clone(),
@@ -405,16 +428,20 @@ pub fn start(config: &Config, target: CgroupTarget) -> Result<Kernel, KernelErro
     if may_block && target.is_root {
         warn!("enforcing on the cgroup2 root: deny rules apply to every process on this host");
     }
-    Ok(Kernel {
-        attached: Attached {
-            ebpf: Some(ebpf),
-            target,
-            may_block,
+    Ok((
+        Kernel {
+            attached: Attached {
+                ebpf: Some(ebpf),
+                target,
+                may_block,
+            },
+            events,
+            counters: CounterReader { stats },
+            logger,
         },
-        events,
-        counters: CounterReader { stats },
-        logger,
-    })
+        geo_maps,
+        installed,
+    ))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> {
@@ -424,64 +451,40 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> 
     })
 }
 
-fn fill_maps(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
+fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), KernelError> {
     let map_err = |name: &str| {
         let name = name.to_owned();
         move |e| KernelError::from_aya(format!("writing map {name}"), e)
     };
-    {
-        let map = ebpf
-            .map_mut(names::SETTINGS)
-            .ok_or_else(|| KernelError::Aya {
-                doing: format!("finding map {}", names::SETTINGS),
-                source: "not in the kernel object".into(),
-            })?;
-        let mut settings: Array<&mut MapData, KernelSettings> =
-            Array::try_from(map).map_err(map_err(names::SETTINGS))?;
-        let value = KernelSettings {
-            enforce: u8::from(config.mode == Mode::Enforce),
-            _pad: [0; 7],
-        };
-        settings
-            .set(0, value, 0)
-            .map_err(map_err(names::SETTINGS))?;
-    }
-
-    let [v4, v6] = ebpf.maps_disjoint_mut([names::DEST_RULES_V4, names::DEST_RULES_V6]);
     let missing = |name: &str| KernelError::Aya {
         doing: format!("finding map {name}"),
         source: "not in the kernel object".into(),
     };
+    {
+        let map = ebpf
+            .map_mut(names::POLICIES)
+            .ok_or_else(|| missing(names::POLICIES))?;
+        let mut policies: Array<&mut MapData, Policy> =
+            Array::try_from(map).map_err(map_err(names::POLICIES))?;
+        policies
+            .set(0, compiled.policy, 0)
+            .map_err(map_err(names::POLICIES))?;
+    }
+
+    let [v4, v6] = ebpf.maps_disjoint_mut([names::DEST_RULES_V4, names::DEST_RULES_V6]);
     let mut v4: LpmTrie<&mut MapData, [u8; 4], DestRule> =
         LpmTrie::try_from(v4.ok_or_else(|| missing(names::DEST_RULES_V4))?)
             .map_err(map_err(names::DEST_RULES_V4))?;
     let mut v6: LpmTrie<&mut MapData, [u8; 16], DestRule> =
         LpmTrie::try_from(v6.ok_or_else(|| missing(names::DEST_RULES_V6))?)
             .map_err(map_err(names::DEST_RULES_V6))?;
-    for rule in &config.deny {
-        let value = DestRule {
-            rule_id: rule.id,
-            action: Action::Block as u8,
-            _pad: [0; 3],
-        };
-        for net in &rule.destinations {
-            match net {
-                IpNet::V4(n) => v4
-                    .insert(
-                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
-                        value,
-                        0,
-                    )
-                    .map_err(map_err(names::DEST_RULES_V4))?,
-                IpNet::V6(n) => v6
-                    .insert(
-                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
-                        value,
-                        0,
-                    )
-                    .map_err(map_err(names::DEST_RULES_V6))?,
-            }
-        }
+    for (n, value) in &compiled.rules_v4 {
+        v4.insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), *value, 0)
+            .map_err(map_err(names::DEST_RULES_V4))?;
+    }
+    for (n, value) in &compiled.rules_v6 {
+        v6.insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), *value, 0)
+            .map_err(map_err(names::DEST_RULES_V6))?;
     }
     Ok(())
 }

@@ -128,16 +128,19 @@ mod tests {
             uid: 1000,
             gid: 1000,
             rule_id: 3,
+            geo_gen: 1,
             dport: 443,
+            country: 57,
             family: AF_INET,
             protocol: 6,
             hook: 1,
             verdict: 1,
             flags: 0,
-            _pad0: 0,
+            dest_kind: 1,
+            policy: 0,
             daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            _pad1: [0; 4],
+            _pad: [0; 4],
         }
     }
 

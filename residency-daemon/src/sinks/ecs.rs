@@ -8,7 +8,7 @@
 
 use std::fmt::Display;
 
-use residency_common::{Hook, Verdict};
+use residency_common::{DestKind, Hook, Verdict};
 use serde::{Serialize, Serializer};
 use serde_json::json;
 
@@ -59,6 +59,20 @@ pub fn encode_line(
                 "residency": { "lost": { "count": count, "total": total, "where": "kernel-ring-buffer" } },
             }),
         )?,
+        Record::Note(note) => serde_json::to_writer(
+            &mut *out,
+            &json!({
+                "@timestamp": now().to_string(),
+                "event": {
+                    "kind": note.kind,
+                    "action": note.action,
+                    "module": "residency",
+                    "dataset": "residency.lifecycle",
+                },
+                "message": note.message,
+                "residency": note.fields,
+            }),
+        )?,
         Record::Undecodable { reason } => serde_json::to_writer(
             &mut *out,
             &json!({
@@ -96,6 +110,8 @@ fn started(info: &StartInfo, now: jiff::Timestamp) -> serde_json::Value {
             "ring_buffer_kib": info.ring_buffer_kib,
             "deny_rules": info.deny_rules,
             "config": info.config_source,
+            "geoip": { "version": info.geoip, "generation": info.geoip_generation },
+            "policy": { "allowed": info.allowed },
         },
     })
 }
@@ -126,7 +142,7 @@ struct FlowDoc<'a> {
     timestamp: jiff::Timestamp,
     event: EventFields,
     network: Network,
-    destination: Destination,
+    destination: Destination<'a>,
     process: Process<'a>,
     user: Id<u32>,
     group: Id<u32>,
@@ -155,9 +171,33 @@ struct Network {
 }
 
 #[derive(Serialize)]
-struct Destination {
+struct Destination<'a> {
     ip: std::net::IpAddr,
     port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geo: Option<Geo<'a>>,
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    autonomous_system: Option<As<'a>>,
+}
+
+#[derive(Serialize)]
+struct Geo<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country_iso_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continent_code: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct As<'a> {
+    number: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    organization: Option<AsOrg<'a>>,
+}
+
+#[derive(Serialize)]
+struct AsOrg<'a> {
+    name: &'a str,
 }
 
 #[derive(Serialize)]
@@ -201,10 +241,25 @@ struct Residency<'a> {
     verdict: &'static str,
     hook: &'static str,
     mode: &'a str,
+    /// What decided: geoip, unknown, denied, local, internal.
+    decided_by: &'static str,
+    /// The country the kernel judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geoip: Option<GeoIpUsed<'a>>,
     cgroup_id: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     v4_mapped: bool,
     boot_ns: u64,
+}
+
+/// Which database decided: the version evidence must carry.
+#[derive(Serialize)]
+struct GeoIpUsed<'a> {
+    generation: u32,
+    database: &'a str,
+    build_epoch: u64,
 }
 
 impl<'a> FlowDoc<'a> {
@@ -239,6 +294,19 @@ impl<'a> FlowDoc<'a> {
             destination: Destination {
                 ip: flow.dest_ip,
                 port: flow.dest_port,
+                geo: flow.detail.as_deref().and_then(|d| {
+                    let country = d.country.or(d.registered_country);
+                    (country.is_some() || d.continent.is_some()).then(|| Geo {
+                        country_iso_code: d.country.as_ref().or(d.registered_country.as_ref()).map(geoip::CountryCode::as_str),
+                        continent_code: d.continent.as_deref(),
+                    })
+                }),
+                autonomous_system: flow.detail.as_deref().and_then(|d| {
+                    d.asn.map(|number| As {
+                        number,
+                        organization: d.as_org.as_deref().map(|name| AsOrg { name }),
+                    })
+                }),
             },
             process: Process {
                 pid: flow.pid,
@@ -250,12 +318,19 @@ impl<'a> FlowDoc<'a> {
             rule: Rule {
                 id: AsStr(&flow.rule_id),
                 name: rules.rule_name(flow.rule_id).unwrap_or("unknown"),
-                ruleset: "deny",
+                ruleset: "residency",
             },
             residency: Residency {
                 verdict: verdict_str(flow.verdict),
                 hook: hook_str(flow.hook),
                 mode,
+                decided_by: kind_str(flow.dest_kind),
+                country: flow.country.as_ref().map(geoip::CountryCode::as_str),
+                geoip: flow.geo_version.as_deref().filter(|_| flow.geo_gen != 0).map(|v| GeoIpUsed {
+                    generation: flow.geo_gen,
+                    database: &v.database_type,
+                    build_epoch: v.build_epoch,
+                }),
                 cgroup_id: flow.cgroup_id,
                 v4_mapped: flow.v4_mapped,
                 boot_ns: flow.boot_ns,
@@ -270,6 +345,17 @@ pub fn verdict_str(v: Verdict) -> &'static str {
         Verdict::Allowed => "allowed",
         Verdict::Flagged => "flagged",
         Verdict::Blocked => "blocked",
+    }
+}
+
+#[must_use]
+pub fn kind_str(k: DestKind) -> &'static str {
+    match k {
+        DestKind::Geo => "geoip",
+        DestKind::Unknown => "unknown",
+        DestKind::Denied => "denied",
+        DestKind::Local => "local",
+        DestKind::Internal => "internal",
     }
 }
 
@@ -291,7 +377,11 @@ mod tests {
     struct Names;
     impl RuleNames for Names {
         fn rule_name(&self, id: u32) -> Option<&str> {
-            (id == 2).then_some("no-us-llm")
+            match id {
+                0 => Some("geoip"),
+                2 => Some("no-us-llm"),
+                _ => None,
+            }
         }
     }
 
@@ -312,6 +402,11 @@ mod tests {
             v4_mapped: false,
             verdict: Verdict::Blocked,
             rule_id: 2,
+            dest_kind: DestKind::Denied,
+            country: None,
+            geo_gen: 0,
+            geo_version: None,
+            detail: None,
         }
     }
 
@@ -349,7 +444,42 @@ mod tests {
         assert_eq!(v["residency"]["verdict"], "blocked");
         assert_eq!(v["residency"]["hook"], "connect6");
         assert_eq!(v["residency"]["mode"], "enforce");
+        assert_eq!(v["residency"]["decided_by"], "denied");
         assert!(v["residency"].get("v4_mapped").is_none());
+        assert!(v["destination"].get("geo").is_none());
+    }
+
+    #[test]
+    fn geoip_detail_and_version() {
+        let mut f = flow();
+        f.dest_kind = DestKind::Geo;
+        f.rule_id = 0;
+        f.country = Some("US".parse().unwrap());
+        f.geo_gen = 4;
+        f.geo_version = Some(std::sync::Arc::new(geoip::DbVersion {
+            database_type: "GeoLite2-Country".into(),
+            build_epoch: 1_781_726_006,
+            ip_version: 6,
+            node_count: 9,
+        }));
+        f.detail = Some(std::sync::Arc::new(crate::geo::Detail {
+            country: Some("US".parse().unwrap()),
+            registered_country: None,
+            continent: Some("NA".into()),
+            asn: Some(15169),
+            as_org: Some("Google LLC".into()),
+        }));
+        let v = encode(&Record::Flow(f));
+        assert_eq!(v["destination"]["geo"]["country_iso_code"], "US");
+        assert_eq!(v["destination"]["geo"]["continent_code"], "NA");
+        assert_eq!(v["destination"]["as"]["number"], 15169);
+        assert_eq!(v["destination"]["as"]["organization"]["name"], "Google LLC");
+        assert_eq!(v["residency"]["country"], "US");
+        assert_eq!(v["residency"]["decided_by"], "geoip");
+        assert_eq!(v["residency"]["geoip"]["generation"], 4);
+        assert_eq!(v["residency"]["geoip"]["database"], "GeoLite2-Country");
+        assert_eq!(v["residency"]["geoip"]["build_epoch"], 1_781_726_006);
+        assert_eq!(v["rule"]["name"], "geoip", "rule 0: the GeoIP tables decided");
     }
 
     #[test]

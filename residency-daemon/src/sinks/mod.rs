@@ -26,9 +26,24 @@ pub enum Record {
     Undecodable {
         reason: String,
     },
+    /// Something happened to the daemon itself (a `GeoIP` database loaded,
+    /// refused): `event.action` and what to record with it.
+    Note(Box<Note>),
     /// The programs are detached and every decision they made is accounted
     /// for above: reported, lost or undecodable.
     Stopped(StopInfo),
+}
+
+/// A lifecycle note.
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// `event.action`, e.g. `geoip-loaded`.
+    pub action: &'static str,
+    /// `event.kind`: `state` for a change, `pipeline_error` for a failure.
+    pub kind: &'static str,
+    pub message: String,
+    /// Goes under `residency.*`.
+    pub fields: serde_json::Value,
 }
 
 /// Facts about a run, for the `started` record.
@@ -42,6 +57,11 @@ pub struct StartInfo {
     pub ring_buffer_kib: u32,
     pub deny_rules: usize,
     pub config_source: String,
+    /// The `GeoIP` database in force, if any.
+    pub geoip: Option<String>,
+    pub geoip_generation: u32,
+    /// The countries the policy allows, as written.
+    pub allowed: Vec<String>,
 }
 
 /// Totals for the `stopped` record.

@@ -39,6 +39,13 @@ struct Args {
     /// Repeat the whole list this many times.
     #[arg(long, default_value_t = 1)]
     repeat: u64,
+    /// Instead of a count, repeat the list until this many milliseconds
+    /// have passed.
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Pause this many microseconds after each pass over the list.
+    #[arg(long, default_value_t = 0)]
+    interval_us: u64,
     /// Report latency percentiles per operation.
     #[arg(long)]
     timing: bool,
@@ -99,7 +106,18 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     let started = Instant::now();
-    for _ in 0..args.repeat {
+    let deadline = args.duration_ms.map(|ms| started + std::time::Duration::from_millis(ms));
+    let mut pass = 0u64;
+    loop {
+        match deadline {
+            Some(d) if Instant::now() >= d => break,
+            None if pass >= args.repeat => break,
+            _ => {}
+        }
+        pass += 1;
+        if args.interval_us > 0 && pass > 1 {
+            std::thread::sleep(std::time::Duration::from_micros(args.interval_us));
+        }
         for (op, st) in ops.iter().zip(stats.iter_mut()) {
             let (result, nanos) = match op {
                 Op::Tcp(addr) => tcp_connect(*addr)?,
@@ -196,14 +214,11 @@ fn parse_op(s: &str) -> anyhow::Result<Op> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address in {s}"))?;
-    let loopback = match addr.ip() {
-        std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    };
-    if !loopback {
-        bail!("{s}: this client only sends to loopback addresses");
+    if !residency_tests::is_loopback(addr.ip()) && !residency_tests::is_test_host(addr.ip()) {
+        bail!(
+            "{s}: this client only sends to loopback addresses and to the test hosts in {}",
+            residency_tests::TEST_HOSTS
+        );
     }
     match kind {
         "tcp" => Ok(Op::Tcp(addr)),

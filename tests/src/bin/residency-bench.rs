@@ -152,7 +152,8 @@ fn main() -> anyhow::Result<()> {
                     let mount = residency_tests::cgroup2_mount()?;
                     let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
                     let _guard = runtime.enter();
-                    let k = kernel::start(&config, target)?;
+                    let compiled = residency_daemon::policy::compile(&config);
+                    let (k, _geo, _) = kernel::start(&config, &compiled, target, None)?;
                     let drain = runtime.spawn(discard(k.events));
                     let t = storm(&cg, Op::Tcp(listener.tcp), connects)?;
                     let u = storm(&cg, Op::Udp(listener.udp), sends)?;
