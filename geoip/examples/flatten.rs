@@ -3,7 +3,10 @@
 use std::{path::PathBuf, time::Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path: PathBuf = std::env::args_os().nth(1).ok_or("usage: flatten FILE.mmdb")?.into();
+    let path: PathBuf = std::env::args_os()
+        .nth(1)
+        .ok_or("usage: flatten FILE.mmdb")?
+        .into();
     let t = Instant::now();
     let db = geoip::Database::open(&path)?;
     let opened = t.elapsed();
@@ -23,9 +26,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layout.kernel_bytes() / 1024,
     );
     let mut lens = [0usize; 33];
-    for (n, _) in &tables.v6 { if n.prefix_len() <= 32 { lens[n.prefix_len() as usize] += 1; } }
+    for (n, _) in &tables.v6 {
+        if n.prefix_len() <= 32 {
+            lens[n.prefix_len() as usize] += 1;
+        }
+    }
     let v6_le32: usize = lens.iter().sum();
-    let v6_le48 = tables.v6.iter().filter(|(n, _)| n.prefix_len() <= 48).count();
-    println!("v6 prefixes <= /32: {v6_le32}, <= /48: {v6_le48}, total {}", tables.v6.len());
+    let v6_le48 = tables
+        .v6
+        .iter()
+        .filter(|(n, _)| n.prefix_len() <= 48)
+        .count();
+    println!(
+        "v6 prefixes <= /32: {v6_le32}, <= /48: {v6_le48}, total {}",
+        tables.v6.len()
+    );
     Ok(())
 }

@@ -238,7 +238,13 @@ impl Database {
     /// If the record cannot be decoded.
     pub fn lookup(&self, ip: IpAddr) -> Result<Option<GeoInfo>, GeoIpError> {
         let ip = canonical(ip);
-        if ip.is_ipv6() && self.version.ip_version == 4 {
+        if let IpAddr::V6(v6) = ip
+            && (self.version.ip_version == 4 || u128::from(v6) >> 32 == 0)
+        {
+            // In a MaxMind tree, ::/96 is where the IPv4 space lives: ::1
+            // would find the record of 0.0.0.1. No IPv6 data can sit there,
+            // and the kernel's tables (which put that subtree in the IPv4
+            // table) say so too.
             return Ok(None);
         }
         let err = |e: maxminddb::MaxMindDbError| GeoIpError::Lookup {

@@ -81,7 +81,10 @@ impl V4Layout {
             }
             let b3 = l.l3_block(b2, slash24)?;
             let host = (base & 0xff) as usize;
-            #[expect(clippy::cast_possible_truncation, reason = "indexes fit u8 (asserted above)")]
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "indexes fit u8 (asserted above)"
+            )]
             for e in &mut l.l3[b3][host..host + (1usize << (32 - p))] {
                 *e = index as u8;
             }
@@ -98,8 +101,11 @@ impl V4Layout {
         }
         // Disjoint input never has a uniform /16 that also has finer
         // prefixes; if it did, the finer ones win inside a seeded block.
-        #[expect(clippy::cast_possible_truncation, reason = "low 16 bits")]
-        let seed = if e & L1_UNIFORM != 0 { (e & 0xffff) as u16 } else { 0 };
+        let seed = if e & L1_UNIFORM != 0 {
+            (e & 0xffff) as u16
+        } else {
+            0
+        };
         self.l2.push([seed; 256]);
         #[expect(clippy::cast_possible_truncation, reason = "at most 65,536 blocks")]
         {
@@ -120,7 +126,10 @@ impl V4Layout {
         #[expect(clippy::cast_possible_truncation, reason = "indexes fit u8")]
         self.l3.push([e as u8; 256]);
         let n = self.l3.len() - 1;
-        #[expect(clippy::cast_possible_truncation, reason = "checked against MAX_L3_BLOCKS")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "checked against MAX_L3_BLOCKS"
+        )]
         {
             self.l2[b2][slash24] = L2_SPLIT + n as u16;
         }
@@ -134,7 +143,6 @@ impl V4Layout {
         let ip = u32::from(ip);
         let e = self.l1[(ip >> 16) as usize];
         if e & L1_UNIFORM != 0 {
-            #[expect(clippy::cast_possible_truncation, reason = "low 16 bits")]
             return (e & 0xffff) as u16;
         }
         let Some(block) = (e as usize).checked_sub(1).and_then(|b| self.l2.get(b)) else {
@@ -183,7 +191,11 @@ mod tests {
         assert_eq!(at("11.1.201.5"), Some(cc("JP")));
         assert_eq!(at("11.1.201.130"), Some(cc("GB")));
         assert_eq!(at("11.1.201.255"), Some(cc("NO")));
-        assert_eq!(at("11.1.201.200"), None, "the rest of a split /24 is unknown");
+        assert_eq!(
+            at("11.1.201.200"),
+            None,
+            "the rest of a split /24 is unknown"
+        );
         assert_eq!(at("11.2.0.1"), None);
         assert_eq!(at("12.0.0.1"), None);
         assert_eq!(l.l2.len(), 1, "only 11.1/16 needs a level-2 block");

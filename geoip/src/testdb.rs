@@ -128,3 +128,27 @@ pub fn address_in(net: IpNet, seed: u128) -> IpAddr {
         }
     }
 }
+
+/// A country-only database (ip-location-db layout) from many networks: the
+/// benchmark rebuilds a full database plus its own test ranges with this.
+///
+/// # Errors
+/// If the writer refuses a network.
+pub fn build_countries(
+    database_type: &str,
+    build_epoch: u64,
+    networks: impl IntoIterator<Item = (IpNet, crate::CountryCode)>,
+) -> Result<Vec<u8>, mmdb_writer::Error> {
+    // Real data has networks inside the 6to4 and Teredo ranges, which an
+    // aliasing writer refuses; residency maps IPv4-mapped addresses itself.
+    let mut w = Writer::builder(database_type)
+        .ip_version(IpVersion::V6)
+        .ipv4_aliasing(mmdb_writer::Ipv4Aliasing::Disabled)
+        .description(&[("en", "residency benchmark database")])
+        .build_epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(build_epoch))
+        .build();
+    for (net, country) in networks {
+        w.insert(net, &json!({ "country_code": country.as_str() }))?;
+    }
+    w.to_bytes()
+}

@@ -92,6 +92,9 @@ fn ip_location_db_layout_and_mapped_addresses() {
     );
     assert_eq!(country("2001:db8::1"), Some(cc("JP")));
     assert_eq!(country("2001:db8:1::1"), None);
+    // ::/96 holds the IPv4 tree in a MaxMind DB; an IPv6 address there
+    // (::1, ::c000:201) must not borrow an IPv4 record.
+    assert_eq!(country("::c000:201"), None);
 }
 
 #[test]

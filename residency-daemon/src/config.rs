@@ -337,108 +337,11 @@ impl Config {
         })?;
 
         let kernel = validate_kernel(&raw.kernel, &at)?;
-        let output = match &raw.output.events {
-            None => Output::Stdout,
-            Some(s) if s.get_ref() == "-" => Output::Stdout,
-            Some(s) if s.get_ref().is_empty() => {
-                return Err(at.err(
-                    s.span(),
-                    "output.events",
-                    "is empty; use \"-\" for standard output or a file path",
-                ));
-            }
-            Some(s) => Output::File(PathBuf::from(s.get_ref())),
-        };
-
+        let output = validate_output(&raw.output, &at)?;
         let geoip = validate_geoip(&raw.geoip, &at)?;
-
-        let mut sets = Sets::new();
-        for (i, j) in raw.jurisdiction.iter().enumerate() {
-            let members: Vec<&str> = j.countries.get_ref().iter().map(|c| c.get_ref().as_str()).collect();
-            sets.define(j.name.get_ref(), &members).map_err(|e| {
-                // Point at the member at fault when there is one.
-                let (span, field) = match &e {
-                    geoip::sets::SetError::Unknown(bad) | geoip::sets::SetError::Country(geoip::country::UnknownCountry(bad)) => j
-                        .countries
-                        .get_ref()
-                        .iter()
-                        .enumerate()
-                        .find(|(_, c)| c.get_ref() == bad)
-                        .map_or((j.countries.span(), format!("jurisdiction[{i}].countries")), |(k, c)| {
-                            (c.span(), format!("jurisdiction[{i}].countries[{k}]"))
-                        }),
-                    _ => (j.name.span(), format!("jurisdiction[{i}].name")),
-                };
-                at.err(span, &field, &e.to_string())
-            })?;
-            let _ = &j.description;
-        }
-
+        let sets = validate_sets(&raw.jurisdiction, &at)?;
         let policy = validate_policy(&raw.policy, &sets, &at)?;
-
-        let mut rules: Vec<Rule> = Vec::new();
-        // The kernel keys rules by prefix, so one prefix can name one rule.
-        let mut seen: std::collections::HashMap<IpNet, String> = std::collections::HashMap::new();
-        for (i, rule) in raw.deny.iter().enumerate() {
-            let field = format!("deny[{i}]");
-            let destinations = rule_destinations(&rule.destinations, &field, &mut seen, &at)?;
-            push_rule(&mut rules, &rule.name, &field, &rule.description, RuleKind::Deny, destinations, &at)?;
-        }
-        for (i, net) in raw.internal.iter().enumerate() {
-            let field = format!("internal[{i}]");
-            let jurisdiction: CountryCode = net.jurisdiction.get_ref().parse().map_err(|e: geoip::country::UnknownCountry| {
-                at.err(net.jurisdiction.span(), &format!("{field}.jurisdiction"), &e.to_string())
-            })?;
-            let destinations = rule_destinations(&net.destinations, &field, &mut seen, &at)?;
-            push_rule(
-                &mut rules,
-                &net.name,
-                &field,
-                &net.description,
-                RuleKind::Internal(jurisdiction),
-                destinations,
-                &at,
-            )?;
-        }
-        // Local ranges: the configured list or the defaults. A prefix the
-        // user named in a rule above keeps that rule.
-        let local: Vec<IpNet> = match &raw.policy.local_networks {
-            Some(list) => {
-                let mut nets = Vec::new();
-                for (j, cidr) in list.get_ref().iter().enumerate() {
-                    let here = format!("policy.local_networks[{j}]");
-                    nets.push(parse_cidr(cidr.get_ref()).map_err(|msg| at.err(cidr.span(), &here, &msg))?);
-                }
-                nets
-            }
-            None => DEFAULT_LOCAL_NETWORKS
-                .iter()
-                .filter_map(|c| parse_cidr(c).ok())
-                .collect(),
-        };
-        let local: Vec<IpNet> = local.into_iter().filter(|n| !seen.contains_key(n)).collect();
-        if !local.is_empty() {
-            rules.push(Rule {
-                id: next_id(&rules),
-                name: "local-networks".to_owned(),
-                description: "loopback, private, link-local and multicast ranges".to_owned(),
-                kind: RuleKind::Local,
-                destinations: local,
-            });
-        }
-
-        let total: usize = rules.iter().map(|r| r.destinations.len()).sum();
-        if total > residency_common::MAX_DEST_RULES as usize {
-            return Err(ConfigError {
-                file: source.to_owned(),
-                line: None,
-                field: "deny".to_owned(),
-                message: format!(
-                    "{total} destinations in all; at most {} fit in the kernel's rule table",
-                    residency_common::MAX_DEST_RULES
-                ),
-            });
-        }
+        let rules = validate_rules(&raw, &at)?;
 
         Ok(Config {
             source: source.to_owned(),
@@ -582,6 +485,145 @@ fn validate_kernel(raw: &RawKernel, at: &Locator<'_>) -> Result<KernelConfig, Co
     })
 }
 
+fn validate_output(raw: &RawOutput, at: &Locator<'_>) -> Result<Output, ConfigError> {
+    Ok(match &raw.events {
+        None => Output::Stdout,
+        Some(s) if s.get_ref() == "-" => Output::Stdout,
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(at.err(
+                s.span(),
+                "output.events",
+                "is empty; use \"-\" for standard output or a file path",
+            ));
+        }
+        Some(s) => Output::File(PathBuf::from(s.get_ref())),
+    })
+}
+
+fn validate_sets(raw: &[RawJurisdiction], at: &Locator<'_>) -> Result<Sets, ConfigError> {
+    let mut sets = Sets::new();
+    for (i, j) in raw.iter().enumerate() {
+        let members: Vec<&str> = j
+            .countries
+            .get_ref()
+            .iter()
+            .map(|c| c.get_ref().as_str())
+            .collect();
+        sets.define(j.name.get_ref(), &members).map_err(|e| {
+            // Point at the member at fault when there is one.
+            let (span, field) = match &e {
+                geoip::sets::SetError::Unknown(bad)
+                | geoip::sets::SetError::Country(geoip::country::UnknownCountry(bad)) => j
+                    .countries
+                    .get_ref()
+                    .iter()
+                    .enumerate()
+                    .find(|(_, c)| c.get_ref() == bad)
+                    .map_or(
+                        (j.countries.span(), format!("jurisdiction[{i}].countries")),
+                        |(k, c)| (c.span(), format!("jurisdiction[{i}].countries[{k}]")),
+                    ),
+                _ => (j.name.span(), format!("jurisdiction[{i}].name")),
+            };
+            at.err(span, &field, &e.to_string())
+        })?;
+        let _ = &j.description;
+    }
+
+    Ok(sets)
+}
+
+/// Deny rules, then internal networks, then the local ranges, numbered in
+/// that order.
+fn validate_rules(raw: &RawConfig, at: &Locator<'_>) -> Result<Vec<Rule>, ConfigError> {
+    let mut rules: Vec<Rule> = Vec::new();
+    // The kernel keys rules by prefix, so one prefix can name one rule.
+    let mut seen: std::collections::HashMap<IpNet, String> = std::collections::HashMap::new();
+    for (i, rule) in raw.deny.iter().enumerate() {
+        let field = format!("deny[{i}]");
+        let destinations = rule_destinations(&rule.destinations, &field, &mut seen, at)?;
+        push_rule(
+            &mut rules,
+            &rule.name,
+            &field,
+            &rule.description,
+            RuleKind::Deny,
+            destinations,
+            at,
+        )?;
+    }
+    for (i, net) in raw.internal.iter().enumerate() {
+        let field = format!("internal[{i}]");
+        let jurisdiction: CountryCode =
+            net.jurisdiction
+                .get_ref()
+                .parse()
+                .map_err(|e: geoip::country::UnknownCountry| {
+                    at.err(
+                        net.jurisdiction.span(),
+                        &format!("{field}.jurisdiction"),
+                        &e.to_string(),
+                    )
+                })?;
+        let destinations = rule_destinations(&net.destinations, &field, &mut seen, at)?;
+        push_rule(
+            &mut rules,
+            &net.name,
+            &field,
+            &net.description,
+            RuleKind::Internal(jurisdiction),
+            destinations,
+            at,
+        )?;
+    }
+    // Local ranges: the configured list or the defaults. A prefix the
+    // user named in a rule above keeps that rule.
+    let local: Vec<IpNet> = match &raw.policy.local_networks {
+        Some(list) => {
+            let mut nets = Vec::new();
+            for (j, cidr) in list.get_ref().iter().enumerate() {
+                let here = format!("policy.local_networks[{j}]");
+                nets.push(
+                    parse_cidr(cidr.get_ref()).map_err(|msg| at.err(cidr.span(), &here, &msg))?,
+                );
+            }
+            nets
+        }
+        None => DEFAULT_LOCAL_NETWORKS
+            .iter()
+            .filter_map(|c| parse_cidr(c).ok())
+            .collect(),
+    };
+    let local: Vec<IpNet> = local
+        .into_iter()
+        .filter(|n| !seen.contains_key(n))
+        .collect();
+    if !local.is_empty() {
+        rules.push(Rule {
+            id: next_id(&rules),
+            name: "local-networks".to_owned(),
+            description: "loopback, private, link-local and multicast ranges".to_owned(),
+            kind: RuleKind::Local,
+            destinations: local,
+        });
+    }
+
+    let total: usize = rules.iter().map(|r| r.destinations.len()).sum();
+    if total > residency_common::MAX_DEST_RULES as usize {
+        return Err(ConfigError {
+            file: at.source.to_owned(),
+            line: None,
+            field: "deny".to_owned(),
+            message: format!(
+                "{total} destinations in all; at most {} fit in the kernel's rule table",
+                residency_common::MAX_DEST_RULES
+            ),
+        });
+    }
+
+    Ok(rules)
+}
+
 fn next_id(rules: &[Rule]) -> u32 {
     u32::try_from(rules.len() + 1).unwrap_or(u32::MAX)
 }
@@ -676,7 +718,11 @@ fn validate_geoip(raw: &RawGeoIp, at: &Locator<'_>) -> Result<GeoIpConfig, Confi
     })
 }
 
-fn validate_policy(raw: &RawPolicy, sets: &Sets, at: &Locator<'_>) -> Result<PolicyConfig, ConfigError> {
+fn validate_policy(
+    raw: &RawPolicy,
+    sets: &Sets,
+    at: &Locator<'_>,
+) -> Result<PolicyConfig, ConfigError> {
     let (allowed, allowed_names) = match &raw.allowed {
         // Without a list every country is allowed: the policy then only
         // reports, and flags what the other settings say.
@@ -817,7 +863,11 @@ mod tests {
         assert_eq!(config.kernel.wakeup_bytes, 256 * 1024);
         assert_eq!(config.kernel.poll_interval, Duration::from_millis(10));
         assert_eq!(config.deny_rules().count(), 0);
-        assert_eq!(config.policy.allowed, CountrySet::all(), "no list: every country");
+        assert_eq!(
+            config.policy.allowed,
+            CountrySet::all(),
+            "no list: every country"
+        );
         assert_eq!(config.policy.unknown, Choice::Flag);
         assert_eq!(config.policy.local, Choice::Allow);
         assert_eq!(config.rules.len(), 1, "only the local ranges");
@@ -936,27 +986,51 @@ jurisdiction = "CH"
         assert!(c.policy.allowed.contains(cc("CH")) && c.policy.allowed.contains(cc("NO")));
         assert!(c.policy.allowed.contains(cc("JP")) && !c.policy.allowed.contains(cc("US")));
         assert_eq!(c.policy.allowed_names, ["dach", "EEA", "JP"]);
-        assert_eq!((c.policy.unknown, c.policy.local), (Choice::Block, Choice::Flag));
+        assert_eq!(
+            (c.policy.unknown, c.policy.local),
+            (Choice::Block, Choice::Flag)
+        );
         assert_eq!(c.rules[0].kind, RuleKind::Internal(cc("CH")));
         assert_eq!(c.rules[1].kind, RuleKind::Local);
-        assert_eq!(c.rules[1].destinations.len(), 1, "local_networks replaces the defaults");
+        assert_eq!(
+            c.rules[1].destinations.len(),
+            1,
+            "local_networks replaces the defaults"
+        );
     }
 
     #[test]
     fn policy_mistakes_name_the_entry() {
         let err = parse("[policy]\nallowed = [\"EEA\", \"UK\"]\n").unwrap_err();
-        assert_eq!((err.field.as_str(), err.line), ("policy.allowed[1]", Some(2)));
-        assert!(err.message.contains("\"UK\" is neither a country code nor a jurisdiction set"), "{err}");
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("policy.allowed[1]", Some(2))
+        );
+        assert!(
+            err.message
+                .contains("\"UK\" is neither a country code nor a jurisdiction set"),
+            "{err}"
+        );
         let err = parse("[policy]\nallowed = []\n").unwrap_err();
         assert_eq!(err.field, "policy.allowed");
         let err = parse("[policy]\nunknown = \"deny\"\n").unwrap_err();
-        assert!(err.message.contains("allow") && err.message.contains("block"), "{err}");
-        let err = parse("[[jurisdiction]]\nname = \"x\"\ncountries = [\"DE\", \"XX\"]\n").unwrap_err();
-        assert_eq!((err.field.as_str(), err.line), ("jurisdiction[0].countries[1]", Some(3)));
+        assert!(
+            err.message.contains("allow") && err.message.contains("block"),
+            "{err}"
+        );
+        let err =
+            parse("[[jurisdiction]]\nname = \"x\"\ncountries = [\"DE\", \"XX\"]\n").unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("jurisdiction[0].countries[1]", Some(3))
+        );
         let err = parse("[[jurisdiction]]\nname = \"EU\"\ncountries = [\"DE\"]\n").unwrap_err();
         assert_eq!(err.field, "jurisdiction[0].name");
         let err = parse("[[internal]]\nname = \"dc\"\ndestinations = [\"10.0.0.0/8\"]\njurisdiction = \"Germany\"\n").unwrap_err();
-        assert_eq!((err.field.as_str(), err.line), ("internal[0].jurisdiction", Some(4)));
+        assert_eq!(
+            (err.field.as_str(), err.line),
+            ("internal[0].jurisdiction", Some(4))
+        );
         let err = parse("[geoip]\ndatabase = \"\"\n").unwrap_err();
         assert_eq!(err.field, "geoip.database");
         let err = parse(
@@ -1014,8 +1088,16 @@ jurisdiction = "CH"
                 .may_block(),
             "nothing can block"
         );
-        assert!(parse("mode = \"enforce\"\n[policy]\nallowed = [\"EEA\"]\n").unwrap().may_block());
-        assert!(parse("mode = \"enforce\"\n[policy]\nunknown = \"block\"\n").unwrap().may_block());
+        assert!(
+            parse("mode = \"enforce\"\n[policy]\nallowed = [\"EEA\"]\n")
+                .unwrap()
+                .may_block()
+        );
+        assert!(
+            parse("mode = \"enforce\"\n[policy]\nunknown = \"block\"\n")
+                .unwrap()
+                .may_block()
+        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl Flow {
     /// does not know.
     pub fn from_kernel(ev: &ConnectEvent, clock: &Clock) -> Result<Self, EnrichError> {
         let hook = Hook::from_u8(ev.hook).ok_or(EnrichError::Hook(ev.hook))?;
-        let dest_kind = DestKind::from_u8(ev.dest_kind).ok_or(EnrichError::DestKind(ev.dest_kind))?;
+        let dest_kind =
+            DestKind::from_u8(ev.dest_kind).ok_or(EnrichError::DestKind(ev.dest_kind))?;
         let verdict = Verdict::from_u8(ev.verdict).ok_or(EnrichError::Verdict(ev.verdict))?;
         let dest_ip = match ev.family {
             AF_INET => IpAddr::V4(Ipv4Addr::new(

@@ -59,7 +59,10 @@ pub fn discover_asn(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return Some(p.to_path_buf());
     }
-    ASN_SEARCH_PATHS.iter().map(PathBuf::from).find(|p| p.is_file())
+    ASN_SEARCH_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 /// A database opened and turned into kernel tables, ready to load.
@@ -181,7 +184,9 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(generation.number, Arc::new(generation));
         while map.len() > KEEP {
-            let Some(&oldest) = map.keys().next() else { break };
+            let Some(&oldest) = map.keys().next() else {
+                break;
+            };
             map.remove(&oldest);
         }
     }
@@ -259,74 +264,6 @@ impl DetailCache {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use geoip::testdb::{Entry, Layout, write};
-
-    use super::*;
-
-    #[test]
-    fn prepares_caches_and_keeps_generations() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.mmdb");
-        write(
-            &path,
-            Layout::GeoIp2,
-            "GeoLite2-Country",
-            1_800_000_000,
-            &[Entry {
-                network: "192.0.2.0/24",
-                country: Some("DE"),
-                continent: Some("EU"),
-                asn: Some(64500),
-                as_org: Some("Example GmbH"),
-                ..Default::default()
-            }],
-        );
-        let p = prepare(&path, None).unwrap();
-        assert_eq!(p.stats.networks_v4, 1);
-        let registry = Registry::default();
-        for number in 1..=6 {
-            registry.add(Generation {
-                number,
-                version: Arc::new(p.db.version().clone()),
-                path: path.clone(),
-                db: p.db.clone(),
-                asn: None,
-            });
-        }
-        assert!(registry.get(1).is_none() || registry.get(1).unwrap().number == 6, "old ones dropped");
-        assert_eq!(registry.get(6).unwrap().number, 6);
-        assert_eq!(registry.get(0).unwrap().number, 6, "0 means the newest");
-        let generation = registry.get(5).unwrap();
-        let mut cache = DetailCache::new(16);
-        let d = cache.get(&generation, "192.0.2.7".parse().unwrap());
-        assert_eq!(d.country, Some("DE".parse().unwrap()));
-        assert_eq!(d.asn, Some(64500));
-        assert_eq!(d.as_org.as_deref(), Some("Example GmbH"));
-        assert_eq!(d.continent.as_deref(), Some("EU"));
-        assert!(Arc::ptr_eq(&d, &cache.get(&generation, "192.0.2.7".parse().unwrap())), "cached");
-        assert_eq!(cache.get(&generation, "8.8.8.8".parse().unwrap()).country, None);
-    }
-
-    #[test]
-    fn identity_changes_when_the_file_is_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.mmdb");
-        write(&path, Layout::IpLocationDb, "t", 1, &[Entry::country("10.0.0.0/8", "DE")]);
-        let a = FileIdentity::of(&path);
-        write(&path, Layout::IpLocationDb, "t", 2, &[Entry::country("10.0.0.0/8", "FR")]);
-        assert_ne!(a, FileIdentity::of(&path));
-        assert_eq!(FileIdentity::of(&dir.path().join("missing")), FileIdentity::default());
-    }
-
-    #[test]
-    fn discovery_prefers_the_explicit_path() {
-        let p = Path::new("/somewhere/x.mmdb");
-        assert_eq!(discover(Some(p)), Some(p.to_path_buf()));
-    }
-}
-
 /// What the watcher needs to load new versions.
 pub struct Watch {
     /// `None` only if a load was cut short at shutdown.
@@ -359,7 +296,9 @@ pub async fn watch(mut w: Watch, mut shutdown: tokio::sync::watch::Receiver<bool
         }
         let Some(path) = w.path.clone() else {
             if forced {
-                tracing::warn!("reload asked, but there is no GeoIP database (searched {SEARCH_PATHS:?})");
+                tracing::warn!(
+                    "reload asked, but there is no GeoIP database (searched {SEARCH_PATHS:?})"
+                );
             }
             continue;
         };
@@ -403,12 +342,11 @@ async fn reload(mut w: Watch, path: PathBuf) -> Watch {
     let installed = match result {
         Ok((maps, r)) => {
             w.maps = Some(maps);
-            match r {
-                Ok(r) => r,
-                Err(_) => {
-                    refused(&w, &path, "the loader panicked");
-                    return w;
-                }
+            if let Ok(r) = r {
+                r
+            } else {
+                refused(&w, &path, "the loader panicked");
+                return w;
             }
         }
         // Cancelled: the runtime is shutting down.
@@ -425,7 +363,9 @@ async fn reload(mut w: Watch, path: PathBuf) -> Watch {
                 asn: prepared.asn.clone(),
             });
             w.identity = prepared.identity;
-            let _ = w.notes.send(loaded_note(&path, &version, &prepared, &installed));
+            let _ = w
+                .notes
+                .send(loaded_note(&path, &version, &prepared, &installed));
         }
         Err(e) => refused(&w, &path, &e.to_string()),
     }
@@ -487,4 +427,96 @@ pub fn loaded_note(
             "load_ms": u64::try_from(installed.fill.as_millis()).unwrap_or(u64::MAX),
         }}),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use geoip::testdb::{Entry, Layout, write};
+
+    use super::*;
+
+    #[test]
+    fn prepares_caches_and_keeps_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.mmdb");
+        write(
+            &path,
+            Layout::GeoIp2,
+            "GeoLite2-Country",
+            1_800_000_000,
+            &[Entry {
+                network: "192.0.2.0/24",
+                country: Some("DE"),
+                continent: Some("EU"),
+                asn: Some(64500),
+                as_org: Some("Example GmbH"),
+                ..Default::default()
+            }],
+        );
+        let p = prepare(&path, None).unwrap();
+        assert_eq!(p.stats.networks_v4, 1);
+        let registry = Registry::default();
+        for number in 1..=6 {
+            registry.add(Generation {
+                number,
+                version: Arc::new(p.db.version().clone()),
+                path: path.clone(),
+                db: p.db.clone(),
+                asn: None,
+            });
+        }
+        assert!(
+            registry.get(1).is_none() || registry.get(1).unwrap().number == 6,
+            "old ones dropped"
+        );
+        assert_eq!(registry.get(6).unwrap().number, 6);
+        assert_eq!(registry.get(0).unwrap().number, 6, "0 means the newest");
+        let generation = registry.get(5).unwrap();
+        let mut cache = DetailCache::new(16);
+        let d = cache.get(&generation, "192.0.2.7".parse().unwrap());
+        assert_eq!(d.country, Some("DE".parse().unwrap()));
+        assert_eq!(d.asn, Some(64500));
+        assert_eq!(d.as_org.as_deref(), Some("Example GmbH"));
+        assert_eq!(d.continent.as_deref(), Some("EU"));
+        assert!(
+            Arc::ptr_eq(&d, &cache.get(&generation, "192.0.2.7".parse().unwrap())),
+            "cached"
+        );
+        assert_eq!(
+            cache.get(&generation, "8.8.8.8".parse().unwrap()).country,
+            None
+        );
+    }
+
+    #[test]
+    fn identity_changes_when_the_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.mmdb");
+        write(
+            &path,
+            Layout::IpLocationDb,
+            "t",
+            1,
+            &[Entry::country("10.0.0.0/8", "DE")],
+        );
+        let a = FileIdentity::of(&path);
+        write(
+            &path,
+            Layout::IpLocationDb,
+            "t",
+            2,
+            &[Entry::country("10.0.0.0/8", "FR")],
+        );
+        assert_ne!(a, FileIdentity::of(&path));
+        assert_eq!(
+            FileIdentity::of(&dir.path().join("missing")),
+            FileIdentity::default()
+        );
+    }
+
+    #[test]
+    fn discovery_prefers_the_explicit_path() {
+        let p = Path::new("/somewhere/x.mmdb");
+        assert_eq!(discover(Some(p)), Some(p.to_path_buf()));
+    }
 }

@@ -103,33 +103,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let (stop_tx, stop_rx) = watch::channel(false);
     let reload = Arc::new(tokio::sync::Notify::new());
     let reload_on_hup = reload.clone();
-    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    tokio::spawn(async move {
-        let mut stopping = false;
-        loop {
-            let name = tokio::select! {
-                _ = sigint.recv() => "SIGINT",
-                _ = sigterm.recv() => "SIGTERM",
-                _ = sighup.recv() => {
-                    info!("SIGHUP: reloading the GeoIP database (the configuration itself is not reloaded yet)");
-                    reload_on_hup.notify_one();
-                    continue;
-                }
-            };
-            if stopping {
-                // A shutdown that hangs (an output that blocks) must still
-                // be interruptible. The kernel detaches the programs when
-                // the process ends.
-                error!("{name} again: exiting now; records not yet written are lost");
-                std::process::exit(130);
-            }
-            info!("{name}: stopping (send it again to exit at once)");
-            stopping = true;
-            let _ = stop_tx.send(true);
-        }
-    });
+    install_signals(stop_tx, reload_on_hup)?;
 
     // Open the output before attaching, so a bad path fails before anything
     // touches the kernel.
@@ -137,31 +111,18 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
 
     // The GeoIP tables are loaded before the programs are attached, so that
     // the first call is judged with them.
-    let explicit = options.geoip.clone().or_else(|| config.geoip.database.clone());
+    let explicit = options
+        .geoip
+        .clone()
+        .or_else(|| config.geoip.database.clone());
     let geo_path = geo::discover(explicit.as_deref());
     let asn_path = geo::discover_asn(config.geoip.asn_database.as_deref());
-    let prepared = match &geo_path {
-        Some(path) => {
-            let (p, a) = (path.clone(), asn_path.clone());
-            let prepared = tokio::task::spawn_blocking(move || geo::prepare(&p, a.as_deref()))
-                .await
-                .map_err(|e| RunError::Pipeline(PipelineError::Join(e)))??;
-            Some(prepared)
-        }
-        None => {
-            warn!(
-                searched = ?geo::SEARCH_PATHS,
-                unknown = config.policy.unknown.as_str(),
-                "no GeoIP database: every destination outside the rules is \"unknown\"; \
-                 set geoip.database, or install one (cargo xtask run fetches the CC0 default)"
-            );
-            None
-        }
-    };
+    let prepared = prepare_geo(&config, geo_path.as_ref(), asn_path.as_ref()).await?;
 
     let compiled = policy::compile(&config);
     let start_geo = prepared.as_ref().map(|p| (&p.v4, &p.v6[..]));
-    let (kernel, geo_maps, installed) = kernel::start(&config, &compiled, target.clone(), start_geo)?;
+    let (kernel, geo_maps, installed) =
+        kernel::start(&config, &compiled, target.clone(), start_geo)?;
 
     let registry = Arc::new(geo::Registry::default());
     let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -206,7 +167,75 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         geoip_generation: installed.map_or(0, |i| i.generation),
         allowed: config.policy.allowed_names.clone(),
     };
-    Ok(pipeline::run(Arc::new(config), kernel, start, output, registry, notes_rx, stop_rx).await?)
+    Ok(pipeline::run(
+        Arc::new(config),
+        kernel,
+        start,
+        output,
+        registry,
+        notes_rx,
+        stop_rx,
+    )
+    .await?)
+}
+
+/// SIGINT/SIGTERM stop (a second one exits at once); SIGHUP reloads the
+/// `GeoIP` database.
+fn install_signals(
+    stop_tx: watch::Sender<bool>,
+    reload_on_hup: Arc<tokio::sync::Notify>,
+) -> Result<(), RunError> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    tokio::spawn(async move {
+        let mut stopping = false;
+        loop {
+            let name = tokio::select! {
+                _ = sigint.recv() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sighup.recv() => {
+                    info!("SIGHUP: reloading the GeoIP database (the configuration itself is not reloaded yet)");
+                    reload_on_hup.notify_one();
+                    continue;
+                }
+            };
+            if stopping {
+                // A shutdown that hangs (an output that blocks) must still
+                // be interruptible. The kernel detaches the programs when
+                // the process ends.
+                error!("{name} again: exiting now; records not yet written are lost");
+                std::process::exit(130);
+            }
+            info!("{name}: stopping (send it again to exit at once)");
+            stopping = true;
+            let _ = stop_tx.send(true);
+        }
+    });
+
+    Ok(())
+}
+
+/// Prepares the `GeoIP` database, if there is one, off the async runtime.
+async fn prepare_geo(
+    config: &Config,
+    path: Option<&PathBuf>,
+    asn: Option<&PathBuf>,
+) -> Result<Option<geo::Prepared>, RunError> {
+    let Some(path) = path else {
+        warn!(
+            searched = ?geo::SEARCH_PATHS,
+            unknown = config.policy.unknown.as_str(),
+            "no GeoIP database: every destination outside the rules is \"unknown\"; \
+             set geoip.database, or install one (cargo xtask run fetches the CC0 default)"
+        );
+        return Ok(None);
+    };
+    let (p, a) = (path.clone(), asn.cloned());
+    let prepared = tokio::task::spawn_blocking(move || geo::prepare(&p, a.as_deref()))
+        .await
+        .map_err(|e| RunError::Pipeline(PipelineError::Join(e)))??;
+    Ok(Some(prepared))
 }
 
 /// What `residency lookup` says about one address.
@@ -233,26 +262,32 @@ pub fn lookup(
     geoip_path: Option<&std::path::Path>,
     ips: &[std::net::IpAddr],
 ) -> Result<Vec<LookupReport>, RunError> {
-    let explicit = geoip_path.map(std::path::Path::to_path_buf).or_else(|| config.geoip.database.clone());
+    let explicit = geoip_path
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| config.geoip.database.clone());
     let path = geo::discover(explicit.as_deref());
     let asn = geo::discover_asn(config.geoip.asn_database.as_deref());
     let prepared = match &path {
         Some(p) => Some(geo::prepare(p, asn.as_deref())?),
         None => None,
     };
-    let generation = prepared.as_ref().zip(path.as_ref()).map(|(p, path)| geo::Generation {
-        number: 1,
-        version: Arc::new(p.db.version().clone()),
-        path: path.clone(),
-        db: p.db.clone(),
-        asn: p.asn.clone(),
-    });
+    let generation = prepared
+        .as_ref()
+        .zip(path.as_ref())
+        .map(|(p, path)| geo::Generation {
+            number: 1,
+            version: Arc::new(p.db.version().clone()),
+            path: path.clone(),
+            db: p.db.clone(),
+            asn: p.asn.clone(),
+        });
     let mut cache = geo::DetailCache::new(ips.len());
     Ok(ips
         .iter()
         .map(|&ip| {
-            let decision =
-                policy::decide(config, ip, |a| prepared.as_ref().and_then(|p| p.kernel_country(a)));
+            let decision = policy::decide(config, ip, |a| {
+                prepared.as_ref().and_then(|p| p.kernel_country(a))
+            });
             let detail = (decision.kind != residency_common::DestKind::Local)
                 .then(|| generation.as_ref().map(|g| (*cache.get(g, ip)).clone()))
                 .flatten();
@@ -261,7 +296,9 @@ pub fn lookup(
                 rule: config.rule(decision.rule_id).map(|r| r.name.clone()),
                 decision,
                 detail,
-                database: generation.as_ref().map(|g| (g.version.label(), g.path.clone())),
+                database: generation
+                    .as_ref()
+                    .map(|g| (g.version.label(), g.path.clone())),
             }
         })
         .collect())

@@ -146,7 +146,10 @@ fn main() -> ExitCode {
                     c.deny_rules().count(),
                     c.rules
                         .iter()
-                        .filter(|r| matches!(r.kind, residency_daemon::config::RuleKind::Internal(_)))
+                        .filter(|r| matches!(
+                            r.kind,
+                            residency_daemon::config::RuleKind::Internal(_)
+                        ))
                         .count(),
                 );
                 ExitCode::SUCCESS
@@ -158,28 +161,7 @@ fn main() -> ExitCode {
             geoip,
             json,
             ips,
-        } => {
-            let config = match config.as_deref().map_or_else(Config::builtin, Config::from_file) {
-                Ok(c) => c,
-                Err(e) => return config_error(&e),
-            };
-            match residency_daemon::lookup(&config, geoip.as_deref(), &ips) {
-                Ok(reports) => {
-                    for r in &reports {
-                        if json {
-                            println!("{}", lookup_json(r));
-                        } else {
-                            print!("{}", lookup_text(r));
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_DATAERR)
-                }
-            }
-        }
+        } => lookup_command(config.as_deref(), geoip.as_deref(), json, &ips),
         Command::Run {
             config,
             cgroup,
@@ -233,6 +215,34 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+fn lookup_command(
+    config: Option<&std::path::Path>,
+    geoip: Option<&std::path::Path>,
+    json: bool,
+    ips: &[std::net::IpAddr],
+) -> ExitCode {
+    let config = match config.map_or_else(Config::builtin, Config::from_file) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    match residency_daemon::lookup(&config, geoip, ips) {
+        Ok(reports) => {
+            for r in &reports {
+                if json {
+                    println!("{}", lookup_json(r));
+                } else {
+                    print!("{}", lookup_text(r));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_DATAERR)
+        }
+    }
+}
+
 fn verdict_word(v: residency_common::Verdict) -> &'static str {
     residency_daemon::sinks::ecs::verdict_str(v)
 }
@@ -246,7 +256,11 @@ fn lookup_text(r: &residency_daemon::LookupReport) -> String {
     let by = residency_daemon::sinks::ecs::kind_str(d.kind);
     match &r.rule {
         Some(rule) => {
-            let _ = writeln!(out, "  decided by: {by} (rule \"{rule}\", id {})", d.rule_id);
+            let _ = writeln!(
+                out,
+                "  decided by: {by} (rule \"{rule}\", id {})",
+                d.rule_id
+            );
         }
         None => {
             let _ = writeln!(out, "  decided by: {by}");
@@ -267,7 +281,11 @@ fn lookup_text(r: &residency_daemon::LookupReport) -> String {
             parts.push(format!("continent {c}"));
         }
         if let Some(n) = det.asn {
-            parts.push(format!("AS{n} {}", det.as_org.as_deref().unwrap_or("")).trim_end().to_owned());
+            parts.push(
+                format!("AS{n} {}", det.as_org.as_deref().unwrap_or(""))
+                    .trim_end()
+                    .to_owned(),
+            );
         }
         if !parts.is_empty() {
             let _ = writeln!(out, "  database:   {}", parts.join(", "));
@@ -282,7 +300,11 @@ fn lookup_text(r: &residency_daemon::LookupReport) -> String {
         }
     }
     for (i, reason) in d.reasons.iter().enumerate() {
-        let _ = writeln!(out, "  {} {reason}", if i == 0 { "why:       " } else { "           " });
+        let _ = writeln!(
+            out,
+            "  {} {reason}",
+            if i == 0 { "why:       " } else { "           " }
+        );
     }
     out
 }

@@ -388,7 +388,9 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
         let mut stop = None;
         // Bounded batches keep memory flat and let the reader refill.
         while buf.len() < (1 << 20) {
-            let Some(item) = consumer.try_pop() else { break };
+            let Some(item) = consumer.try_pop() else {
+                break;
+            };
             let record = match item {
                 Item::Event(ev) => match Flow::from_kernel(&ev, &clock) {
                     Ok(mut flow) => {

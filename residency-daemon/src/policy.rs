@@ -88,7 +88,11 @@ pub struct Decision {
 /// Decides about `ip` as the kernel would. `geo` gives the country the
 /// kernel's tables hold for an address (the flattened tables, not the full
 /// database, so that both see the same data).
-pub fn decide(config: &Config, ip: IpAddr, geo: impl FnOnce(IpAddr) -> Option<CountryCode>) -> Decision {
+pub fn decide(
+    config: &Config,
+    ip: IpAddr,
+    geo: impl FnOnce(IpAddr) -> Option<CountryCode>,
+) -> Decision {
     let ip = geoip::db::canonical(ip);
     let mut reasons = Vec::new();
     let rule = config
@@ -100,7 +104,10 @@ pub fn decide(config: &Config, ip: IpAddr, geo: impl FnOnce(IpAddr) -> Option<Co
     let (kind, act, rule_id, country) = if let Some((net, rule)) = rule {
         match rule.kind {
             RuleKind::Deny => {
-                reasons.push(format!("{ip} is in {net}, listed by deny rule \"{}\"", rule.name));
+                reasons.push(format!(
+                    "{ip} is in {net}, listed by deny rule \"{}\"",
+                    rule.name
+                ));
                 (DestKind::Denied, Action::Block, rule.id, None)
             }
             RuleKind::Local => {
@@ -115,7 +122,12 @@ pub fn decide(config: &Config, ip: IpAddr, geo: impl FnOnce(IpAddr) -> Option<Co
                     "{ip} is in {net}, internal network \"{}\" in jurisdiction {c}",
                     rule.name
                 ));
-                (DestKind::Internal, judge(config, Some(c), &mut reasons), rule.id, Some(c))
+                (
+                    DestKind::Internal,
+                    judge(config, Some(c), &mut reasons),
+                    rule.id,
+                    Some(c),
+                )
             }
         }
     } else {
@@ -124,7 +136,11 @@ pub fn decide(config: &Config, ip: IpAddr, geo: impl FnOnce(IpAddr) -> Option<Co
             Some(c) => reasons.push(format!("GeoIP places {ip} in {c}")),
             None => reasons.push(format!("GeoIP has no country for {ip}")),
         }
-        let kind = if c.is_some() { DestKind::Geo } else { DestKind::Unknown };
+        let kind = if c.is_some() {
+            DestKind::Geo
+        } else {
+            DestKind::Unknown
+        };
         (kind, judge(config, c, &mut reasons), 0, c)
     };
     let verdict = match act {
@@ -134,9 +150,15 @@ pub fn decide(config: &Config, ip: IpAddr, geo: impl FnOnce(IpAddr) -> Option<Co
     };
     reasons.push(match (verdict, config.mode) {
         (Verdict::Allowed, _) => "allowed".to_owned(),
-        (Verdict::Blocked, _) => "blocked: connect() and sendmsg() fail with EPERM (mode = \"enforce\")".to_owned(),
-        (Verdict::Flagged, Mode::Monitor) => "flagged: a violation, reported but not blocked (mode = \"monitor\")".to_owned(),
-        (Verdict::Flagged, Mode::Enforce) => "flagged: a violation, reported but not blocked (the choice is \"flag\")".to_owned(),
+        (Verdict::Blocked, _) => {
+            "blocked: connect() and sendmsg() fail with EPERM (mode = \"enforce\")".to_owned()
+        }
+        (Verdict::Flagged, Mode::Monitor) => {
+            "flagged: a violation, reported but not blocked (mode = \"monitor\")".to_owned()
+        }
+        (Verdict::Flagged, Mode::Enforce) => {
+            "flagged: a violation, reported but not blocked (the choice is \"flag\")".to_owned()
+        }
     });
     Decision {
         verdict,
@@ -149,7 +171,10 @@ pub fn decide(config: &Config, ip: IpAddr, geo: impl FnOnce(IpAddr) -> Option<Co
 
 fn judge(config: &Config, country: Option<CountryCode>, reasons: &mut Vec<String>) -> Action {
     let Some(c) = country else {
-        reasons.push(format!("policy.unknown = \"{}\"", config.policy.unknown.as_str()));
+        reasons.push(format!(
+            "policy.unknown = \"{}\"",
+            config.policy.unknown.as_str()
+        ));
         return action(config.policy.unknown);
     };
     let names = config.policy.allowed_names.join(", ");
@@ -201,11 +226,22 @@ destinations = ["203.0.113.0/24"]
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let none = |_| None;
         let d = decide(&c, ip("203.0.113.9"), |_| Some(cc("DE")));
-        assert_eq!((d.verdict, d.kind), (Verdict::Blocked, DestKind::Denied), "deny beats GeoIP");
+        assert_eq!(
+            (d.verdict, d.kind),
+            (Verdict::Blocked, DestKind::Denied),
+            "deny beats GeoIP"
+        );
         let d = decide(&c, ip("10.30.1.1"), none);
-        assert_eq!((d.verdict, d.kind, d.country), (Verdict::Allowed, DestKind::Internal, Some(cc("DE"))));
+        assert_eq!(
+            (d.verdict, d.kind, d.country),
+            (Verdict::Allowed, DestKind::Internal, Some(cc("DE")))
+        );
         let d = decide(&c, ip("10.20.1.1"), none);
-        assert_eq!((d.verdict, d.kind), (Verdict::Blocked, DestKind::Internal), "CH is not EEA");
+        assert_eq!(
+            (d.verdict, d.kind),
+            (Verdict::Blocked, DestKind::Internal),
+            "CH is not EEA"
+        );
         let d = decide(&c, ip("10.99.1.1"), none);
         assert_eq!((d.verdict, d.kind), (Verdict::Allowed, DestKind::Local));
         let d = decide(&c, ip("::1"), none);
@@ -214,11 +250,21 @@ destinations = ["203.0.113.0/24"]
         assert_eq!((d.verdict, d.kind), (Verdict::Allowed, DestKind::Geo));
         let d = decide(&c, ip("198.51.100.1"), |_| Some(cc("US")));
         assert_eq!(d.verdict, Verdict::Blocked);
-        assert!(d.reasons.iter().any(|r| r.contains("US is not in policy.allowed (EEA)")), "{:?}", d.reasons);
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("US is not in policy.allowed (EEA)")),
+            "{:?}",
+            d.reasons
+        );
         let d = decide(&c, ip("198.51.100.1"), none);
         assert_eq!((d.verdict, d.kind), (Verdict::Blocked, DestKind::Unknown));
         let d = decide(&c, ip("::ffff:203.0.113.9"), none);
-        assert_eq!(d.kind, DestKind::Denied, "mapped addresses are judged as IPv4");
+        assert_eq!(
+            d.kind,
+            DestKind::Denied,
+            "mapped addresses are judged as IPv4"
+        );
     }
 
     #[test]
@@ -238,14 +284,32 @@ destinations = ["203.0.113.0/24"]
         assert_ne!(k.policy.allowed[usize::from(de / 64)] & (1 << (de % 64)), 0);
         let us = cc("US").index();
         assert_eq!(k.policy.allowed[usize::from(us / 64)] & (1 << (us % 64)), 0);
-        let zurich = k.rules_v4.iter().find(|(n, _)| n.to_string() == "10.20.0.0/16").unwrap().1;
+        let zurich = k
+            .rules_v4
+            .iter()
+            .find(|(n, _)| n.to_string() == "10.20.0.0/16")
+            .unwrap()
+            .1;
         assert_eq!(zurich.action, Action::Judge as u8);
         assert_eq!(zurich.kind, DestKind::Internal as u8);
         assert_eq!(zurich.country, cc("CH").index());
-        let deny = k.rules_v4.iter().find(|(n, _)| n.to_string() == "203.0.113.0/24").unwrap().1;
-        assert_eq!((deny.action, deny.rule_id), (Action::Block as u8, 1), "deny rules come first");
+        let deny = k
+            .rules_v4
+            .iter()
+            .find(|(n, _)| n.to_string() == "203.0.113.0/24")
+            .unwrap()
+            .1;
+        assert_eq!(
+            (deny.action, deny.rule_id),
+            (Action::Block as u8, 1),
+            "deny rules come first"
+        );
         // Default local ranges: both families present.
-        assert!(k.rules_v4.iter().any(|(n, r)| n.to_string() == "127.0.0.0/8" && r.kind == DestKind::Local as u8));
+        assert!(
+            k.rules_v4
+                .iter()
+                .any(|(n, r)| n.to_string() == "127.0.0.0/8" && r.kind == DestKind::Local as u8)
+        );
         assert!(k.rules_v6.iter().any(|(n, _)| n.to_string() == "fe80::/10"));
     }
 }

@@ -136,3 +136,111 @@ fn probe_names_the_cgroup2_mount_from_mountinfo() {
         assert!(text.contains(key), "probe lacks {key}:\n{text}");
     }
 }
+
+#[test]
+fn lookup_explains_each_verdict() {
+    use geoip::testdb::{Entry, Layout, write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.mmdb");
+    write(
+        &db,
+        Layout::GeoIp2,
+        "Test-Country",
+        1_800_000_000,
+        &[
+            Entry {
+                network: "198.51.100.0/24",
+                country: Some("US"),
+                asn: Some(64_496),
+                as_org: Some("Example Inc"),
+                ..Default::default()
+            },
+            Entry::country("2001:db8:de::/48", "DE"),
+        ],
+    );
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "mode = \"enforce\"\n[kernel]\ncgroup = \"/w\"\n[policy]\nallowed = [\"EEA\"]\nunknown = \"block\"\n\
+         [[internal]]\nname = \"dc-zurich\"\ndestinations = [\"10.20.0.0/16\"]\njurisdiction = \"CH\"\n",
+    )
+    .unwrap();
+    let out = residency()
+        .args(["lookup", "--json", "--config"])
+        .arg(&config)
+        .arg("--geoip")
+        .arg(&db)
+        .args([
+            "198.51.100.7",
+            "2001:db8:de::1",
+            "10.20.0.5",
+            "10.99.0.1",
+            "203.0.113.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let get = |i: usize, k: &str| lines[i][k].clone();
+    assert_eq!(get(0, "verdict"), "blocked");
+    assert_eq!(get(0, "country"), "US");
+    assert_eq!(lines[0]["database"]["asn"], 64_496);
+    assert_eq!(lines[0]["geoip"]["version"], "Test-Country@1800000000");
+    assert_eq!(get(1, "verdict"), "allowed");
+    assert_eq!(get(1, "country"), "DE");
+    assert_eq!(
+        (get(2, "verdict"), get(2, "decided_by")),
+        ("blocked".into(), "internal".into())
+    );
+    assert_eq!(lines[2]["rule"]["name"], "dc-zurich");
+    assert_eq!(get(3, "decided_by"), "local");
+    assert_eq!(
+        (get(4, "verdict"), get(4, "decided_by")),
+        ("blocked".into(), "unknown".into())
+    );
+    assert!(
+        lines[4]["reasons"].to_string().contains("policy.unknown"),
+        "{}",
+        lines[4]
+    );
+
+    // The text form says the same, for people.
+    let out = residency()
+        .args(["lookup", "--config"])
+        .arg(&config)
+        .arg("--geoip")
+        .arg(&db)
+        .arg("198.51.100.7")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("verdict:    blocked"), "{text}");
+    assert!(text.contains("US is not in policy.allowed (EEA)"), "{text}");
+    assert!(text.contains("AS64496 Example Inc"), "{text}");
+}
+
+#[test]
+fn lookup_with_a_broken_database_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broken.mmdb");
+    std::fs::write(&db, b"garbage").unwrap();
+    let out = residency()
+        .args(["lookup", "--geoip"])
+        .arg(&db)
+        .arg("8.8.8.8")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.mmdb is not a usable MaxMind DB file"),
+        "{err}"
+    );
+}

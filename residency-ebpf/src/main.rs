@@ -86,8 +86,11 @@ static DEST_RULES_V6: LpmTrie<Ipv6Key, DestRule> =
 static GEO_ACTIVE: Array<GeoActive> = Array::with_max_entries(1, 0);
 
 #[btf_map]
-static GEO4_L1: HashOfMaps<u32, BtfArray<u32, { GEO4_L1_ENTRIES as usize }>, { GEO_GENERATIONS as usize }> =
-    HashOfMaps::new();
+static GEO4_L1: HashOfMaps<
+    u32,
+    BtfArray<u32, { GEO4_L1_ENTRIES as usize }>,
+    { GEO_GENERATIONS as usize },
+> = HashOfMaps::new();
 
 #[btf_map]
 static GEO4_L2: HashOfMaps<
@@ -162,7 +165,13 @@ fn on_ipv6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // ::ffff:a.b.c.d on a dual-stack socket goes out as IPv4, so it is judged
     // and reported as IPv4: a v4 rule must not be sidestepped through AF_INET6.
     if w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
-        return decide(ctx, hook, &Dest::V4(w[3].to_ne_bytes()), port, FLAG_V4_MAPPED);
+        return decide(
+            ctx,
+            hook,
+            &Dest::V4(w[3].to_ne_bytes()),
+            port,
+            FLAG_V4_MAPPED,
+        );
     }
     let mut addr = [0u8; 16];
     let mut i = 0;
@@ -233,7 +242,11 @@ fn classify(ctx: &SockAddrContext, dest: &Dest, policy: &Policy) -> Finding {
         Dest::V6(a) => geo_v6(a),
     };
     Finding {
-        kind: if country == 0 { DestKind::Unknown } else { DestKind::Geo },
+        kind: if country == 0 {
+            DestKind::Unknown
+        } else {
+            DestKind::Geo
+        },
         action: judge(policy, country),
         rule_id: 0,
         country,

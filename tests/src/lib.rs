@@ -175,7 +175,11 @@ impl Daemon {
     ///
     /// # Errors
     /// As [`Daemon::start`].
-    pub fn start_with(config: &str, cgroup: &TestCgroup, extra: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
+    pub fn start_with(
+        config: &str,
+        cgroup: &TestCgroup,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("residency.toml");
         fs::write(&config_path, config)?;
@@ -234,13 +238,21 @@ impl Daemon {
     ///
     /// # Errors
     /// If none appears within `timeout`.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(r) = self.records()?.into_iter().find(|r| pred(r)) {
                 return Ok(r);
             }
-            ensure!(Instant::now() < deadline, "no such record within {timeout:?}: {}", self.stderr_text());
+            ensure!(
+                Instant::now() < deadline,
+                "no such record within {timeout:?}: {}",
+                self.stderr_text()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -505,7 +517,10 @@ impl Listener {
 /// 128 overflows during connect storms when the accept thread is briefly
 /// descheduled; the kernel then drops SYNs and the client waits a second to
 /// retransmit, which would be charged to whatever is being measured.
-fn listen_tcp(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+///
+/// # Errors
+/// If the socket cannot be bound.
+pub fn listen_tcp(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use nix::sys::socket::{
         AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, socket,
     };
@@ -653,26 +668,59 @@ impl NetNs {
         let outer = format!("rzo{}n{n}", std::process::id() % 100_000);
         let inner = format!("rzi{}n{n}", std::process::id() % 100_000);
         let ip = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
-            ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .context("running ip (iproute2)")?;
+            ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
             Ok(())
         };
         ip(&["netns", "add", &name])?;
-        let mut ns = NetNs { name: name.clone(), hosts: Vec::new(), server: None };
-        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+        let mut ns = NetNs {
+            name: name.clone(),
+            hosts: Vec::new(),
+            server: None,
+        };
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ])?;
         ip(&["link", "set", &inner, "netns", &name])?;
         ip(&["link", "set", &outer, "up"])?;
         ip(&["-n", &name, "link", "set", &inner, "up"])?;
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
         for subnet in subnets {
             let net: ipnet::Ipv6Net = subnet.parse()?;
-            ensure!(is_test_host(IpAddr::V6(net.network())), "{subnet} is not in {TEST_HOSTS}");
+            ensure!(
+                is_test_host(IpAddr::V6(net.network())),
+                "{subnet} is not in {TEST_HOSTS}"
+            );
             let base = u128::from(net.network());
             let this = std::net::Ipv6Addr::from(base | 1);
             let host = std::net::Ipv6Addr::from(base | 2);
             let p = net.prefix_len();
-            ip(&["addr", "add", &format!("{this}/{p}"), "dev", &outer, "nodad"])?;
-            ip(&["-n", &name, "addr", "add", &format!("{host}/{p}"), "dev", &inner, "nodad"])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{this}/{p}"),
+                "dev",
+                &outer,
+                "nodad",
+            ])?;
+            ip(&[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{host}/{p}"),
+                "dev",
+                &inner,
+                "nodad",
+            ])?;
             ns.hosts.push(IpAddr::V6(host));
         }
         Ok(ns)
@@ -685,16 +733,22 @@ impl NetNs {
     /// If the listener does not start.
     pub fn serve(&mut self) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(workspace_bin("test-listener")?);
+        cmd.args(["netns", "exec", &self.name])
+            .arg(workspace_bin("test-listener")?);
         for h in &self.hosts {
             cmd.arg(SocketAddr::new(*h, 0).to_string());
         }
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let stdout = child.stdout.take().context("listener stdout")?;
         self.server = Some(child);
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        let bound: Value = serde_json::from_str(&line).context("listener did not report its sockets")?;
+        let bound: Value =
+            serde_json::from_str(&line).context("listener did not report its sockets")?;
         bound
             .as_array()
             .context("listener output")?
@@ -716,6 +770,8 @@ impl Drop for NetNs {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

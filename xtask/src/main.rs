@@ -21,8 +21,15 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages the end-to-end tests use: bpftool independently checks
-/// what is attached to a cgroup.
-const TEST_PACKAGES: &[(&str, &str)] = &[("bpftool", "bpftool")];
+/// what is attached to a cgroup; iproute2 makes the test hosts' network
+/// namespaces.
+const TEST_PACKAGES: &[(&str, &str)] = &[("bpftool", "bpftool"), ("ip", "iproute2")];
+
+/// The default GeoIP data: the CC0 geo-whois-asn-country database, as the
+/// npm registry ships it (pinned; bump deliberately).
+const GEOIP_PACKAGE: &str = "@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719";
+/// The file used from that package (IPv4 and IPv6 in one).
+const GEOIP_FILE: &str = "geo-whois-asn-country.mmdb";
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +73,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Fetch the default GeoIP database (CC0, from the npm registry) into
+    /// data/geoip/, if it is not there yet, and print its path.
+    Geoip,
     /// Run a benchmark and write its table into BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -78,6 +88,14 @@ enum Bench {
     /// Loopback connect and sendto storms in a child cgroup: without
     /// programs, with the programs attached, and with the full daemon.
     Connect {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// The full default GeoIP database: flatten and load time, kernel
+    /// memory, userspace lookups per second, and the cost of connect with the
+    /// tables loaded and during a hot swap.
+    Geoip {
         /// Arguments for the benchmark binary (see `--help` there).
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -104,36 +122,93 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Run { args } => {
             ensure_ebpf_toolchain()?;
+            let geoip = ensure_geoip(&root)?;
             cargo(&build_args(true))?;
             if !is_root() {
                 bail!(
                     "residency loads BPF programs and needs root; the build is done, so run \
-                     `sudo target/release/residency run` (sudo's PATH usually lacks cargo)"
+                     `sudo target/release/residency run --geoip {}` (sudo's PATH usually lacks cargo)",
+                    geoip.display()
                 );
             }
             let mut cmd = Command::new(root.join("target/release/residency"));
-            cmd.arg("run").args(args);
+            cmd.arg("run");
+            if !args.iter().any(|a| a == "--geoip") {
+                cmd.arg("--geoip").arg(&geoip);
+            }
+            cmd.args(args);
             eprintln!("xtask: running {cmd:?} (Ctrl-C to stop)");
             status(&mut cmd)
         }
         Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Geoip => {
+            println!("{}", ensure_geoip(&root)?.display());
+            Ok(())
+        }
         Cmd::Bench {
             which: Bench::Connect { args },
-        } => {
-            ensure_ebpf_toolchain()?;
-            ensure_packages(TEST_PACKAGES)?;
-            cargo(&build_args(true))?;
-            if !is_root() {
-                bail!("the benchmark attaches BPF programs and needs root");
-            }
-            let mut cmd = Command::new(root.join("target/release/residency-bench"));
-            cmd.arg("connect")
-                .arg("--write")
-                .arg(root.join("BENCHMARKS.md"))
-                .args(args);
-            status(&mut cmd)
-        }
+        } => bench(&root, "connect", &args),
+        Cmd::Bench {
+            which: Bench::Geoip { args },
+        } => bench(&root, "geoip", &args),
     }
+}
+
+fn bench(root: &Path, which: &str, args: &[OsString]) -> anyhow::Result<()> {
+    ensure_ebpf_toolchain()?;
+    ensure_packages(TEST_PACKAGES)?;
+    let geoip = ensure_geoip(root)?;
+    cargo(&build_args(true))?;
+    if !is_root() {
+        bail!("the benchmark attaches BPF programs and needs root");
+    }
+    let mut cmd = Command::new(root.join("target/release/residency-bench"));
+    cmd.arg(which)
+        .arg("--write")
+        .arg(root.join("BENCHMARKS.md"))
+        .env("RESIDENCY_DEFAULT_GEOIP", &geoip)
+        .args(args);
+    status(&mut cmd)
+}
+
+/// The default GeoIP database in `data/geoip/`, fetched with `npm pack`
+/// when missing (the npm registry is where the CC0 files are published).
+fn ensure_geoip(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = root.join("data/geoip");
+    let file = dir.join(GEOIP_FILE);
+    if file.is_file() {
+        return Ok(file);
+    }
+    if !on_path("npm") {
+        ensure_packages(&[("npm", "npm")])?;
+    }
+    eprintln!(
+        "xtask: fetching the default GeoIP database ({GEOIP_PACKAGE}) into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir)?;
+    let work = dir.join(".fetch");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let packed = output(
+        Command::new("npm")
+            .args(["pack", "--silent", GEOIP_PACKAGE])
+            .current_dir(&work),
+    )
+    .context("npm pack (the npm registry must be reachable)")?;
+    let tarball = work.join(packed.trim().lines().last().unwrap_or_default());
+    status(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&work)
+            .arg(format!("package/{GEOIP_FILE}")),
+    )?;
+    // Rename into place: a reader never sees half a file.
+    std::fs::rename(work.join("package").join(GEOIP_FILE), &file)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(file)
 }
 
 fn build_args(release: bool) -> Vec<&'static str> {
@@ -147,6 +222,8 @@ fn build_args(release: bool) -> Vec<&'static str> {
 fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
     ensure_ebpf_toolchain()?;
     ensure_packages(TEST_PACKAGES)?;
+    // The end-to-end tests load the real default database too.
+    ensure_geoip(&env::current_dir()?)?;
     let ci = env::var("CI").as_deref() == Ok("true");
     if ci && !is_root() {
         bail!("CI=true but not root: the privileged end-to-end tests must run in CI");

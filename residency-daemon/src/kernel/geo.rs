@@ -120,12 +120,27 @@ impl GeoMaps {
         let fill = started.elapsed();
 
         // Publish: the new generation's tables first, then the switch.
-        self.l1.insert(generation, &l1, 0).map_err(map_err("publishing level 1"))?;
-        self.l2.insert(generation, &l2, 0).map_err(map_err("publishing level 2"))?;
-        self.l3.insert(generation, &l3, 0).map_err(map_err("publishing level 3"))?;
-        self.v6.insert(generation, &trie, 0).map_err(map_err("publishing the IPv6 trie"))?;
+        self.l1
+            .insert(generation, &l1, 0)
+            .map_err(map_err("publishing level 1"))?;
+        self.l2
+            .insert(generation, &l2, 0)
+            .map_err(map_err("publishing level 2"))?;
+        self.l3
+            .insert(generation, &l3, 0)
+            .map_err(map_err("publishing level 3"))?;
+        self.v6
+            .insert(generation, &trie, 0)
+            .map_err(map_err("publishing the IPv6 trie"))?;
         self.active
-            .set(0, GeoActive { generation, _pad: 0 }, 0)
+            .set(
+                0,
+                GeoActive {
+                    generation,
+                    _pad: 0,
+                },
+                0,
+            )
             .map_err(map_err("switching generations"))?;
 
         // Retire the old generation: level 1 first, so that a program that

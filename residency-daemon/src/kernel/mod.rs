@@ -157,9 +157,14 @@ fn verifier_summary(log: &str, io_error: &io::Error) -> String {
     // The log ends with statistics (time, stack depth, instruction counts);
     // the complaint is just before them.
     let is_stat = |l: &str| {
-        ["verification time", "stack depth", "processed ", "max_states_per_insn"]
-            .iter()
-            .any(|p| l.starts_with(p))
+        [
+            "verification time",
+            "stack depth",
+            "processed ",
+            "max_states_per_insn",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
     };
     let tail: Vec<&str> = log
         .lines()
@@ -343,7 +348,10 @@ impl KernelLog {
 }
 
 /// The first `GeoIP` tables: the IPv4 layout and the IPv6 prefixes.
-pub type GeoTables<'a> = (&'a geoip::layout::V4Layout, &'a [(ipnet::Ipv6Net, geoip::CountryCode)]);
+pub type GeoTables<'a> = (
+    &'a geoip::layout::V4Layout,
+    &'a [(ipnet::Ipv6Net, geoip::CountryCode)],
+);
 
 /// Loads the programs, fills their maps from `compiled` (and the `GeoIP`
 /// tables from `geo`, when there are any), and only then attaches them to
@@ -479,12 +487,20 @@ fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), KernelError> {
         LpmTrie::try_from(v6.ok_or_else(|| missing(names::DEST_RULES_V6))?)
             .map_err(map_err(names::DEST_RULES_V6))?;
     for (n, value) in &compiled.rules_v4 {
-        v4.insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), *value, 0)
-            .map_err(map_err(names::DEST_RULES_V4))?;
+        v4.insert(
+            &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+            *value,
+            0,
+        )
+        .map_err(map_err(names::DEST_RULES_V4))?;
     }
     for (n, value) in &compiled.rules_v6 {
-        v6.insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), *value, 0)
-            .map_err(map_err(names::DEST_RULES_V6))?;
+        v6.insert(
+            &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+            *value,
+            0,
+        )
+        .map_err(map_err(names::DEST_RULES_V6))?;
     }
     Ok(())
 }

@@ -297,7 +297,11 @@ impl<'a> FlowDoc<'a> {
                 geo: flow.detail.as_deref().and_then(|d| {
                     let country = d.country.or(d.registered_country);
                     (country.is_some() || d.continent.is_some()).then(|| Geo {
-                        country_iso_code: d.country.as_ref().or(d.registered_country.as_ref()).map(geoip::CountryCode::as_str),
+                        country_iso_code: d
+                            .country
+                            .as_ref()
+                            .or(d.registered_country.as_ref())
+                            .map(geoip::CountryCode::as_str),
                         continent_code: d.continent.as_deref(),
                     })
                 }),
@@ -326,11 +330,15 @@ impl<'a> FlowDoc<'a> {
                 mode,
                 decided_by: kind_str(flow.dest_kind),
                 country: flow.country.as_ref().map(geoip::CountryCode::as_str),
-                geoip: flow.geo_version.as_deref().filter(|_| flow.geo_gen != 0).map(|v| GeoIpUsed {
-                    generation: flow.geo_gen,
-                    database: &v.database_type,
-                    build_epoch: v.build_epoch,
-                }),
+                geoip: flow
+                    .geo_version
+                    .as_deref()
+                    .filter(|_| flow.geo_gen != 0)
+                    .map(|v| GeoIpUsed {
+                        generation: flow.geo_gen,
+                        database: &v.database_type,
+                        build_epoch: v.build_epoch,
+                    }),
                 cgroup_id: flow.cgroup_id,
                 v4_mapped: flow.v4_mapped,
                 boot_ns: flow.boot_ns,
@@ -479,7 +487,10 @@ mod tests {
         assert_eq!(v["residency"]["geoip"]["generation"], 4);
         assert_eq!(v["residency"]["geoip"]["database"], "GeoLite2-Country");
         assert_eq!(v["residency"]["geoip"]["build_epoch"], 1_781_726_006);
-        assert_eq!(v["rule"]["name"], "geoip", "rule 0: the GeoIP tables decided");
+        assert_eq!(
+            v["rule"]["name"], "geoip",
+            "rule 0: the GeoIP tables decided"
+        );
     }
 
     #[test]

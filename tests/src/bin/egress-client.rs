@@ -106,7 +106,9 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     let started = Instant::now();
-    let deadline = args.duration_ms.map(|ms| started + std::time::Duration::from_millis(ms));
+    let deadline = args
+        .duration_ms
+        .map(|ms| started + std::time::Duration::from_millis(ms));
     let mut pass = 0u64;
     loop {
         match deadline {
@@ -140,13 +142,25 @@ fn main() -> anyhow::Result<()> {
     }
     let wall = started.elapsed();
 
-    let report: Vec<Value> = args
-        .ops
-        .iter()
+    let report = report(&args.ops, &mut stats, args.timing);
+    println!(
+        "{}",
+        json!({
+            "pid": std::process::id(),
+            "wall_ns": u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
+            "ops": report,
+        })
+    );
+    Ok(())
+}
+
+/// Per-operation results, with latency percentiles when timed.
+fn report(ops: &[String], stats: &mut [Stats], timing: bool) -> Vec<Value> {
+    ops.iter()
         .zip(stats.iter_mut())
         .map(|(name, st)| {
             let mut v = json!({ "op": name, "ok": st.ok, "errors": st.errors });
-            if args.timing && !st.nanos.is_empty() {
+            if timing && !st.nanos.is_empty() {
                 st.nanos.sort_unstable();
                 let pct = |p: f64| {
                     #[expect(
@@ -166,16 +180,7 @@ fn main() -> anyhow::Result<()> {
             }
             v
         })
-        .collect();
-    println!(
-        "{}",
-        json!({
-            "pid": std::process::id(),
-            "wall_ns": u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
-            "ops": report,
-        })
-    );
-    Ok(())
+        .collect()
 }
 
 fn elapsed_ns(t: Instant) -> u64 {

@@ -7,7 +7,7 @@
 
 use std::{
     io::Write as _,
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, UdpSocket},
 };
 
 fn main() -> anyhow::Result<()> {
@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
     let mut keep = Vec::new();
     for arg in std::env::args().skip(1) {
         let addr: SocketAddr = arg.parse()?;
-        let tcp = TcpListener::bind(addr)?;
+        let tcp = residency_tests::listen_tcp(addr)?;
         let udp = UdpSocket::bind(SocketAddr::new(addr.ip(), tcp.local_addr()?.port()))?;
         bound.push(serde_json::json!({ "tcp": tcp.local_addr()?.to_string(), "udp": udp.local_addr()?.to_string() }));
         keep.push(udp);
