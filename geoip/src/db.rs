@@ -146,7 +146,15 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
-    /// Memory-maps a database file and checks its metadata and layout.
+    /// Copies a database file into a sealed in-memory file, memory-maps
+    /// that, and checks its metadata and layout.
+    ///
+    /// Mapping the file itself would be unsafe in practice: a `cp` over it
+    /// (rather than a rename) truncates the mapped inode, and the next read
+    /// past the new end kills the daemon with SIGBUS, which would also end
+    /// enforcement. The sealed copy can neither shrink nor change, so every
+    /// generation the daemon still holds stays readable, whatever happens
+    /// to the file on disk.
     ///
     /// The tree and the records are checked when the database is flattened
     /// ([`crate::flatten`] walks every network and decodes every record, and
@@ -158,19 +166,12 @@ impl Database {
     /// # Errors
     /// If the file cannot be read or is not a valid MaxMind DB.
     pub fn open(path: &Path) -> Result<Self, GeoIpError> {
-        let file = File::open(path).map_err(|source| GeoIpError::Open {
+        let open_err = |source: std::io::Error| GeoIpError::Open {
             path: path.to_path_buf(),
             source,
-        })?;
-        // SAFETY: the map is read-only. Updaters (geoipupdate, residency's
-        // own fetch) write a new file and rename it over the old one, which
-        // leaves this mapping on the old, unchanged inode. A tool that
-        // truncated the file in place could make reads fault; the daemon
-        // notices a changed file and reopens it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| GeoIpError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        };
+        let mut file = File::open(path).map_err(open_err)?;
+        let map = sealed_copy(&mut file).map_err(open_err)?;
         Self::from_source(Source::Mmap(map), path)
     }
 
@@ -281,24 +282,54 @@ impl Database {
     }
 }
 
+/// Copies `file` into a memfd, seals it against any change, and maps it.
+fn sealed_copy(file: &mut File) -> std::io::Result<memmap2::Mmap> {
+    use nix::{
+        fcntl::{FcntlArg, SealFlag, fcntl},
+        sys::memfd::{MFdFlags, memfd_create},
+    };
+    let fd = memfd_create(
+        c"residency-geoip",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut copy = File::from(fd);
+    std::io::copy(file, &mut copy)?;
+    fcntl(
+        &copy,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    // SAFETY: the memfd is sealed against writes and size changes, so the
+    // mapped bytes can never change or disappear while mapped.
+    unsafe { memmap2::Mmap::map(&copy) }
+}
+
 /// The effective country of a raw record (see [`GeoInfo::effective_country`]),
-/// decoded straight from the data section: the flattener's fast path.
+/// decoded straight from the data section: the flattener's fast path. Also
+/// returns a code from the data that is no country, for the statistics.
 pub(crate) fn effective_country_of(
     result: &maxminddb::LookupResult<'_, Source>,
 ) -> Result<(Option<CountryCode>, Option<String>), maxminddb::MaxMindDbError> {
     let Some(record) = result.decode::<Record<'_>>()? else {
         return Ok((None, None));
     };
-    let raw = record
+    let located = record
         .country
         .and_then(|c| c.iso_code)
-        .or(record.country_code)
-        .or(record.registered_country.and_then(|c| c.iso_code));
-    let parsed = code(raw);
-    let unknown = match (raw, parsed) {
-        (Some(r), None) => Some(r.to_owned()),
-        _ => None,
-    };
+        .or(record.country_code);
+    let registered = record.registered_country.and_then(|c| c.iso_code);
+    // The same rule as GeoInfo::effective_country: the located country if
+    // it is a real one, else the registered one.
+    let parsed = code(located).or(code(registered));
+    let unknown = [located, registered]
+        .into_iter()
+        .flatten()
+        .find(|raw| raw.parse::<CountryCode>().is_err())
+        .map(str::to_owned);
     Ok((parsed, unknown))
 }
 

@@ -37,7 +37,8 @@ pub struct FlattenStats {
     /// Prefixes after merging, by family.
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
-    /// Networks whose record has no country at all.
+    /// Distinct records that give no country (none, or only codes that are
+    /// no country).
     pub without_country: usize,
     /// Codes in the data that are no ISO country ("EU", "AP", "ZZ", ...),
     /// with how many networks carry each; those networks count as unknown.
@@ -75,7 +76,8 @@ pub fn flatten(db: &Database) -> Result<Tables, GeoIpError> {
             let (country, unknown) = effective_country_of(&result).map_err(invalid)?;
             if let Some(code) = unknown {
                 *stats.unknown_codes.entry(code).or_default() += 1;
-            } else if country.is_none() {
+            }
+            if country.is_none() {
                 stats.without_country += 1;
             }
             by_offset.insert(offset, country);

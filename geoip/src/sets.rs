@@ -285,6 +285,21 @@ impl Sets {
             .ok_or_else(|| SetError::Unknown(name.to_owned()))
     }
 
+    /// The conditions attached to the built-in sets among `names`, with
+    /// the countries each covers (e.g. US-DPF: the US only for certified
+    /// recipients).
+    #[must_use]
+    pub fn conditions(names: &[impl AsRef<str>]) -> Vec<(&'static str, CountrySet, &'static str)> {
+        names
+            .iter()
+            .filter_map(|n| builtin(n.as_ref()))
+            .filter_map(|b| {
+                let set = b.countries.iter().filter_map(|c| c.parse().ok()).collect();
+                b.condition.map(|c| (b.name, set, c))
+            })
+            .collect()
+    }
+
     /// The union of several names.
     ///
     /// # Errors

@@ -185,7 +185,7 @@ fn bad_files_are_refused_with_a_clear_error() {
 
 const COUNTRIES: [&str; 6] = ["DE", "FR", "US", "JP", "BR", "NO"];
 
-fn arb_entry() -> impl Strategy<Value = (IpNet, usize)> {
+fn arb_entry() -> impl Strategy<Value = (IpNet, usize, u8)> {
     let v4 = (any::<u32>(), 8u8..=32).prop_map(|(a, p)| {
         IpNet::new(IpAddr::V4(Ipv4Addr::from(a)), p)
             .unwrap()
@@ -196,7 +196,31 @@ fn arb_entry() -> impl Strategy<Value = (IpNet, usize)> {
         let a = (a | (1u128 << 125)) & !(1u128 << 126);
         IpNet::new(IpAddr::V6(a.into()), p).unwrap().trunc()
     });
-    (prop_oneof![3 => v4, 1 => v6], 0..COUNTRIES.len())
+    // Kinds: 0 located, 1 registered only, 2 a pseudo-code located and a
+    // real registered country, 3 a pseudo-code only.
+    (prop_oneof![3 => v4, 1 => v6], 0..COUNTRIES.len(), 0u8..4)
+}
+
+fn entry(network: &'static str, country: &'static str, kind: u8) -> Entry {
+    match kind {
+        0 => Entry::country(network, country),
+        1 => Entry {
+            network,
+            registered_country: Some(country),
+            ..Default::default()
+        },
+        2 => Entry {
+            network,
+            country: Some("EU"),
+            registered_country: Some(country),
+            ..Default::default()
+        },
+        _ => Entry {
+            network,
+            country: Some("ZZ"),
+            ..Default::default()
+        },
+    }
 }
 
 proptest! {
@@ -211,7 +235,7 @@ proptest! {
     ) {
         let leaked: Vec<Entry> = entries
             .iter()
-            .map(|(net, c)| Entry::country(Box::leak(net.to_string().into_boxed_str()), COUNTRIES[*c]))
+            .map(|(net, c, kind)| entry(Box::leak(net.to_string().into_boxed_str()), COUNTRIES[*c], *kind))
             .collect();
         let db = open(build(Layout::GeoIp2, "t", 1, &leaked));
         let tables = flatten(&db).unwrap();
@@ -222,7 +246,7 @@ proptest! {
 
         let mut samples: Vec<IpAddr> = Vec::new();
         for (i, seed) in seeds.iter().enumerate() {
-            let (net, _) = entries[i % entries.len()];
+            let (net, _, _) = entries[i % entries.len()];
             samples.push(address_in(net, *seed));
             #[expect(clippy::cast_possible_truncation, reason = "any 32 bits will do")]
             samples.push(IpAddr::V4(Ipv4Addr::from(*seed as u32)));
@@ -267,4 +291,44 @@ proptest! {
             let _ = flatten(&db);
         }
     }
+}
+
+/// An open database keeps answering when its file is rewritten in place
+/// (`cp` over it, truncation): it reads from its own sealed copy. Mapping
+/// the file directly would fault (SIGBUS) on the first read past the new
+/// end, killing the process.
+#[test]
+fn rewriting_the_file_in_place_does_not_disturb_an_open_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.mmdb");
+    let nets: Vec<String> = (0..3000u32)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    // Distinct ASNs keep the writer from merging the networks.
+    let entries: Vec<Entry> = nets
+        .iter()
+        .zip(1u32..)
+        .map(|(n, asn)| Entry {
+            network: Box::leak(n.clone().into_boxed_str()),
+            country: Some(if n.ends_with(".7.0/24") { "FR" } else { "DE" }),
+            asn: Some(asn),
+            ..Default::default()
+        })
+        .collect();
+    geoip::testdb::write(&path, Layout::IpLocationDb, "t", 1, &entries);
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size > 4 * 4096, "bigger than a few pages: {size}");
+    let db = Database::open(&path).unwrap();
+    // Rewrite in place, as `cp` or a careless updater would.
+    std::fs::write(&path, b"x").unwrap();
+    for i in (0..3000u32).step_by(97) {
+        let a: IpAddr = format!("10.{}.{}.1", i / 256, i % 256).parse().unwrap();
+        let want = if i % 256 == 7 { "FR" } else { "DE" };
+        assert_eq!(
+            db.lookup(a).unwrap().and_then(|g| g.country),
+            Some(cc(want)),
+            "{a}"
+        );
+    }
+    assert!(flatten(&db).is_ok());
 }

@@ -216,6 +216,9 @@ pub struct PolicyConfig {
     /// The names the set was written with (sets and countries), for
     /// explanations.
     pub allowed_names: Vec<String>,
+    /// Built-in sets named in `allowed` that hold only on a condition
+    /// (US-DPF): set name, its countries, the condition.
+    pub conditions: Vec<(&'static str, CountrySet, &'static str)>,
     /// Destinations the `GeoIP` data has no country for.
     pub unknown: Choice,
     /// Loopback, private, link-local and multicast destinations.
@@ -246,12 +249,14 @@ pub enum RuleKind {
 }
 
 /// The ranges that are local by default (`policy.local_networks` replaces
-/// the list): loopback (RFC 1122, RFC 4291), private (RFC 1918, RFC 4193),
+/// the list): loopback and unspecified (RFC 1122, RFC 4291), private (RFC 1918, RFC 4193),
 /// shared CGNAT space (RFC 6598), link-local (RFC 3927, RFC 4291), "this
 /// network" (RFC 1122), multicast and limited broadcast.
 pub const DEFAULT_LOCAL_NETWORKS: &[&str] = &[
     "127.0.0.0/8",
     "::1/128",
+    // The hooks see "::" before TCP and UDP turn it into ::1.
+    "::/128",
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
@@ -749,6 +754,7 @@ fn validate_policy(
     };
     Ok(PolicyConfig {
         allowed,
+        conditions: Sets::conditions(&allowed_names),
         allowed_names,
         unknown: raw.unknown.unwrap_or(Choice::Flag),
         local: raw.local.unwrap_or(Choice::Allow),

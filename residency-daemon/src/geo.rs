@@ -22,9 +22,9 @@ use geoip::{CountryCode, Database, DbVersion, FlattenStats, GeoInfo, layout::V4L
 use ipnet::Ipv6Net;
 
 /// Where databases are looked for when the configuration names none, in
-/// order: residency's own data directory (where the default CC0 database is
-/// installed), then geoipupdate's usual directories with MaxMind's file
-/// names.
+/// order: residency's own data directory (put the CC0 default there, e.g.
+/// the file `cargo xtask geoip` fetches), then geoipupdate's usual
+/// directories with MaxMind's file names.
 pub const SEARCH_PATHS: &[&str] = &[
     "/var/lib/residency/geoip/geo-whois-asn-country.mmdb",
     "/usr/share/GeoIP/GeoIP2-Country.mmdb",
@@ -191,16 +191,28 @@ impl Registry {
         }
     }
 
-    /// A generation by number; 0 or unknown numbers give the newest.
+    /// Forgets a generation (one whose install failed).
+    pub fn remove(&self, number: u32) {
+        self.generations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&number);
+    }
+
+    /// A generation by number, exactly; 0 (no tables consulted) gives the
+    /// newest. A number it no longer holds gives `None`: better no version
+    /// than a wrong one in the evidence.
     #[must_use]
     pub fn get(&self, number: u32) -> Option<Arc<Generation>> {
         let map = self
             .generations
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&number)
-            .or_else(|| map.values().next_back())
-            .cloned()
+        if number == 0 {
+            map.values().next_back().cloned()
+        } else {
+            map.get(&number).cloned()
+        }
     }
 }
 
@@ -329,6 +341,17 @@ async fn reload(mut w: Watch, path: PathBuf) -> Watch {
     let Some(maps) = w.maps.take() else {
         return w;
     };
+    // Known before the switch: the first records of the new generation
+    // must already find its version.
+    let number = maps.next_generation();
+    let version = Arc::new(prepared.db.version().clone());
+    w.registry.add(Generation {
+        number,
+        version: version.clone(),
+        path: path.clone(),
+        db: prepared.db.clone(),
+        asn: prepared.asn.clone(),
+    });
     let v4 = prepared.v4.clone();
     let v6 = prepared.v6.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -345,6 +368,7 @@ async fn reload(mut w: Watch, path: PathBuf) -> Watch {
             if let Ok(r) = r {
                 r
             } else {
+                w.registry.remove(number);
                 refused(&w, &path, "the loader panicked");
                 return w;
             }
@@ -354,20 +378,15 @@ async fn reload(mut w: Watch, path: PathBuf) -> Watch {
     };
     match installed {
         Ok(installed) => {
-            let version = Arc::new(prepared.db.version().clone());
-            w.registry.add(Generation {
-                number: installed.generation,
-                version: version.clone(),
-                path: path.clone(),
-                db: prepared.db.clone(),
-                asn: prepared.asn.clone(),
-            });
             w.identity = prepared.identity;
             let _ = w
                 .notes
                 .send(loaded_note(&path, &version, &prepared, &installed));
         }
-        Err(e) => refused(&w, &path, &e.to_string()),
+        Err(e) => {
+            w.registry.remove(number);
+            refused(&w, &path, &e.to_string());
+        }
     }
     w
 }

@@ -120,24 +120,31 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let prepared = prepare_geo(&config, geo_path.as_ref(), asn_path.as_ref()).await?;
 
     let compiled = policy::compile(&config);
-    let start_geo = prepared.as_ref().map(|p| (&p.v4, &p.v6[..]));
-    let (kernel, geo_maps, installed) =
-        kernel::start(&config, &compiled, target.clone(), start_geo)?;
-
+    // Registered before the programs run: their first records name
+    // generation 1 and must find its version.
     let registry = Arc::new(geo::Registry::default());
-    let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut geo_label = None;
-    if let (Some(p), Some(installed), Some(path)) = (&prepared, &installed, &geo_path) {
+    if let (Some(p), Some(path)) = (&prepared, &geo_path) {
         let version = Arc::new(p.db.version().clone());
         geo_label = Some(version.label());
         registry.add(geo::Generation {
-            number: installed.generation,
-            version: version.clone(),
+            number: 1,
+            version,
             path: path.clone(),
             db: p.db.clone(),
             asn: p.asn.clone(),
         });
-        let _ = notes_tx.send(geo::loaded_note(path, &version, p, installed));
+    }
+    let start_geo = prepared.as_ref().map(|p| (&p.v4, &p.v6[..]));
+    let (kernel, geo_maps, installed) =
+        kernel::start(&config, &compiled, target.clone(), start_geo)?;
+
+    let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+    if let (Some(p), Some(installed), Some(path)) = (&prepared, &installed, &geo_path) {
+        let _ = notes_tx.send(geo::loaded_note(path, p.db.version(), p, installed));
+    }
+    for (set, _, condition) in &config.policy.conditions {
+        warn!("policy.allowed names {set}, which holds only on a condition: {condition}");
     }
     tokio::spawn(geo::watch(
         geo::Watch {
@@ -166,6 +173,12 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         geoip: geo_label,
         geoip_generation: installed.map_or(0, |i| i.generation),
         allowed: config.policy.allowed_names.clone(),
+        conditions: config
+            .policy
+            .conditions
+            .iter()
+            .map(|(set, _, c)| format!("{set}: {c}"))
+            .collect(),
     };
     Ok(pipeline::run(
         Arc::new(config),

@@ -26,10 +26,13 @@ const EXIT_NOPERM: u8 = 77;
     about = "Watch, and if asked block, where each workload's network traffic goes.",
     long_about = "residency attaches eBPF programs to connect() and sendmsg() in a cgroup v2 \
                   subtree. Every TCP and UDP connect() and every UDP sendto()/sendmsg() with a \
-                  destination address (IPv4 and IPv6) is judged in the kernel against the \
-                  configured deny rules before a byte leaves, and reported as one JSON line with \
-                  Elastic Common Schema field names. (A connected UDP socket is judged once, at \
-                  connect(); raw and packet sockets are not covered.)\n\n\
+                  destination address (IPv4 and IPv6) is judged in the kernel before a byte \
+                  leaves: by the configured rules (deny rules, internal networks, local ranges), \
+                  and otherwise by the destination's country, from GeoIP tables, against the \
+                  jurisdictions the policy allows. Each decision is reported as one JSON line \
+                  with Elastic Common Schema field names. (A connected UDP socket is judged \
+                  once, at connect(); raw and packet sockets are not covered.)\n\n\
+                  `residency lookup IP...` says what would be decided for an address, and why.\n\n\
                   Start with `residency probe` to see what this kernel offers, \
                   `residency default-config > residency.toml` for a commented configuration, \
                   and `sudo residency run --config residency.toml`.",

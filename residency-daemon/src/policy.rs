@@ -180,6 +180,13 @@ fn judge(config: &Config, country: Option<CountryCode>, reasons: &mut Vec<String
     let names = config.policy.allowed_names.join(", ");
     if config.policy.allowed.contains(c) {
         reasons.push(format!("{c} is allowed by policy.allowed ({names})"));
+        for (set, countries, condition) in &config.policy.conditions {
+            if countries.contains(c) {
+                reasons.push(format!(
+                    "through {set}, which holds only on a condition: {condition}"
+                ));
+            }
+        }
         Action::Allow
     } else {
         reasons.push(format!("{c} is not in policy.allowed ({names})"));

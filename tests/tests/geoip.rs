@@ -82,20 +82,32 @@ fn countries_decide_over_ipv4_and_ipv6() -> anyhow::Result<()> {
                 ..Default::default()
             },
             Entry::country("127.0.0.32/28", "US"),
+            // A whole /16 (level 1 of the IPv4 layout) and a /24 (level 2).
+            Entry::country("127.1.0.0/16", "FR"),
+            Entry::country("127.2.3.0/24", "US"),
             Entry::country("fd00:77:1::/48", "DE"),
             Entry::country("fd00:77:2::/48", "US"),
+            Entry::country("fd00:77:3::/48", "DE"),
         ],
     );
-    let mut ns = NetNs::new(&["fd00:77:1::/48", "fd00:77:2::/48"])?;
+    let mut ns = NetNs::new(&["fd00:77:1::/48", "fd00:77:2::/48", "fd00:77:3::/48"])?;
     let hosts = ns.serve()?;
     let (de6_tcp, de6_udp) = hosts[0];
     let (us6_tcp, us6_udp) = hosts[1];
+    let (zurich_tcp, _) = hosts[2];
     let de4 = Listener::bind(v4(17))?;
     let us4 = Listener::bind(v4(33))?;
     let unknown4 = Listener::bind(v4(99))?;
+    let fr_slash16 = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 1, 2, 3)))?;
+    let us_slash24 = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 2, 3, 4)))?;
 
     let cg = TestCgroup::new("geo")?;
-    let daemon = Daemon::start_with(EEA_ONLY, &cg, &[OsStr::new("--geoip"), db.as_os_str()])?;
+    // An internal network, judged by its jurisdiction (CH: not EEA) rather
+    // than by GeoIP (which places it in DE).
+    let config = format!(
+        "{EEA_ONLY}\n[[internal]]\nname = \"dc-zurich\"\ndestinations = [\"fd00:77:3::/48\"]\njurisdiction = \"CH\"\n"
+    );
+    let daemon = Daemon::start_with(&config, &cg, &[OsStr::new("--geoip"), db.as_os_str()])?;
     let loaded = daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
     assert_eq!(loaded["residency"]["geoip"]["generation"], 1);
     assert_eq!(
@@ -113,6 +125,9 @@ fn countries_decide_over_ipv4_and_ipv6() -> anyhow::Result<()> {
         Op::Tcp(us6_tcp),
         Op::Udp(us6_udp),
         Op::Tcp(unknown4.tcp),
+        Op::Tcp(zurich_tcp),
+        Op::Tcp(fr_slash16.tcp),
+        Op::Tcp(us_slash24.tcp),
     ];
     let report = run_client(
         &ops,
@@ -122,7 +137,7 @@ fn countries_decide_over_ipv4_and_ipv6() -> anyhow::Result<()> {
         },
     )?;
     for (i, op) in ops.iter().enumerate() {
-        let to_us = matches!(i, 2 | 3 | 6 | 7);
+        let to_us = matches!(i, 2 | 3 | 6 | 7 | 9 | 11);
         if to_us {
             assert_eq!(
                 errno(&report, i, "EPERM"),
@@ -180,10 +195,109 @@ fn countries_decide_over_ipv4_and_ipv6() -> anyhow::Result<()> {
     let unknown = find(unknown4.tcp, "tcp");
     assert_eq!(unknown["residency"]["verdict"], "flagged");
     assert_eq!(unknown["residency"]["decided_by"], "unknown");
+    for (addr, country, verdict) in [
+        (fr_slash16.tcp, "FR", "allowed"),
+        (us_slash24.tcp, "US", "blocked"),
+    ] {
+        let f = find(addr, "tcp");
+        assert_eq!(
+            (
+                f["residency"]["country"].as_str(),
+                f["residency"]["verdict"].as_str()
+            ),
+            (Some(country), Some(verdict)),
+            "{f}"
+        );
+    }
+
+    // The kernel and `residency lookup` (the userspace decision, from the
+    // same configuration and database) agree on every destination.
+    let config_file = dir.path().join("residency.toml");
+    std::fs::write(&config_file, &config)?;
+    let ips: Vec<String> = mine
+        .iter()
+        .filter_map(|f| f["destination"]["ip"].as_str().map(str::to_owned))
+        .collect();
+    let out = std::process::Command::new(residency_tests::workspace_bin("residency")?)
+        .args(["lookup", "--json", "--config"])
+        .arg(&config_file)
+        .arg("--geoip")
+        .arg(&db)
+        .args(&ips)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(answers.len(), mine.len(), "one answer per destination");
+    for (f, a) in mine.iter().zip(&answers) {
+        assert_eq!(f["destination"]["ip"].as_str(), a["ip"].as_str());
+        assert_eq!(
+            f["residency"]["verdict"], a["verdict"],
+            "kernel {f}\nlookup {a}"
+        );
+        assert_eq!(
+            f["residency"]["decided_by"], a["decided_by"],
+            "kernel {f}\nlookup {a}"
+        );
+        assert_eq!(
+            f["residency"]["country"].as_str(),
+            a["country"].as_str(),
+            "kernel {f}\nlookup {a}"
+        );
+    }
+
+    let zurich = find(zurich_tcp, "tcp");
+    assert_eq!(zurich["residency"]["verdict"], "blocked", "{zurich}");
+    assert_eq!(zurich["residency"]["decided_by"], "internal");
+    assert_eq!(zurich["residency"]["country"], "CH");
+    assert_eq!(zurich["rule"]["name"], "dc-zurich");
     Ok(())
 }
 
 #[test]
+fn a_changed_file_is_picked_up_without_a_signal() -> anyhow::Result<()> {
+    if !privileged_or_skip("a_changed_file_is_picked_up_without_a_signal") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("watched.mmdb");
+    write_db(&db, 1_800_000_010, &[Entry::country("127.0.0.64/28", "US")]);
+    let cg = TestCgroup::new("watch")?;
+    let config = EEA_ONLY.replace("[policy]", "[geoip]\ncheck_interval_secs = 1\n[policy]");
+    let daemon = Daemon::start_with(&config, &cg, &[OsStr::new("--geoip"), db.as_os_str()])?;
+    daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
+    write_db(&db, 1_800_000_011, &[Entry::country("127.0.0.64/28", "DE")]);
+    let swapped = daemon.wait_for(Duration::from_secs(15), |r| {
+        action(r) == "geoip-loaded" && r["residency"]["geoip"]["generation"] == 2
+    })?;
+    assert_eq!(
+        swapped["residency"]["geoip"]["build_epoch"],
+        1_800_000_011u64
+    );
+    let target = Listener::bind(v4(65))?;
+    let r = run_client(
+        &[Op::Tcp(target.tcp)],
+        &ClientOptions {
+            cgroup: Some(&cg),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(r["ops"][0]["ok"], 1, "DE now: allowed: {r}");
+    daemon.stop()?;
+    Ok(())
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: storm, swap, refused file, then the books"
+)]
 fn hot_swap_under_load_changes_verdicts_and_loses_nothing() -> anyhow::Result<()> {
     if !privileged_or_skip("hot_swap_under_load_changes_verdicts_and_loses_nothing") {
         return Ok(());
@@ -271,11 +385,21 @@ fn hot_swap_under_load_changes_verdicts_and_loses_nothing() -> anyhow::Result<()
             1 => {
                 assert_eq!(f["residency"]["country"], "US", "{f}");
                 assert_eq!(f["residency"]["verdict"], "blocked", "{f}");
+                // The version named is the one that decided, never its
+                // successor's or predecessor's.
+                assert_eq!(
+                    f["residency"]["geoip"]["build_epoch"], 1_800_000_001u64,
+                    "{f}"
+                );
                 blocked += 1;
             }
             2 => {
                 assert_eq!(f["residency"]["country"], "DE", "{f}");
                 assert_eq!(f["residency"]["verdict"], "allowed", "{f}");
+                assert_eq!(
+                    f["residency"]["geoip"]["build_epoch"], 1_800_000_002u64,
+                    "{f}"
+                );
                 allowed += 1;
             }
             other => panic!("record without a table generation ({other}): {f}"),

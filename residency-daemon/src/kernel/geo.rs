@@ -76,6 +76,12 @@ impl GeoMaps {
         self.generation
     }
 
+    /// The number the next [`GeoMaps::install`] will publish under.
+    #[must_use]
+    pub fn next_generation(&self) -> u32 {
+        self.generation.wrapping_add(1).max(1)
+    }
+
     /// Builds a new generation from `v4` and `v6`, switches to it, and
     /// retires the one it replaces. On error the running generation stays
     /// in force, untouched.
@@ -88,7 +94,7 @@ impl GeoMaps {
         v6: &[(Ipv6Net, CountryCode)],
     ) -> Result<Installed, KernelError> {
         let started = Instant::now();
-        let generation = self.generation.wrapping_add(1).max(1);
+        let generation = self.next_generation();
 
         let mut l1: L1 = Array::create(GEO4_L1_ENTRIES, 0).map_err(map_err("creating level 1"))?;
         for (i, &e) in v4.l1.iter().enumerate() {
@@ -119,39 +125,37 @@ impl GeoMaps {
         }
         let fill = started.elapsed();
 
-        // Publish: the new generation's tables first, then the switch.
-        self.l1
+        // Publish: the new generation's tables first, then the switch. If
+        // any step fails, take back what was published (nothing reads it:
+        // GEO_ACTIVE still names the old generation).
+        let published = self
+            .l1
             .insert(generation, &l1, 0)
-            .map_err(map_err("publishing level 1"))?;
-        self.l2
-            .insert(generation, &l2, 0)
-            .map_err(map_err("publishing level 2"))?;
-        self.l3
-            .insert(generation, &l3, 0)
-            .map_err(map_err("publishing level 3"))?;
-        self.v6
-            .insert(generation, &trie, 0)
-            .map_err(map_err("publishing the IPv6 trie"))?;
-        self.active
-            .set(
-                0,
-                GeoActive {
-                    generation,
-                    _pad: 0,
-                },
-                0,
-            )
-            .map_err(map_err("switching generations"))?;
+            .and_then(|()| self.l2.insert(generation, &l2, 0))
+            .and_then(|()| self.l3.insert(generation, &l3, 0))
+            .and_then(|()| self.v6.insert(generation, &trie, 0))
+            .and_then(|()| {
+                self.active.set(
+                    0,
+                    GeoActive {
+                        generation,
+                        _pad: 0,
+                    },
+                    0,
+                )
+            });
+        if let Err(e) = published {
+            self.retire(generation);
+            return Err(map_err("publishing a new generation")(e));
+        }
 
-        // Retire the old generation: level 1 first, so that a program that
-        // still finds level 1 of the old generation also finds the rest.
+        // Retire the old generation. A program that read the old number and
+        // then finds any of its tables gone reads GEO_ACTIVE again, so the
+        // order of these removals does not matter.
         let old = self.generation;
         self.generation = generation;
         if old != 0 {
-            let _ = self.l1.remove(&old);
-            let _ = self.l2.remove(&old);
-            let _ = self.l3.remove(&old);
-            let _ = self.v6.remove(&old);
+            self.retire(old);
         }
         Ok(Installed {
             generation,
@@ -161,6 +165,17 @@ impl GeoMaps {
             v4_bytes: v4.kernel_bytes(),
             fill,
         })
+    }
+}
+
+impl GeoMaps {
+    /// Removes a generation's tables from the outer maps (the kernel frees
+    /// them once no program holds them). Missing entries are fine.
+    fn retire(&mut self, generation: u32) {
+        let _ = self.l1.remove(&generation);
+        let _ = self.l2.remove(&generation);
+        let _ = self.l3.remove(&generation);
+        let _ = self.v6.remove(&generation);
     }
 }
 

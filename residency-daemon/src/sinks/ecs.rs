@@ -111,7 +111,7 @@ fn started(info: &StartInfo, now: jiff::Timestamp) -> serde_json::Value {
             "deny_rules": info.deny_rules,
             "config": info.config_source,
             "geoip": { "version": info.geoip, "generation": info.geoip_generation },
-            "policy": { "allowed": info.allowed },
+            "policy": { "allowed": info.allowed, "conditions": info.conditions },
         },
     })
 }

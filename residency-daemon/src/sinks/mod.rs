@@ -62,6 +62,8 @@ pub struct StartInfo {
     pub geoip_generation: u32,
     /// The countries the policy allows, as written.
     pub allowed: Vec<String>,
+    /// Conditions attached to sets the policy names (US-DPF).
+    pub conditions: Vec<String>,
 }
 
 /// Totals for the `stopped` record.

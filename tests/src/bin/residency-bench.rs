@@ -903,7 +903,7 @@ local_networks = ["10.0.0.0/8"]
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| connect() to loopback, judged by the tables | p50 | p99 | p50 vs none | p99 vs none |"
+            "| connect(), judged by the tables | p50 | p99 | p50 vs none | p99 vs none |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|");
         let base = |fam: &str| {
@@ -923,7 +923,7 @@ local_networks = ["10.0.0.0/8"]
             let (b50, b99) = base(fam);
             let r50 = (p50 / b50 - 1.0) * 100.0;
             let r99 = (p99 / b99 - 1.0) * 100.0;
-            if *case == "full tables + daemon" && (r50 > 10.0 || r99 > 20.0) {
+            if *case != "no programs" && (r50 > 10.0 || r99 > 20.0) {
                 met = false;
             }
             let _ = writeln!(
@@ -936,7 +936,8 @@ local_networks = ["10.0.0.0/8"]
         let _ = writeln!(
             out,
             "\n{rounds} rounds of {connects} connects per case (the hot-swap case storms for 2.5 s \
-             while a reload runs); medians over rounds. Goal with the full tables: at most +10% at \
+             while a reload runs, and every call in it must be judged by a table generation); \
+             medians over rounds. Goal with the full tables, also during a swap: at most +10% at \
              p50 and +20% at p99: {}.",
             if met { "met" } else { "NOT met" }
         );
