@@ -19,12 +19,29 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters, indexed by [`crate::Stat`].
     pub const STATS: &str = "STATS";
-    /// Array of [`crate::Policy`]; index 0 is the default policy.
+    /// Single-entry array: the [`crate::PolicyActive`] generation of the
+    /// policy maps below.
+    pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
+    /// Hash of maps, generation -> array of [`crate::Policy`]; index 0 is
+    /// the default policy, for workloads nothing describes.
     pub const POLICIES: &str = "POLICIES";
-    /// LPM trie of IPv4 destination rules: key [`crate::Ipv4Key`], value [`crate::DestRule`].
+    /// Hash of maps, generation -> hash of cgroup id -> policy index. A
+    /// cgroup without an entry takes its nearest listed ancestor's policy.
+    pub const CGROUP_POLICY: &str = "CGROUP_POLICY";
+    /// Hash of maps, generation -> hash of process name (`comm`) -> policy index.
+    pub const COMM_POLICY: &str = "COMM_POLICY";
+    /// Hash of maps, generation -> hash of uid -> policy index.
+    pub const UID_POLICY: &str = "UID_POLICY";
+    /// Hash of maps, generation -> LPM trie of IPv4 destination rules: key
+    /// [`crate::Ipv4Key`], value [`crate::DestRule`].
     pub const DEST_RULES_V4: &str = "DEST_RULES_V4";
-    /// LPM trie of IPv6 destination rules: key [`crate::Ipv6Key`], value [`crate::DestRule`].
+    /// Hash of maps, generation -> LPM trie of IPv6 destination rules.
     pub const DEST_RULES_V6: &str = "DEST_RULES_V6";
+    /// Hash of maps, generation -> LPM trie of IPv4 exceptions per policy:
+    /// key [`crate::ExceptionV4Key`], value [`crate::DestRule`].
+    pub const EXCEPTIONS_V4: &str = "EXCEPTIONS_V4";
+    /// Hash of maps, generation -> LPM trie of IPv6 exceptions per policy.
+    pub const EXCEPTIONS_V6: &str = "EXCEPTIONS_V6";
     /// Single-entry array: the [`crate::GeoActive`] generation of the tables.
     pub const GEO_ACTIVE: &str = "GEO_ACTIVE";
     /// Hash of maps, generation -> IPv4 level-1 array (`u32` x 65,536).
@@ -57,7 +74,17 @@ pub mod names {
 /// local ranges).
 pub const MAX_DEST_RULES: u32 = 65_536;
 /// Entries in the policy array.
-pub const MAX_POLICIES: u32 = 1024;
+pub const MAX_POLICIES: u32 = 4096;
+/// Entries in the cgroup -> policy map.
+pub const MAX_CGROUP_POLICIES: u32 = 65_536;
+/// Entries in the process-name and uid -> policy maps.
+pub const MAX_PROCESS_POLICIES: u32 = 4096;
+/// Entries in each exception trie.
+pub const MAX_EXCEPTIONS: u32 = 65_536;
+/// How many cgroup levels the programs walk up to find a listed ancestor.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+/// Generations of the policy maps the kernel can hold at once.
+pub const POLICY_GENERATIONS: u32 = 4;
 /// Generations of `GeoIP` tables the kernel can hold at once: the active one,
 /// the next one being loaded, and room for a swap that overlaps another.
 pub const GEO_GENERATIONS: u32 = 4;
@@ -178,6 +205,9 @@ pub enum DestKind {
     Local = 4,
     /// A network the configuration declares internal, in a jurisdiction.
     Internal = 5,
+    /// An exception for the workload's policy (a transfer basis such as
+    /// SCC), which allowed a destination the policy would not.
+    Exception = 6,
 }
 
 impl DestKind {
@@ -189,6 +219,7 @@ impl DestKind {
             3 => Some(Self::Denied),
             4 => Some(Self::Local),
             5 => Some(Self::Internal),
+            6 => Some(Self::Exception),
             _ => None,
         }
     }
@@ -269,14 +300,15 @@ pub struct ConnectEvent {
     pub flags: u8,
     /// A [`DestKind`] number.
     pub dest_kind: u8,
-    /// Index of the policy applied.
+    /// Index of the policy applied (0: the default policy).
     pub policy: u16,
     /// Destination address in network byte order. IPv4 uses the first four
     /// bytes and leaves the rest zero.
     pub daddr: [u8; 16],
     /// `comm` of the calling thread, NUL-padded.
     pub comm: [u8; 16],
-    pub _pad: [u8; 4],
+    /// Generation of the policy maps that decided (0: none loaded).
+    pub policy_gen: u32,
 }
 
 /// Destination rule stored in the `DEST_RULES` tries.
@@ -312,6 +344,22 @@ pub struct Policy {
     pub _pad: [u8; 6],
 }
 
+/// Which generation of the policy maps is in force (0: none loaded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyActive {
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// LPM key data of an exception: the policy index (big-endian, so that it
+/// forms the first 16 bits of the prefix), then the IPv4 address, then two
+/// bytes no prefix reaches (the kernel wants key sizes that keep the value
+/// aligned).
+pub type ExceptionV4Key = [u8; 8];
+/// The same for IPv6: policy index, address, two unused bytes.
+pub type ExceptionV6Key = [u8; 20];
+
 /// Which generation of the `GeoIP` tables is in force (0: none loaded).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -339,6 +387,8 @@ const _: () = assert!(core::mem::offset_of!(ConnectEvent, comm) == 76);
 const _: () = assert!(core::mem::size_of::<DestRule>() == 8);
 const _: () = assert!(core::mem::size_of::<Policy>() == 40);
 const _: () = assert!(core::mem::size_of::<GeoActive>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyActive>() == 8);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, policy_gen) == 92);
 
 #[cfg(feature = "user")]
 mod user {
@@ -349,4 +399,5 @@ mod user {
     unsafe impl aya::Pod for super::DestRule {}
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::GeoActive {}
+    unsafe impl aya::Pod for super::PolicyActive {}
 }

@@ -94,6 +94,107 @@ impl Choice {
     }
 }
 
+/// What a workload does with a tenant's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// LLM inference servers.
+    Llm,
+    /// CRM sync jobs (Salesforce, `HubSpot`, Dynamics connectors).
+    CrmSync,
+    /// Log shippers.
+    Logging,
+    /// Backup agents.
+    Backup,
+    Other,
+}
+
+impl Role {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Llm => "llm",
+            Role::CrmSync => "crm-sync",
+            Role::Logging => "logging",
+            Role::Backup => "backup",
+            Role::Other => "other",
+        }
+    }
+}
+
+/// The legal basis of a transfer an exception allows (GDPR Chapter V).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    /// Art. 45 adequacy decision.
+    Adequacy,
+    /// EU-U.S. Data Privacy Framework certification of the recipient.
+    Dpf,
+    /// Standard contractual clauses, Art. 46(2)(c).
+    Scc,
+    /// Binding corporate rules, Art. 47.
+    Bcr,
+    /// A derogation for a specific situation, Art. 49.
+    Art49,
+}
+
+impl Basis {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::Adequacy => "adequacy",
+            Basis::Dpf => "dpf",
+            Basis::Scc => "scc",
+            Basis::Bcr => "bcr",
+            Basis::Art49 => "art49",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: Spanned<String>,
+    #[serde(default)]
+    name: String,
+    allowed: Spanned<Vec<Spanned<String>>>,
+    mode: Option<Mode>,
+    unknown: Option<Choice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: Spanned<String>,
+    role: Role,
+    tenants: Spanned<Vec<Spanned<String>>>,
+    mode: Option<Mode>,
+    #[serde(default)]
+    cgroup: Vec<Spanned<String>>,
+    unit: Option<Spanned<String>>,
+    exe: Option<Spanned<String>>,
+    process: Option<Spanned<String>>,
+    uid: Option<Spanned<u32>>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawException {
+    name: Spanned<String>,
+    destinations: Spanned<Vec<Spanned<String>>>,
+    basis: Basis,
+    justification: Spanned<String>,
+    expires: Spanned<String>,
+    #[serde(default)]
+    tenants: Vec<Spanned<String>>,
+    #[serde(default)]
+    workloads: Vec<Spanned<String>>,
+    #[serde(default)]
+    roles: Vec<Role>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -113,6 +214,12 @@ struct RawConfig {
     internal: Vec<RawInternal>,
     #[serde(default)]
     deny: Vec<RawDenyRule>,
+    #[serde(default)]
+    tenant: Vec<RawTenant>,
+    #[serde(default)]
+    workload: Vec<RawWorkload>,
+    #[serde(default)]
+    exception: Vec<RawException>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +301,116 @@ pub struct Config {
     /// then internal networks, then the local ranges. Rule `i` has id
     /// `i + 1`; 0 means the `GeoIP` tables decided.
     pub rules: Vec<Rule>,
+    pub tenants: Vec<Tenant>,
+    /// Workload `i` applies policy index `i + 1`; index 0, the default
+    /// policy (`[policy]`), applies to every process no workload matches.
+    pub workloads: Vec<Workload>,
+    /// Exceptions, with rule ids after those of `rules`.
+    pub exceptions: Vec<Exception>,
+    /// SHA-256 of the file's bytes, hex: the policy version every record
+    /// carries.
+    pub hash: String,
+}
+
+/// A tenant: whose data it is, and where it may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub allowed: CountrySet,
+    pub allowed_names: Vec<String>,
+    pub mode: Mode,
+    pub unknown: Choice,
+}
+
+/// A workload: how to recognise its processes, and whose data it carries.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub role: Role,
+    /// Tenant ids; the policy is the intersection of theirs.
+    pub tenants: Vec<String>,
+    pub mode: Mode,
+    /// Countries every one of its tenants allows.
+    pub allowed: CountrySet,
+    /// The strictest of its tenants' choices for unknown destinations.
+    pub unknown: Choice,
+    pub selectors: Selectors,
+    pub description: String,
+}
+
+/// How a workload's processes are recognised, most specific first.
+#[derive(Debug, Clone, Default)]
+pub struct Selectors {
+    /// cgroup path globs, relative to the cgroup2 mount (`/system.slice/x.service`).
+    pub cgroups: Vec<String>,
+    pub cgroup_set: Option<globset::GlobSet>,
+    /// A systemd unit: any cgroup whose last component is this name.
+    pub unit: Option<String>,
+    /// An executable: matched in the kernel by its file name (the process
+    /// name, at most 15 bytes); records carry the full path.
+    pub exe: Option<PathBuf>,
+    /// A process name (`comm`, at most 15 bytes).
+    pub process: Option<String>,
+    pub uid: Option<u32>,
+}
+
+impl Selectors {
+    /// Whether a cgroup (path relative to the mount, `/`-rooted) is one of
+    /// this workload's own.
+    #[must_use]
+    pub fn matches_cgroup(&self, path: &str) -> bool {
+        self.cgroup_set.as_ref().is_some_and(|g| g.is_match(path))
+            || self
+                .unit
+                .as_deref()
+                .is_some_and(|u| path.rsplit('/').next() == Some(u))
+    }
+
+    /// The process name the kernel matches, if any.
+    #[must_use]
+    pub fn comm(&self) -> Option<String> {
+        self.process.clone().or_else(|| {
+            self.exe
+                .as_ref()
+                .and_then(|e| e.file_name())
+                .map(|n| n.to_string_lossy().chars().take(15).collect())
+        })
+    }
+}
+
+/// A destination allowed for some workloads despite their policy, on a
+/// documented transfer basis, until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exception {
+    pub id: u32,
+    pub name: String,
+    pub destinations: Vec<IpNet>,
+    pub basis: Basis,
+    pub justification: String,
+    pub expires: jiff::Timestamp,
+    /// Applies to workloads all of whose tenants are listed here...
+    pub tenants: Vec<String>,
+    /// ...or to these workloads by name...
+    pub workloads: Vec<String>,
+    /// ...and, if any are listed, only in these roles.
+    pub roles: Vec<Role>,
+}
+
+impl Exception {
+    /// Whether it applies to `w` (ignoring expiry).
+    #[must_use]
+    pub fn applies_to(&self, w: &Workload) -> bool {
+        let scoped = self.workloads.contains(&w.name)
+            || (!self.tenants.is_empty() && w.tenants.iter().all(|t| self.tenants.contains(t)));
+        scoped && (self.roles.is_empty() || self.roles.contains(&w.role))
+    }
+
+    /// Whether it is in force at `now`.
+    #[must_use]
+    pub fn in_force(&self, now: jiff::Timestamp) -> bool {
+        now < self.expires
+    }
 }
 
 /// Where the `GeoIP` data comes from.
@@ -347,7 +564,17 @@ impl Config {
         let sets = validate_sets(&raw.jurisdiction, &at)?;
         let policy = validate_policy(&raw.policy, &sets, &at)?;
         let rules = validate_rules(&raw, &at)?;
+        let tenants = validate_tenants(&raw, &policy, &sets, &at)?;
+        let workloads = validate_workloads(&raw, &tenants, &at)?;
+        let exceptions = validate_exceptions(&raw, &tenants, &workloads, next_id(&rules), &at)?;
 
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())
+            .iter()
+            .fold(String::with_capacity(64), |mut s, b| {
+                use std::fmt::Write as _;
+                let _ = write!(s, "{b:02x}");
+                s
+            });
         Ok(Config {
             source: source.to_owned(),
             mode: raw.mode,
@@ -357,6 +584,10 @@ impl Config {
             policy,
             sets,
             rules,
+            tenants,
+            workloads,
+            exceptions,
+            hash,
         })
     }
 
@@ -369,11 +600,12 @@ impl Config {
     /// they are loaded with the deny path compiled out.
     #[must_use]
     pub fn may_block(&self) -> bool {
-        self.mode == Mode::Enforce
+        let default_blocks = self.mode == Mode::Enforce
             && (self.deny_rules().next().is_some()
                 || self.policy.allowed != CountrySet::all()
                 || self.policy.unknown == Choice::Block
-                || self.policy.local == Choice::Block)
+                || self.policy.local == Choice::Block);
+        default_blocks || self.workloads.iter().any(|w| w.mode == Mode::Enforce)
     }
 
     /// The safety interlock: refuses to let deny rules apply to every
@@ -404,13 +636,37 @@ impl Config {
         self.rules.get(usize::try_from(id.checked_sub(1)?).ok()?)
     }
 
+    /// The exception with a rule id from the kernel.
+    #[must_use]
+    pub fn exception(&self, id: u32) -> Option<&Exception> {
+        self.exceptions.iter().find(|e| e.id == id)
+    }
+
     /// The rule name for a rule id from the kernel; "geoip" for 0.
     #[must_use]
     pub fn rule_name(&self, id: u32) -> Option<&str> {
         if id == 0 {
             return Some("geoip");
         }
-        self.rule(id).map(|r| r.name.as_str())
+        self.rule(id)
+            .map(|r| r.name.as_str())
+            .or_else(|| self.exception(id).map(|e| e.name.as_str()))
+    }
+
+    /// The workload behind a policy index (0: none, the default policy).
+    #[must_use]
+    pub fn workload_of(&self, policy: u16) -> Option<&Workload> {
+        self.workloads.get(usize::from(policy).checked_sub(1)?)
+    }
+
+    /// A workload by name, with its policy index.
+    #[must_use]
+    pub fn workload(&self, name: &str) -> Option<(u16, &Workload)> {
+        self.workloads
+            .iter()
+            .enumerate()
+            .find(|(_, w)| w.name == name)
+            .and_then(|(i, w)| Some((u16::try_from(i + 1).ok()?, w)))
     }
 }
 
@@ -627,6 +883,352 @@ fn validate_rules(raw: &RawConfig, at: &Locator<'_>) -> Result<Vec<Rule>, Config
     }
 
     Ok(rules)
+}
+
+fn validate_tenants(
+    raw: &RawConfig,
+    policy: &PolicyConfig,
+    sets: &Sets,
+    at: &Locator<'_>,
+) -> Result<Vec<Tenant>, ConfigError> {
+    let mut tenants: Vec<Tenant> = Vec::new();
+    for (i, t) in raw.tenant.iter().enumerate() {
+        let field = format!("tenant[{i}]");
+        let id = t.id.get_ref().trim();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(at.err(
+                t.id.span(),
+                &format!("{field}.id"),
+                &format!("\"{id}\" is not a tenant id: use letters, digits, '-' or '_'"),
+            ));
+        }
+        if tenants.iter().any(|x| x.id == id) {
+            return Err(at.err(
+                t.id.span(),
+                &format!("{field}.id"),
+                &format!("\"{id}\" is already a tenant"),
+            ));
+        }
+        if t.allowed.get_ref().is_empty() {
+            return Err(at.err(
+                t.allowed.span(),
+                &format!("{field}.allowed"),
+                "is empty; name the jurisdiction sets or countries the tenant's contract allows, e.g. [\"EEA\"]",
+            ));
+        }
+        let mut allowed = CountrySet::EMPTY;
+        let mut names = Vec::new();
+        for (j, n) in t.allowed.get_ref().iter().enumerate() {
+            let set = sets
+                .resolve(n.get_ref())
+                .map_err(|e| at.err(n.span(), &format!("{field}.allowed[{j}]"), &e.to_string()))?;
+            allowed = allowed.union(&set);
+            names.push(n.get_ref().clone());
+        }
+        tenants.push(Tenant {
+            id: id.to_owned(),
+            name: if t.name.is_empty() {
+                id.to_owned()
+            } else {
+                t.name.clone()
+            },
+            allowed,
+            allowed_names: names,
+            mode: t.mode.unwrap_or(raw.mode),
+            unknown: t.unknown.unwrap_or(policy.unknown),
+        });
+    }
+    Ok(tenants)
+}
+
+fn strictest(a: Choice, b: Choice) -> Choice {
+    let rank = |c| match c {
+        Choice::Allow => 0,
+        Choice::Flag => 1,
+        Choice::Block => 2,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one check after another, each with its own message"
+)]
+fn validate_workloads(
+    raw: &RawConfig,
+    tenants: &[Tenant],
+    at: &Locator<'_>,
+) -> Result<Vec<Workload>, ConfigError> {
+    let mut out: Vec<Workload> = Vec::new();
+    // Selector text -> the workload that claimed it: one selector, one workload.
+    let mut claimed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let max = residency_common::MAX_POLICIES as usize - 1;
+    if raw.workload.len() > max {
+        return Err(at.err_opt(
+            None,
+            "workload",
+            &format!(
+                "{} workloads; at most {max} fit in the kernel",
+                raw.workload.len()
+            ),
+        ));
+    }
+    for (i, w) in raw.workload.iter().enumerate() {
+        let field = format!("workload[{i}]");
+        let name = w.name.get_ref().trim();
+        if name.is_empty() {
+            return Err(at.err(w.name.span(), &format!("{field}.name"), "is empty"));
+        }
+        if out.iter().any(|x| x.name == name) {
+            return Err(at.err(
+                w.name.span(),
+                &format!("{field}.name"),
+                &format!("\"{name}\" is already a workload"),
+            ));
+        }
+        if w.tenants.get_ref().is_empty() {
+            return Err(at.err(
+                w.tenants.span(),
+                &format!("{field}.tenants"),
+                "is empty; name the tenants whose data this workload carries",
+            ));
+        }
+        let mut allowed = CountrySet::all();
+        let mut unknown = Choice::Allow;
+        let mut enforce = false;
+        let mut ids = Vec::new();
+        for (j, t) in w.tenants.get_ref().iter().enumerate() {
+            let tenant = tenants
+                .iter()
+                .find(|x| x.id == *t.get_ref())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = tenants.iter().map(|x| x.id.as_str()).collect();
+                    at.err(
+                        t.span(),
+                        &format!("{field}.tenants[{j}]"),
+                        &format!(
+                            "\"{}\" is not a tenant (tenants: {})",
+                            t.get_ref(),
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+            allowed = allowed.intersection(&tenant.allowed);
+            unknown = strictest(unknown, tenant.unknown);
+            enforce |= tenant.mode == Mode::Enforce;
+            ids.push(tenant.id.clone());
+        }
+        let mut selectors = Selectors::default();
+        let mut claim = |key: String, span: Range<usize>, sel: &str| -> Result<(), ConfigError> {
+            if let Some(other) = claimed.insert(key.clone(), name.to_owned()) {
+                return Err(at.err(
+                    span,
+                    &format!("{field}.{sel}"),
+                    &format!("{key} already selects workload \"{other}\"; a process can belong to one workload"),
+                ));
+            }
+            Ok(())
+        };
+        let mut globs = globset::GlobSetBuilder::new();
+        for (j, c) in w.cgroup.iter().enumerate() {
+            let pattern = c.get_ref().trim();
+            if !pattern.starts_with('/') {
+                return Err(at.err(
+                    c.span(),
+                    &format!("{field}.cgroup[{j}]"),
+                    &format!("\"{pattern}\" must start with '/': a path from the cgroup2 mount, e.g. \"/system.slice/crm-sync.service\""),
+                ));
+            }
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| {
+                    at.err(
+                        c.span(),
+                        &format!("{field}.cgroup[{j}]"),
+                        &format!("not a valid glob: {e}"),
+                    )
+                })?;
+            globs.add(glob);
+            claim(
+                format!("cgroup {pattern}"),
+                c.span(),
+                &format!("cgroup[{j}]"),
+            )?;
+            selectors.cgroups.push(pattern.to_owned());
+        }
+        if !selectors.cgroups.is_empty() {
+            selectors.cgroup_set = Some(
+                globs
+                    .build()
+                    .map_err(|e| at.err_opt(None, &format!("{field}.cgroup"), &e.to_string()))?,
+            );
+        }
+        if let Some(u) = &w.unit {
+            let unit = u.get_ref().trim();
+            if unit.is_empty() || unit.contains('/') {
+                return Err(at.err(
+                    u.span(),
+                    &format!("{field}.unit"),
+                    "give a systemd unit name, e.g. \"crm-sync.service\"",
+                ));
+            }
+            claim(format!("unit {unit}"), u.span(), "unit")?;
+            selectors.unit = Some(unit.to_owned());
+        }
+        if let Some(e) = &w.exe {
+            let exe = PathBuf::from(e.get_ref());
+            if !exe.is_absolute() || exe.file_name().is_none() {
+                return Err(at.err(
+                    e.span(),
+                    &format!("{field}.exe"),
+                    "give the executable's absolute path, e.g. \"/usr/bin/vllm\"",
+                ));
+            }
+            selectors.exe = Some(exe);
+        }
+        if let Some(p) = &w.process {
+            let process = p.get_ref().trim();
+            if process.is_empty() || process.len() > 15 {
+                return Err(at.err(
+                    p.span(),
+                    &format!("{field}.process"),
+                    "a process name is 1 to 15 bytes (the kernel keeps no more of it)",
+                ));
+            }
+            selectors.process = Some(process.to_owned());
+        }
+        if let Some(comm) = selectors.comm() {
+            let span = w
+                .process
+                .as_ref()
+                .or(w.exe.as_ref())
+                .map_or(0..0, Spanned::span);
+            claim(
+                format!("process {comm}"),
+                span,
+                if w.process.is_some() {
+                    "process"
+                } else {
+                    "exe"
+                },
+            )?;
+        }
+        if let Some(u) = &w.uid {
+            claim(format!("uid {}", u.get_ref()), u.span(), "uid")?;
+            selectors.uid = Some(*u.get_ref());
+        }
+        if selectors.cgroups.is_empty()
+            && selectors.unit.is_none()
+            && selectors.comm().is_none()
+            && selectors.uid.is_none()
+        {
+            return Err(at.err(
+                w.name.span(),
+                &field,
+                &format!("workload \"{name}\" has no selector; give at least one of cgroup, unit, exe, process, uid"),
+            ));
+        }
+        out.push(Workload {
+            name: name.to_owned(),
+            role: w.role,
+            tenants: ids,
+            mode: w
+                .mode
+                .unwrap_or(if enforce { Mode::Enforce } else { raw.mode }),
+            allowed,
+            unknown,
+            selectors,
+            description: w.description.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn validate_exceptions(
+    raw: &RawConfig,
+    tenants: &[Tenant],
+    workloads: &[Workload],
+    first_id: u32,
+    at: &Locator<'_>,
+) -> Result<Vec<Exception>, ConfigError> {
+    let mut out: Vec<Exception> = Vec::new();
+    let mut seen: std::collections::HashMap<IpNet, String> = std::collections::HashMap::new();
+    for (i, e) in raw.exception.iter().enumerate() {
+        let field = format!("exception[{i}]");
+        let name = e.name.get_ref().trim();
+        if name.is_empty() || out.iter().any(|x| x.name == name) {
+            return Err(at.err(
+                e.name.span(),
+                &format!("{field}.name"),
+                "is empty or names another exception",
+            ));
+        }
+        if e.justification.get_ref().trim().is_empty() {
+            return Err(at.err(
+                e.justification.span(),
+                &format!("{field}.justification"),
+                "is empty; say why the transfer is lawful (the contract, the clauses, the assessment)",
+            ));
+        }
+        let expires = parse_expiry(e.expires.get_ref())
+            .map_err(|m| at.err(e.expires.span(), &format!("{field}.expires"), &m))?;
+        if e.tenants.is_empty() && e.workloads.is_empty() {
+            return Err(at.err(
+                e.name.span(),
+                &field,
+                "applies to nothing; list the tenants (all of a workload's tenants must be listed) or the workloads it covers",
+            ));
+        }
+        for (j, t) in e.tenants.iter().enumerate() {
+            if !tenants.iter().any(|x| x.id == *t.get_ref()) {
+                return Err(at.err(
+                    t.span(),
+                    &format!("{field}.tenants[{j}]"),
+                    &format!("\"{}\" is not a tenant", t.get_ref()),
+                ));
+            }
+        }
+        for (j, w) in e.workloads.iter().enumerate() {
+            if !workloads.iter().any(|x| x.name == *w.get_ref()) {
+                return Err(at.err(
+                    w.span(),
+                    &format!("{field}.workloads[{j}]"),
+                    &format!("\"{}\" is not a workload", w.get_ref()),
+                ));
+            }
+        }
+        let destinations = rule_destinations(&e.destinations, &field, &mut seen, at)?;
+        out.push(Exception {
+            id: first_id.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)),
+            name: name.to_owned(),
+            destinations,
+            basis: e.basis,
+            justification: e.justification.get_ref().trim().to_owned(),
+            expires,
+            tenants: e.tenants.iter().map(|t| t.get_ref().clone()).collect(),
+            workloads: e.workloads.iter().map(|w| w.get_ref().clone()).collect(),
+            roles: e.roles.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// "2027-03-01" (the start of that day, UTC) or an RFC 3339 timestamp.
+fn parse_expiry(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    let date: jiff::civil::Date = text.parse().map_err(|_| {
+        format!("\"{text}\" is not a date (\"2027-03-01\", the start of that day in UTC) or a timestamp (\"2027-03-01T12:00:00Z\")")
+    })?;
+    date.to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp())
+        .map_err(|e| e.to_string())
 }
 
 fn next_id(rules: &[Rule]) -> u32 {

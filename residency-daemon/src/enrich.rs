@@ -105,7 +105,26 @@ pub struct Flow {
     pub geo_version: Option<Arc<DbVersion>>,
     /// What the full database says about the destination.
     pub detail: Option<Arc<Detail>>,
+    /// Index of the policy applied (0: the default policy).
+    pub policy: u16,
+    /// Generation of the policy maps that decided.
+    pub policy_gen: u32,
+    /// The configuration behind that generation, for names and the hash.
+    pub policy_config: Option<Decider>,
 }
+
+/// The configuration that decided a flow. Two flows are equal in this
+/// respect when they were decided by the same loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Decider(pub Arc<crate::config::Config>);
+
+impl PartialEq for Decider {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Decider {}
 
 /// A kernel record with a field this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,7 +191,16 @@ impl Flow {
             geo_gen: ev.geo_gen,
             geo_version: None,
             detail: None,
+            policy: ev.policy,
+            policy_gen: ev.policy_gen,
+            policy_config: None,
         })
+    }
+
+    /// Adds the configuration that decided (by the event's policy
+    /// generation), for the workload, tenants, rule names and hash.
+    pub fn add_policy(&mut self, versions: &crate::policy::Versions) {
+        self.policy_config = versions.get(self.policy_gen).map(Decider);
     }
 
     /// Adds the `GeoIP` detail: from the generation the kernel consulted, or
@@ -222,7 +250,7 @@ mod tests {
             policy: 0,
             daddr,
             comm: *b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0",
-            _pad: [0; 4],
+            policy_gen: 1,
         }
     }
 

@@ -290,7 +290,8 @@ pub struct Watch {
     pub interval: Duration,
     pub registry: Arc<Registry>,
     pub notes: tokio::sync::mpsc::UnboundedSender<crate::sinks::Record>,
-    pub reload: Arc<tokio::sync::Notify>,
+    /// Changes on SIGHUP.
+    pub reload: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Watches the database file and reloads it when it changes or on SIGHUP.
@@ -300,7 +301,12 @@ pub async fn watch(mut w: Watch, mut shutdown: tokio::sync::watch::Receiver<bool
     loop {
         let forced = tokio::select! {
             _ = shutdown.changed() => return,
-            () = w.reload.notified() => true,
+            r = w.reload.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                true
+            }
             () = tokio::time::sleep(w.interval) => false,
         };
         if w.path.is_none() && !w.explicit {

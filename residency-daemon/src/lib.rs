@@ -19,12 +19,14 @@
 //! call it.
 
 pub mod config;
+pub mod control;
 pub mod enrich;
 pub mod geo;
 pub mod kernel;
 pub mod pipeline;
 pub mod policy;
 pub mod sinks;
+pub mod workloads;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -54,6 +56,11 @@ pub struct RunOptions {
     pub output: Option<Output>,
     /// `GeoIP` database instead of `geoip.database`.
     pub geoip: Option<PathBuf>,
+    /// The configuration file, for reloads (`None`: the built-in one).
+    pub config_path: Option<PathBuf>,
+    /// Accept a configuration file others than root can write (for
+    /// development only).
+    pub allow_insecure_config: bool,
 }
 
 /// Why `run` failed.
@@ -71,6 +78,8 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("GeoIP: {0}")]
     Geo(#[from] geo::GeoError),
+    #[error("there is no workload \"{name}\" in the configuration (workloads: {known})")]
+    UnknownWorkload { name: String, known: String },
 }
 
 /// Attaches the kernel programs and reports every decision until SIGINT or
@@ -79,6 +88,10 @@ pub enum RunError {
 /// # Errors
 /// A [`RunError`] that says in one line why the daemon could not start or
 /// had to stop.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the start-up sequence, in the order it must happen"
+)]
 pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, RunError> {
     if let Some(output) = options.output {
         config.output = output;
@@ -91,6 +104,11 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         btf = features.btf,
         "kernel probed"
     );
+    if let Some(path) = &options.config_path
+        && !options.allow_insecure_config
+    {
+        control::check_ownership(path)?;
+    }
     let mount = features.cgroup2.clone().ok_or(KernelError::NoCgroup2)?;
     let requested = options
         .cgroup
@@ -101,9 +119,8 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     // Signals first, so that a SIGTERM during start-up is not lost, and
     // SIGHUP (sent by `systemctl reload`) does not kill the daemon.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reload = Arc::new(tokio::sync::Notify::new());
-    let reload_on_hup = reload.clone();
-    install_signals(stop_tx, reload_on_hup)?;
+    let (reload_tx, reload_rx) = watch::channel(0u64);
+    install_signals(stop_tx, reload_tx)?;
 
     // Open the output before attaching, so a bad path fails before anything
     // touches the kernel.
@@ -119,9 +136,11 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let asn_path = geo::discover_asn(config.geoip.asn_database.as_deref());
     let prepared = prepare_geo(&config, geo_path.as_ref(), asn_path.as_ref()).await?;
 
-    let compiled = policy::compile(&config);
+    let compiled = policy::compile(&config, jiff::Timestamp::now());
+    let tree = workloads::Tree::new(&mount);
+    let cgroups = workloads::assignments(&config, &scan_tree(&tree));
     // Registered before the programs run: their first records name
-    // generation 1 and must find its version.
+    // generation 1 of each and must find its version.
     let registry = Arc::new(geo::Registry::default());
     let mut geo_label = None;
     if let (Some(p), Some(path)) = (&prepared, &geo_path) {
@@ -135,11 +154,21 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             asn: p.asn.clone(),
         });
     }
+    let config = Arc::new(config);
+    let versions = Arc::new(policy::Versions::default());
+    versions.add(1, config.clone());
     let start_geo = prepared.as_ref().map(|p| (&p.v4, &p.v6[..]));
-    let (kernel, geo_maps, installed) =
-        kernel::start(&config, &compiled, target.clone(), start_geo)?;
+    let started = kernel::start(&config, &compiled, &cgroups, target.clone(), start_geo)?;
+    let installed = started.geo_installed;
 
     let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = notes_tx.send(control::loaded_note(
+        "policy-loaded",
+        &config,
+        started.policy_generation,
+        &compiled,
+        0,
+    ));
     if let (Some(p), Some(installed), Some(path)) = (&prepared, &installed, &geo_path) {
         let _ = notes_tx.send(geo::loaded_note(path, p.db.version(), p, installed));
     }
@@ -148,18 +177,39 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     }
     tokio::spawn(geo::watch(
         geo::Watch {
-            maps: Some(geo_maps),
+            maps: Some(started.geo),
             explicit: explicit.is_some(),
             identity: prepared.as_ref().map(|p| p.identity).unwrap_or_default(),
             path: geo_path,
             asn: asn_path,
             interval: config.geoip.check_interval,
             registry: registry.clone(),
-            notes: notes_tx,
-            reload,
+            notes: notes_tx.clone(),
+            reload: reload_rx.clone(),
         },
         stop_rx.clone(),
     ));
+    tokio::spawn(control::run(
+        control::Control {
+            maps: Some(started.policy),
+            identity: options
+                .config_path
+                .as_deref()
+                .map(geo::FileIdentity::of)
+                .unwrap_or_default(),
+            path: options.config_path.clone(),
+            current: config.clone(),
+            may_block: config.may_block(),
+            check_ownership: !options.allow_insecure_config,
+            tree,
+            versions: versions.clone(),
+            notes: notes_tx,
+            reload: reload_rx,
+            interval: config.geoip.check_interval,
+        },
+        stop_rx.clone(),
+    ));
+    let kernel = started.kernel;
 
     let start = StartInfo {
         cgroup_path: target.path.display().to_string(),
@@ -181,13 +231,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             .collect(),
     };
     Ok(pipeline::run(
-        Arc::new(config),
-        kernel,
-        start,
-        output,
-        registry,
-        notes_rx,
-        stop_rx,
+        config, kernel, start, output, registry, versions, notes_rx, stop_rx,
     )
     .await?)
 }
@@ -196,7 +240,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
 /// `GeoIP` database.
 fn install_signals(
     stop_tx: watch::Sender<bool>,
-    reload_on_hup: Arc<tokio::sync::Notify>,
+    reload_tx: watch::Sender<u64>,
 ) -> Result<(), RunError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
@@ -208,8 +252,8 @@ fn install_signals(
                 _ = sigint.recv() => "SIGINT",
                 _ = sigterm.recv() => "SIGTERM",
                 _ = sighup.recv() => {
-                    info!("SIGHUP: reloading the GeoIP database (the configuration itself is not reloaded yet)");
-                    reload_on_hup.notify_one();
+                    info!("SIGHUP: reloading the configuration and the GeoIP database");
+                    reload_tx.send_modify(|n| *n += 1);
                     continue;
                 }
             };
@@ -227,6 +271,10 @@ fn install_signals(
     });
 
     Ok(())
+}
+
+fn scan_tree(tree: &workloads::Tree) -> Vec<workloads::Cgroup> {
+    workloads::scan(tree.mount())
 }
 
 /// Prepares the `GeoIP` database, if there is one, off the async runtime.
@@ -273,8 +321,26 @@ pub struct LookupReport {
 pub fn lookup(
     config: &Config,
     geoip_path: Option<&std::path::Path>,
+    workload: Option<&str>,
     ips: &[std::net::IpAddr],
 ) -> Result<Vec<LookupReport>, RunError> {
+    let index = match workload {
+        None => 0,
+        Some(name) => {
+            config
+                .workload(name)
+                .map(|(i, _)| i)
+                .ok_or_else(|| RunError::UnknownWorkload {
+                    name: name.to_owned(),
+                    known: config
+                        .workloads
+                        .iter()
+                        .map(|w| w.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?
+        }
+    };
     let explicit = geoip_path
         .map(std::path::Path::to_path_buf)
         .or_else(|| config.geoip.database.clone());
@@ -298,7 +364,7 @@ pub fn lookup(
     Ok(ips
         .iter()
         .map(|&ip| {
-            let decision = policy::decide(config, ip, |a| {
+            let decision = policy::decide(config, index, ip, jiff::Timestamp::now(), |a| {
                 prepared.as_ref().and_then(|p| p.kernel_country(a))
             });
             let detail = (decision.kind != residency_common::DestKind::Local)
@@ -315,4 +381,128 @@ pub fn lookup(
             }
         })
         .collect())
+}
+
+/// One expected verdict, from a `residency test-policy` cases file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    /// Omitted: the default policy (a process no workload selects).
+    workload: Option<toml::Spanned<String>>,
+    destination: toml::Spanned<String>,
+    port: Option<u16>,
+    expect: toml::Spanned<String>,
+    #[serde(default)]
+    note: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCases {
+    #[serde(default)]
+    case: Vec<RawCase>,
+}
+
+/// The outcome of one case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub label: String,
+    pub expected: String,
+    pub got: String,
+    pub reasons: Vec<String>,
+}
+
+impl CaseResult {
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.expected == self.got
+    }
+}
+
+/// Runs a cases file against a configuration and `GeoIP` database, as a
+/// CI/CD pipeline does before deploying a configuration change.
+///
+/// # Errors
+/// A [`ConfigError`]-style message (file, line, field) for a malformed
+/// cases file, or a `GeoIP` error.
+pub fn test_policy(
+    config: &Config,
+    geoip_path: Option<&std::path::Path>,
+    cases_text: &str,
+    cases_source: &str,
+) -> Result<Vec<CaseResult>, RunError> {
+    let line_of = |span: std::ops::Range<usize>| {
+        cases_text
+            .get(..span.start)
+            .map_or(0, |t| t.matches('\n').count())
+            + 1
+    };
+    let bad = |span: Option<std::ops::Range<usize>>, field: String, message: String| {
+        RunError::Config(ConfigError {
+            file: cases_source.to_owned(),
+            line: span.map(line_of),
+            field,
+            message,
+        })
+    };
+    let raw: RawCases = toml::from_str(cases_text)
+        .map_err(|e| bad(e.span(), String::new(), e.message().trim().to_owned()))?;
+    if raw.case.is_empty() {
+        return Err(bad(
+            None,
+            "case".into(),
+            "no [[case]] entries: nothing to test".into(),
+        ));
+    }
+    let mut parsed = Vec::new();
+    for (i, c) in raw.case.iter().enumerate() {
+        let ip: std::net::IpAddr = c.destination.get_ref().parse().map_err(|_| {
+            bad(
+                Some(c.destination.span()),
+                format!("case[{i}].destination"),
+                format!("\"{}\" is not an IP address", c.destination.get_ref()),
+            )
+        })?;
+        let expect = c.expect.get_ref().as_str();
+        if !matches!(expect, "allowed" | "flagged" | "blocked") {
+            return Err(bad(
+                Some(c.expect.span()),
+                format!("case[{i}].expect"),
+                format!("\"{expect}\" is not a verdict: allowed, flagged or blocked"),
+            ));
+        }
+        if let Some(w) = &c.workload
+            && config.workload(w.get_ref()).is_none()
+        {
+            return Err(bad(
+                Some(w.span()),
+                format!("case[{i}].workload"),
+                format!("\"{}\" is not a workload of {}", w.get_ref(), config.source),
+            ));
+        }
+        parsed.push((c, ip));
+    }
+    let mut out = Vec::new();
+    for (c, ip) in parsed {
+        let workload = c.workload.as_ref().map(|w| w.get_ref().as_str());
+        let report = lookup(config, geoip_path, workload, &[ip])?
+            .pop()
+            .ok_or_else(|| bad(None, "case".into(), "no decision".into()))?;
+        let port = c.port.map_or(String::new(), |p| format!(":{p}"));
+        let note = if c.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.note)
+        };
+        out.push(CaseResult {
+            label: format!(
+                "{} -> {ip}{port}{note}",
+                workload.unwrap_or("<no workload>")
+            ),
+            expected: c.expect.get_ref().clone(),
+            got: sinks::ecs::verdict_str(report.decision.verdict).to_owned(),
+            reasons: report.decision.reasons,
+        });
+    }
+    Ok(out)
 }

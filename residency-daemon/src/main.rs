@@ -76,6 +76,55 @@ enum Command {
         /// search of the usual places.
         #[arg(long, value_name = "FILE")]
         geoip: Option<PathBuf>,
+        /// Accept a configuration file that others than root can write. The
+        /// daemon refuses one otherwise: whoever can write it controls the
+        /// policy. For development only.
+        #[arg(long)]
+        allow_insecure_config: bool,
+    },
+    /// Explain the verdict for one workload and destination: the full chain of reasons.
+    ///
+    /// Names the workload's tenants and role, the jurisdictions they allow
+    /// (the intersection, for a workload that serves several), the rule or
+    /// exception that applies, and the GeoIP country, exactly as the kernel
+    /// would judge a connect from that workload.
+    #[command(
+        after_help = "Example:\n  residency explain --config /etc/residency/residency.toml --workload acme-llm --dest 198.51.100.7 --port 443"
+    )]
+    Explain {
+        #[arg(short, long, env = "RESIDENCY_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// GeoIP database (.mmdb) instead of the configured or found one.
+        #[arg(long, value_name = "FILE")]
+        geoip: Option<PathBuf>,
+        /// The workload, by name.
+        #[arg(long)]
+        workload: String,
+        /// The destination address.
+        #[arg(long)]
+        dest: std::net::IpAddr,
+        /// The destination port (shown; verdicts do not depend on it).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration against expected verdicts; exits 1 on any mismatch.
+    ///
+    /// CASES is a TOML file of [[case]] entries: workload (optional: no
+    /// workload means the default policy), destination, port (optional),
+    /// expect ("allowed", "flagged" or "blocked"), note (optional). Run it
+    /// in CI/CD before deploying a configuration change.
+    #[command(
+        after_help = "Example CASES file:\n  [[case]]\n  workload = \"acme-llm\"\n  destination = \"198.51.100.7\"\n  expect = \"blocked\"\n  note = \"US LLM endpoint\""
+    )]
+    TestPolicy {
+        #[arg(short, long, env = "RESIDENCY_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        geoip: Option<PathBuf>,
+        /// The cases file.
+        cases: PathBuf,
     },
     /// Say what the daemon would decide for addresses, and why, without loading anything.
     ///
@@ -95,6 +144,10 @@ enum Command {
         /// One JSON object per address instead of text.
         #[arg(long)]
         json: bool,
+        /// Decide as for this workload (default: a process no workload
+        /// selects, under the default policy).
+        #[arg(long)]
+        workload: Option<String>,
         /// IPv4 or IPv6 addresses.
         #[arg(required = true, value_name = "IP")]
         ips: Vec<std::net::IpAddr>,
@@ -163,51 +216,93 @@ fn main() -> ExitCode {
             config,
             geoip,
             json,
+            workload,
             ips,
-        } => lookup_command(config.as_deref(), geoip.as_deref(), json, &ips),
+        } => lookup_command(
+            config.as_deref(),
+            geoip.as_deref(),
+            workload.as_deref(),
+            json,
+            &ips,
+        ),
+        Command::Explain {
+            config,
+            geoip,
+            workload,
+            dest,
+            port,
+            json,
+        } => {
+            if let Some(p) = port {
+                eprintln!("(port {p}: verdicts do not depend on the port)");
+            }
+            lookup_command(
+                config.as_deref(),
+                geoip.as_deref(),
+                Some(&workload),
+                json,
+                &[dest],
+            )
+        }
+        Command::TestPolicy {
+            config,
+            geoip,
+            cases,
+        } => test_policy_command(config.as_deref(), geoip.as_deref(), &cases),
         Command::Run {
             config,
             cgroup,
             output,
             geoip,
-        } => {
-            let config = match config
-                .as_deref()
-                .map_or_else(Config::builtin, Config::from_file)
-            {
-                Ok(c) => c,
-                Err(e) => return config_error(&e),
-            };
-            let options = RunOptions {
-                cgroup,
-                output: output.map(|p| {
-                    if p.as_os_str() == "-" {
-                        Output::Stdout
-                    } else {
-                        Output::File(p)
-                    }
-                }),
-                geoip,
-            };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(residency_daemon::run(config, options)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    match e {
-                        RunError::Config(_) => ExitCode::from(EXIT_CONFIG),
-                        RunError::Output(_) => ExitCode::from(EXIT_CANTCREAT),
-                        RunError::Geo(_) => ExitCode::from(EXIT_DATAERR),
-                        RunError::Kernel(k) if k.is_permission() => ExitCode::from(EXIT_NOPERM),
-                        _ => ExitCode::FAILURE,
-                    }
-                }
+            allow_insecure_config,
+        } => run_command(config, cgroup, output, geoip, allow_insecure_config),
+    }
+}
+
+fn run_command(
+    config: Option<PathBuf>,
+    cgroup: Option<PathBuf>,
+    output: Option<PathBuf>,
+    geoip: Option<PathBuf>,
+    allow_insecure_config: bool,
+) -> ExitCode {
+    let parsed = match config
+        .as_deref()
+        .map_or_else(Config::builtin, Config::from_file)
+    {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let options = RunOptions {
+        cgroup,
+        output: output.map(|p| {
+            if p.as_os_str() == "-" {
+                Output::Stdout
+            } else {
+                Output::File(p)
+            }
+        }),
+        geoip,
+        config_path: config,
+        allow_insecure_config,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(residency_daemon::run(parsed, options)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                RunError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                RunError::Output(_) => ExitCode::from(EXIT_CANTCREAT),
+                RunError::Geo(_) => ExitCode::from(EXIT_DATAERR),
+                RunError::Kernel(k) if k.is_permission() => ExitCode::from(EXIT_NOPERM),
+                _ => ExitCode::FAILURE,
             }
         }
     }
@@ -218,9 +313,57 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+fn test_policy_command(
+    config: Option<&std::path::Path>,
+    geoip: Option<&std::path::Path>,
+    cases: &std::path::Path,
+) -> ExitCode {
+    let config = match config.map_or_else(Config::builtin, Config::from_file) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let text = match std::fs::read_to_string(cases) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: cannot read the file: {e}", cases.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match residency_daemon::test_policy(&config, geoip, &text, &cases.display().to_string()) {
+        Ok(results) => {
+            let failed = results.iter().filter(|r| !r.passed()).count();
+            for r in &results {
+                if r.passed() {
+                    println!("ok       {}: {}", r.label, r.got);
+                } else {
+                    println!(
+                        "MISMATCH {}: expected {}, got {}",
+                        r.label, r.expected, r.got
+                    );
+                    for reason in &r.reasons {
+                        println!("           {reason}");
+                    }
+                }
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(RunError::Config(e)) => config_error(&e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_DATAERR)
+        }
+    }
+}
+
 fn lookup_command(
     config: Option<&std::path::Path>,
     geoip: Option<&std::path::Path>,
+    workload: Option<&str>,
     json: bool,
     ips: &[std::net::IpAddr],
 ) -> ExitCode {
@@ -228,7 +371,7 @@ fn lookup_command(
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    match residency_daemon::lookup(&config, geoip, ips) {
+    match residency_daemon::lookup(&config, geoip, workload, ips) {
         Ok(reports) => {
             for r in &reports {
                 if json {
@@ -238,6 +381,10 @@ fn lookup_command(
                 }
             }
             ExitCode::SUCCESS
+        }
+        Err(e @ RunError::UnknownWorkload { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -92,12 +92,17 @@ enum WriterEnd {
 ///
 /// # Errors
 /// If records cannot be written, or the kernel objects fail.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pipeline's inputs, each from a different stage"
+)]
 pub async fn run(
     config: Arc<Config>,
     kernel: Kernel,
     start: StartInfo,
     mut output: JsonLines,
     registry: Arc<Registry>,
+    versions: Arc<crate::policy::Versions>,
     notes: Notes,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StopInfo, PipelineError> {
@@ -116,16 +121,12 @@ pub async fn run(
     // The started record goes out before the reader runs, so it precedes
     // every decision in the stream.
     let mut buf = Vec::with_capacity(4096);
-    ecs::encode_line(
-        &Record::Started(Box::new(start)),
-        config.as_ref(),
-        config.mode.as_str(),
-        &mut buf,
-    )
-    .map_err(|e| WriteError {
-        name: "encoder".into(),
-        source: e.into(),
-    })?;
+    ecs::encode_line(&Record::Started(Box::new(start)), config.as_ref(), &mut buf).map_err(
+        |e| WriteError {
+            name: "encoder".into(),
+            source: e.into(),
+        },
+    )?;
     output.write_batch(&buf).await?;
     // Under systemd (Type=notify), the unit counts as started only now that
     // the programs are attached, so units ordered after it are covered.
@@ -154,6 +155,7 @@ pub async fn run(
         ready,
         room,
         registry,
+        versions,
         notes,
     }));
 
@@ -346,6 +348,7 @@ struct Writer {
     ready: Arc<Notify>,
     room: Arc<Notify>,
     registry: Arc<Registry>,
+    versions: Arc<crate::policy::Versions>,
     notes: Notes,
 }
 
@@ -357,11 +360,11 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
         ready,
         room,
         registry,
+        versions,
         mut notes,
     } = w;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut cache = DetailCache::new(DETAIL_CACHE);
-    let mode = config.mode.as_str();
     let mut notes_open = true;
     loop {
         let woke = tokio::select! {
@@ -369,7 +372,8 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
             note = notes.recv(), if notes_open => {
                 match note {
                     Some(note) => {
-                        if let Err(e) = ecs::encode_line(&note, config.as_ref(), mode, &mut buf) {
+                        let current = versions.newest().unwrap_or_else(|| config.clone());
+                        if let Err(e) = ecs::encode_line(&note, &current, &mut buf) {
                             error!("cannot encode a record: {e}");
                         }
                     }
@@ -395,6 +399,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 Item::Event(ev) => match Flow::from_kernel(&ev, &clock) {
                     Ok(mut flow) => {
                         flow.add_geo(&registry, &mut cache);
+                        flow.add_policy(&versions);
                         Record::Flow(flow)
                     }
                     Err(e) => Record::Undecodable {
@@ -410,7 +415,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                     Record::Stopped(info)
                 }
             };
-            if let Err(e) = ecs::encode_line(&record, config.as_ref(), mode, &mut buf) {
+            if let Err(e) = ecs::encode_line(&record, config.as_ref(), &mut buf) {
                 error!("cannot encode a record: {e}");
             }
         }

@@ -1,7 +1,9 @@
 //! The policy stage of the control path: the validated configuration
-//! compiled into what the kernel applies (the policy's country bitmap and
-//! choices, the destination-rule tries), and the same decision made in
-//! userspace, for `residency lookup` and for explanations.
+//! compiled into what the kernel applies (one policy per workload plus the
+//! default, the destination rules, the exceptions per policy, the process
+//! and uid selectors), and the same decision made in userspace, for
+//! `residency lookup`, `residency explain`, `residency test-policy`, and
+//! explanations in records.
 //!
 //! The kernel programs and [`decide`] must agree; the end-to-end tests hold
 //! them to it.
@@ -12,15 +14,25 @@ use geoip::CountryCode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use residency_common::{Action, DestKind, DestRule, Policy, Verdict};
 
-use crate::config::{Choice, Config, Mode, Rule, RuleKind};
+use crate::config::{Choice, Config, Exception, Mode, Rule, RuleKind};
 
-/// What the kernel maps hold for one configuration.
+/// What the kernel maps hold for one configuration (cgroup selectors are
+/// resolved separately, against the live cgroup tree).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
-    /// Policy index 0, the default.
-    pub policy: Policy,
+    /// Index 0 is the default policy; index `i` is workload `i - 1`'s.
+    pub policies: Vec<Policy>,
     pub rules_v4: Vec<(Ipv4Net, DestRule)>,
     pub rules_v6: Vec<(Ipv6Net, DestRule)>,
+    /// Exceptions in force, per policy index.
+    pub exceptions_v4: Vec<(u16, Ipv4Net, DestRule)>,
+    pub exceptions_v6: Vec<(u16, Ipv6Net, DestRule)>,
+    /// Process name (NUL-padded `comm`) -> policy index.
+    pub comm: Vec<([u8; 16], u32)>,
+    /// uid -> policy index.
+    pub uid: Vec<(u32, u32)>,
+    /// Exceptions left out because they had expired.
+    pub expired: Vec<String>,
 }
 
 fn action(c: Choice) -> Action {
@@ -31,15 +43,37 @@ fn action(c: Choice) -> Action {
     }
 }
 
-/// Compiles a configuration for the kernel.
+/// Compiles a configuration for the kernel, with the exceptions in force at
+/// `now`.
 #[must_use]
-pub fn compile(config: &Config) -> Compiled {
-    let policy = Policy {
+pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
+    let mut policies = vec![Policy {
         allowed: config.policy.allowed.0,
         unknown_action: action(config.policy.unknown) as u8,
         enforce: u8::from(config.mode == Mode::Enforce),
         _pad: [0; 6],
-    };
+    }];
+    let mut comm = Vec::new();
+    let mut uid = Vec::new();
+    for (i, w) in config.workloads.iter().enumerate() {
+        let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        policies.push(Policy {
+            allowed: w.allowed.0,
+            unknown_action: action(w.unknown) as u8,
+            enforce: u8::from(w.mode == Mode::Enforce),
+            _pad: [0; 6],
+        });
+        if let Some(name) = w.selectors.comm() {
+            let mut key = [0u8; 16];
+            let bytes = name.as_bytes();
+            let n = bytes.len().min(15);
+            key[..n].copy_from_slice(&bytes[..n]);
+            comm.push((key, index));
+        }
+        if let Some(u) = w.selectors.uid {
+            uid.push((u, index));
+        }
+    }
     let mut rules_v4 = Vec::new();
     let mut rules_v6 = Vec::new();
     for rule in &config.rules {
@@ -51,11 +85,110 @@ pub fn compile(config: &Config) -> Compiled {
             }
         }
     }
+    let mut exceptions_v4 = Vec::new();
+    let mut exceptions_v6 = Vec::new();
+    let mut expired = Vec::new();
+    for e in &config.exceptions {
+        if !e.in_force(now) {
+            expired.push(e.name.clone());
+            continue;
+        }
+        let value = DestRule {
+            rule_id: e.id,
+            action: Action::Allow as u8,
+            kind: DestKind::Exception as u8,
+            country: 0,
+        };
+        for (i, w) in config.workloads.iter().enumerate() {
+            if !e.applies_to(w) {
+                continue;
+            }
+            let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            for net in &e.destinations {
+                match net {
+                    IpNet::V4(n) => exceptions_v4.push((index, *n, value)),
+                    IpNet::V6(n) => exceptions_v6.push((index, *n, value)),
+                }
+            }
+        }
+    }
     Compiled {
-        policy,
+        policies,
         rules_v4,
         rules_v6,
+        exceptions_v4,
+        exceptions_v6,
+        comm,
+        uid,
+        expired,
     }
+}
+
+/// The configurations behind the policy generations the kernel may still
+/// report, by generation: records are explained with the configuration that
+/// decided them, and carry its hash.
+#[derive(Debug, Default)]
+pub struct Versions {
+    by_generation: std::sync::RwLock<std::collections::BTreeMap<u32, std::sync::Arc<Config>>>,
+}
+
+impl Versions {
+    /// Records a configuration under the generation it is installed as.
+    pub fn add(&self, generation: u32, config: std::sync::Arc<Config>) {
+        let mut map = self
+            .by_generation
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(generation, config);
+        while map.len() > 4 {
+            let Some(&oldest) = map.keys().next() else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+    }
+
+    /// Forgets a generation whose install failed.
+    pub fn remove(&self, generation: u32) {
+        self.by_generation
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&generation);
+    }
+
+    /// The configuration of a generation, exactly; `None` if it is not
+    /// held (better no explanation than a wrong one).
+    #[must_use]
+    pub fn get(&self, generation: u32) -> Option<std::sync::Arc<Config>> {
+        self.by_generation
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&generation)
+            .cloned()
+    }
+
+    /// The newest configuration.
+    #[must_use]
+    pub fn newest(&self) -> Option<std::sync::Arc<Config>> {
+        self.by_generation
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .next_back()
+            .cloned()
+    }
+}
+
+/// When the next exception in force expires: the policy must be compiled
+/// again then.
+#[must_use]
+pub fn next_expiry(config: &Config, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+    config
+        .exceptions
+        .iter()
+        .filter(|e| e.in_force(now))
+        .map(|e| e.expires)
+        .min()
 }
 
 fn dest_rule(config: &Config, rule: &Rule) -> DestRule {
@@ -85,31 +218,63 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
-/// Decides about `ip` as the kernel would. `geo` gives the country the
-/// kernel's tables hold for an address (the flattened tables, not the full
-/// database, so that both see the same data).
+/// Decides about `ip` for the process under policy `index` (0: the
+/// default policy) as the kernel would, with the exceptions in force at
+/// `now`. `geo` gives the country the kernel's tables hold for an address
+/// (the flattened tables, not the full database, so both see the same data).
+#[expect(
+    clippy::too_many_lines,
+    reason = "the kernel's decision, step by step, with a reason for each"
+)]
 pub fn decide(
     config: &Config,
+    index: u16,
     ip: IpAddr,
+    now: jiff::Timestamp,
     geo: impl FnOnce(IpAddr) -> Option<CountryCode>,
 ) -> Decision {
     let ip = geoip::db::canonical(ip);
+    let workload = config.workload_of(index);
     let mut reasons = Vec::new();
+    match workload {
+        Some(w) => reasons.push(format!(
+            "workload \"{}\" ({}) serves tenant(s) {}: allowed {}; mode {}",
+            w.name,
+            w.role.as_str(),
+            w.tenants.join(", "),
+            allowed_text(config, w),
+            w.mode.as_str()
+        )),
+        None => reasons.push("no workload: the default policy ([policy]) applies".to_owned()),
+    }
     let rule = config
         .rules
         .iter()
         .flat_map(|r| r.destinations.iter().map(move |n| (n, r)))
         .filter(|(n, _)| n.contains(&ip))
         .max_by_key(|(n, _)| n.prefix_len());
-    let (kind, act, rule_id, country) = if let Some((net, rule)) = rule {
-        match rule.kind {
-            RuleKind::Deny => {
-                reasons.push(format!(
-                    "{ip} is in {net}, listed by deny rule \"{}\"",
-                    rule.name
-                ));
-                (DestKind::Denied, Action::Block, rule.id, None)
-            }
+    let exception = workload.and_then(|w| {
+        config
+            .exceptions
+            .iter()
+            .filter(|e| e.in_force(now) && e.applies_to(w))
+            .flat_map(|e| e.destinations.iter().map(move |n| (n, e)))
+            .filter(|(n, _)| n.contains(&ip))
+            .max_by_key(|(n, _)| n.prefix_len())
+    });
+    let (kind, act, rule_id, country) = match (rule, exception) {
+        (Some((net, rule)), _) if rule.kind == RuleKind::Deny => {
+            reasons.push(format!(
+                "{ip} is in {net}, listed by deny rule \"{}\"",
+                rule.name
+            ));
+            (DestKind::Denied, Action::Block, rule.id, None)
+        }
+        (_, Some((net, e))) => {
+            reasons.push(exception_text(ip, net, e));
+            (DestKind::Exception, Action::Allow, e.id, None)
+        }
+        (Some((net, rule)), None) => match rule.kind {
             RuleKind::Local => {
                 reasons.push(format!(
                     "{ip} is in the local range {net}; policy.local = \"{}\"",
@@ -124,37 +289,40 @@ pub fn decide(
                 ));
                 (
                     DestKind::Internal,
-                    judge(config, Some(c), &mut reasons),
+                    judge(config, index, Some(c), &mut reasons),
                     rule.id,
                     Some(c),
                 )
             }
+            RuleKind::Deny => unreachable!("handled above"),
+        },
+        (None, None) => {
+            let c = geo(ip);
+            match c {
+                Some(c) => reasons.push(format!("GeoIP places {ip} in {c}")),
+                None => reasons.push(format!("GeoIP has no country for {ip}")),
+            }
+            let kind = if c.is_some() {
+                DestKind::Geo
+            } else {
+                DestKind::Unknown
+            };
+            (kind, judge(config, index, c, &mut reasons), 0, c)
         }
-    } else {
-        let c = geo(ip);
-        match c {
-            Some(c) => reasons.push(format!("GeoIP places {ip} in {c}")),
-            None => reasons.push(format!("GeoIP has no country for {ip}")),
-        }
-        let kind = if c.is_some() {
-            DestKind::Geo
-        } else {
-            DestKind::Unknown
-        };
-        (kind, judge(config, c, &mut reasons), 0, c)
     };
+    let mode = workload.map_or(config.mode, |w| w.mode);
     let verdict = match act {
         Action::Allow => Verdict::Allowed,
-        Action::Block if config.mode == Mode::Enforce => Verdict::Blocked,
+        Action::Block if mode == Mode::Enforce => Verdict::Blocked,
         Action::Flag | Action::Block | Action::Judge => Verdict::Flagged,
     };
-    reasons.push(match (verdict, config.mode) {
+    reasons.push(match (verdict, mode) {
         (Verdict::Allowed, _) => "allowed".to_owned(),
         (Verdict::Blocked, _) => {
-            "blocked: connect() and sendmsg() fail with EPERM (mode = \"enforce\")".to_owned()
+            "blocked: connect() and sendmsg() fail with EPERM (mode \"enforce\")".to_owned()
         }
         (Verdict::Flagged, Mode::Monitor) => {
-            "flagged: a violation, reported but not blocked (mode = \"monitor\")".to_owned()
+            "flagged: a violation, reported but not blocked (mode \"monitor\")".to_owned()
         }
         (Verdict::Flagged, Mode::Enforce) => {
             "flagged: a violation, reported but not blocked (the choice is \"flag\")".to_owned()
@@ -169,18 +337,61 @@ pub fn decide(
     }
 }
 
-fn judge(config: &Config, country: Option<CountryCode>, reasons: &mut Vec<String>) -> Action {
+fn exception_text(ip: IpAddr, net: &IpNet, e: &Exception) -> String {
+    format!(
+        "{ip} is in {net}, allowed by exception \"{}\" (basis: {}; {}; expires {})",
+        e.name,
+        e.basis.as_str(),
+        e.justification,
+        e.expires
+    )
+}
+
+fn allowed_text(config: &Config, w: &crate::config::Workload) -> String {
+    let names: Vec<String> = w
+        .tenants
+        .iter()
+        .filter_map(|t| config.tenants.iter().find(|x| x.id == *t))
+        .map(|t| format!("{} for {}", t.allowed_names.join("+"), t.id))
+        .collect();
+    if w.tenants.len() > 1 {
+        format!("the intersection of {}", names.join(" and "))
+    } else {
+        names.join("")
+    }
+}
+
+fn judge(
+    config: &Config,
+    index: u16,
+    country: Option<CountryCode>,
+    reasons: &mut Vec<String>,
+) -> Action {
+    let workload = config.workload_of(index);
+    let unknown = workload.map_or(config.policy.unknown, |w| w.unknown);
     let Some(c) = country else {
-        reasons.push(format!(
-            "policy.unknown = \"{}\"",
-            config.policy.unknown.as_str()
-        ));
-        return action(config.policy.unknown);
+        reasons.push(format!("unknown destinations: \"{}\"", unknown.as_str()));
+        return action(unknown);
     };
-    let names = config.policy.allowed_names.join(", ");
-    if config.policy.allowed.contains(c) {
-        reasons.push(format!("{c} is allowed by policy.allowed ({names})"));
-        for (set, countries, condition) in &config.policy.conditions {
+    let (allowed, names, sets): (_, _, Vec<String>) = match workload {
+        Some(w) => (
+            w.allowed,
+            allowed_text(config, w),
+            w.tenants
+                .iter()
+                .filter_map(|t| config.tenants.iter().find(|x| x.id == *t))
+                .flat_map(|t| t.allowed_names.clone())
+                .collect(),
+        ),
+        None => (
+            config.policy.allowed,
+            config.policy.allowed_names.join(", "),
+            config.policy.allowed_names.clone(),
+        ),
+    };
+    if allowed.contains(c) {
+        reasons.push(format!("{c} is allowed ({names})"));
+        for (set, countries, condition) in geoip::Sets::conditions(&sets) {
             if countries.contains(c) {
                 reasons.push(format!(
                     "through {set}, which holds only on a condition: {condition}"
@@ -189,7 +400,7 @@ fn judge(config: &Config, country: Option<CountryCode>, reasons: &mut Vec<String
         }
         Action::Allow
     } else {
-        reasons.push(format!("{c} is not in policy.allowed ({names})"));
+        reasons.push(format!("{c} is not allowed ({names})"));
         Action::Block
     }
 }
@@ -197,6 +408,8 @@ fn judge(config: &Config, country: Option<CountryCode>, reasons: &mut Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: jiff::Timestamp = jiff::Timestamp::UNIX_EPOCH;
 
     fn config(toml: &str) -> Config {
         Config::from_toml(toml, "t.toml").unwrap()
@@ -232,41 +445,41 @@ destinations = ["203.0.113.0/24"]
         let c = config(BASE);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let none = |_| None;
-        let d = decide(&c, ip("203.0.113.9"), |_| Some(cc("DE")));
+        let d = decide(&c, 0, ip("203.0.113.9"), NOW, |_| Some(cc("DE")));
         assert_eq!(
             (d.verdict, d.kind),
             (Verdict::Blocked, DestKind::Denied),
             "deny beats GeoIP"
         );
-        let d = decide(&c, ip("10.30.1.1"), none);
+        let d = decide(&c, 0, ip("10.30.1.1"), NOW, none);
         assert_eq!(
             (d.verdict, d.kind, d.country),
             (Verdict::Allowed, DestKind::Internal, Some(cc("DE")))
         );
-        let d = decide(&c, ip("10.20.1.1"), none);
+        let d = decide(&c, 0, ip("10.20.1.1"), NOW, none);
         assert_eq!(
             (d.verdict, d.kind),
             (Verdict::Blocked, DestKind::Internal),
             "CH is not EEA"
         );
-        let d = decide(&c, ip("10.99.1.1"), none);
+        let d = decide(&c, 0, ip("10.99.1.1"), NOW, none);
         assert_eq!((d.verdict, d.kind), (Verdict::Allowed, DestKind::Local));
-        let d = decide(&c, ip("::1"), none);
+        let d = decide(&c, 0, ip("::1"), NOW, none);
         assert_eq!(d.kind, DestKind::Local);
-        let d = decide(&c, ip("198.51.100.1"), |_| Some(cc("FR")));
+        let d = decide(&c, 0, ip("198.51.100.1"), NOW, |_| Some(cc("FR")));
         assert_eq!((d.verdict, d.kind), (Verdict::Allowed, DestKind::Geo));
-        let d = decide(&c, ip("198.51.100.1"), |_| Some(cc("US")));
+        let d = decide(&c, 0, ip("198.51.100.1"), NOW, |_| Some(cc("US")));
         assert_eq!(d.verdict, Verdict::Blocked);
         assert!(
             d.reasons
                 .iter()
-                .any(|r| r.contains("US is not in policy.allowed (EEA)")),
+                .any(|r| r.contains("US is not allowed (EEA)")),
             "{:?}",
             d.reasons
         );
-        let d = decide(&c, ip("198.51.100.1"), none);
+        let d = decide(&c, 0, ip("198.51.100.1"), NOW, none);
         assert_eq!((d.verdict, d.kind), (Verdict::Blocked, DestKind::Unknown));
-        let d = decide(&c, ip("::ffff:203.0.113.9"), none);
+        let d = decide(&c, 0, ip("::ffff:203.0.113.9"), NOW, none);
         assert_eq!(
             d.kind,
             DestKind::Denied,
@@ -277,20 +490,23 @@ destinations = ["203.0.113.0/24"]
     #[test]
     fn monitor_flags_what_enforce_blocks() {
         let c = config(&BASE.replace("mode = \"enforce\"", "mode = \"monitor\""));
-        let d = decide(&c, "198.51.100.1".parse().unwrap(), |_| Some(cc("US")));
+        let d = decide(&c, 0, "198.51.100.1".parse().unwrap(), NOW, |_| {
+            Some(cc("US"))
+        });
         assert_eq!(d.verdict, Verdict::Flagged);
     }
 
     #[test]
     fn compiled_maps_carry_every_rule() {
         let c = config(BASE);
-        let k = compile(&c);
-        assert_eq!(k.policy.enforce, 1);
-        assert_eq!(k.policy.unknown_action, Action::Block as u8);
+        let k = compile(&c, NOW);
+        let p = k.policies[0];
+        assert_eq!(p.enforce, 1);
+        assert_eq!(p.unknown_action, Action::Block as u8);
         let de = cc("DE").index();
-        assert_ne!(k.policy.allowed[usize::from(de / 64)] & (1 << (de % 64)), 0);
+        assert_ne!(p.allowed[usize::from(de / 64)] & (1 << (de % 64)), 0);
         let us = cc("US").index();
-        assert_eq!(k.policy.allowed[usize::from(us / 64)] & (1 << (us % 64)), 0);
+        assert_eq!(p.allowed[usize::from(us / 64)] & (1 << (us % 64)), 0);
         let zurich = k
             .rules_v4
             .iter()

@@ -206,7 +206,9 @@ fn lookup_explains_each_verdict() {
         ("blocked".into(), "unknown".into())
     );
     assert!(
-        lines[4]["reasons"].to_string().contains("policy.unknown"),
+        lines[4]["reasons"]
+            .to_string()
+            .contains("unknown destinations"),
         "{}",
         lines[4]
     );
@@ -222,7 +224,7 @@ fn lookup_explains_each_verdict() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("verdict:    blocked"), "{text}");
-    assert!(text.contains("US is not in policy.allowed (EEA)"), "{text}");
+    assert!(text.contains("US is not allowed (EEA)"), "{text}");
     assert!(text.contains("AS64496 Example Inc"), "{text}");
 }
 

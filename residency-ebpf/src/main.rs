@@ -26,21 +26,28 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr},
-    btf_maps::{Array as BtfArray, HashOfMaps, LpmTrie as BtfLpmTrie},
+    btf_maps::{
+        Array as BtfArray, ArrayOfMaps, HashMap as BtfHashMap, HashOfMaps, LpmTrie as BtfLpmTrie,
+        lpm_trie::Key as BtfKey,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
+        },
     },
     macros::{btf_map, cgroup_sock_addr, map},
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::SockAddrContext,
 };
 use aya_log_ebpf::warn;
 use residency_common::{
     AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, ConnectEvent, DestKind,
-    DestRule, EventHeader, EventKind, FLAG_V4_MAPPED, GEO_GENERATIONS, GEO4_L1_ENTRIES,
-    GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive, Hook, IPPROTO_TCP, IPPROTO_UDP,
-    Ipv4Key, Ipv6Key, MAX_DEST_RULES, MAX_POLICIES, Policy, STAT_COUNT, Stat, Verdict,
+    DestRule, EventHeader, EventKind, ExceptionV4Key, ExceptionV6Key, FLAG_V4_MAPPED,
+    GEO_GENERATIONS, GEO4_L1_ENTRIES, GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive,
+    Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key, MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES,
+    MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES, MAX_PROCESS_POLICIES, Policy, PolicyActive,
+    STAT_COUNT, Stat, Verdict,
 };
 
 /// Return values of a `sock_addr` program.
@@ -65,16 +72,65 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-#[map(name = "POLICIES")]
-static POLICIES: Array<Policy> = Array::with_max_entries(MAX_POLICIES, 0);
+// Policy maps. A policy generation is one set of inner maps in slot
+// `generation & 1` of each outer array; POLICY_ACTIVE names the generation
+// in force. The daemon writes a new generation into the other slot and then
+// switches, and waits a grace period before it writes that slot again, so a
+// program that read POLICY_ACTIVE sees one consistent set. Array-of-maps
+// lookups are inlined by the verifier: the indirection costs nothing
+// measurable on the hot path.
+#[map(name = "POLICY_ACTIVE")]
+static POLICY_ACTIVE: Array<PolicyActive> = Array::with_max_entries(1, 0);
 
-#[map(name = "DEST_RULES_V4")]
-static DEST_RULES_V4: LpmTrie<Ipv4Key, DestRule> =
-    LpmTrie::with_max_entries(MAX_DEST_RULES, BPF_F_NO_PREALLOC);
+type PolicySlots<M> = ArrayOfMaps<M, 2>;
 
-#[map(name = "DEST_RULES_V6")]
-static DEST_RULES_V6: LpmTrie<Ipv6Key, DestRule> =
-    LpmTrie::with_max_entries(MAX_DEST_RULES, BPF_F_NO_PREALLOC);
+#[btf_map]
+static POLICIES: PolicySlots<BtfArray<Policy, { MAX_POLICIES as usize }>> = ArrayOfMaps::new();
+
+#[btf_map]
+static CGROUP_POLICY: PolicySlots<
+    BtfHashMap<u64, u32, { MAX_CGROUP_POLICIES as usize }, { BPF_F_NO_PREALLOC as usize }>,
+> = ArrayOfMaps::new();
+
+#[btf_map]
+static COMM_POLICY: PolicySlots<
+    BtfHashMap<[u8; 16], u32, { MAX_PROCESS_POLICIES as usize }, { BPF_F_NO_PREALLOC as usize }>,
+> = ArrayOfMaps::new();
+
+#[btf_map]
+static UID_POLICY: PolicySlots<
+    BtfHashMap<u32, u32, { MAX_PROCESS_POLICIES as usize }, { BPF_F_NO_PREALLOC as usize }>,
+> = ArrayOfMaps::new();
+
+#[btf_map]
+static DEST_RULES_V4: PolicySlots<
+    BtfLpmTrie<Ipv4Key, DestRule, { MAX_DEST_RULES as usize }, { BPF_F_NO_PREALLOC as usize }>,
+> = ArrayOfMaps::new();
+
+#[btf_map]
+static DEST_RULES_V6: PolicySlots<
+    BtfLpmTrie<Ipv6Key, DestRule, { MAX_DEST_RULES as usize }, { BPF_F_NO_PREALLOC as usize }>,
+> = ArrayOfMaps::new();
+
+#[btf_map]
+static EXCEPTIONS_V4: PolicySlots<
+    BtfLpmTrie<
+        ExceptionV4Key,
+        DestRule,
+        { MAX_EXCEPTIONS as usize },
+        { BPF_F_NO_PREALLOC as usize },
+    >,
+> = ArrayOfMaps::new();
+
+#[btf_map]
+static EXCEPTIONS_V6: PolicySlots<
+    BtfLpmTrie<
+        ExceptionV6Key,
+        DestRule,
+        { MAX_EXCEPTIONS as usize },
+        { BPF_F_NO_PREALLOC as usize },
+    >,
+> = ArrayOfMaps::new();
 
 // GeoIP tables. Each generation is a set of inner maps that the daemon builds
 // off to the side and then publishes by bumping GEO_ACTIVE; the previous
@@ -195,19 +251,26 @@ struct Finding {
     geo_gen: u32,
 }
 
+/// The policy that applies to the calling process, and where it came from.
+struct Applied<'a> {
+    policy: &'a Policy,
+    index: u32,
+    generation: u32,
+}
+
 fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u8) -> i32 {
-    // Every call is judged by a policy; index 0, the default, always exists
-    // (an array entry), so this lookup cannot miss.
-    let Some(policy) = POLICIES.get(0) else {
+    let Some(applied) = applied_policy() else {
+        // No policy loaded yet: the daemon loads one before it attaches,
+        // so this does not happen; allow and report nothing.
         return ALLOW;
     };
-    let finding = classify(ctx, dest, policy);
+    let finding = classify(ctx, dest, &applied);
     let verdict = match finding.action {
         Action::Allow => Verdict::Allowed,
-        Action::Block if may_block() && policy.enforce != 0 => Verdict::Blocked,
+        Action::Block if may_block() && applied.policy.enforce != 0 => Verdict::Blocked,
         Action::Flag | Action::Block | Action::Judge => Verdict::Flagged,
     };
-    report(ctx, hook, dest, port_be, flags, verdict, &finding);
+    report(ctx, hook, dest, port_be, flags, verdict, &finding, &applied);
     if matches!(verdict, Verdict::Blocked) {
         DENY
     } else {
@@ -215,27 +278,117 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
     }
 }
 
-/// Rules first (deny rules, internal networks, local ranges), then the
-/// `GeoIP` tables.
+/// The caller's policy: by cgroup (the nearest listed cgroup, walking up
+/// from the caller's own), then by process name, then by uid, else the
+/// default (index 0).
 #[inline(always)]
-fn classify(ctx: &SockAddrContext, dest: &Dest, policy: &Policy) -> Finding {
-    let rule = match dest {
-        Dest::V4(a) => DEST_RULES_V4.get(Key::new(32, *a)),
-        Dest::V6(a) => DEST_RULES_V6.get(Key::new(128, *a)),
+fn applied_policy() -> Option<Applied<'static>> {
+    let generation = POLICY_ACTIVE.get(0)?.generation;
+    let slot = generation & 1;
+    let policies = POLICIES.get(slot)?;
+    let index = policy_index(slot).unwrap_or(0);
+    let policy = policies.get(index).or_else(|| policies.get(0))?;
+    Some(Applied {
+        policy,
+        index,
+        generation,
+    })
+}
+
+#[inline(always)]
+fn policy_index(slot: u32) -> Option<u32> {
+    if let Some(by_cgroup) = CGROUP_POLICY.get(slot) {
+        // The caller's own cgroup first (the common case: a workload's
+        // processes sit in its cgroup), then its ancestors, deepest first.
+        // SAFETY: helper calls without pointer arguments.
+        let own = unsafe { bpf_get_current_cgroup_id() };
+        // SAFETY: the inner map is read only through helpers.
+        if let Some(&i) = unsafe { by_cgroup.get(own) } {
+            return Some(i);
+        }
+        let mut level = MAX_CGROUP_DEPTH;
+        while level > 0 {
+            #[expect(clippy::cast_possible_wrap, reason = "levels are small")]
+            // SAFETY: as above.
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+            if id != 0 && id != own {
+                // SAFETY: as above.
+                if let Some(&i) = unsafe { by_cgroup.get(id) } {
+                    return Some(i);
+                }
+            }
+            level -= 1;
+        }
+    }
+    if let (Some(by_comm), Ok(comm)) = (COMM_POLICY.get(slot), bpf_get_current_comm()) {
+        // SAFETY: as above.
+        if let Some(&i) = unsafe { by_comm.get(comm) } {
+            return Some(i);
+        }
+    }
+    if let Some(by_uid) = UID_POLICY.get(slot) {
+        #[expect(clippy::cast_possible_truncation, reason = "the uid is the low half")]
+        let uid = bpf_get_current_uid_gid() as u32;
+        // SAFETY: as above.
+        if let Some(&i) = unsafe { by_uid.get(uid) } {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Deny rules first; then the policy's exceptions; then internal networks
+/// and local ranges; then the `GeoIP` tables.
+#[inline(always)]
+fn classify(ctx: &SockAddrContext, dest: &Dest, applied: &Applied<'_>) -> Finding {
+    let slot = applied.generation & 1;
+    #[expect(clippy::cast_possible_truncation, reason = "at most MAX_POLICIES")]
+    let index = (applied.index as u16).to_be_bytes();
+    let (rule, exception) = match dest {
+        Dest::V4(a) => (
+            DEST_RULES_V4
+                .get(slot)
+                .and_then(|m| m.get(&BtfKey::new(32, *a)).copied()),
+            EXCEPTIONS_V4.get(slot).and_then(|m| {
+                let key = [index[0], index[1], a[0], a[1], a[2], a[3], 0, 0];
+                m.get(&BtfKey::new(48, key)).copied()
+            }),
+        ),
+        Dest::V6(a) => (
+            DEST_RULES_V6
+                .get(slot)
+                .and_then(|m| m.get(&BtfKey::new(128, *a)).copied()),
+            EXCEPTIONS_V6.get(slot).and_then(|m| {
+                let mut key = [0u8; 20];
+                key[0] = index[0];
+                key[1] = index[1];
+                let mut i = 0;
+                while i < 16 {
+                    key[i + 2] = a[i];
+                    i += 1;
+                }
+                m.get(&BtfKey::new(144, key)).copied()
+            }),
+        ),
     };
-    if let Some(rule) = rule {
-        let kind = kind_of(rule.kind);
-        let action = match action_of(ctx, rule) {
-            Action::Judge => judge(policy, rule.country),
-            a => a,
-        };
+    let policy = applied.policy;
+    if let Some(rule) = rule
+        && rule.kind == DestKind::Denied as u8
+    {
+        return from_rule(ctx, &rule, DestKind::Denied, policy);
+    }
+    if let Some(exc) = exception {
         return Finding {
-            kind,
-            action,
-            rule_id: rule.rule_id,
-            country: rule.country,
+            kind: DestKind::Exception,
+            action: Action::Allow,
+            rule_id: exc.rule_id,
+            country: exc.country,
             geo_gen: 0,
         };
+    }
+    if let Some(rule) = rule {
+        let kind = kind_of(rule.kind);
+        return from_rule(ctx, &rule, kind, policy);
     }
     let (country, geo_gen) = match dest {
         Dest::V4(a) => geo_v4(u32::from_be_bytes(*a)),
@@ -251,6 +404,21 @@ fn classify(ctx: &SockAddrContext, dest: &Dest, policy: &Policy) -> Finding {
         rule_id: 0,
         country,
         geo_gen,
+    }
+}
+
+#[inline(always)]
+fn from_rule(ctx: &SockAddrContext, rule: &DestRule, kind: DestKind, policy: &Policy) -> Finding {
+    let action = match action_of(ctx, rule) {
+        Action::Judge => judge(policy, rule.country),
+        a => a,
+    };
+    Finding {
+        kind,
+        action,
+        rule_id: rule.rule_id,
+        country: rule.country,
+        geo_gen: 0,
     }
 }
 
@@ -288,6 +456,7 @@ fn kind_of(k: u8) -> DestKind {
     match k {
         k if k == DestKind::Local as u8 => DestKind::Local,
         k if k == DestKind::Internal as u8 => DestKind::Internal,
+        k if k == DestKind::Exception as u8 => DestKind::Exception,
         _ => DestKind::Denied,
     }
 }
@@ -376,7 +545,7 @@ fn geo_v6(addr: &[u8; 16]) -> (u16, u32) {
         let Some(trie) = (unsafe { GEO6.get(&generation) }) else {
             continue;
         };
-        let key = aya_ebpf::btf_maps::lpm_trie::Key::new(128, *addr);
+        let key = BtfKey::new(128, *addr);
         return (trie.get(&key).copied().unwrap_or(0), generation);
     }
     (0, 0)
@@ -390,6 +559,10 @@ fn may_block() -> bool {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one record, from the pieces of one decision"
+)]
 fn report(
     ctx: &SockAddrContext,
     hook: Hook,
@@ -398,6 +571,7 @@ fn report(
     flags: u8,
     verdict: Verdict,
     finding: &Finding,
+    applied: &Applied<'_>,
 ) {
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count(Stat::Dropped);
@@ -439,10 +613,11 @@ fn report(
         verdict: verdict as u8,
         flags,
         dest_kind: finding.kind as u8,
-        policy: 0,
+        #[expect(clippy::cast_possible_truncation, reason = "at most MAX_POLICIES")]
+        policy: applied.index as u16,
         daddr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        _pad: [0; 4],
+        policy_gen: applied.generation,
     });
     let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes() {
         BPF_RB_FORCE_WAKEUP

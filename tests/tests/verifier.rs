@@ -37,9 +37,10 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
         let config = Config::from_toml(toml, name)?;
         let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
         assert!(!target.is_root, "tests attach only to their own cgroup");
-        let compiled = residency_daemon::policy::compile(&config);
-        let (k, _geo, _) = kernel::start(&config, &compiled, target, None)
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
+        let k = kernel::start(&config, &compiled, &[], target, None)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+            .kernel;
         assert_eq!(k.attached.may_block, config.may_block(), "{name}");
         if let Some(progs) = bpftool_attached(&cg)? {
             let mut kinds: Vec<&str> = progs
@@ -84,13 +85,15 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
     for mode in ["monitor", "enforce"] {
         let cg = TestCgroup::new("pruned")?;
         let config = Config::from_toml(&format!("mode = \"{mode}\"\n{rules}"), mode)?;
-        let compiled = residency_daemon::policy::compile(&config);
-        let (k, _geo, _) = kernel::start(
+        let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
+        let k = kernel::start(
             &config,
             &compiled,
+            &[],
             kernel::CgroupTarget::resolve(&mount, &cg.path)?,
             None,
-        )?;
+        )?
+        .kernel;
         let Some(s) = bpftool_xlated_bytes(&cg)? else {
             eprintln!("SKIPPED monitor_mode_programs_have_no_deny_path: bpftool is not installed");
             return Ok(());

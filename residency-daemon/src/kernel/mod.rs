@@ -11,6 +11,7 @@
 //! killed leaves nothing attached behind it.
 
 mod geo;
+mod policy;
 mod probe;
 mod ring;
 
@@ -23,12 +24,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{MapData, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
 };
 pub use geo::{GeoMaps, Installed};
+pub use policy::{GRACE, PolicyMaps};
 pub use probe::{Features, probe};
-use residency_common::{DestRule, Policy, Stat, names};
+use residency_common::{Stat, names};
 pub use ring::{DecodeError, EventRing, decode};
 use tracing::{debug, info, warn};
 
@@ -353,19 +355,33 @@ pub type GeoTables<'a> = (
     &'a [(ipnet::Ipv6Net, geoip::CountryCode)],
 );
 
-/// Loads the programs, fills their maps from `compiled` (and the `GeoIP`
-/// tables from `geo`, when there are any), and only then attaches them to
+/// What [`start`] hands back: the running kernel side, and the maps that
+/// later reloads swap.
+pub struct Started {
+    pub kernel: Kernel,
+    pub geo: GeoMaps,
+    pub policy: PolicyMaps,
+    /// The first `GeoIP` generation, when there were tables.
+    pub geo_installed: Option<Installed>,
+    /// The first policy generation.
+    pub policy_generation: u32,
+}
+
+/// Loads the programs, installs the first policy generation (`compiled`,
+/// with the cgroups that select workloads) and the first `GeoIP` tables
+/// (`geo`, when there are any), and only then attaches the programs to
 /// `target`, so that the first call they see is judged with everything in
-/// place. Returns the `GeoIP` maps separately, for whoever swaps tables.
+/// place.
 ///
 /// # Errors
 /// A [`KernelError`] that says in one line why it could not be done.
 pub fn start(
     config: &Config,
     compiled: &Compiled,
+    cgroups: &[(u64, u32)],
     target: CgroupTarget,
     geo: Option<GeoTables<'_>>,
-) -> Result<(Kernel, GeoMaps, Option<Installed>), KernelError> {
+) -> Result<Started, KernelError> {
     if OBJECT.is_empty() {
         return Err(KernelError::NotBuilt);
     }
@@ -387,7 +403,8 @@ pub fn start(
         }
     };
 
-    fill_maps(&mut ebpf, compiled)?;
+    let mut policy_maps = PolicyMaps::take(&mut ebpf)?;
+    let policy_generation = policy_maps.install(compiled, cgroups)?;
     let mut geo_maps = GeoMaps::take(&mut ebpf)?;
     let installed = match geo {
         Some((v4, v6)) => Some(geo_maps.install(v4, v6)?),
@@ -436,8 +453,8 @@ pub fn start(
     if may_block && target.is_root {
         warn!("enforcing on the cgroup2 root: deny rules apply to every process on this host");
     }
-    Ok((
-        Kernel {
+    Ok(Started {
+        kernel: Kernel {
             attached: Attached {
                 ebpf: Some(ebpf),
                 target,
@@ -447,9 +464,11 @@ pub fn start(
             counters: CounterReader { stats },
             logger,
         },
-        geo_maps,
-        installed,
-    ))
+        geo: geo_maps,
+        policy: policy_maps,
+        geo_installed: installed,
+        policy_generation,
+    })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> {
@@ -457,50 +476,4 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> 
         doing: format!("finding map {name}"),
         source: "not in the kernel object".into(),
     })
-}
-
-fn fill_maps(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), KernelError> {
-    let map_err = |name: &str| {
-        let name = name.to_owned();
-        move |e| KernelError::from_aya(format!("writing map {name}"), e)
-    };
-    let missing = |name: &str| KernelError::Aya {
-        doing: format!("finding map {name}"),
-        source: "not in the kernel object".into(),
-    };
-    {
-        let map = ebpf
-            .map_mut(names::POLICIES)
-            .ok_or_else(|| missing(names::POLICIES))?;
-        let mut policies: Array<&mut MapData, Policy> =
-            Array::try_from(map).map_err(map_err(names::POLICIES))?;
-        policies
-            .set(0, compiled.policy, 0)
-            .map_err(map_err(names::POLICIES))?;
-    }
-
-    let [v4, v6] = ebpf.maps_disjoint_mut([names::DEST_RULES_V4, names::DEST_RULES_V6]);
-    let mut v4: LpmTrie<&mut MapData, [u8; 4], DestRule> =
-        LpmTrie::try_from(v4.ok_or_else(|| missing(names::DEST_RULES_V4))?)
-            .map_err(map_err(names::DEST_RULES_V4))?;
-    let mut v6: LpmTrie<&mut MapData, [u8; 16], DestRule> =
-        LpmTrie::try_from(v6.ok_or_else(|| missing(names::DEST_RULES_V6))?)
-            .map_err(map_err(names::DEST_RULES_V6))?;
-    for (n, value) in &compiled.rules_v4 {
-        v4.insert(
-            &Key::new(u32::from(n.prefix_len()), n.network().octets()),
-            *value,
-            0,
-        )
-        .map_err(map_err(names::DEST_RULES_V4))?;
-    }
-    for (n, value) in &compiled.rules_v6 {
-        v6.insert(
-            &Key::new(u32::from(n.prefix_len()), n.network().octets()),
-            *value,
-            0,
-        )
-        .map_err(map_err(names::DEST_RULES_V6))?;
-    }
-    Ok(())
 }

@@ -13,18 +13,7 @@ use serde::{Serialize, Serializer};
 use serde_json::json;
 
 use super::{Record, StartInfo, StopInfo};
-use crate::enrich::Flow;
-
-/// Names rules by id (0 is the default); the config provides it.
-pub trait RuleNames {
-    fn rule_name(&self, id: u32) -> Option<&str>;
-}
-
-impl RuleNames for crate::config::Config {
-    fn rule_name(&self, id: u32) -> Option<&str> {
-        crate::config::Config::rule_name(self, id)
-    }
-}
+use crate::{config::Config, enrich::Flow};
 
 /// Appends `record` as one line of JSON (with its newline) to `out`.
 ///
@@ -32,14 +21,17 @@ impl RuleNames for crate::config::Config {
 /// Only if serialisation fails, which for these types means a bug.
 pub fn encode_line(
     record: &Record,
-    rules: &dyn RuleNames,
-    mode: &str,
+    fallback: &Config,
     out: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     // Flows carry the kernel's time; the rest are stamped when written.
     let now = jiff::Timestamp::now;
     match record {
-        Record::Flow(flow) => serde_json::to_writer(&mut *out, &FlowDoc::new(flow, rules, mode))?,
+        Record::Flow(flow) => {
+            // Explained with the configuration that decided it.
+            let config = flow.policy_config.as_ref().map_or(fallback, |d| &*d.0);
+            serde_json::to_writer(&mut *out, &FlowDoc::new(flow, config))?;
+        }
         Record::Started(info) => serde_json::to_writer(&mut *out, &started(info, now()))?,
         Record::Stopped(info) => serde_json::to_writer(&mut *out, &stopped(info, now()))?,
         Record::Lost { count, total } => serde_json::to_writer(
@@ -248,10 +240,40 @@ struct Residency<'a> {
     country: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     geoip: Option<GeoIpUsed<'a>>,
+    policy: PolicyUsed<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload: Option<WorkloadFields<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tenants: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exception: Option<ExceptionFields<'a>>,
     cgroup_id: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     v4_mapped: bool,
     boot_ns: u64,
+}
+
+/// Which configuration decided: its hash is the policy version.
+#[derive(Serialize)]
+struct PolicyUsed<'a> {
+    generation: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    hash: &'a str,
+    index: u16,
+}
+
+#[derive(Serialize)]
+struct WorkloadFields<'a> {
+    name: &'a str,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+struct ExceptionFields<'a> {
+    name: &'a str,
+    basis: &'static str,
+    justification: &'a str,
+    expires: jiff::Timestamp,
 }
 
 /// Which database decided: the version evidence must carry.
@@ -263,7 +285,13 @@ struct GeoIpUsed<'a> {
 }
 
 impl<'a> FlowDoc<'a> {
-    fn new(flow: &'a Flow, rules: &'a dyn RuleNames, mode: &'a str) -> Self {
+    #[expect(clippy::too_many_lines, reason = "one record, field by field")]
+    fn new(flow: &'a Flow, config: &'a Config) -> Self {
+        let workload = config.workload_of(flow.policy);
+        let mode = workload.map_or(config.mode, |w| w.mode).as_str();
+        let exception = (flow.dest_kind == DestKind::Exception)
+            .then(|| config.exception(flow.rule_id))
+            .flatten();
         let (kind_type, outcome) = match flow.verdict {
             Verdict::Blocked => (["connection", "denied"], "failure"),
             Verdict::Allowed | Verdict::Flagged => (["connection", "allowed"], "success"),
@@ -321,7 +349,7 @@ impl<'a> FlowDoc<'a> {
             group: Id(flow.gid),
             rule: Rule {
                 id: AsStr(&flow.rule_id),
-                name: rules.rule_name(flow.rule_id).unwrap_or("unknown"),
+                name: config.rule_name(flow.rule_id).unwrap_or("unknown"),
                 ruleset: "residency",
             },
             residency: Residency {
@@ -339,6 +367,25 @@ impl<'a> FlowDoc<'a> {
                         database: &v.database_type,
                         build_epoch: v.build_epoch,
                     }),
+                policy: PolicyUsed {
+                    generation: flow.policy_gen,
+                    hash: flow
+                        .policy_config
+                        .as_ref()
+                        .map_or("", |d| d.0.hash.as_str()),
+                    index: flow.policy,
+                },
+                workload: workload.map(|w| WorkloadFields {
+                    name: &w.name,
+                    role: w.role.as_str(),
+                }),
+                tenants: workload.map_or(&[], |w| w.tenants.as_slice()),
+                exception: exception.map(|e| ExceptionFields {
+                    name: &e.name,
+                    basis: e.basis.as_str(),
+                    justification: &e.justification,
+                    expires: e.expires,
+                }),
                 cgroup_id: flow.cgroup_id,
                 v4_mapped: flow.v4_mapped,
                 boot_ns: flow.boot_ns,
@@ -364,6 +411,7 @@ pub fn kind_str(k: DestKind) -> &'static str {
         DestKind::Denied => "denied",
         DestKind::Local => "local",
         DestKind::Internal => "internal",
+        DestKind::Exception => "exception",
     }
 }
 
@@ -382,15 +430,13 @@ mod tests {
     use super::*;
     use crate::enrich::Transport;
 
-    struct Names;
-    impl RuleNames for Names {
-        fn rule_name(&self, id: u32) -> Option<&str> {
-            match id {
-                0 => Some("geoip"),
-                2 => Some("no-us-llm"),
-                _ => None,
-            }
-        }
+    fn names() -> Config {
+        Config::from_toml(
+            "mode = \"enforce\"\n[kernel]\ncgroup = \"/w\"\n[[deny]]\nname = \"other\"\ndestinations = [\"192.0.2.0/24\"]\n\
+             [[deny]]\nname = \"no-us-llm\"\ndestinations = [\"198.51.100.0/24\"]\n",
+            "t",
+        )
+        .unwrap()
     }
 
     fn flow() -> Flow {
@@ -415,12 +461,15 @@ mod tests {
             geo_gen: 0,
             geo_version: None,
             detail: None,
+            policy: 0,
+            policy_gen: 1,
+            policy_config: None,
         }
     }
 
     fn encode(r: &Record) -> serde_json::Value {
         let mut out = Vec::new();
-        encode_line(r, &Names, "enforce", &mut out).unwrap();
+        encode_line(r, &names(), &mut out).unwrap();
         assert_eq!(out.last(), Some(&b'\n'));
         assert_eq!(
             out.split(|&b| b == b'\n').count() - 1,

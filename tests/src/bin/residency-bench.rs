@@ -184,8 +184,9 @@ fn main() -> anyhow::Result<()> {
                     let mount = residency_tests::cgroup2_mount()?;
                     let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
                     let _guard = runtime.enter();
-                    let compiled = residency_daemon::policy::compile(&config);
-                    let (k, _geo, _) = kernel::start(&config, &compiled, target, None)?;
+                    let compiled =
+                        residency_daemon::policy::compile(&config, jiff::Timestamp::now());
+                    let k = kernel::start(&config, &compiled, &[], target, None)?.kernel;
                     let drain = runtime.spawn(discard(k.events));
                     let t = storm(&cg, Op::Tcp(listener.tcp), connects)?;
                     let u = storm(&cg, Op::Udp(listener.udp), sends)?;
@@ -490,7 +491,7 @@ local_networks = ["10.0.0.0/8"]
         let runtime = tokio::runtime::Runtime::new()?;
         let _enter = runtime.enter();
         let config = Config::from_toml(CONFIG, "bench")?;
-        let compiled = policy::compile(&config);
+        let compiled = policy::compile(&config, jiff::Timestamp::now());
         let mount = residency_tests::cgroup2_mount()?;
         let mut prepare_ms = Vec::new();
         let mut load_ms = Vec::new();
@@ -502,7 +503,8 @@ local_networks = ["10.0.0.0/8"]
             let p = geo::prepare(db, None)?;
             prepare_ms.push(p.elapsed.as_secs_f64() * 1e3);
             let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
-            let (k, mut maps, _) = kernel::start(&config, &compiled, target, None)?;
+            let started = kernel::start(&config, &compiled, &[], target, None)?;
+            let (k, mut maps) = (started.kernel, started.geo);
             settle();
             let before = kernel_memory_now()?;
             let installed = maps.install(&p.v4, &p.v6)?;

@@ -1,0 +1,361 @@
+//! The control path at run time: a new configuration (SIGHUP, or the file
+//! changed), exceptions expiring, and cgroups appearing or going.
+//!
+//! A new configuration is validated and compiled off to the side and
+//! installed as a new policy generation in one switch ([`PolicyMaps`]). A
+//! file that fails validation is refused with a `policy-refused` record and
+//! the policy in force stays: nothing but a valid file changes it. No API
+//! and no signal can loosen a running policy by itself.
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use inotify::{EventMask, Inotify, WatchMask};
+use tokio::sync::{mpsc::UnboundedSender, watch};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, ConfigError},
+    geo::FileIdentity,
+    kernel::PolicyMaps,
+    policy::{self, Versions},
+    sinks::{Note, Record},
+    workloads::{self, Tree},
+};
+
+/// Refuses a configuration file that anyone but root could change: the
+/// policy is only as trustworthy as the file it comes from.
+///
+/// # Errors
+/// A [`ConfigError`] saying who can write it and how to fix that.
+pub fn check_ownership(path: &Path) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError {
+        file: path.display().to_string(),
+        line: None,
+        field: String::new(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
+    let mode = meta.permissions().mode();
+    if meta.uid() != 0 {
+        return Err(err(format!(
+            "is owned by uid {}, not root: whoever owns it can change the policy; \
+             `chown root:root` it (or pass --allow-insecure-config while developing)",
+            meta.uid()
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(err(format!(
+            "is writable by its group or by everyone (mode {:o}); `chmod go-w` it \
+             (or pass --allow-insecure-config while developing)",
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Everything the control task owns.
+pub struct Control {
+    pub maps: Option<PolicyMaps>,
+    /// The configuration file (`None`: the built-in one, never reloaded).
+    pub path: Option<PathBuf>,
+    pub identity: FileIdentity,
+    pub current: Arc<Config>,
+    /// Whether the programs were loaded able to block.
+    pub may_block: bool,
+    pub check_ownership: bool,
+    pub tree: Tree,
+    pub versions: Arc<Versions>,
+    pub notes: UnboundedSender<Record>,
+    pub reload: watch::Receiver<u64>,
+    pub interval: Duration,
+}
+
+/// Runs until `shutdown` changes.
+pub async fn run(mut c: Control, mut shutdown: watch::Receiver<bool>) {
+    let mut events = match watch_tree(c.tree.mount()) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            warn!(
+                "cannot watch the cgroup tree ({e}); new cgroups are picked up at the next reload"
+            );
+            None
+        }
+    };
+    loop {
+        let now = jiff::Timestamp::now();
+        let until_expiry = policy::next_expiry(&c.current, now)
+            .and_then(|t| Duration::try_from(t.duration_since(now)).ok())
+            .unwrap_or(Duration::from_hours(24));
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            r = c.reload.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                c = reload(c, "SIGHUP").await;
+            }
+            () = tokio::time::sleep(c.interval) => {
+                if let Some(path) = &c.path
+                    && FileIdentity::of(path) != c.identity
+                {
+                    c = reload(c, "the file changed").await;
+                }
+            }
+            () = tokio::time::sleep(until_expiry) => {
+                c = reinstall_for_expiry(c).await;
+            }
+            ev = next_event(&mut events) => {
+                if let Some((mask, dir)) = ev {
+                    cgroup_event(&mut c, &mut events, mask, &dir);
+                }
+            }
+        }
+    }
+}
+
+type Events = (
+    inotify::EventStream<Vec<u8>>,
+    std::collections::HashMap<inotify::WatchDescriptor, PathBuf>,
+);
+
+fn watch_tree(mount: &Path) -> std::io::Result<Events> {
+    let inotify = Inotify::init()?;
+    let stream = inotify.into_event_stream(vec![0u8; 16 * 1024])?;
+    let mut dirs = std::collections::HashMap::new();
+    for c in workloads::scan(mount) {
+        let dir = mount.join(c.path.trim_start_matches('/'));
+        if let Ok(wd) = stream.watches().add(&dir, mask()) {
+            dirs.insert(wd, dir);
+        }
+    }
+    Ok((stream, dirs))
+}
+
+fn mask() -> WatchMask {
+    WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR | WatchMask::DONT_FOLLOW
+}
+
+async fn next_event(events: &mut Option<Events>) -> Option<(EventMask, PathBuf)> {
+    let Some((stream, dirs)) = events.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        let ev = stream.next().await?.ok()?;
+        if !ev.mask.contains(EventMask::ISDIR) {
+            continue;
+        }
+        let (Some(parent), Some(name)) = (dirs.get(&ev.wd), ev.name) else {
+            continue;
+        };
+        return Some((ev.mask, parent.join(name)));
+    }
+}
+
+fn cgroup_event(c: &mut Control, events: &mut Option<Events>, mask: EventMask, dir: &Path) {
+    if mask.contains(EventMask::CREATE) {
+        // The directory and anything made under it before the watch took.
+        for sub in workloads::scan(dir) {
+            let sub_dir = dir.join(sub.path.trim_start_matches('/'));
+            if let Some((stream, dirs)) = events.as_mut()
+                && let Ok(wd) = stream.watches().add(&sub_dir, mask_fn())
+            {
+                dirs.insert(wd, sub_dir.clone());
+            }
+            let Some(cg) = c.tree.added(&sub_dir) else {
+                continue;
+            };
+            if let Some(index) = workloads::workload_for(&c.current, &cg.path)
+                && let Some(maps) = c.maps.as_mut()
+            {
+                match maps.add_cgroup(cg.id, index) {
+                    Ok(()) => {
+                        info!(cgroup = %cg.path, workload = ?c.current.workload_of(u16::try_from(index).unwrap_or(0)).map(|w| &w.name), "new cgroup selects a workload");
+                    }
+                    Err(e) => {
+                        warn!(cgroup = %cg.path, "cannot add a cgroup to the policy maps: {e}");
+                    }
+                }
+            }
+        }
+    } else if mask.contains(EventMask::DELETE)
+        && let Some(id) = c.tree.removed(dir)
+        && let Some(maps) = c.maps.as_mut()
+    {
+        maps.remove_cgroup(id);
+    }
+}
+
+fn mask_fn() -> WatchMask {
+    mask()
+}
+
+fn note(
+    action: &'static str,
+    kind: &'static str,
+    message: String,
+    fields: serde_json::Value,
+) -> Record {
+    Record::Note(Box::new(Note {
+        action,
+        kind,
+        message,
+        fields,
+    }))
+}
+
+async fn reload(mut c: Control, why: &str) -> Control {
+    let Some(path) = c.path.clone() else {
+        info!("{why}: the built-in configuration is in force; there is no file to reload");
+        return c;
+    };
+    c.identity = FileIdentity::of(&path);
+    let refused = |c: &Control, error: String| {
+        warn!(path = %path.display(), "new configuration refused, the policy in force stays: {error}");
+        let _ = c.notes.send(note(
+            "policy-refused",
+            "pipeline_error",
+            format!("configuration {} was refused; the policy in force stays: {error}", path.display()),
+            serde_json::json!({ "policy": { "path": path.display().to_string(), "error": error, "hash_in_force": c.current.hash } }),
+        ));
+    };
+    if c.check_ownership
+        && let Err(e) = check_ownership(&path)
+    {
+        refused(&c, e.to_string());
+        return c;
+    }
+    let config = match Config::from_file(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            refused(&c, e.to_string());
+            return c;
+        }
+    };
+    if config.may_block() && !c.may_block {
+        refused(
+            &c,
+            "it enforces, but the running programs were loaded in monitor mode, with blocking \
+             compiled out; restart the daemon to enforce"
+                .to_owned(),
+        );
+        return c;
+    }
+    if config.kernel.cgroup != c.current.kernel.cgroup {
+        warn!("kernel.cgroup changed; the programs stay attached where they are until a restart");
+    }
+    install(c, Arc::new(config), "policy-loaded").await
+}
+
+async fn reinstall_for_expiry(c: Control) -> Control {
+    let now = jiff::Timestamp::now();
+    let expiring: Vec<String> = c
+        .current
+        .exceptions
+        .iter()
+        .filter(|e| !e.in_force(now))
+        .map(|e| e.name.clone())
+        .collect();
+    for name in &expiring {
+        warn!(exception = %name, "exception expired: it no longer applies");
+    }
+    let current = c.current.clone();
+    let c = install(c, current, "exception-expired").await;
+    let _ = &expiring;
+    c
+}
+
+async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> Control {
+    let Some(maps) = c.maps.take() else {
+        return c;
+    };
+    let now = jiff::Timestamp::now();
+    let compiled = policy::compile(&config, now);
+    let cgroups = workloads::assignments(&config, &c.tree.rescan());
+    let number = maps.next_generation();
+    // Known before the switch: the first records of the new generation
+    // must already find their configuration.
+    c.versions.add(number, config.clone());
+    let started = std::time::Instant::now();
+    let compiled_for_install = compiled.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut maps = maps;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            maps.install(&compiled_for_install, &cgroups)
+        }));
+        (maps, r)
+    })
+    .await;
+    let outcome = match result {
+        Ok((maps, r)) => {
+            c.maps = Some(maps);
+            r.map_err(|_| "the loader panicked".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+        Err(_) => return c,
+    };
+    match outcome {
+        Ok(generation) => {
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            info!(generation, hash = %config.hash, ms, "{action}: policy generation installed");
+            let _ = c
+                .notes
+                .send(loaded_note(action, &config, generation, &compiled, ms));
+            c.current = config;
+        }
+        Err(e) => {
+            c.versions.remove(number);
+            warn!("policy not installed, the one in force stays: {e}");
+            let _ = c.notes.send(note(
+                "policy-refused",
+                "pipeline_error",
+                format!("the new policy could not be loaded into the kernel; the policy in force stays: {e}"),
+                serde_json::json!({ "policy": { "error": e, "hash_in_force": c.current.hash } }),
+            ));
+        }
+    }
+    c
+}
+
+/// The record of a policy generation taking effect.
+#[must_use]
+pub fn loaded_note(
+    action: &'static str,
+    config: &Config,
+    generation: u32,
+    compiled: &policy::Compiled,
+    ms: u64,
+) -> Record {
+    note(
+        action,
+        "state",
+        format!(
+            "policy {} (generation {generation}) is in force: {} tenant(s), {} workload(s){}",
+            &config.hash[..12.min(config.hash.len())],
+            config.tenants.len(),
+            config.workloads.len(),
+            if compiled.expired.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; expired exceptions no longer apply: {}",
+                    compiled.expired.join(", ")
+                )
+            }
+        ),
+        serde_json::json!({ "policy": {
+            "hash": config.hash,
+            "generation": generation,
+            "source": config.source,
+            "tenants": config.tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+            "workloads": config.workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
+            "exceptions_expired": compiled.expired,
+            "load_ms": ms,
+        }}),
+    )
+}

@@ -1,0 +1,201 @@
+//! The workload stage: which cgroups select which workload, kept current
+//! as cgroups come and go.
+//!
+//! The kernel keys policies by cgroup id and walks up to the nearest listed
+//! ancestor, so only the cgroups a selector names directly are listed; a
+//! container or scope created under a workload's cgroup is covered from its
+//! first call, with no help from here. What this module adds is cgroups
+//! that match a selector by themselves (a glob over pod cgroups, a unit that
+//! starts later): a scan at start and at every policy load, and inotify on
+//! the whole cgroup2 tree in between.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::config::Config;
+
+/// One cgroup directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub id: u64,
+    /// Relative to the cgroup2 mount, `/`-rooted (as in `/proc/PID/cgroup`).
+    pub path: String,
+}
+
+/// Every cgroup under `mount` (including the root), depth first. Unreadable
+/// directories are skipped: a cgroup removed during the walk is no error.
+#[must_use]
+pub fn scan(mount: &Path) -> Vec<Cgroup> {
+    let mut out = Vec::new();
+    let mut stack = vec![mount.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        out.push(Cgroup {
+            id: meta.ino(),
+            path: relative(mount, &dir),
+        });
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// `/`-rooted path of `dir` relative to `mount`.
+#[must_use]
+pub fn relative(mount: &Path, dir: &Path) -> String {
+    let rel = dir.strip_prefix(mount).unwrap_or(Path::new(""));
+    format!("/{}", rel.display())
+}
+
+/// The workload (policy index, from 1) a cgroup selects by itself, if any:
+/// the first workload in the configuration whose cgroup or unit selector
+/// matches.
+#[must_use]
+pub fn workload_for(config: &Config, path: &str) -> Option<u32> {
+    config
+        .workloads
+        .iter()
+        .position(|w| w.selectors.matches_cgroup(path))
+        .and_then(|i| u32::try_from(i + 1).ok())
+}
+
+/// `(cgroup id, policy index)` for every cgroup that selects a workload.
+#[must_use]
+pub fn assignments(config: &Config, cgroups: &[Cgroup]) -> Vec<(u64, u32)> {
+    cgroups
+        .iter()
+        .filter_map(|c| workload_for(config, &c.path).map(|i| (c.id, i)))
+        .collect()
+}
+
+/// Knows the cgroup tree: id -> path, for records, and watches for changes.
+pub struct Tree {
+    mount: PathBuf,
+    by_id: HashMap<u64, String>,
+}
+
+impl Tree {
+    /// Scans the tree now.
+    #[must_use]
+    pub fn new(mount: &Path) -> Self {
+        let mut t = Tree {
+            mount: mount.to_path_buf(),
+            by_id: HashMap::new(),
+        };
+        t.rescan();
+        t
+    }
+
+    pub fn rescan(&mut self) -> Vec<Cgroup> {
+        let all = scan(&self.mount);
+        self.by_id = all.iter().map(|c| (c.id, c.path.clone())).collect();
+        all
+    }
+
+    #[must_use]
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// The path of a cgroup id, rescanning once if it is new (a cgroup
+    /// first seen in an event).
+    pub fn path_of(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        self.rescan();
+        self.by_id.get(&id).cloned()
+    }
+
+    /// Records a new directory; returns its cgroup.
+    pub fn added(&mut self, dir: &Path) -> Option<Cgroup> {
+        let id = std::fs::metadata(dir).ok()?.ino();
+        let path = relative(&self.mount, dir);
+        self.by_id.insert(id, path.clone());
+        Some(Cgroup { id, path })
+    }
+
+    /// Forgets a removed directory; returns its id if it was known.
+    pub fn removed(&mut self, dir: &Path) -> Option<u64> {
+        let path = relative(&self.mount, dir);
+        let id = self
+            .by_id
+            .iter()
+            .find(|(_, p)| **p == path)
+            .map(|(id, _)| *id)?;
+        self.by_id.remove(&id);
+        Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_and_matches_by_glob_and_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for p in [
+            "system.slice/crm.service",
+            "system.slice/other.service",
+            "kubepods/pod-a/c1",
+            "kubepods/pod-b/c2",
+        ] {
+            std::fs::create_dir_all(root.join(p)).unwrap();
+        }
+        let config = Config::from_toml(
+            r#"
+[[tenant]]
+id = "acme"
+allowed = ["EEA"]
+[[workload]]
+name = "crm"
+role = "crm-sync"
+tenants = ["acme"]
+unit = "crm.service"
+[[workload]]
+name = "pods"
+role = "llm"
+tenants = ["acme"]
+cgroup = ["/kubepods/*/c*"]
+"#,
+            "t",
+        )
+        .unwrap();
+        let all = scan(root);
+        assert!(all.iter().any(|c| c.path == "/"));
+        let got: HashMap<String, u32> = all
+            .iter()
+            .filter_map(|c| workload_for(&config, &c.path).map(|i| (c.path.clone(), i)))
+            .collect();
+        assert_eq!(got.get("/system.slice/crm.service"), Some(&1));
+        assert_eq!(got.get("/kubepods/pod-a/c1"), Some(&2));
+        assert_eq!(got.get("/kubepods/pod-b/c2"), Some(&2));
+        assert_eq!(got.get("/kubepods/pod-a"), None, "globs do not cross '/'");
+        assert_eq!(got.len(), 3);
+        assert_eq!(assignments(&config, &all).len(), 3);
+
+        let mut tree = Tree::new(root);
+        let c1 = all.iter().find(|c| c.path == "/kubepods/pod-a/c1").unwrap();
+        assert_eq!(tree.path_of(c1.id).as_deref(), Some("/kubepods/pod-a/c1"));
+        std::fs::create_dir(root.join("kubepods/pod-a/c3")).unwrap();
+        let added = tree.added(&root.join("kubepods/pod-a/c3")).unwrap();
+        assert_eq!(workload_for(&config, &added.path), Some(2));
+        assert_eq!(
+            tree.removed(&root.join("kubepods/pod-a/c3")),
+            Some(added.id)
+        );
+    }
+}
