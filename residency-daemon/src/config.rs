@@ -1648,6 +1648,188 @@ jurisdiction = "CH"
         assert_eq!(err.field, "internal[0].destinations[0]");
     }
 
+    const TENANTS: &str = r#"
+[[tenant]]
+id = "acme"
+allowed = ["EEA"]
+mode = "enforce"
+unknown = "block"
+[[tenant]]
+id = "globex"
+allowed = ["EEA", "ADEQUACY"]
+[[workload]]
+name = "llm"
+role = "llm"
+tenants = ["acme", "globex"]
+cgroup = ["/system.slice/llm.service"]
+[[workload]]
+name = "logs"
+role = "logging"
+tenants = ["globex"]
+process = "vector"
+mode = "monitor"
+"#;
+
+    #[test]
+    fn workloads_take_the_intersection_and_the_strictest_choice() {
+        let c = parse(TENANTS).unwrap();
+        let cc = |s: &str| s.parse::<CountryCode>().unwrap();
+        let llm = &c.workloads[0];
+        assert!(llm.allowed.contains(cc("DE")));
+        assert!(
+            !llm.allowed.contains(cc("GB")),
+            "GB is adequate for globex, not for acme"
+        );
+        assert_eq!(llm.unknown, Choice::Block, "the strictest of the tenants'");
+        assert_eq!(llm.mode, Mode::Enforce, "acme enforces");
+        let logs = &c.workloads[1];
+        assert!(logs.allowed.contains(cc("GB")));
+        assert_eq!(logs.mode, Mode::Monitor, "the workload's own mode wins");
+        assert_eq!(c.workload("logs").map(|(i, _)| i), Some(2));
+        assert_eq!(c.workload_of(1).map(|w| w.name.as_str()), Some("llm"));
+        assert!(c.workload_of(0).is_none());
+        assert!(c.may_block(), "a workload enforces");
+        assert_eq!(c.hash.len(), 64);
+    }
+
+    #[test]
+    fn each_kind_of_tenant_and_workload_mistake_is_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[[tenant]]\nid = \"a b\"\nallowed = [\"EEA\"]\n",
+                "tenant[0].id",
+                "not a tenant id",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = []\n",
+                "tenant[0].allowed",
+                "is empty",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"XX\"]\n",
+                "tenant[0].allowed[0]",
+                "neither a country",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n",
+                "tenant[1].id",
+                "already a tenant",
+            ),
+            (
+                "[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"nobody\"]\nuid = 1\n",
+                "workload[0].tenants[0]",
+                "not a tenant",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\n",
+                "workload[0]",
+                "no selector",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"chatbot\"\ntenants = [\"a\"]\nuid = 1\n",
+                "",
+                "chatbot",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nprocess = \"a-very-long-process-name\"\n",
+                "workload[0].process",
+                "15 bytes",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\ncgroup = [\"system.slice\"]\n",
+                "workload[0].cgroup[0]",
+                "must start with '/'",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 5\n[[workload]]\nname = \"v\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 5\n",
+                "workload[1].uid",
+                "already selects workload \"w\"",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nexe = \"vector\"\n",
+                "workload[0].exe",
+                "absolute path",
+            ),
+        ];
+        for (toml, field, needle) in cases {
+            let err = parse(toml).unwrap_err();
+            assert_eq!(err.field, *field, "{toml}\n{err}");
+            assert!(err.to_string().contains(needle), "{toml}\n{err}");
+            assert!(err.line.is_some(), "every mistake has a line: {err}");
+        }
+    }
+
+    #[test]
+    fn each_kind_of_exception_mistake_is_named() {
+        let base = "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"logging\"\ntenants = [\"a\"]\nuid = 1\n";
+        let exc = |body: &str| {
+            format!(
+                "{base}[[exception]]\nname = \"e\"\ndestinations = [\"198.51.100.0/24\"]\n{body}"
+            )
+        };
+        let cases: &[(String, &str, &str)] = &[
+            (
+                exc(
+                    "basis = \"scc\"\njustification = \"\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n",
+                ),
+                "exception[0].justification",
+                "is empty",
+            ),
+            (
+                exc(
+                    "basis = \"scc\"\njustification = \"x\"\nexpires = \"next year\"\ntenants = [\"a\"]\n",
+                ),
+                "exception[0].expires",
+                "is not a date",
+            ),
+            (
+                exc("basis = \"scc\"\njustification = \"x\"\nexpires = \"2099-01-01\"\n"),
+                "exception[0]",
+                "applies to nothing",
+            ),
+            (
+                exc(
+                    "basis = \"scc\"\njustification = \"x\"\nexpires = \"2099-01-01\"\ntenants = [\"b\"]\n",
+                ),
+                "exception[0].tenants[0]",
+                "not a tenant",
+            ),
+            (
+                exc(
+                    "basis = \"scc\"\njustification = \"x\"\nexpires = \"2099-01-01\"\nworkloads = [\"v\"]\n",
+                ),
+                "exception[0].workloads[0]",
+                "not a workload",
+            ),
+            (
+                exc(
+                    "basis = \"trust-me\"\njustification = \"x\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n",
+                ),
+                "",
+                "scc",
+            ),
+        ];
+        for (toml, field, needle) in cases {
+            let err = parse(toml).unwrap_err();
+            assert_eq!(err.field, *field, "{toml}\n{err}");
+            assert!(err.to_string().contains(needle), "{toml}\n{err}");
+        }
+        let ok = parse(&exc("basis = \"scc\"\njustification = \"x\"\nexpires = \"2027-03-01T12:00:00Z\"\ntenants = [\"a\"]\nroles = [\"logging\"]\n")).unwrap();
+        let e = &ok.exceptions[0];
+        assert_eq!(e.expires.to_string(), "2027-03-01T12:00:00Z");
+        assert!(e.applies_to(&ok.workloads[0]));
+        assert_eq!(ok.rule_name(e.id), Some("e"));
+    }
+
+    #[test]
+    fn the_tenant_example_parses() {
+        let text = include_str!("../config/example-tenants.toml");
+        let c = Config::from_toml(text, "example-tenants.toml").unwrap();
+        assert_eq!(c.tenants.len(), 2);
+        assert_eq!(c.workloads.len(), 4);
+        assert_eq!(c.exceptions.len(), 1);
+    }
+
     #[test]
     fn ring_size_must_be_a_power_of_two() {
         let err = parse("[kernel]\nring_buffer_kib = 100\n").unwrap_err();

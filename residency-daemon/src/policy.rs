@@ -535,4 +535,128 @@ destinations = ["203.0.113.0/24"]
         );
         assert!(k.rules_v6.iter().any(|(n, _)| n.to_string() == "fe80::/10"));
     }
+
+    #[test]
+    fn conditional_sets_say_their_condition() {
+        let c = config(&BASE.replace("allowed = [\"EEA\"]", "allowed = [\"EEA\", \"US-DPF\"]"));
+        assert_eq!(c.policy.conditions.len(), 1);
+        let d = decide(&c, 0, "198.51.100.1".parse().unwrap(), NOW, |_| {
+            Some(cc("US"))
+        });
+        assert_eq!(d.verdict, Verdict::Allowed);
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("US-DPF") && r.contains("Data Privacy Framework")),
+            "{:?}",
+            d.reasons
+        );
+        let d = decide(&c, 0, "198.51.100.1".parse().unwrap(), NOW, |_| {
+            Some(cc("DE"))
+        });
+        assert!(
+            !d.reasons
+                .iter()
+                .any(|r| r.contains("holds only on a condition")),
+            "only for the US"
+        );
+    }
+
+    #[test]
+    fn unspecified_address_is_local() {
+        let c = config(BASE);
+        let d = decide(&c, 0, "::".parse().unwrap(), NOW, |_| None);
+        assert_eq!(d.kind, DestKind::Local);
+    }
+
+    #[test]
+    fn monitor_mode_flags_what_enforce_blocks() {
+        let c = config(&BASE.replace("mode = \"enforce\"", "mode = \"monitor\""));
+        let d = decide(&c, 0, "198.51.100.1".parse().unwrap(), NOW, |_| {
+            Some(cc("US"))
+        });
+        assert_eq!(d.verdict, Verdict::Flagged);
+    }
+
+    const WORKLOADS: &str = r#"
+mode = "monitor"
+[[tenant]]
+id = "acme"
+allowed = ["EEA"]
+mode = "enforce"
+[[tenant]]
+id = "globex"
+allowed = ["EEA", "ADEQUACY"]
+[[workload]]
+name = "llm"
+role = "llm"
+tenants = ["acme", "globex"]
+process = "vllm"
+[[workload]]
+name = "logs"
+role = "logging"
+tenants = ["globex"]
+uid = 996
+[[exception]]
+name = "siem"
+destinations = ["198.51.100.0/24"]
+basis = "scc"
+justification = "SCC"
+expires = "2030-01-01"
+tenants = ["globex"]
+roles = ["logging"]
+"#;
+
+    #[test]
+    fn workload_policies_exceptions_and_expiry_compile() {
+        let c = config(WORKLOADS);
+        let k = compile(&c, NOW);
+        assert_eq!(k.policies.len(), 3, "default + 2 workloads");
+        let gb = cc("GB").index();
+        let bit = |p: &Policy, i: u16| p.allowed[usize::from(i / 64)] & (1 << (i % 64)) != 0;
+        assert!(
+            !bit(&k.policies[1], gb),
+            "llm: the intersection excludes GB"
+        );
+        assert!(bit(&k.policies[2], gb), "logs: globex allows GB");
+        assert_eq!(
+            k.policies[1].enforce, 1,
+            "acme enforces, so its workloads do"
+        );
+        assert_eq!(
+            k.policies[2].enforce, 0,
+            "globex follows the top-level monitor mode"
+        );
+        let mut vllm = [0u8; 16];
+        vllm[..4].copy_from_slice(b"vllm");
+        assert_eq!(k.comm, vec![(vllm, 1)]);
+        assert_eq!(k.uid, vec![(996, 2)]);
+        assert_eq!(k.exceptions_v4.len(), 1, "only for logs (globex, logging)");
+        assert_eq!(k.exceptions_v4[0].0, 2);
+
+        // The exception applies until it expires, then the policy decides.
+        let us = |_| Some(cc("US"));
+        let d = decide(&c, 2, "198.51.100.7".parse().unwrap(), NOW, us);
+        assert_eq!((d.verdict, d.kind), (Verdict::Allowed, DestKind::Exception));
+        let later: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let d = decide(&c, 2, "198.51.100.7".parse().unwrap(), later, us);
+        assert_eq!(d.kind, DestKind::Geo, "expired: {:?}", d.reasons);
+        let k_later = compile(&c, later);
+        assert!(k_later.exceptions_v4.is_empty());
+        assert_eq!(k_later.expired, vec!["siem".to_owned()]);
+        assert_eq!(
+            next_expiry(&c, NOW),
+            Some("2030-01-01T00:00:00Z".parse().unwrap())
+        );
+        assert_eq!(next_expiry(&c, later), None);
+
+        // The llm workload, serving both tenants, gets no exception.
+        let d = decide(&c, 1, "198.51.100.7".parse().unwrap(), NOW, us);
+        assert_eq!(d.kind, DestKind::Geo);
+        assert!(
+            d.reasons[0].contains("the intersection of"),
+            "{:?}",
+            d.reasons
+        );
+    }
 }

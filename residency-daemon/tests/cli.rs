@@ -246,3 +246,193 @@ fn lookup_with_a_broken_database_says_so() {
         "{err}"
     );
 }
+
+fn example(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+fn example_db(dir: &std::path::Path) -> std::path::PathBuf {
+    use geoip::testdb::{Entry, Layout, write};
+    let db = dir.join("example.mmdb");
+    write(
+        &db,
+        Layout::GeoIp2,
+        "Test-Country",
+        1,
+        &[
+            Entry::country("192.0.2.0/24", "DE"),
+            Entry::country("198.51.100.0/24", "US"),
+        ],
+    );
+    db
+}
+
+#[test]
+fn the_tenant_example_checks_and_passes_its_cases() {
+    let out = residency()
+        .args(["check", "--config"])
+        .arg(example("example-tenants.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = example_db(dir.path());
+    let out = residency()
+        .args(["test-policy", "--config"])
+        .arg(example("example-tenants.toml"))
+        .arg("--geoip")
+        .arg(&db)
+        .arg(example("example-cases.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().last().unwrap_or("") == "5 passed, 0 failed",
+        "{stdout}"
+    );
+}
+
+#[test]
+fn test_policy_fails_with_a_readable_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = example_db(dir.path());
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        "[[case]]\nworkload = \"llm-inference\"\ndestination = \"198.51.100.10\"\nexpect = \"allowed\"\nnote = \"wrong on purpose\"\n\
+         [[case]]\nworkload = \"llm-inference\"\ndestination = \"192.0.2.10\"\nexpect = \"allowed\"\n",
+    )
+    .unwrap();
+    let out = residency()
+        .args(["test-policy", "--config"])
+        .arg(example("example-tenants.toml"))
+        .arg("--geoip")
+        .arg(&db)
+        .arg(&cases)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("MISMATCH llm-inference -> 198.51.100.10 (wrong on purpose): expected allowed, got blocked"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("US is not allowed (the intersection of"),
+        "the reasons follow: {stdout}"
+    );
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+
+    // A malformed cases file: file, line, field.
+    std::fs::write(
+        &cases,
+        "[[case]]\ndestination = \"1.2.3.4\"\nexpect = \"denied\"\n",
+    )
+    .unwrap();
+    let out = residency()
+        .args(["test-policy", "--config"])
+        .arg(example("example-tenants.toml"))
+        .arg("--geoip")
+        .arg(&db)
+        .arg(&cases)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cases.toml:3: case[0].expect"));
+}
+
+#[test]
+fn explain_gives_the_chain_of_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = example_db(dir.path());
+    let out = residency()
+        .args(["explain", "--config"])
+        .arg(example("example-tenants.toml"))
+        .arg("--geoip")
+        .arg(&db)
+        .args([
+            "--workload",
+            "log-shipper",
+            "--dest",
+            "198.51.100.20",
+            "--port",
+            "6514",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("verdict:    allowed"), "{text}");
+    assert!(
+        text.contains("workload \"log-shipper\" (logging) serves tenant(s) acme, globex"),
+        "{text}"
+    );
+    assert!(
+        text.contains("exception \"siem-us-scc\" (basis: scc"),
+        "{text}"
+    );
+    let out = residency()
+        .args(["explain", "--config"])
+        .arg(example("example-tenants.toml"))
+        .args(["--workload", "nope", "--dest", "1.2.3.4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no workload \"nope\""));
+}
+
+#[test]
+fn a_config_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.toml");
+    std::fs::write(&path, "mode = \"monitor\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = residency()
+        .args([
+            "run",
+            "--output",
+            "/dev/null",
+            "--cgroup",
+            "/nonexistent",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("writable by its group or by everyone") || err.contains("not root"),
+        "{err}"
+    );
+    // The development flag lets it through to the next check.
+    let out = residency()
+        .args([
+            "run",
+            "--allow-insecure-config",
+            "--output",
+            "/dev/null",
+            "--cgroup",
+            "/nonexistent",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("writable by"),
+        "refused anyway"
+    );
+}

@@ -105,15 +105,64 @@ impl TestCgroup {
     }
 }
 
+impl TestCgroup {
+    /// Makes a child cgroup (and its parents) under this one: a workload's
+    /// cgroup in a test. Removed with this one.
+    ///
+    /// # Errors
+    /// If the directory cannot be made.
+    pub fn child(&self, rel: &str) -> anyhow::Result<PathBuf> {
+        let path = self.path.join(rel);
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The path relative to the cgroup2 mount, as selectors name it.
+    ///
+    /// # Errors
+    /// If the mount cannot be found.
+    pub fn relative(&self) -> anyhow::Result<String> {
+        let mount = cgroup2_mount()?;
+        Ok(format!(
+            "/{}",
+            self.path
+                .strip_prefix(&mount)
+                .unwrap_or(&self.path)
+                .display()
+        ))
+    }
+}
+
+/// Every directory under `root` (itself included), deepest first.
+fn dirs_bottom_up(root: &Path) -> Vec<PathBuf> {
+    let mut all = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < all.len() {
+        if let Ok(entries) = fs::read_dir(&all[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    all.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    all.reverse();
+    all
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // Clients exit on their own; give stragglers a moment, then remove.
+        // Clients exit on their own; give stragglers a moment, then remove
+        // every child cgroup, deepest first, and this one.
         for _ in 0..50 {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(_) => thread::sleep(Duration::from_millis(100)),
+            for dir in dirs_bottom_up(&self.path) {
+                let _ = fs::remove_dir(&dir);
             }
+            if !self.path.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
         }
         eprintln!(
             "warning: could not remove test cgroup {}",
@@ -181,13 +230,21 @@ impl Daemon {
         extra: &[&std::ffi::OsStr],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        // An explicit --config among the extra arguments names the file
+        // (one a test rewrites to reload); otherwise `config` is written.
+        let own_config = !extra.iter().any(|a| *a == "--config");
         let config_path = dir.path().join("residency.toml");
-        fs::write(&config_path, config)?;
+        if own_config {
+            fs::write(&config_path, config)?;
+        }
         let output = dir.path().join("events.jsonl");
         let stderr = dir.path().join("stderr.log");
-        let child = Command::new(workspace_bin("residency")?)
-            .args(["run", "--config"])
-            .arg(&config_path)
+        let mut cmd = Command::new(workspace_bin("residency")?);
+        cmd.arg("run");
+        if own_config {
+            cmd.arg("--config").arg(&config_path);
+        }
+        let child = cmd
             .arg("--cgroup")
             .arg(&cgroup.path)
             .arg("--output")
@@ -377,6 +434,8 @@ impl std::fmt::Display for Op {
 pub struct ClientOptions<'a> {
     /// Join this cgroup before doing anything.
     pub cgroup: Option<&'a TestCgroup>,
+    /// Join this cgroup directory instead (a child of a test cgroup).
+    pub cgroup_dir: Option<&'a Path>,
     /// Drop to this uid and gid after joining.
     pub uid: Option<u32>,
     /// Repeat the operation list this many times (default 1).
@@ -422,7 +481,9 @@ pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<C
         );
     }
     let mut cmd = Command::new(workspace_bin("egress-client")?);
-    if let Some(cg) = options.cgroup {
+    if let Some(dir) = options.cgroup_dir {
+        cmd.arg("--cgroup").arg(dir);
+    } else if let Some(cg) = options.cgroup {
         cmd.arg("--cgroup").arg(&cg.path);
     }
     if let Some(uid) = options.uid {

@@ -1,0 +1,286 @@
+//! End-to-end: tenants, workloads and exceptions, enforced per workload.
+//!
+//! One test cgroup holds a cgroup per workload of tenant "acme" (EEA only):
+//! an LLM server (enforce), a backup agent (monitor) and a log shipper
+//! (with an SCC exception to a "US" address). A test database places
+//! loopback sub-ranges in DE and the US.
+
+use std::{
+    ffi::OsStr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use geoip::testdb::{Entry, Layout, write};
+use nix::sys::signal::{Signal, kill};
+use residency_tests::{
+    ClientOptions, Daemon, Listener, Op, TestCgroup, action, flows, privileged_or_skip, run_client,
+};
+use serde_json::Value;
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn config(root: &str, acme_allowed: &str) -> String {
+    format!(
+        r#"
+mode = "monitor"
+[kernel]
+poll_interval_ms = 5
+[geoip]
+check_interval_secs = 1
+[policy]
+allowed = ["EEA"]
+local_networks = ["10.0.0.0/8"]
+
+[[tenant]]
+id = "acme"
+name = "ACME GmbH"
+allowed = [{acme_allowed}]
+mode = "enforce"
+
+[[workload]]
+name = "acme-llm"
+role = "llm"
+tenants = ["acme"]
+cgroup = ["{root}/llm"]
+
+[[workload]]
+name = "acme-backup"
+role = "backup"
+tenants = ["acme"]
+mode = "monitor"
+cgroup = ["{root}/backup"]
+
+[[workload]]
+name = "acme-logs"
+role = "logging"
+tenants = ["acme"]
+cgroup = ["{root}/logging"]
+
+[[exception]]
+name = "acme-logs-to-us-siem"
+destinations = ["127.0.0.32/28"]
+basis = "scc"
+justification = "SCC 2021/914 module 2 with Example SIEM Inc., signed 2026-03-01"
+expires = "2099-01-01"
+tenants = ["acme"]
+roles = ["logging"]
+"#
+    )
+}
+
+fn client(dir: &Path, op: Op) -> anyhow::Result<Value> {
+    run_client(
+        &[op],
+        &ClientOptions {
+            cgroup_dir: Some(dir),
+            ..Default::default()
+        },
+    )
+}
+
+fn eperm(r: &Value) -> bool {
+    r["ops"][0]["errors"]["EPERM"] == 1
+}
+
+fn ok(r: &Value) -> bool {
+    r["ops"][0]["ok"] == 1
+}
+
+fn record_of<'a>(records: &'a [Value], report: &Value) -> &'a Value {
+    let pid = report["pid"].as_u64().unwrap_or(0);
+    let mine: Vec<&Value> = flows(records)
+        .into_iter()
+        .filter(|f| f["process"]["pid"] == pid)
+        .collect();
+    assert_eq!(mine.len(), 1, "one record for the call: {mine:#?}");
+    mine[0]
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "the issue's scenario, step by step")]
+fn tenants_workloads_and_exceptions_are_enforced_per_workload() -> anyhow::Result<()> {
+    if !privileged_or_skip("tenants_workloads_and_exceptions_are_enforced_per_workload") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("countries.mmdb");
+    write(
+        &db,
+        Layout::GeoIp2,
+        "residency-test-Country",
+        1_800_000_100,
+        &[
+            Entry::country("127.0.0.16/28", "DE"),
+            Entry::country("127.0.0.32/28", "US"),
+            Entry::country("127.0.0.48/28", "FR"),
+        ],
+    );
+    let de = Listener::bind(v4(17))?;
+    let us = Listener::bind(v4(33))?;
+    let fr = Listener::bind(v4(49))?;
+
+    let cg = TestCgroup::new("tenants")?;
+    let root = cg.relative()?;
+    let llm = cg.child("llm")?;
+    let backup = cg.child("backup")?;
+    let logging = cg.child("logging")?;
+    let config_path = dir.path().join("residency.toml");
+    std::fs::write(&config_path, config(&root, "\"EEA\""))?;
+
+    // The daemon takes the configuration from a file it can reload.
+    let daemon = Daemon::start_with(
+        "",
+        &cg,
+        &[
+            OsStr::new("--geoip"),
+            db.as_os_str(),
+            OsStr::new("--config"),
+            config_path.as_os_str(),
+        ],
+    )?;
+    daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
+    let loaded = daemon.wait_for(Duration::from_secs(10), |r| action(r) == "policy-loaded")?;
+    let hash1 = loaded["residency"]["policy"]["hash"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(hash1.len(), 64, "a SHA-256: {loaded}");
+
+    // The LLM server (enforce): blocked to the US, allowed to DE.
+    let llm_us = client(&llm, Op::Tcp(us.tcp))?;
+    assert!(eperm(&llm_us), "llm -> US must fail with EPERM: {llm_us}");
+    let llm_de = client(&llm, Op::Tcp(de.tcp))?;
+    assert!(ok(&llm_de), "llm -> DE must connect: {llm_de}");
+    // The backup agent (monitor): reaches the US, flagged.
+    let backup_us = client(&backup, Op::Tcp(us.tcp))?;
+    assert!(ok(&backup_us), "backup is in monitor mode: {backup_us}");
+    // The log shipper: reaches the US through its SCC exception.
+    let logs_us = client(&logging, Op::Udp(us.udp))?;
+    assert!(ok(&logs_us), "logging has an exception: {logs_us}");
+    // A process in a cgroup created under the LLM workload after the
+    // policy was loaded: blocked from its first connect.
+    let newborn = cg.child("llm/new-container")?;
+    let new_us = client(&newborn, Op::Tcp(us.tcp))?;
+    assert!(
+        eperm(&new_us),
+        "a new child cgroup of llm inherits its policy: {new_us}"
+    );
+
+    // Tighten: acme now allows FR only. The next connect to DE is blocked.
+    std::fs::write(&config_path, config(&root, "\"FR\""))?;
+    kill(daemon.pid().expect("running"), Signal::SIGHUP)?;
+    let reloaded = daemon.wait_for(Duration::from_secs(10), |r| {
+        action(r) == "policy-loaded" && r["residency"]["policy"]["generation"] == 2
+    })?;
+    let hash2 = reloaded["residency"]["policy"]["hash"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert_ne!(hash1, hash2);
+    let tightened = client(&llm, Op::Tcp(de.tcp))?;
+    assert!(eperm(&tightened), "DE is no longer allowed: {tightened}");
+    let fr_ok = client(&llm, Op::Tcp(fr.tcp))?;
+    assert!(ok(&fr_ok), "FR is: {fr_ok}");
+
+    // A broken file is refused; the tightened policy stays in force.
+    std::fs::write(
+        &config_path,
+        "[[tenant]]\nid = \"acme\"\nallowed = [\"NOWHERE\"]\n",
+    )?;
+    kill(daemon.pid().expect("running"), Signal::SIGHUP)?;
+    let refused = daemon.wait_for(Duration::from_secs(10), |r| action(r) == "policy-refused")?;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("NOWHERE"),
+        "the refusal says what was wrong: {refused}"
+    );
+    let still = client(&llm, Op::Tcp(de.tcp))?;
+    assert!(eperm(&still), "the old policy stays in force: {still}");
+
+    let records = daemon.stop()?;
+
+    let r = record_of(&records, &llm_us);
+    assert_eq!(r["residency"]["verdict"], "blocked");
+    assert_eq!(r["residency"]["workload"]["name"], "acme-llm");
+    assert_eq!(r["residency"]["workload"]["role"], "llm");
+    assert_eq!(r["residency"]["tenants"][0], "acme");
+    assert_eq!(r["residency"]["country"], "US");
+    assert_eq!(r["residency"]["policy"]["hash"], hash1.as_str());
+    assert_eq!(r["residency"]["policy"]["generation"], 1);
+
+    let r = record_of(&records, &llm_de);
+    assert_eq!(r["residency"]["verdict"], "allowed");
+
+    let r = record_of(&records, &backup_us);
+    assert_eq!(r["residency"]["verdict"], "flagged");
+    assert_eq!(r["residency"]["workload"]["name"], "acme-backup");
+    assert_eq!(r["residency"]["mode"], "monitor");
+
+    let r = record_of(&records, &logs_us);
+    assert_eq!(r["residency"]["verdict"], "allowed");
+    assert_eq!(r["residency"]["decided_by"], "exception");
+    assert_eq!(r["rule"]["name"], "acme-logs-to-us-siem");
+    assert_eq!(r["residency"]["exception"]["basis"], "scc");
+    assert!(
+        r["residency"]["exception"]["justification"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SCC")
+    );
+
+    let r = record_of(&records, &new_us);
+    assert_eq!(r["residency"]["workload"]["name"], "acme-llm");
+
+    let r = record_of(&records, &tightened);
+    assert_eq!(r["residency"]["policy"]["generation"], 2);
+    assert_eq!(r["residency"]["policy"]["hash"], hash2.as_str());
+    assert_eq!(r["residency"]["country"], "DE");
+
+    let r = record_of(&records, &still);
+    assert_eq!(
+        r["residency"]["policy"]["generation"], 2,
+        "the refused file never took effect"
+    );
+    Ok(())
+}
+
+/// A process no workload selects gets the default policy.
+#[test]
+fn unknown_workloads_get_the_default_policy() -> anyhow::Result<()> {
+    if !privileged_or_skip("unknown_workloads_get_the_default_policy") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("c.mmdb");
+    write(
+        &db,
+        Layout::IpLocationDb,
+        "t",
+        1,
+        &[Entry::country("127.0.0.32/28", "US")],
+    );
+    let us = Listener::bind(v4(34))?;
+    let cg = TestCgroup::new("default")?;
+    let root = cg.relative()?;
+    let other = cg.child("other")?;
+    let config = format!(
+        "mode = \"enforce\"\n[policy]\nallowed = [\"EEA\"]\nlocal_networks = [\"10.0.0.0/8\"]\n\
+         [[tenant]]\nid = \"acme\"\nallowed = [\"US-DPF\"]\n\
+         [[workload]]\nname = \"w\"\nrole = \"other\"\ntenants = [\"acme\"]\ncgroup = [\"{root}/w\"]\n"
+    );
+    let daemon = Daemon::start_with(&config, &cg, &[OsStr::new("--geoip"), db.as_os_str()])?;
+    daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
+    let r = client(&other, Op::Tcp(SocketAddr::new(us.tcp.ip(), us.tcp.port())))?;
+    assert!(eperm(&r), "the default policy allows the EEA only: {r}");
+    let records = daemon.stop()?;
+    let rec = record_of(&records, &r);
+    assert_eq!(rec["residency"]["policy"]["index"], 0);
+    assert!(rec["residency"].get("workload").is_none());
+    Ok(())
+}
