@@ -22,6 +22,9 @@ pub mod names {
     /// Single-entry array: the [`crate::PolicyActive`] generation of the
     /// policy maps below.
     pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
+    /// LRU hash: cgroup id -> [`crate::CachedPolicy`], the result of the
+    /// walk up the cgroup tree, so that it is done once per cgroup.
+    pub const POLICY_CACHE: &str = "POLICY_CACHE";
     /// Hash of maps, generation -> array of [`crate::Policy`]; index 0 is
     /// the default policy, for workloads nothing describes.
     pub const POLICIES: &str = "POLICIES";
@@ -85,6 +88,10 @@ pub const MAX_EXCEPTIONS: u32 = 65_536;
 pub const MAX_CGROUP_DEPTH: u32 = 16;
 /// Generations of the policy maps the kernel can hold at once.
 pub const POLICY_GENERATIONS: u32 = 4;
+/// Cgroups whose walk result the kernel remembers.
+pub const POLICY_CACHE_ENTRIES: u32 = 65_536;
+/// [`CachedPolicy::index`] when no listed cgroup was found on the walk.
+pub const NO_CGROUP_POLICY: u32 = u32::MAX;
 /// Generations of `GeoIP` tables the kernel can hold at once: the active one,
 /// the next one being loaded, and room for a swap that overlaps another.
 pub const GEO_GENERATIONS: u32 = 4;
@@ -349,6 +356,20 @@ pub struct Policy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyActive {
     pub generation: u32,
+    /// Bumped when cgroups are added to or removed from the generation in
+    /// force: cached walk results from before no longer hold.
+    pub epoch: u32,
+}
+
+/// A remembered walk result for one cgroup, valid for one generation and
+/// epoch of the policy maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedPolicy {
+    /// Policy index, or [`NO_CGROUP_POLICY`].
+    pub index: u32,
+    pub generation: u32,
+    pub epoch: u32,
     pub _pad: u32,
 }
 
@@ -388,6 +409,7 @@ const _: () = assert!(core::mem::size_of::<DestRule>() == 8);
 const _: () = assert!(core::mem::size_of::<Policy>() == 40);
 const _: () = assert!(core::mem::size_of::<GeoActive>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyActive>() == 8);
+const _: () = assert!(core::mem::size_of::<CachedPolicy>() == 16);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, policy_gen) == 92);
 
 #[cfg(feature = "user")]
@@ -400,4 +422,5 @@ mod user {
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::GeoActive {}
     unsafe impl aya::Pod for super::PolicyActive {}
+    unsafe impl aya::Pod for super::CachedPolicy {}
 }

@@ -157,13 +157,13 @@ async fn next_event(events: &mut Option<Events>) -> Option<(EventMask, PathBuf)>
     }
 }
 
-fn cgroup_event(c: &mut Control, events: &mut Option<Events>, mask: EventMask, dir: &Path) {
-    if mask.contains(EventMask::CREATE) {
+fn cgroup_event(c: &mut Control, events: &mut Option<Events>, what: EventMask, dir: &Path) {
+    if what.contains(EventMask::CREATE) {
         // The directory and anything made under it before the watch took.
         for sub in workloads::scan(dir) {
             let sub_dir = dir.join(sub.path.trim_start_matches('/'));
             if let Some((stream, dirs)) = events.as_mut()
-                && let Ok(wd) = stream.watches().add(&sub_dir, mask_fn())
+                && let Ok(wd) = stream.watches().add(&sub_dir, mask())
             {
                 dirs.insert(wd, sub_dir.clone());
             }
@@ -183,16 +183,12 @@ fn cgroup_event(c: &mut Control, events: &mut Option<Events>, mask: EventMask, d
                 }
             }
         }
-    } else if mask.contains(EventMask::DELETE)
+    } else if what.contains(EventMask::DELETE)
         && let Some(id) = c.tree.removed(dir)
         && let Some(maps) = c.maps.as_mut()
     {
         maps.remove_cgroup(id);
     }
-}
-
-fn mask_fn() -> WatchMask {
-    mask()
 }
 
 fn note(

@@ -37,17 +37,17 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, cgroup_sock_addr, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::SockAddrContext,
 };
 use aya_log_ebpf::warn;
 use residency_common::{
-    AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, ConnectEvent, DestKind,
-    DestRule, EventHeader, EventKind, ExceptionV4Key, ExceptionV6Key, FLAG_V4_MAPPED,
+    AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, CachedPolicy, ConnectEvent,
+    DestKind, DestRule, EventHeader, EventKind, ExceptionV4Key, ExceptionV6Key, FLAG_V4_MAPPED,
     GEO_GENERATIONS, GEO4_L1_ENTRIES, GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive,
     Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key, MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES,
-    MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES, MAX_PROCESS_POLICIES, Policy, PolicyActive,
-    STAT_COUNT, Stat, Verdict,
+    MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES, MAX_PROCESS_POLICIES, NO_CGROUP_POLICY,
+    POLICY_CACHE_ENTRIES, Policy, PolicyActive, STAT_COUNT, Stat, Verdict,
 };
 
 /// Return values of a `sock_addr` program.
@@ -81,6 +81,12 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 // measurable on the hot path.
 #[map(name = "POLICY_ACTIVE")]
 static POLICY_ACTIVE: Array<PolicyActive> = Array::with_max_entries(1, 0);
+
+/// The walk up the cgroup tree, done once per cgroup: a process three levels
+/// below its workload's cgroup then costs one lookup, not a walk.
+#[map(name = "POLICY_CACHE")]
+static POLICY_CACHE: LruHashMap<u64, CachedPolicy> =
+    LruHashMap::with_max_entries(POLICY_CACHE_ENTRIES, 0);
 
 type PolicySlots<M> = ArrayOfMaps<M, 2>;
 
@@ -283,10 +289,14 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
 /// default (index 0).
 #[inline(always)]
 fn applied_policy() -> Option<Applied<'static>> {
-    let generation = POLICY_ACTIVE.get(0)?.generation;
+    let active = POLICY_ACTIVE.get(0)?;
+    let (generation, epoch) = (active.generation, active.epoch);
     let slot = generation & 1;
     let policies = POLICIES.get(slot)?;
-    let index = policy_index(slot).unwrap_or(0);
+    let index = match cgroup_policy(slot, generation, epoch) {
+        NO_CGROUP_POLICY => process_policy(slot).unwrap_or(0),
+        i => i,
+    };
     let policy = policies.get(index).or_else(|| policies.get(0))?;
     Some(Applied {
         policy,
@@ -295,31 +305,61 @@ fn applied_policy() -> Option<Applied<'static>> {
     })
 }
 
+/// The policy of the caller's cgroup: its own entry or its nearest listed
+/// ancestor's, remembered per cgroup for this generation and epoch.
 #[inline(always)]
-fn policy_index(slot: u32) -> Option<u32> {
-    if let Some(by_cgroup) = CGROUP_POLICY.get(slot) {
-        // The caller's own cgroup first (the common case: a workload's
-        // processes sit in its cgroup), then its ancestors, deepest first.
-        // SAFETY: helper calls without pointer arguments.
-        let own = unsafe { bpf_get_current_cgroup_id() };
-        // SAFETY: the inner map is read only through helpers.
-        if let Some(&i) = unsafe { by_cgroup.get(own) } {
-            return Some(i);
-        }
-        let mut level = MAX_CGROUP_DEPTH;
-        while level > 0 {
-            #[expect(clippy::cast_possible_wrap, reason = "levels are small")]
-            // SAFETY: as above.
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-            if id != 0 && id != own {
-                // SAFETY: as above.
-                if let Some(&i) = unsafe { by_cgroup.get(id) } {
-                    return Some(i);
-                }
-            }
-            level -= 1;
-        }
+fn cgroup_policy(slot: u32, generation: u32, epoch: u32) -> u32 {
+    // SAFETY: a helper call without pointer arguments.
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the map is read only through helpers.
+    if let Some(c) = unsafe { POLICY_CACHE.get(own) }
+        && c.generation == generation
+        && c.epoch == epoch
+    {
+        return c.index;
     }
+    let index = walk(slot, own).unwrap_or(NO_CGROUP_POLICY);
+    let entry = CachedPolicy {
+        index,
+        generation,
+        epoch,
+        _pad: 0,
+    };
+    // A full cache evicts the least recently used entry; a failed insert
+    // only means the walk is done again next time.
+    let _ = POLICY_CACHE.insert(own, entry, 0);
+    index
+}
+
+/// The caller's own cgroup first (the common case: a workload's processes
+/// sit in its cgroup), then its ancestors, deepest first.
+#[inline(always)]
+fn walk(slot: u32, own: u64) -> Option<u32> {
+    let by_cgroup = CGROUP_POLICY.get(slot)?;
+    // SAFETY: the inner map is read only through helpers.
+    if let Some(&i) = unsafe { by_cgroup.get(own) } {
+        return Some(i);
+    }
+    let mut level = MAX_CGROUP_DEPTH;
+    while level > 0 {
+        #[expect(clippy::cast_possible_wrap, reason = "levels are small")]
+        // SAFETY: a helper call without pointer arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id != 0 && id != own {
+            // SAFETY: as above.
+            if let Some(&i) = unsafe { by_cgroup.get(id) } {
+                return Some(i);
+            }
+        }
+        level -= 1;
+    }
+    None
+}
+
+/// By process name, then by uid: these depend on the process, so they are
+/// not remembered per cgroup.
+#[inline(always)]
+fn process_policy(slot: u32) -> Option<u32> {
     if let (Some(by_comm), Ok(comm)) = (COMM_POLICY.get(slot), bpf_get_current_comm()) {
         // SAFETY: as above.
         if let Some(&i) = unsafe { by_comm.get(comm) } {

@@ -284,3 +284,71 @@ fn unknown_workloads_get_the_default_policy() -> anyhow::Result<()> {
     assert!(rec["residency"].get("workload").is_none());
     Ok(())
 }
+
+/// A process that connected from a cgroup before the daemon saw the
+/// cgroup (and so under the default policy) gets the workload's policy as
+/// soon as the daemon has added it: the kernel's remembered answer for that
+/// cgroup is dropped, not kept.
+#[test]
+fn a_cgroup_seen_late_takes_its_workload_policy() -> anyhow::Result<()> {
+    if !privileged_or_skip("a_cgroup_seen_late_takes_its_workload_policy") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("c.mmdb");
+    write(
+        &db,
+        Layout::IpLocationDb,
+        "t",
+        1,
+        &[Entry::country("127.0.0.32/28", "US")],
+    );
+    let us = Listener::bind(v4(35))?;
+    let cg = TestCgroup::new("late")?;
+    let root = cg.relative()?;
+    let config = format!(
+        "mode = \"monitor\"\n[kernel]\npoll_interval_ms = 5\n[policy]\nallowed = [\"EEA\"]\n\
+         local_networks = [\"10.0.0.0/8\"]\n\
+         [[tenant]]\nid = \"acme\"\nallowed = [\"EEA\"]\nmode = \"enforce\"\n\
+         [[workload]]\nname = \"jobs\"\nrole = \"crm-sync\"\ntenants = [\"acme\"]\n\
+         cgroup = [\"{root}/job-*\"]\n"
+    );
+    let daemon = Daemon::start_with(&config, &cg, &[OsStr::new("--geoip"), db.as_os_str()])?;
+    daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
+    let pid = daemon.pid().expect("running");
+
+    // With the daemon stopped, the job's cgroup appears and its process
+    // connects: nothing has told the kernel about the cgroup yet.
+    kill(pid, Signal::SIGSTOP)?;
+    let early = (|| {
+        let job = cg.child("job-1/task")?;
+        let r = client(&job, Op::Tcp(us.tcp))?;
+        anyhow::Ok((job, r))
+    })();
+    kill(pid, Signal::SIGCONT)?;
+    let (job, early) = early?;
+    assert!(ok(&early), "the default policy only flags: {early}");
+
+    // Once the daemon has caught up, the same cgroup is the workload's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let late = loop {
+        let r = client(&job, Op::Tcp(us.tcp))?;
+        if eperm(&r) || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        eperm(&late),
+        "the cgroup's workload (enforce, EEA only) blocks the US: {late}"
+    );
+    let records = daemon.stop()?;
+    assert_eq!(
+        record_of(&records, &early)["residency"]["policy"]["index"],
+        0
+    );
+    let r = record_of(&records, &late);
+    assert_eq!(r["residency"]["workload"]["name"], "jobs");
+    assert_eq!(r["residency"]["verdict"], "blocked");
+    Ok(())
+}

@@ -92,6 +92,13 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// 1,000 workload policies with the full GeoIP tables: connect cost
+    /// and policy reload time.
+    Policy {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// The full default GeoIP database: flatten and load time, kernel
     /// memory, userspace lookups per second, and the cost of connect with the
     /// tables loaded and during a hot swap.
@@ -151,6 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Geoip { args },
         } => bench(&root, "geoip", &args),
+        Cmd::Bench {
+            which: Bench::Policy { args },
+        } => bench(&root, "policy", &args),
     }
 }
 

@@ -53,6 +53,9 @@ pub struct PolicyMaps {
     /// appear later.
     live_cgroups: Option<Cgroups>,
     switched_at: Option<Instant>,
+    /// Bumped with every change to the cgroups of the generation in force,
+    /// so the kernel's remembered walks are redone.
+    epoch: u32,
 }
 
 fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> KernelError {
@@ -81,6 +84,7 @@ impl PolicyMaps {
             generation: 0,
             live_cgroups: None,
             switched_at: None,
+            epoch: 0,
         })
     }
 
@@ -223,12 +227,13 @@ impl PolicyMaps {
                 0,
                 PolicyActive {
                     generation,
-                    _pad: 0,
+                    epoch: 0,
                 },
                 0,
             )
             .map_err(map_err("switching generations"))?;
         self.generation = generation;
+        self.epoch = 0;
         self.live_cgroups = Some(by_cgroup);
         self.switched_at = Some(Instant::now());
         Ok(generation)
@@ -241,14 +246,32 @@ impl PolicyMaps {
     pub fn add_cgroup(&mut self, id: u64, index: u32) -> Result<(), KernelError> {
         if let Some(m) = self.live_cgroups.as_mut() {
             m.insert(id, index, 0).map_err(map_err("adding a cgroup"))?;
+            self.bump_epoch()?;
         }
         Ok(())
     }
 
-    /// Forgets a cgroup that was removed (its id may be reused).
+    /// Forgets a cgroup that was removed.
     pub fn remove_cgroup(&mut self, id: u64) {
-        if let Some(m) = self.live_cgroups.as_mut() {
-            let _ = m.remove(&id);
+        if let Some(m) = self.live_cgroups.as_mut()
+            && m.remove(&id).is_ok()
+        {
+            let _ = self.bump_epoch();
         }
+    }
+
+    /// Descendants of a changed cgroup may have remembered an older walk.
+    fn bump_epoch(&mut self) -> Result<(), KernelError> {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.active
+            .set(
+                0,
+                PolicyActive {
+                    generation: self.generation,
+                    epoch: self.epoch,
+                },
+                0,
+            )
+            .map_err(map_err("renewing the cgroup cache"))
     }
 }

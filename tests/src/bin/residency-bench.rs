@@ -52,6 +52,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// 1,000 workload policies with the full GeoIP tables: connect cost,
+    /// and how long a policy reload takes.
+    Policy {
+        /// The GeoIP database (default: `RESIDENCY_DEFAULT_GEOIP`).
+        #[arg(long, env = "RESIDENCY_DEFAULT_GEOIP")]
+        db: PathBuf,
+        /// Workloads (each with its own policy and cgroup).
+        #[arg(long, default_value_t = 1000)]
+        workloads: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20_000)]
+        connects: u64,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// The full GeoIP database: prepare and load time, kernel memory (ours
     /// and a naive trie), userspace lookups, connect cost with the tables
     /// and during a hot swap.
@@ -150,6 +166,13 @@ fn main() -> anyhow::Result<()> {
             connects,
             write,
         } => return geoip_bench::run(&db, rounds, connects, write.as_deref()),
+        BenchCmd::Policy {
+            db,
+            workloads,
+            rounds,
+            connects,
+            write,
+        } => return policy_bench::run(&db, workloads, rounds, connects, write.as_deref()),
     };
     if !privileged_or_skip("residency-bench connect") {
         bail!("needs root");
@@ -792,7 +815,7 @@ local_networks = ["10.0.0.0/8"]
     /// The full database plus test ranges that exercise the deepest lookup
     /// paths: 127.0.0.1 sits in a split /24 (level 3), and the IPv6 test
     /// host in the trie.
-    fn bench_db_bytes(p: &geo::Prepared) -> anyhow::Result<Vec<u8>> {
+    pub fn bench_db_bytes(p: &geo::Prepared) -> anyhow::Result<Vec<u8>> {
         let de: CountryCode = "DE".parse()?;
         let us: CountryCode = "US".parse()?;
         let networks =
@@ -966,6 +989,380 @@ local_networks = ["10.0.0.0/8"]
                 .all(|r| residency_tests::action(r) != "events-lost"),
             "events were lost"
         );
+        Ok(())
+    }
+}
+
+mod policy_bench {
+    //! `residency-bench policy`.
+
+    use std::{
+        fmt::Write as _,
+        net::{IpAddr, Ipv4Addr},
+        path::Path,
+        time::{Duration, Instant},
+    };
+
+    use anyhow::{Context as _, ensure};
+    use residency_daemon::geo;
+    use residency_tests::{
+        ClientOptions, Daemon, Listener, Op, TestCgroup, action, privileged_or_skip, run_client,
+    };
+
+    use super::{median, write_section};
+
+    /// A configuration with `n` workloads of 50 tenants, each workload in
+    /// its own cgroup under `root`.
+    fn config(root: &str, n: usize, salt: u32) -> String {
+        let mut c = format!(
+            "# salt {salt}\nmode = \"monitor\"\n[kernel]\npoll_interval_ms = 10\n[geoip]\ncheck_interval_secs = 3600\n\
+             [policy]\nallowed = [\"EEA\"]\nlocal_networks = [\"10.0.0.0/8\"]\n"
+        );
+        let sets = [
+            "\"EEA\"",
+            "\"EEA\", \"ADEQUACY\"",
+            "\"DE\", \"AT\", \"CH\"",
+            "\"EU\"",
+            "\"EEA\", \"GB\"",
+        ];
+        for t in 0..50 {
+            let _ = write!(
+                c,
+                "[[tenant]]\nid = \"t{t}\"\nallowed = [{}]\n",
+                sets[t % sets.len()]
+            );
+        }
+        let roles = ["llm", "crm-sync", "logging", "backup", "other"];
+        for w in 0..n {
+            let _ = write!(
+                c,
+                "[[workload]]\nname = \"w{w}\"\nrole = \"{}\"\ntenants = [\"t{}\"]\ncgroup = [\"{root}/w{w}\"]\n",
+                roles[w % roles.len()],
+                w % 50
+            );
+        }
+        for e in 0..20 {
+            let _ = write!(
+                c,
+                "[[exception]]\nname = \"e{e}\"\ndestinations = [\"198.18.{e}.0/24\"]\nbasis = \"scc\"\n\
+                 justification = \"benchmark\"\nexpires = \"2099-01-01\"\ntenants = [\"t{}\"]\n",
+                e % 50
+            );
+        }
+        c
+    }
+
+    /// One storm's timings.
+    struct Sample {
+        p50: f64,
+        p99: f64,
+        /// The programs' own time per call, by the kernel's statistics.
+        program_ns: f64,
+    }
+
+    impl Sample {
+        fn untimed((p50, p99): (f64, f64)) -> Self {
+            Sample {
+                p50,
+                p99,
+                program_ns: 0.0,
+            }
+        }
+    }
+
+    fn daemon_args<'a>(db: &'a Path, config: &'a Path) -> [&'a std::ffi::OsStr; 4] {
+        [
+            std::ffi::OsStr::new("--geoip"),
+            db.as_os_str(),
+            std::ffi::OsStr::new("--config"),
+            config.as_os_str(),
+        ]
+    }
+
+    fn median_of(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+        median(v.iter().map(f).collect())
+    }
+
+    /// Total run time (ns) and run count of every loaded residency program.
+    fn program_time() -> anyhow::Result<(u64, u64)> {
+        let mut total = (0u64, 0u64);
+        for p in aya::programs::loaded_programs() {
+            let p = p.context("listing loaded programs")?;
+            if p.name_as_str().is_some_and(|n| n.starts_with("residency_")) {
+                let ns = u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX);
+                total = (total.0 + ns, total.1 + p.run_count());
+            }
+        }
+        Ok(total)
+    }
+
+    pub fn run(
+        db: &Path,
+        workloads: usize,
+        rounds: usize,
+        connects: u64,
+        write: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        if !privileged_or_skip("residency-bench policy") {
+            anyhow::bail!("needs root");
+        }
+        ensure!(
+            db.is_file(),
+            "{} is missing: `cargo xtask geoip` fetches it",
+            db.display()
+        );
+        let prepared = geo::prepare(db, None)?;
+        let bench_db = tempfile::Builder::new().suffix(".mmdb").tempfile()?;
+        std::fs::write(
+            bench_db.path(),
+            super::geoip_bench::bench_db_bytes(&prepared)?,
+        )?;
+        drop(prepared);
+
+        let cg = TestCgroup::new("bench-policy")?;
+        let root = cg.relative()?;
+        let t = Instant::now();
+        for w in 0..workloads {
+            cg.child(&format!("w{w}"))?;
+        }
+        let mkdir_ms = t.elapsed().as_secs_f64() * 1e3;
+        let middle = workloads / 2;
+        let direct = cg.path.join(format!("w{middle}"));
+        let nested = cg.child(&format!("w{middle}/pod/container/task"))?;
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("residency.toml");
+        std::fs::write(&config_path, config(&root, workloads, 0))?;
+        let l4 = Listener::bind(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+
+        let storm = |cgroup: &Path, n: u64| -> anyhow::Result<(f64, f64)> {
+            let r = run_client(
+                &[Op::Tcp(l4.tcp)],
+                &ClientOptions {
+                    cgroup_dir: Some(cgroup),
+                    repeat: Some(n),
+                    timing: true,
+                    ..Default::default()
+                },
+            )?;
+            let o = &r["ops"][0];
+            ensure!(
+                o["ok"].as_u64() == Some(n),
+                "not every connect succeeded: {r}"
+            );
+            Ok((
+                o["p50_ns"].as_f64().unwrap_or(0.0),
+                o["p99_ns"].as_f64().unwrap_or(0.0),
+            ))
+        };
+        storm(&direct, connects / 10)?;
+
+        let plain_path = dir.path().join("default-only.toml");
+        std::fs::write(&plain_path, config(&root, 0, 0))?;
+        // The kernel's own account of the programs' time per call, which
+        // the noise of a whole connect() does not blur.
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        let timed = |cgroup: &Path| -> anyhow::Result<Sample> {
+            let before = program_time()?;
+            let (p50, p99) = storm(cgroup, connects)?;
+            let after = program_time()?;
+            let calls = after.1.saturating_sub(before.1);
+            ensure!(
+                calls >= connects,
+                "the programs ran {calls} times for {connects} connects"
+            );
+            Ok(Sample {
+                p50,
+                p99,
+                program_ns: after.0.saturating_sub(before.0) as f64 / calls as f64,
+            })
+        };
+        let mut base_direct = Vec::new();
+        let mut base_nested = Vec::new();
+        let mut plain_direct = Vec::new();
+        let mut with_direct = Vec::new();
+        let mut with_nested = Vec::new();
+        let mut start_ms = Vec::new();
+        let mut reload_wall_ms = Vec::new();
+        let mut reload_load_ms = Vec::new();
+        for round in 0..rounds {
+            eprintln!("policy round {}/{rounds}", round + 1);
+            // The order of the daemon cases alternates, so drift in the
+            // machine does not favour one.
+            for case in if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] } {
+                match case {
+                    0 => {
+                        base_direct.push(Sample::untimed(storm(&direct, connects)?));
+                        base_nested.push(Sample::untimed(storm(&nested, connects)?));
+                    }
+                    1 => {
+                        let d = Daemon::start_with(
+                            "",
+                            &cg,
+                            &daemon_args(bench_db.path(), &plain_path),
+                        )?;
+                        d.wait_for(Duration::from_mins(1), |r| action(r) == "geoip-loaded")?;
+                        plain_direct.push(timed(&direct)?);
+                        let records = d.stop()?;
+                        ensure!(
+                            records.iter().all(|r| action(r) != "events-lost"),
+                            "events were lost"
+                        );
+                    }
+                    _ => {
+                        let t = Instant::now();
+                        let d = Daemon::start_with(
+                            "",
+                            &cg,
+                            &daemon_args(bench_db.path(), &config_path),
+                        )?;
+                        d.wait_for(Duration::from_mins(1), |r| action(r) == "geoip-loaded")?;
+                        start_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                        with_direct.push(timed(&direct)?);
+                        with_nested.push(timed(&nested)?);
+                        // A reload: a changed file (new hash) and SIGHUP.
+                        std::fs::write(
+                            &config_path,
+                            config(&root, workloads, u32::try_from(round + 1).unwrap_or(0)),
+                        )?;
+                        let t = Instant::now();
+                        nix::sys::signal::kill(
+                            d.pid().context("pid")?,
+                            nix::sys::signal::Signal::SIGHUP,
+                        )?;
+                        let note = d.wait_for(Duration::from_mins(1), |r| {
+                            action(r) == "policy-loaded"
+                                && r["residency"]["policy"]["generation"] == 2
+                        })?;
+                        reload_wall_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                        reload_load_ms.push(
+                            note["residency"]["policy"]["load_ms"]
+                                .as_f64()
+                                .unwrap_or(0.0),
+                        );
+                        let records = d.stop()?;
+                        let flows = residency_tests::flows(&records);
+                        ensure!(
+                            flows.iter().any(|f| f["residency"]["workload"]["name"]
+                                == format!("w{middle}").as_str()),
+                            "the storm's connects were not attributed to workload w{middle}"
+                        );
+                        ensure!(
+                            records.iter().all(|r| action(r) != "events-lost"),
+                            "events were lost"
+                        );
+                    }
+                }
+            }
+        }
+
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Measured {} by `cargo xtask bench policy`: {workloads} workloads (each its own policy and \
+             cgroup) of 50 tenants, 20 exceptions, the full CC0 GeoIP tables; {rounds} rounds of \
+             {connects} loopback TCP connects per case, judged through the deepest GeoIP path.\n",
+            jiff::Zoned::now().strftime("%Y-%m-%d")
+        );
+        let _ = writeln!(
+            out,
+            "| connect() from | programs | p50 | p99 | p50 vs none | p99 vs none | program time per call |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+        let mut met = true;
+        let many = format!("{workloads} workload policies + daemon");
+        // Each case against no programs in the same cgroup: a deeper cgroup
+        // costs the kernel something of its own (charging up the tree).
+        for (name, programs, v, base, goal) in [
+            (
+                "the workload's cgroup",
+                "none",
+                &base_direct,
+                &base_direct,
+                false,
+            ),
+            (
+                "the workload's cgroup",
+                "default policy only + daemon",
+                &plain_direct,
+                &base_direct,
+                false,
+            ),
+            (
+                "the workload's cgroup",
+                many.as_str(),
+                &with_direct,
+                &base_direct,
+                true,
+            ),
+            (
+                "three cgroups below it",
+                "none",
+                &base_nested,
+                &base_nested,
+                false,
+            ),
+            (
+                "three cgroups below it",
+                many.as_str(),
+                &with_nested,
+                &base_nested,
+                true,
+            ),
+        ] {
+            let (p50, p99) = (median_of(v, |s| s.p50), median_of(v, |s| s.p99));
+            let r50 = (p50 / median_of(base, |s| s.p50) - 1.0) * 100.0;
+            let r99 = (p99 / median_of(base, |s| s.p99) - 1.0) * 100.0;
+            if goal && r50 > 10.0 {
+                met = false;
+            }
+            let program = median_of(v, |s| s.program_ns);
+            let _ = writeln!(
+                out,
+                "| {name} | {programs} | {:.2} µs | {:.2} µs | {r50:+.1}% | {r99:+.1}% | {} |",
+                p50 / 1e3,
+                p99 / 1e3,
+                if program > 0.0 {
+                    format!("{program:.0} ns")
+                } else {
+                    "-".to_owned()
+                }
+            );
+        }
+        let _ = writeln!(out, "\n| {workloads} workloads | value |");
+        let _ = writeln!(out, "|---|---:|");
+        let _ = writeln!(
+            out,
+            "| daemon start to GeoIP and policy in force (median) | {:.0} ms |",
+            median(start_ms)
+        );
+        let _ = writeln!(
+            out,
+            "| policy reload: SIGHUP to `policy-loaded` record (median) | {:.0} ms |",
+            median(reload_wall_ms)
+        );
+        let _ = writeln!(
+            out,
+            "| of which building and switching the kernel maps (median) | {:.0} ms |",
+            median(reload_load_ms)
+        );
+        let _ = writeln!(
+            out,
+            "| creating the {workloads} test cgroups (setup, for scale) | {mkdir_ms:.0} ms |"
+        );
+        let _ = writeln!(
+            out,
+            "\nGoal: connect() p50 within +10% of no programs with {workloads} policies and the full \
+             GeoIP tables: {}.",
+            if met { "met" } else { "NOT met" }
+        );
+        drop(cg);
+        println!("{out}");
+        if let Some(path) = write {
+            write_section(path, "policy", &out)?;
+            eprintln!("wrote the tables to {}", path.display());
+        }
+        ensure!(met, "a target was missed; see the table");
         Ok(())
     }
 }
