@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, ConfigError},
     geo::FileIdentity,
+    identity::SharedTree,
     kernel::PolicyMaps,
     policy::{self, Versions},
     sinks::{Note, Record},
@@ -69,7 +70,8 @@ pub struct Control {
     /// Whether the programs were loaded able to block.
     pub may_block: bool,
     pub check_ownership: bool,
-    pub tree: Tree,
+    /// Shared with the writer, which names each record's cgroup.
+    pub tree: SharedTree,
     pub versions: Arc<Versions>,
     pub notes: UnboundedSender<Record>,
     pub reload: watch::Receiver<u64>,
@@ -78,7 +80,8 @@ pub struct Control {
 
 /// Runs until `shutdown` changes.
 pub async fn run(mut c: Control, mut shutdown: watch::Receiver<bool>) {
-    let mut events = match watch_tree(c.tree.mount()) {
+    let mount = lock(&c.tree).mount().to_path_buf();
+    let mut events = match watch_tree(&mount) {
         Ok(e) => Some(e),
         Err(e) => {
             warn!(
@@ -167,7 +170,7 @@ fn cgroup_event(c: &mut Control, events: &mut Option<Events>, what: EventMask, d
             {
                 dirs.insert(wd, sub_dir.clone());
             }
-            let Some(cg) = c.tree.added(&sub_dir) else {
+            let Some(cg) = lock(&c.tree).added(&sub_dir) else {
                 continue;
             };
             if let Some(index) = workloads::workload_for(&c.current, &cg.path)
@@ -184,11 +187,16 @@ fn cgroup_event(c: &mut Control, events: &mut Option<Events>, what: EventMask, d
             }
         }
     } else if what.contains(EventMask::DELETE)
-        && let Some(id) = c.tree.removed(dir)
+        && let Some(id) = lock(&c.tree).removed(dir)
         && let Some(maps) = c.maps.as_mut()
     {
         maps.remove_cgroup(id);
     }
+}
+
+fn lock(tree: &SharedTree) -> std::sync::MutexGuard<'_, Tree> {
+    tree.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn note(
@@ -272,7 +280,8 @@ async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> C
     };
     let now = jiff::Timestamp::now();
     let compiled = policy::compile(&config, now);
-    let cgroups = workloads::assignments(&config, &c.tree.rescan());
+    let all = lock(&c.tree).rescan();
+    let cgroups = workloads::assignments(&config, &all);
     let number = maps.next_generation();
     // Known before the switch: the first records of the new generation
     // must already find their configuration.

@@ -1,10 +1,11 @@
 //! The enrich stage: turns a kernel record into a [`Flow`] that says, in
 //! userspace terms, who sent what where and what was decided.
 //!
-//! Today that means wall-clock time, addresses, names, and the `GeoIP`
-//! detail (country, continent, AS) of the database generation that decided.
-//! Process, workload, tenant and DNS detail join here as later stages of the
-//! product land.
+//! That means wall-clock time, addresses, names, the `GeoIP` detail
+//! (country, continent, AS) of the database generation that decided, the
+//! configuration that decided (workload, role, tenants, exception, hash),
+//! and the caller's executable, command line and cgroup path
+//! ([`crate::identity`]). DNS names join here when that stage lands.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -17,7 +18,60 @@ use residency_common::{
     Verdict,
 };
 
-use crate::geo::{Detail, DetailCache, Registry};
+use crate::{
+    geo::{Detail, DetailCache, Registry},
+    identity::{CgroupPaths, ProcessInfo, Processes, SharedTree},
+    policy::Versions,
+};
+
+/// What the writer enriches from: shared with the tasks that keep each
+/// current.
+#[derive(Clone)]
+pub struct Sources {
+    /// `GeoIP` generation -> database.
+    pub registry: Arc<Registry>,
+    /// Policy generation -> configuration.
+    pub versions: Arc<Versions>,
+    /// The cgroup tree.
+    pub tree: SharedTree,
+}
+
+/// The writer's caches in front of [`Sources`].
+pub struct Enricher {
+    sources: Sources,
+    details: DetailCache,
+    processes: Processes,
+    cgroups: CgroupPaths,
+}
+
+impl Enricher {
+    /// `details`: how many `GeoIP` lookups to remember.
+    #[must_use]
+    pub fn new(sources: Sources, details: usize) -> Self {
+        Enricher {
+            cgroups: CgroupPaths::new(sources.tree.clone()),
+            sources,
+            details: DetailCache::new(details),
+            processes: Processes::default(),
+        }
+    }
+
+    /// Everything userspace adds to a kernel record.
+    pub fn enrich(&mut self, flow: &mut Flow) {
+        flow.add_geo(&self.sources.registry, &mut self.details);
+        flow.add_policy(&self.sources.versions);
+        flow.process = self
+            .processes
+            .lookup(flow.pid, flow.tid, &flow.process_name);
+        flow.cgroup_path = self.cgroups.path_of(flow.cgroup_id);
+    }
+
+    /// The newest configuration, for records no policy generation decided.
+    #[must_use]
+    pub fn versions(&self) -> &Versions {
+        &self.sources.versions
+    }
+}
 
 /// Maps the kernel's `CLOCK_BOOTTIME` stamps to wall-clock time.
 ///
@@ -79,6 +133,8 @@ pub struct Flow {
     /// The kernel's `CLOCK_BOOTTIME` stamp, kept for ordering and latency.
     pub boot_ns: u64,
     pub cgroup_id: u64,
+    /// The cgroup's path under the cgroup2 mount, if it was still there.
+    pub cgroup_path: Option<Arc<str>>,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -86,6 +142,9 @@ pub struct Flow {
     /// The thread's `comm`. Not necessarily UTF-8 in the kernel; invalid
     /// bytes are replaced here.
     pub process_name: String,
+    /// Executable and command line, if the process still ran when the
+    /// record was enriched.
+    pub process: Option<Arc<ProcessInfo>>,
     pub hook: Hook,
     pub transport: Transport,
     pub dest_ip: IpAddr,
@@ -174,11 +233,13 @@ impl Flow {
             time: clock.wall(ev.boot_ns),
             boot_ns: ev.boot_ns,
             cgroup_id: ev.cgroup_id,
+            cgroup_path: None,
             pid: ev.tgid,
             tid: ev.tid,
             uid: ev.uid,
             gid: ev.gid,
             process_name: String::from_utf8_lossy(&ev.comm[..name_len]).into_owned(),
+            process: None,
             hook,
             transport,
             dest_ip,
@@ -199,7 +260,7 @@ impl Flow {
 
     /// Adds the configuration that decided (by the event's policy
     /// generation), for the workload, tenants, rule names and hash.
-    pub fn add_policy(&mut self, versions: &crate::policy::Versions) {
+    pub fn add_policy(&mut self, versions: &Versions) {
         self.policy_config = versions.get(self.policy_gen).map(Decider);
     }
 

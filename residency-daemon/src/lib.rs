@@ -13,6 +13,9 @@
 //!   that uses aya);
 //! - [`pipeline`]: moves records from the kernel to the sinks;
 //! - [`enrich`]: turns kernel records into explained flows;
+//! - [`identity`]: the executable, command line and cgroup of each call;
+//! - [`workloads`]: which cgroups select which workload, kept current;
+//! - [`control`]: policy reloads, expiry and new cgroups at run time;
 //! - [`sinks`]: writes records out (ECS JSON lines today).
 //!
 //! [`run`] wires them together; the binary, the tests and the benchmarks all
@@ -22,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod enrich;
 pub mod geo;
+pub mod identity;
 pub mod kernel;
 pub mod pipeline;
 pub mod policy;
@@ -137,8 +141,9 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let prepared = prepare_geo(&config, geo_path.as_ref(), asn_path.as_ref()).await?;
 
     let compiled = policy::compile(&config, jiff::Timestamp::now());
-    let tree = workloads::Tree::new(&mount);
-    let cgroups = workloads::assignments(&config, &scan_tree(&tree));
+    let (tree, all_cgroups) = workloads::Tree::new(&mount);
+    let cgroups = workloads::assignments(&config, &all_cgroups);
+    let tree = Arc::new(std::sync::Mutex::new(tree));
     // Registered before the programs run: their first records name
     // generation 1 of each and must find its version.
     let registry = Arc::new(geo::Registry::default());
@@ -201,7 +206,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             current: config.clone(),
             may_block: config.may_block(),
             check_ownership: !options.allow_insecure_config,
-            tree,
+            tree: tree.clone(),
             versions: versions.clone(),
             notes: notes_tx,
             reload: reload_rx,
@@ -231,7 +236,17 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             .collect(),
     };
     Ok(pipeline::run(
-        config, kernel, start, output, registry, versions, notes_rx, stop_rx,
+        config,
+        kernel,
+        start,
+        output,
+        enrich::Sources {
+            registry,
+            versions,
+            tree,
+        },
+        notes_rx,
+        stop_rx,
     )
     .await?)
 }
@@ -271,10 +286,6 @@ fn install_signals(
     });
 
     Ok(())
-}
-
-fn scan_tree(tree: &workloads::Tree) -> Vec<workloads::Cgroup> {
-    workloads::scan(tree.mount())
 }
 
 /// Prepares the `GeoIP` database, if there is one, off the async runtime.

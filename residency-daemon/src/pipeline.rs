@@ -30,8 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
-    enrich::{Clock, Flow},
-    geo::{DetailCache, Registry},
+    enrich::{Clock, Enricher, Flow, Sources},
     kernel::{CounterReader, DecodeError, EventRing, Kernel, KernelCounters, KernelError},
     sinks::{
         Record, StartInfo, StopInfo, ecs,
@@ -92,17 +91,12 @@ enum WriterEnd {
 ///
 /// # Errors
 /// If records cannot be written, or the kernel objects fail.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the pipeline's inputs, each from a different stage"
-)]
 pub async fn run(
     config: Arc<Config>,
     kernel: Kernel,
     start: StartInfo,
     mut output: JsonLines,
-    registry: Arc<Registry>,
-    versions: Arc<crate::policy::Versions>,
+    sources: Sources,
     notes: Notes,
     shutdown: watch::Receiver<bool>,
 ) -> Result<StopInfo, PipelineError> {
@@ -154,8 +148,7 @@ pub async fn run(
         output,
         ready,
         room,
-        registry,
-        versions,
+        sources,
         notes,
     }));
 
@@ -347,8 +340,7 @@ struct Writer {
     output: JsonLines,
     ready: Arc<Notify>,
     room: Arc<Notify>,
-    registry: Arc<Registry>,
-    versions: Arc<crate::policy::Versions>,
+    sources: Sources,
     notes: Notes,
 }
 
@@ -359,12 +351,11 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
         mut output,
         ready,
         room,
-        registry,
-        versions,
+        sources,
         mut notes,
     } = w;
     let mut buf = Vec::with_capacity(1 << 20);
-    let mut cache = DetailCache::new(DETAIL_CACHE);
+    let mut enricher = Enricher::new(sources, DETAIL_CACHE);
     let mut notes_open = true;
     loop {
         let woke = tokio::select! {
@@ -372,7 +363,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
             note = notes.recv(), if notes_open => {
                 match note {
                     Some(note) => {
-                        let current = versions.newest().unwrap_or_else(|| config.clone());
+                        let current = enricher.versions().newest().unwrap_or_else(|| config.clone());
                         if let Err(e) = ecs::encode_line(&note, &current, &mut buf) {
                             error!("cannot encode a record: {e}");
                         }
@@ -398,8 +389,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
             let record = match item {
                 Item::Event(ev) => match Flow::from_kernel(&ev, &clock) {
                     Ok(mut flow) => {
-                        flow.add_geo(&registry, &mut cache);
-                        flow.add_policy(&versions);
+                        enricher.enrich(&mut flow);
                         Record::Flow(flow)
                     }
                     Err(e) => Record::Undecodable {

@@ -13,6 +13,7 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::config::Config;
@@ -79,28 +80,42 @@ pub fn assignments(config: &Config, cgroups: &[Cgroup]) -> Vec<(u64, u32)> {
         .collect()
 }
 
-/// Knows the cgroup tree: id -> path, for records, and watches for changes.
+/// An id first seen in a record makes the tree rescan at most this often.
+const RESCAN_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// Knows the cgroup tree: id -> path, for records; kept current by the
+/// control task from inotify.
 pub struct Tree {
     mount: PathBuf,
     by_id: HashMap<u64, String>,
+    scanned: Instant,
+    rescan_every: Duration,
 }
 
 impl Tree {
-    /// Scans the tree now.
+    /// Scans the tree now; returns it and every cgroup in it.
     #[must_use]
-    pub fn new(mount: &Path) -> Self {
+    pub fn new(mount: &Path) -> (Self, Vec<Cgroup>) {
         let mut t = Tree {
             mount: mount.to_path_buf(),
             by_id: HashMap::new(),
+            scanned: Instant::now(),
+            rescan_every: RESCAN_AT_MOST_EVERY,
         };
-        t.rescan();
-        t
+        let all = t.rescan();
+        (t, all)
     }
 
     pub fn rescan(&mut self) -> Vec<Cgroup> {
         let all = scan(&self.mount);
         self.by_id = all.iter().map(|c| (c.id, c.path.clone())).collect();
+        self.scanned = Instant::now();
         all
+    }
+
+    /// How often an unknown id may rescan the tree (tests use zero).
+    pub fn set_rescan_interval(&mut self, every: Duration) {
+        self.rescan_every = every;
     }
 
     #[must_use]
@@ -108,11 +123,16 @@ impl Tree {
         &self.mount
     }
 
-    /// The path of a cgroup id, rescanning once if it is new (a cgroup
-    /// first seen in an event).
+    /// The path of a cgroup id. An id not known yet (a cgroup first seen in
+    /// a record, made between two inotify events being handled) rescans
+    /// the tree, at most once a second: a burst of records from cgroups
+    /// already gone costs one walk, not one each.
     pub fn path_of(&mut self, id: u64) -> Option<String> {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
+        }
+        if self.scanned.elapsed() < self.rescan_every {
+            return None;
         }
         self.rescan();
         self.by_id.get(&id).cloned()
@@ -187,9 +207,18 @@ cgroup = ["/kubepods/*/c*"]
         assert_eq!(got.len(), 3);
         assert_eq!(assignments(&config, &all).len(), 3);
 
-        let mut tree = Tree::new(root);
+        let (mut tree, _) = Tree::new(root);
         let c1 = all.iter().find(|c| c.path == "/kubepods/pod-a/c1").unwrap();
         assert_eq!(tree.path_of(c1.id).as_deref(), Some("/kubepods/pod-a/c1"));
+        // An id first seen in a record: found by rescanning, but not more
+        // often than allowed.
+        std::fs::create_dir(root.join("kubepods/pod-b/c4")).unwrap();
+        let c4 = std::fs::metadata(root.join("kubepods/pod-b/c4"))
+            .unwrap()
+            .ino();
+        assert_eq!(tree.path_of(c4), None, "rescanned less than a second ago");
+        tree.set_rescan_interval(Duration::ZERO);
+        assert_eq!(tree.path_of(c4).as_deref(), Some("/kubepods/pod-b/c4"));
         std::fs::create_dir(root.join("kubepods/pod-a/c3")).unwrap();
         let added = tree.added(&root.join("kubepods/pod-a/c3")).unwrap();
         assert_eq!(workload_for(&config, &added.path), Some(2));

@@ -142,7 +142,7 @@ fn reports_each_connect_and_sendto_once_with_identity() -> anyhow::Result<()> {
         assert_eq!(f["network"]["type"], ip_type);
         assert_eq!(f["network"]["direction"], "egress");
         assert_eq!(f["residency"]["verdict"], "allowed");
-        assert_eq!(f["residency"]["cgroup_id"], cgroup_id);
+        assert_eq!(f["residency"]["cgroup"]["id"], cgroup_id);
         assert_eq!(
             f["residency"]["v4_mapped"].as_bool().unwrap_or(false),
             v4_mapped,

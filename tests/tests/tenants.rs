@@ -150,8 +150,16 @@ fn tenants_workloads_and_exceptions_are_enforced_per_workload() -> anyhow::Resul
         .to_owned();
     assert_eq!(hash1.len(), 64, "a SHA-256: {loaded}");
 
-    // The LLM server (enforce): blocked to the US, allowed to DE.
-    let llm_us = client(&llm, Op::Tcp(us.tcp))?;
+    // The LLM server (enforce): blocked to the US, allowed to DE. This
+    // client stays alive a while, so the daemon finds it in /proc.
+    let llm_us = run_client(
+        &[Op::Tcp(us.tcp)],
+        &ClientOptions {
+            cgroup_dir: Some(&llm),
+            linger_ms: Some(1000),
+            ..Default::default()
+        },
+    )?;
     assert!(eperm(&llm_us), "llm -> US must fail with EPERM: {llm_us}");
     let llm_de = client(&llm, Op::Tcp(de.tcp))?;
     assert!(ok(&llm_de), "llm -> DE must connect: {llm_de}");
@@ -213,6 +221,22 @@ fn tenants_workloads_and_exceptions_are_enforced_per_workload() -> anyhow::Resul
     assert_eq!(r["residency"]["country"], "US");
     assert_eq!(r["residency"]["policy"]["hash"], hash1.as_str());
     assert_eq!(r["residency"]["policy"]["generation"], 1);
+    // Who: the executable and command line, and the cgroup by path.
+    let client_bin = residency_tests::workspace_bin("egress-client")?;
+    assert_eq!(
+        r["process"]["executable"],
+        client_bin.to_str().unwrap_or(""),
+        "{r}"
+    );
+    assert_eq!(r["process"]["args"][0], client_bin.to_str().unwrap_or(""));
+    assert!(
+        r["process"]["command_line"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("tcp:{}", us.tcp)),
+        "{r}"
+    );
+    assert_eq!(r["residency"]["cgroup"]["path"], format!("{root}/llm"));
 
     let r = record_of(&records, &llm_de);
     assert_eq!(r["residency"]["verdict"], "allowed");

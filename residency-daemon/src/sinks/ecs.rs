@@ -13,7 +13,7 @@ use serde::{Serialize, Serializer};
 use serde_json::json;
 
 use super::{Record, StartInfo, StopInfo};
-use crate::{config::Config, enrich::Flow};
+use crate::{config::Config, enrich::Flow, identity::ProcessInfo};
 
 /// Appends `record` as one line of JSON (with its newline) to `out`.
 ///
@@ -197,6 +197,22 @@ struct Process<'a> {
     pid: u32,
     name: &'a str,
     thread: Id<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_line: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<&'a [String]>,
+    /// Set when the command line was longer than residency keeps.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    args_truncated: bool,
+}
+
+#[derive(Serialize)]
+struct CgroupFields<'a> {
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
 }
 
 /// `{"id": "<value>"}`: ECS ids are keywords (strings), even when they are
@@ -247,7 +263,7 @@ struct Residency<'a> {
     tenants: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     exception: Option<ExceptionFields<'a>>,
-    cgroup_id: u64,
+    cgroup: CgroupFields<'a>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     v4_mapped: bool,
     boot_ns: u64,
@@ -344,6 +360,21 @@ impl<'a> FlowDoc<'a> {
                 pid: flow.pid,
                 name: &flow.process_name,
                 thread: Id(flow.tid),
+                executable: flow
+                    .process
+                    .as_deref()
+                    .and_then(|p| p.executable.as_deref()),
+                command_line: flow
+                    .process
+                    .as_deref()
+                    .filter(|p| !p.args.is_empty())
+                    .map(ProcessInfo::command_line),
+                args: flow
+                    .process
+                    .as_deref()
+                    .filter(|p| !p.args.is_empty())
+                    .map(|p| p.args.as_slice()),
+                args_truncated: flow.process.as_deref().is_some_and(|p| p.args_truncated),
             },
             user: Id(flow.uid),
             group: Id(flow.gid),
@@ -386,7 +417,10 @@ impl<'a> FlowDoc<'a> {
                     justification: &e.justification,
                     expires: e.expires,
                 }),
-                cgroup_id: flow.cgroup_id,
+                cgroup: CgroupFields {
+                    id: flow.cgroup_id,
+                    path: flow.cgroup_path.as_deref(),
+                },
                 v4_mapped: flow.v4_mapped,
                 boot_ns: flow.boot_ns,
             },
@@ -444,11 +478,22 @@ mod tests {
             time: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
             boot_ns: 5,
             cgroup_id: 77,
+            cgroup_path: Some("/system.slice/crm.service".into()),
             pid: 10,
             tid: 11,
             uid: 65534,
             gid: 65533,
             process_name: "py\"thon\n".to_owned(),
+            process: Some(std::sync::Arc::new(ProcessInfo {
+                executable: Some("/usr/bin/python3.12".into()),
+                args: vec![
+                    "python3".into(),
+                    "sync.py".into(),
+                    "--tenant".into(),
+                    "acme".into(),
+                ],
+                args_truncated: false,
+            })),
             hook: Hook::Connect6,
             transport: Transport::Tcp,
             dest_ip: "2001:db8::1".parse().unwrap(),
@@ -504,6 +549,29 @@ mod tests {
         assert_eq!(v["residency"]["decided_by"], "denied");
         assert!(v["residency"].get("v4_mapped").is_none());
         assert!(v["destination"].get("geo").is_none());
+        assert_eq!(v["process"]["executable"], "/usr/bin/python3.12");
+        assert_eq!(
+            v["process"]["command_line"],
+            "python3 sync.py --tenant acme"
+        );
+        assert_eq!(v["process"]["args"][3], "acme");
+        assert!(v["process"].get("args_truncated").is_none());
+        assert_eq!(v["residency"]["cgroup"]["id"], 77);
+        assert_eq!(
+            v["residency"]["cgroup"]["path"],
+            "/system.slice/crm.service"
+        );
+
+        // A process gone before it could be identified: only the kernel's
+        // name, and nothing made up.
+        let mut gone = flow();
+        gone.process = None;
+        gone.cgroup_path = None;
+        let v = encode(&Record::Flow(gone));
+        assert!(v["process"].get("executable").is_none());
+        assert!(v["process"].get("command_line").is_none());
+        assert_eq!(v["process"]["name"], "py\"thon\n");
+        assert!(v["residency"]["cgroup"].get("path").is_none());
     }
 
     #[test]

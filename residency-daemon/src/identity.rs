@@ -1,0 +1,268 @@
+//! The identity stage: who made a call, beyond what the kernel record holds.
+//!
+//! The kernel record names the thread (`pid`, `tid`, `comm`) and its cgroup
+//! id. This module adds the executable path and command line from `/proc`,
+//! and the cgroup's path from the shared [`crate::workloads::Tree`].
+//!
+//! `/proc` is read while the process lives: a process that has exited by
+//! the time its record is enriched (a short-lived client, read a few
+//! milliseconds later) keeps its name from the kernel but gets no
+//! executable or command line. A pid the kernel has since given to another
+//! process is not mistaken for the one that made the call: the thread's name
+//! must match the record's, and a cached answer is checked against the
+//! process's start time at least once a second.
+
+use std::{
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::workloads::Tree;
+
+/// Processes remembered; a process costs a few hundred bytes.
+const PROCESSES: usize = 4096;
+/// Cgroup paths remembered by the writer.
+const CGROUPS: usize = 4096;
+/// How long a cached process is trusted before its start time is checked.
+const RECHECK: Duration = Duration::from_secs(1);
+/// The most of a command line that is kept (the kernel's own `ps` limit is
+/// a page).
+pub const MAX_COMMAND_LINE: usize = 4096;
+
+/// What `/proc` says about a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The resolved path of its executable (`/proc/PID/exe`).
+    pub executable: Option<String>,
+    /// Its arguments, `argv[0]` first, at most [`MAX_COMMAND_LINE`] bytes in
+    /// all.
+    pub args: Vec<String>,
+    /// Whether the command line was cut at [`MAX_COMMAND_LINE`].
+    pub args_truncated: bool,
+}
+
+impl ProcessInfo {
+    /// The arguments joined by spaces (ECS `process.command_line`).
+    #[must_use]
+    pub fn command_line(&self) -> String {
+        self.args.join(" ")
+    }
+}
+
+struct Cached {
+    start_time: u64,
+    checked: Instant,
+    info: Arc<ProcessInfo>,
+}
+
+/// Reads and remembers process identities.
+pub struct Processes {
+    proc: PathBuf,
+    cache: lru::LruCache<u32, Cached>,
+}
+
+impl Default for Processes {
+    fn default() -> Self {
+        Processes::new(Path::new("/proc"))
+    }
+}
+
+impl Processes {
+    /// Reads from `proc` (normally `/proc`).
+    #[must_use]
+    pub fn new(proc: &Path) -> Self {
+        Processes {
+            proc: proc.to_path_buf(),
+            cache: lru::LruCache::new(NonZeroUsize::new(PROCESSES).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+
+    /// The identity of process `pid` whose thread `tid` was named `comm`
+    /// when it made the call; `None` if it has exited or is no longer that
+    /// process.
+    pub fn lookup(&mut self, pid: u32, tid: u32, comm: &str) -> Option<Arc<ProcessInfo>> {
+        let now = Instant::now();
+        if let Some(c) = self.cache.get_mut(&pid) {
+            if now.duration_since(c.checked) < RECHECK {
+                return Some(c.info.clone());
+            }
+            if start_time(&self.proc, pid) == Some(c.start_time) {
+                c.checked = now;
+                return Some(c.info.clone());
+            }
+            self.cache.pop(&pid);
+        }
+        let dir = self.proc.join(pid.to_string());
+        let start = start_time(&self.proc, pid)?;
+        // The thread that called, if it still runs, must carry the name the
+        // kernel saw; else the pid is someone else's now (or the process
+        // has exec'd something else since).
+        let thread_comm = std::fs::read(dir.join("task").join(tid.to_string()).join("comm"))
+            .or_else(|_| std::fs::read(dir.join("comm")))
+            .ok()?;
+        if trim_newline(&thread_comm) != comm.as_bytes()
+            && String::from_utf8_lossy(trim_newline(&thread_comm)) != comm
+        {
+            return None;
+        }
+        let executable = std::fs::read_link(dir.join("exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let (args, args_truncated) = std::fs::read(dir.join("cmdline"))
+            .map(|raw| split_args(&raw))
+            .unwrap_or_default();
+        // Read again after: a pid reused in between shows a new start time.
+        if start_time(&self.proc, pid) != Some(start) {
+            return None;
+        }
+        let info = Arc::new(ProcessInfo {
+            executable,
+            args,
+            args_truncated,
+        });
+        self.cache.put(
+            pid,
+            Cached {
+                start_time: start,
+                checked: now,
+                info: info.clone(),
+            },
+        );
+        Some(info)
+    }
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    b.strip_suffix(b"\n").unwrap_or(b)
+}
+
+/// Field 22 of `/proc/PID/stat`: the start time in clock ticks since boot.
+fn start_time(proc: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read(proc.join(pid.to_string()).join("stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// The process name (field 2) may hold spaces and parentheses, so fields
+/// are counted from the last `)`.
+fn parse_start_time(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// `/proc/PID/cmdline`: NUL-separated arguments, cut at
+/// [`MAX_COMMAND_LINE`] bytes.
+fn split_args(raw: &[u8]) -> (Vec<String>, bool) {
+    let truncated = raw.len() > MAX_COMMAND_LINE;
+    let raw = &raw[..raw.len().min(MAX_COMMAND_LINE)];
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    if raw.is_empty() {
+        // Kernel threads, and processes that have released their memory.
+        return (Vec::new(), truncated);
+    }
+    (
+        raw.split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+        truncated,
+    )
+}
+
+/// The cgroup tree, shared by the control task (which keeps it current from
+/// inotify) and the writer (which names each record's cgroup).
+pub type SharedTree = Arc<Mutex<Tree>>;
+
+/// Cgroup id -> path, remembered by the writer in front of the shared tree.
+pub struct CgroupPaths {
+    tree: SharedTree,
+    cache: lru::LruCache<u64, Arc<str>>,
+}
+
+impl CgroupPaths {
+    #[must_use]
+    pub fn new(tree: SharedTree) -> Self {
+        CgroupPaths {
+            tree,
+            cache: lru::LruCache::new(NonZeroUsize::new(CGROUPS).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+
+    /// The path of a cgroup id (relative to the cgroup2 mount), or `None`
+    /// if it is gone or not yet visible. An id first seen here makes the
+    /// tree rescan, at most once a second.
+    pub fn path_of(&mut self, id: u64) -> Option<Arc<str>> {
+        if let Some(p) = self.cache.get(&id) {
+            return Some(p.clone());
+        }
+        let path: Arc<str> = self
+            .tree
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .path_of(id)?
+            .into();
+        self.cache.put(id, path.clone());
+        Some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_names() {
+        let stat = b"4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time(b"4242 (x) S 1"), None);
+        assert_eq!(parse_start_time(b"garbage"), None);
+    }
+
+    #[test]
+    fn command_lines_split_and_cut() {
+        assert_eq!(
+            split_args(b"/usr/bin/curl\0-s\0https://example.eu/\0"),
+            (
+                vec![
+                    "/usr/bin/curl".to_owned(),
+                    "-s".to_owned(),
+                    "https://example.eu/".to_owned()
+                ],
+                false
+            )
+        );
+        assert_eq!(split_args(b""), (Vec::new(), false));
+        let long = vec![b'a'; MAX_COMMAND_LINE + 10];
+        let (args, cut) = split_args(&long);
+        assert!(cut);
+        assert_eq!(args[0].len(), MAX_COMMAND_LINE);
+    }
+
+    #[test]
+    fn identifies_this_process_and_refuses_a_wrong_name() {
+        let pid = std::process::id();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        let comm = comm.trim_end();
+        let mut p = Processes::default();
+        let info = p.lookup(pid, pid, comm).expect("this process is alive");
+        assert_eq!(
+            info.executable.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(Path::to_str)
+        );
+        assert_eq!(
+            info.args,
+            std::env::args().collect::<Vec<_>>(),
+            "the command line, argument by argument"
+        );
+        let mut fresh = Processes::default();
+        assert!(
+            fresh.lookup(pid, pid, "not-this-name").is_none(),
+            "a pid whose thread has another name is not the caller"
+        );
+        assert!(fresh.lookup(u32::MAX - 1, 1, "x").is_none(), "no such pid");
+    }
+}
