@@ -175,6 +175,10 @@ struct RawWorkload {
     exe: Option<Spanned<String>>,
     process: Option<Spanned<String>>,
     uid: Option<Spanned<u32>>,
+    /// Kubernetes selectors: the names are taken, the matching comes with
+    /// the Kubernetes work.
+    namespace: Option<Spanned<toml::Value>>,
+    pod_labels: Option<Spanned<toml::Value>>,
     #[serde(default)]
     description: String,
 }
@@ -1118,6 +1122,16 @@ fn validate_workloads(
                 },
             )?;
         }
+        for (key, value) in [("namespace", &w.namespace), ("pod_labels", &w.pod_labels)] {
+            if let Some(v) = value {
+                return Err(at.err(
+                    v.span(),
+                    &format!("{field}.{key}"),
+                    "Kubernetes selectors are not supported yet; select the pod's cgroup instead, \
+                     e.g. cgroup = [\"/kubepods.slice/*/*pod<uid>.slice/*\"]",
+                ));
+            }
+        }
         if let Some(u) = &w.uid {
             claim(format!("uid {}", u.get_ref()), u.span(), "uid")?;
             selectors.uid = Some(*u.get_ref());
@@ -1390,7 +1404,12 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
         })?
     } else {
         let addr: IpAddr = text.parse().map_err(|_| {
-            format!("\"{text}\" is not an IP address or CIDR; expected e.g. \"203.0.113.7\" or \"203.0.113.0/24\"")
+            let hint = if text.contains('.') && text.chars().any(|c| c.is_ascii_alphabetic()) {
+                " (host names are not supported yet: give the service's addresses)"
+            } else {
+                ""
+            };
+            format!("\"{text}\" is not an IP address or CIDR{hint}; expected e.g. \"203.0.113.7\" or \"203.0.113.0/24\"")
         })?;
         IpNet::from(addr)
     };
@@ -1750,6 +1769,11 @@ mode = "monitor"
                 "workload[0].exe",
                 "absolute path",
             ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 1\nnamespace = \"inference\"\n",
+                "workload[0].namespace",
+                "Kubernetes selectors are not supported yet",
+            ),
         ];
         for (toml, field, needle) in cases {
             let err = parse(toml).unwrap_err();
@@ -1768,6 +1792,14 @@ mode = "monitor"
             )
         };
         let cases: &[(String, &str, &str)] = &[
+            (
+                exc(
+                    "basis = \"scc\"\njustification = \"x\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n",
+                )
+                .replace("198.51.100.0/24", "siem.example.com"),
+                "exception[0].destinations[0]",
+                "host names are not supported yet",
+            ),
             (
                 exc(
                     "basis = \"scc\"\njustification = \"\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n",

@@ -344,6 +344,7 @@ fn a_cgroup_seen_late_takes_its_workload_policy() -> anyhow::Result<()> {
     // With the daemon stopped, the job's cgroup appears and its process
     // connects: nothing has told the kernel about the cgroup yet.
     kill(pid, Signal::SIGSTOP)?;
+    wait_until_stopped(pid)?;
     let early = (|| {
         let job = cg.child("job-1/task")?;
         let r = client(&job, Op::Tcp(us.tcp))?;
@@ -375,4 +376,29 @@ fn a_cgroup_seen_late_takes_its_workload_policy() -> anyhow::Result<()> {
     assert_eq!(r["residency"]["workload"]["name"], "jobs");
     assert_eq!(r["residency"]["verdict"], "blocked");
     Ok(())
+}
+
+/// SIGSTOP takes effect asynchronously: waits until every thread of `pid`
+/// is stopped (state `T` in `/proc`).
+fn wait_until_stopped(pid: nix::unistd::Pid) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut all = true;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("");
+            all &= state == "T";
+        }
+        if all {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
