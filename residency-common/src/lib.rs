@@ -348,8 +348,17 @@ pub struct Policy {
     /// 1: violations are blocked (only if `MAY_BLOCK` was set at load
     /// time). 0: they are flagged.
     pub enforce: u8,
-    pub _pad: [u8; 6],
+    /// [`HAS_EXCEPTIONS_V4`] and [`HAS_EXCEPTIONS_V6`]: whether the
+    /// exception tries hold entries for this policy at all, so that the
+    /// programs skip a trie walk for the (many) policies without any.
+    pub exceptions: u8,
+    pub _pad: [u8; 5],
 }
+
+/// [`Policy::exceptions`]: IPv4 exceptions exist for the policy.
+pub const HAS_EXCEPTIONS_V4: u8 = 1;
+/// [`Policy::exceptions`]: IPv6 exceptions exist for the policy.
+pub const HAS_EXCEPTIONS_V6: u8 = 2;
 
 /// Which generation of the policy maps is in force (0: none loaded).
 #[repr(C)]
@@ -359,7 +368,17 @@ pub struct PolicyActive {
     /// Bumped when cgroups are added to or removed from the generation in
     /// force: cached walk results from before no longer hold.
     pub epoch: u32,
+    /// [`SELECTS_BY_COMM`] and [`SELECTS_BY_UID`]: whether the generation
+    /// has process-name or uid selectors at all, so that the programs skip
+    /// those lookups when it has none.
+    pub selectors: u32,
+    pub _pad: u32,
 }
+
+/// [`PolicyActive::selectors`]: some workload is selected by process name.
+pub const SELECTS_BY_COMM: u32 = 1;
+/// [`PolicyActive::selectors`]: some workload is selected by uid.
+pub const SELECTS_BY_UID: u32 = 2;
 
 /// A remembered walk result for one cgroup, valid for one generation and
 /// epoch of the policy maps.
@@ -408,7 +427,7 @@ const _: () = assert!(core::mem::offset_of!(ConnectEvent, comm) == 76);
 const _: () = assert!(core::mem::size_of::<DestRule>() == 8);
 const _: () = assert!(core::mem::size_of::<Policy>() == 40);
 const _: () = assert!(core::mem::size_of::<GeoActive>() == 8);
-const _: () = assert!(core::mem::size_of::<PolicyActive>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyActive>() == 16);
 const _: () = assert!(core::mem::size_of::<CachedPolicy>() == 16);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, policy_gen) == 92);
 

@@ -12,7 +12,9 @@ use std::net::IpAddr;
 
 use geoip::CountryCode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use residency_common::{Action, DestKind, DestRule, Policy, Verdict};
+use residency_common::{
+    Action, DestKind, DestRule, HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Policy, Verdict,
+};
 
 use crate::config::{Choice, Config, Exception, Mode, Rule, RuleKind};
 
@@ -51,7 +53,8 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         allowed: config.policy.allowed.0,
         unknown_action: action(config.policy.unknown) as u8,
         enforce: u8::from(config.mode == Mode::Enforce),
-        _pad: [0; 6],
+        exceptions: 0,
+        _pad: [0; 5],
     }];
     let mut comm = Vec::new();
     let mut uid = Vec::new();
@@ -61,7 +64,8 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
             allowed: w.allowed.0,
             unknown_action: action(w.unknown) as u8,
             enforce: u8::from(w.mode == Mode::Enforce),
-            _pad: [0; 6],
+            exceptions: 0,
+            _pad: [0; 5],
         });
         if let Some(name) = w.selectors.comm() {
             let mut key = [0u8; 16];
@@ -105,9 +109,18 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
             }
             let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
             for net in &e.destinations {
-                match net {
-                    IpNet::V4(n) => exceptions_v4.push((index, *n, value)),
-                    IpNet::V6(n) => exceptions_v6.push((index, *n, value)),
+                let flag = match net {
+                    IpNet::V4(n) => {
+                        exceptions_v4.push((index, *n, value));
+                        HAS_EXCEPTIONS_V4
+                    }
+                    IpNet::V6(n) => {
+                        exceptions_v6.push((index, *n, value));
+                        HAS_EXCEPTIONS_V6
+                    }
+                };
+                if let Some(p) = policies.get_mut(usize::from(index)) {
+                    p.exceptions |= flag;
                 }
             }
         }
@@ -633,6 +646,11 @@ roles = ["logging"]
         assert_eq!(k.uid, vec![(996, 2)]);
         assert_eq!(k.exceptions_v4.len(), 1, "only for logs (globex, logging)");
         assert_eq!(k.exceptions_v4[0].0, 2);
+        assert_eq!(
+            k.policies.iter().map(|p| p.exceptions).collect::<Vec<_>>(),
+            vec![0, 0, HAS_EXCEPTIONS_V4],
+            "only the logs policy makes the kernel look for exceptions"
+        );
 
         // The exception applies until it expires, then the policy decides.
         let us = |_| Some(cc("US"));
@@ -643,6 +661,7 @@ roles = ["logging"]
         assert_eq!(d.kind, DestKind::Geo, "expired: {:?}", d.reasons);
         let k_later = compile(&c, later);
         assert!(k_later.exceptions_v4.is_empty());
+        assert!(k_later.policies.iter().all(|p| p.exceptions == 0));
         assert_eq!(k_later.expired, vec!["siem".to_owned()]);
         assert_eq!(
             next_expiry(&c, NOW),

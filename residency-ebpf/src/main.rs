@@ -45,9 +45,10 @@ use residency_common::{
     AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, CachedPolicy, ConnectEvent,
     DestKind, DestRule, EventHeader, EventKind, ExceptionV4Key, ExceptionV6Key, FLAG_V4_MAPPED,
     GEO_GENERATIONS, GEO4_L1_ENTRIES, GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive,
-    Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key, MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES,
-    MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES, MAX_PROCESS_POLICIES, NO_CGROUP_POLICY,
-    POLICY_CACHE_ENTRIES, Policy, PolicyActive, STAT_COUNT, Stat, Verdict,
+    HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key,
+    MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES,
+    MAX_PROCESS_POLICIES, NO_CGROUP_POLICY, POLICY_CACHE_ENTRIES, Policy, PolicyActive,
+    SELECTS_BY_COMM, SELECTS_BY_UID, STAT_COUNT, Stat, Verdict,
 };
 
 /// Return values of a `sock_addr` program.
@@ -294,7 +295,7 @@ fn applied_policy() -> Option<Applied<'static>> {
     let slot = generation & 1;
     let policies = POLICIES.get(slot)?;
     let index = match cgroup_policy(slot, generation, epoch) {
-        NO_CGROUP_POLICY => process_policy(slot).unwrap_or(0),
+        NO_CGROUP_POLICY => process_policy(slot, active.selectors).unwrap_or(0),
         i => i,
     };
     let policy = policies.get(index).or_else(|| policies.get(0))?;
@@ -359,14 +360,18 @@ fn walk(slot: u32, own: u64) -> Option<u32> {
 /// By process name, then by uid: these depend on the process, so they are
 /// not remembered per cgroup.
 #[inline(always)]
-fn process_policy(slot: u32) -> Option<u32> {
-    if let (Some(by_comm), Ok(comm)) = (COMM_POLICY.get(slot), bpf_get_current_comm()) {
+fn process_policy(slot: u32, selectors: u32) -> Option<u32> {
+    if selectors & SELECTS_BY_COMM != 0
+        && let (Some(by_comm), Ok(comm)) = (COMM_POLICY.get(slot), bpf_get_current_comm())
+    {
         // SAFETY: as above.
         if let Some(&i) = unsafe { by_comm.get(comm) } {
             return Some(i);
         }
     }
-    if let Some(by_uid) = UID_POLICY.get(slot) {
+    if selectors & SELECTS_BY_UID != 0
+        && let Some(by_uid) = UID_POLICY.get(slot)
+    {
         #[expect(clippy::cast_possible_truncation, reason = "the uid is the low half")]
         let uid = bpf_get_current_uid_gid() as u32;
         // SAFETY: as above.
@@ -384,31 +389,38 @@ fn classify(ctx: &SockAddrContext, dest: &Dest, applied: &Applied<'_>) -> Findin
     let slot = applied.generation & 1;
     #[expect(clippy::cast_possible_truncation, reason = "at most MAX_POLICIES")]
     let index = (applied.index as u16).to_be_bytes();
+    let has = applied.policy.exceptions;
     let (rule, exception) = match dest {
         Dest::V4(a) => (
             DEST_RULES_V4
                 .get(slot)
                 .and_then(|m| m.get(&BtfKey::new(32, *a)).copied()),
-            EXCEPTIONS_V4.get(slot).and_then(|m| {
-                let key = [index[0], index[1], a[0], a[1], a[2], a[3], 0, 0];
-                m.get(&BtfKey::new(48, key)).copied()
-            }),
+            EXCEPTIONS_V4
+                .get(slot)
+                .filter(|_| has & HAS_EXCEPTIONS_V4 != 0)
+                .and_then(|m| {
+                    let key = [index[0], index[1], a[0], a[1], a[2], a[3], 0, 0];
+                    m.get(&BtfKey::new(48, key)).copied()
+                }),
         ),
         Dest::V6(a) => (
             DEST_RULES_V6
                 .get(slot)
                 .and_then(|m| m.get(&BtfKey::new(128, *a)).copied()),
-            EXCEPTIONS_V6.get(slot).and_then(|m| {
-                let mut key = [0u8; 20];
-                key[0] = index[0];
-                key[1] = index[1];
-                let mut i = 0;
-                while i < 16 {
-                    key[i + 2] = a[i];
-                    i += 1;
-                }
-                m.get(&BtfKey::new(144, key)).copied()
-            }),
+            EXCEPTIONS_V6
+                .get(slot)
+                .filter(|_| has & HAS_EXCEPTIONS_V6 != 0)
+                .and_then(|m| {
+                    let mut key = [0u8; 20];
+                    key[0] = index[0];
+                    key[1] = index[1];
+                    let mut i = 0;
+                    while i < 16 {
+                        key[i + 2] = a[i];
+                        i += 1;
+                    }
+                    m.get(&BtfKey::new(144, key)).copied()
+                }),
         ),
     };
     let policy = applied.policy;

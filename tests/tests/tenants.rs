@@ -402,3 +402,92 @@ fn wait_until_stopped(pid: nix::unistd::Pid) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Workloads selected by uid and by process name, in the kernel: no cgroup
+/// of theirs is listed, and the selectors change with a reload.
+#[test]
+fn uid_and_process_name_select_workloads() -> anyhow::Result<()> {
+    if !privileged_or_skip("uid_and_process_name_select_workloads") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("c.mmdb");
+    write(
+        &db,
+        Layout::IpLocationDb,
+        "t",
+        1,
+        &[Entry::country("127.0.0.32/28", "US")],
+    );
+    let us = Listener::bind(v4(36))?;
+    let cg = TestCgroup::new("selectors")?;
+    let config = |selector: &str| {
+        format!(
+            "mode = \"monitor\"\n[kernel]\npoll_interval_ms = 5\n[policy]\nallowed = [\"EEA\"]\n\
+             local_networks = [\"10.0.0.0/8\"]\n\
+             [[tenant]]\nid = \"acme\"\nallowed = [\"EEA\"]\nmode = \"enforce\"\n\
+             [[workload]]\nname = \"agent\"\nrole = \"backup\"\ntenants = [\"acme\"]\n{selector}\n"
+        )
+    };
+    let config_path = dir.path().join("residency.toml");
+    std::fs::write(&config_path, config("uid = 65534"))?;
+    let daemon = Daemon::start_with(
+        "",
+        &cg,
+        &[
+            OsStr::new("--geoip"),
+            db.as_os_str(),
+            OsStr::new("--config"),
+            config_path.as_os_str(),
+        ],
+    )?;
+    daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
+    let as_nobody = |cg: &TestCgroup| {
+        run_client(
+            &[Op::Tcp(us.tcp)],
+            &ClientOptions {
+                cgroup: Some(cg),
+                uid: Some(65534),
+                ..Default::default()
+            },
+        )
+    };
+    let as_root = |cg: &TestCgroup| {
+        run_client(
+            &[Op::Tcp(us.tcp)],
+            &ClientOptions {
+                cgroup: Some(cg),
+                ..Default::default()
+            },
+        )
+    };
+    let nobody = as_nobody(&cg)?;
+    assert!(eperm(&nobody), "uid 65534 is the agent's: {nobody}");
+    let root = as_root(&cg)?;
+    assert!(
+        ok(&root),
+        "root is no one's: default policy, flagged: {root}"
+    );
+
+    std::fs::write(&config_path, config("process = \"egress-client\""))?;
+    kill(daemon.pid().expect("running"), Signal::SIGHUP)?;
+    daemon.wait_for(Duration::from_secs(10), |r| {
+        action(r) == "policy-loaded" && r["residency"]["policy"]["generation"] == 2
+    })?;
+    let by_name = as_root(&cg)?;
+    assert!(
+        eperm(&by_name),
+        "the agent is now selected by name: {by_name}"
+    );
+
+    let records = daemon.stop()?;
+    for (report, workload) in [
+        (&nobody, Some("agent")),
+        (&root, None),
+        (&by_name, Some("agent")),
+    ] {
+        let r = record_of(&records, report);
+        assert_eq!(r["residency"]["workload"]["name"].as_str(), workload, "{r}");
+    }
+    Ok(())
+}
