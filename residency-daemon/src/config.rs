@@ -363,12 +363,18 @@ impl Selectors {
     /// Whether a cgroup (path relative to the mount, `/`-rooted) is one of
     /// this workload's own.
     #[must_use]
+    ///
+    /// A unit matches a system unit's cgroup anywhere except under
+    /// `/user.slice`: there, any user's own systemd can make a unit of that
+    /// name (`systemd-run --user --unit vllm.service`) and would take the
+    /// workload's policy and exceptions. Select user units by `cgroup`.
     pub fn matches_cgroup(&self, path: &str) -> bool {
         self.cgroup_set.as_ref().is_some_and(|g| g.is_match(path))
-            || self
-                .unit
-                .as_deref()
-                .is_some_and(|u| path.rsplit('/').next() == Some(u))
+            || self.unit.as_deref().is_some_and(|u| {
+                path.rsplit('/').next() == Some(u)
+                    && path != "/user.slice"
+                    && !path.starts_with("/user.slice/")
+            })
     }
 
     /// The process name the kernel matches, if any.
@@ -558,7 +564,10 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: source.to_owned(),
             line: e.span().map(|s| at.line(&s)),
-            field: String::new(),
+            field: e
+                .span()
+                .map(|s| field_at(text, s.start))
+                .unwrap_or_default(),
             message: e.message().trim().to_owned(),
         })?;
 
@@ -1040,6 +1049,13 @@ fn validate_workloads(
         let mut globs = globset::GlobSetBuilder::new();
         for (j, c) in w.cgroup.iter().enumerate() {
             let pattern = c.get_ref().trim();
+            if pattern.trim_end_matches('/').is_empty() {
+                return Err(at.err(
+                    c.span(),
+                    &format!("{field}.cgroup[{j}]"),
+                    "the cgroup2 root holds every process on the host; give the workload's own cgroup, e.g. \"/system.slice/crm-sync.service\"",
+                ));
+            }
             if !pattern.starts_with('/') {
                 return Err(at.err(
                     c.span(),
@@ -1151,9 +1167,12 @@ fn validate_workloads(
             name: name.to_owned(),
             role: w.role,
             tenants: ids,
-            mode: w
-                .mode
-                .unwrap_or(if enforce { Mode::Enforce } else { raw.mode }),
+            // Each tenant's mode already defaults to the top-level one.
+            mode: w.mode.unwrap_or(if enforce {
+                Mode::Enforce
+            } else {
+                Mode::Monitor
+            }),
             allowed,
             unknown,
             selectors,
@@ -1439,6 +1458,43 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// The dotted path of the key whose value starts at or around `offset`, for
+/// errors that the TOML parser reports by position only (an unknown variant,
+/// a wrong type): `workload[1].role`, `policy.unknown`. Empty when the
+/// position is not on a `key = value` line.
+fn field_at(text: &str, offset: usize) -> String {
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut key = None;
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let end = start + line.len();
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_owned();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_owned();
+        } else if offset >= start
+            && offset < end.max(start + 1)
+            && let Some((k, _)) = t.split_once('=')
+        {
+            key = Some(k.trim().trim_matches('"').to_owned());
+        }
+        if offset < end {
+            break;
+        }
+        start = end;
+    }
+    match key {
+        Some(k) if table.is_empty() => k,
+        Some(k) => format!("{table}.{k}"),
+        None => String::new(),
+    }
+}
+
 /// Turns byte spans into line numbers and builds errors.
 struct Locator<'a> {
     text: &'a str,
@@ -1712,6 +1768,41 @@ mode = "monitor"
     }
 
     #[test]
+    fn modes_come_from_workload_then_tenants_then_the_top_level() {
+        let c = parse(
+            "mode = \"enforce\"\n\
+             [[tenant]]\nid = \"quiet\"\nallowed = [\"EEA\"]\nmode = \"monitor\"\n\
+             [[tenant]]\nid = \"plain\"\nallowed = [\"EEA\"]\n\
+             [[workload]]\nname = \"a\"\nrole = \"llm\"\ntenants = [\"quiet\"]\nuid = 1\n\
+             [[workload]]\nname = \"b\"\nrole = \"llm\"\ntenants = [\"plain\"]\nuid = 2\n\
+             [[workload]]\nname = \"c\"\nrole = \"llm\"\ntenants = [\"quiet\", \"plain\"]\nuid = 3\n\
+             [[workload]]\nname = \"d\"\nrole = \"llm\"\ntenants = [\"plain\"]\nmode = \"monitor\"\nuid = 4\n",
+        )
+        .unwrap();
+        let modes: Vec<Mode> = c.workloads.iter().map(|w| w.mode).collect();
+        assert_eq!(
+            modes,
+            vec![Mode::Monitor, Mode::Enforce, Mode::Enforce, Mode::Monitor],
+            "a monitor tenant's workload monitors even under a top-level enforce; \
+             a tenant without a mode takes the top level's; any enforcing tenant enforces; \
+             the workload's own mode wins"
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_by_position() {
+        let text = "[policy]\nunknown = \"maybe\"\n[[tenant]]\nid = \"a\"\n[[tenant]]\nid = 5\n";
+        assert_eq!(
+            field_at(text, text.find("maybe").unwrap()),
+            "policy.unknown"
+        );
+        assert_eq!(field_at(text, text.find("5").unwrap()), "tenant[1].id");
+        assert_eq!(field_at(text, 0), "");
+        let err = parse("[policy]\nunknown = \"maybe\"\n").unwrap_err();
+        assert_eq!(err.field, "policy.unknown", "{err}");
+    }
+
+    #[test]
     fn each_kind_of_tenant_and_workload_mistake_is_named() {
         let cases: &[(&str, &str, &str)] = &[
             (
@@ -1746,7 +1837,7 @@ mode = "monitor"
             ),
             (
                 "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"chatbot\"\ntenants = [\"a\"]\nuid = 1\n",
-                "",
+                "workload[0].role",
                 "chatbot",
             ),
             (
@@ -1773,6 +1864,36 @@ mode = "monitor"
                 "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 1\nnamespace = \"inference\"\n",
                 "workload[0].namespace",
                 "Kubernetes selectors are not supported yet",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\ncgroup = [\"/\"]\n",
+                "workload[0].cgroup[0]",
+                "cgroup2 root",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\ncgroup = [\"/a/[b\"]\n",
+                "workload[0].cgroup[0]",
+                "not a valid glob",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nunit = \"system.slice/x.service\"\n",
+                "workload[0].unit",
+                "systemd unit name",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 1\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 2\n",
+                "workload[1].name",
+                "already",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nprocess = \"vllm\"\n[[workload]]\nname = \"v\"\nrole = \"llm\"\ntenants = [\"a\"]\nexe = \"/opt/vllm\"\n",
+                "workload[1].exe",
+                "already selects workload \"w\"",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 1\nmode = \"block-everything\"\n",
+                "workload[0].mode",
+                "block-everything",
             ),
         ];
         for (toml, field, needle) in cases {
@@ -1837,7 +1958,7 @@ mode = "monitor"
                 exc(
                     "basis = \"trust-me\"\njustification = \"x\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n",
                 ),
-                "",
+                "exception[0].basis",
                 "scc",
             ),
         ];

@@ -172,6 +172,7 @@ mod tests {
             "system.slice/other.service",
             "kubepods/pod-a/c1",
             "kubepods/pod-b/c2",
+            "user.slice/user-1000.slice/user@1000.service/app.slice/crm.service",
         ] {
             std::fs::create_dir_all(root.join(p)).unwrap();
         }
@@ -204,6 +205,11 @@ cgroup = ["/kubepods/*/c*"]
         assert_eq!(got.get("/kubepods/pod-a/c1"), Some(&2));
         assert_eq!(got.get("/kubepods/pod-b/c2"), Some(&2));
         assert_eq!(got.get("/kubepods/pod-a"), None, "globs do not cross '/'");
+        assert_eq!(
+            got.get("/user.slice/user-1000.slice/user@1000.service/app.slice/crm.service"),
+            None,
+            "any user can name a unit crm.service; units under /user.slice are not matched"
+        );
         assert_eq!(got.len(), 3);
         assert_eq!(assignments(&config, &all).len(), 3);
 
