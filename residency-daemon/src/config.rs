@@ -1476,7 +1476,7 @@ fn field_at(text: &str, offset: usize) -> String {
             table = format!("{name}[{n}]");
             *n += 1;
         } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_owned();
+            name.trim().clone_into(&mut table);
         } else if offset >= start
             && offset < end.max(start + 1)
             && let Some((k, _)) = t.split_once('=')
@@ -1796,7 +1796,7 @@ mode = "monitor"
             field_at(text, text.find("maybe").unwrap()),
             "policy.unknown"
         );
-        assert_eq!(field_at(text, text.find("5").unwrap()), "tenant[1].id");
+        assert_eq!(field_at(text, text.find('5').unwrap()), "tenant[1].id");
         assert_eq!(field_at(text, 0), "");
         let err = parse("[policy]\nunknown = \"maybe\"\n").unwrap_err();
         assert_eq!(err.field, "policy.unknown", "{err}");
