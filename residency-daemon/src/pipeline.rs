@@ -115,12 +115,10 @@ pub async fn run(
     // The started record goes out before the reader runs, so it precedes
     // every decision in the stream.
     let mut buf = Vec::with_capacity(4096);
-    ecs::encode_line(&Record::Started(Box::new(start)), config.as_ref(), &mut buf).map_err(
-        |e| WriteError {
-            name: "encoder".into(),
-            source: e.into(),
-        },
-    )?;
+    ecs::encode_line(&Record::Started(Box::new(start)), &mut buf).map_err(|e| WriteError {
+        name: "encoder".into(),
+        source: e.into(),
+    })?;
     output.write_batch(&buf).await?;
     // Under systemd (Type=notify), the unit counts as started only now that
     // the programs are attached, so units ordered after it are covered.
@@ -143,7 +141,6 @@ pub async fn run(
     };
     let reader = tokio::spawn(reader.run(shutdown));
     let writer = tokio::spawn(write_loop(Writer {
-        config,
         consumer,
         output,
         ready,
@@ -335,7 +332,6 @@ impl Reader {
 }
 
 struct Writer {
-    config: Arc<Config>,
     consumer: ringbuf::HeapCons<Item>,
     output: JsonLines,
     ready: Arc<Notify>,
@@ -346,7 +342,6 @@ struct Writer {
 
 async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
     let Writer {
-        config,
         mut consumer,
         mut output,
         ready,
@@ -363,8 +358,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
             note = notes.recv(), if notes_open => {
                 match note {
                     Some(note) => {
-                        let current = enricher.versions().newest().unwrap_or_else(|| config.clone());
-                        if let Err(e) = ecs::encode_line(&note, &current, &mut buf) {
+                        if let Err(e) = ecs::encode_line(&note, &mut buf) {
                             error!("cannot encode a record: {e}");
                         }
                     }
@@ -405,7 +399,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                     Record::Stopped(info)
                 }
             };
-            if let Err(e) = ecs::encode_line(&record, config.as_ref(), &mut buf) {
+            if let Err(e) = ecs::encode_line(&record, &mut buf) {
                 error!("cannot encode a record: {e}");
             }
         }

@@ -137,6 +137,10 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
     }
 }
 
+/// How many configurations [`Versions`] keeps: records still in the ring
+/// when this many reloads have happened since are left unexplained.
+pub const KEEP_GENERATIONS: usize = 16;
+
 /// The configurations behind the policy generations the kernel may still
 /// report, by generation: records are explained with the configuration that
 /// decided them, and carry its hash.
@@ -153,7 +157,7 @@ impl Versions {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(generation, config);
-        while map.len() > 4 {
+        while map.len() > KEEP_GENERATIONS {
             let Some(&oldest) = map.keys().next() else {
                 break;
             };

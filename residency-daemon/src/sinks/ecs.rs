@@ -19,17 +19,14 @@ use crate::{config::Config, enrich::Flow, identity::ProcessInfo};
 ///
 /// # Errors
 /// Only if serialisation fails, which for these types means a bug.
-pub fn encode_line(
-    record: &Record,
-    fallback: &Config,
-    out: &mut Vec<u8>,
-) -> serde_json::Result<()> {
+pub fn encode_line(record: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
     // Flows carry the kernel's time; the rest are stamped when written.
     let now = jiff::Timestamp::now;
     match record {
         Record::Flow(flow) => {
-            // Explained with the configuration that decided it.
-            let config = flow.policy_config.as_ref().map_or(fallback, |d| &*d.0);
+            // Explained with the configuration that decided it, or not at
+            // all: another configuration's names would be wrong.
+            let config = flow.policy_config.as_ref().map(|d| &*d.0);
             serde_json::to_writer(&mut *out, &FlowDoc::new(flow, config))?;
         }
         Record::Started(info) => serde_json::to_writer(&mut *out, &started(info, now()))?,
@@ -302,12 +299,13 @@ struct GeoIpUsed<'a> {
 
 impl<'a> FlowDoc<'a> {
     #[expect(clippy::too_many_lines, reason = "one record, field by field")]
-    fn new(flow: &'a Flow, config: &'a Config) -> Self {
-        let workload = config.workload_of(flow.policy);
-        let mode = workload.map_or(config.mode, |w| w.mode).as_str();
-        let exception = (flow.dest_kind == DestKind::Exception)
-            .then(|| config.exception(flow.rule_id))
-            .flatten();
+    /// `config`: the configuration that decided, if it is still held.
+    fn new(flow: &'a Flow, config: Option<&'a Config>) -> Self {
+        let workload = config.and_then(|c| c.workload_of(flow.policy));
+        let mode = config.map_or("unknown", |c| workload.map_or(c.mode, |w| w.mode).as_str());
+        let exception = config
+            .filter(|_| flow.dest_kind == DestKind::Exception)
+            .and_then(|c| c.exception(flow.rule_id));
         let (kind_type, outcome) = match flow.verdict {
             Verdict::Blocked => (["connection", "denied"], "failure"),
             Verdict::Allowed | Verdict::Flagged => (["connection", "allowed"], "success"),
@@ -380,7 +378,9 @@ impl<'a> FlowDoc<'a> {
             group: Id(flow.gid),
             rule: Rule {
                 id: AsStr(&flow.rule_id),
-                name: config.rule_name(flow.rule_id).unwrap_or("unknown"),
+                name: config
+                    .and_then(|c| c.rule_name(flow.rule_id))
+                    .unwrap_or("unknown"),
                 ruleset: "residency",
             },
             residency: Residency {
@@ -508,13 +508,13 @@ mod tests {
             detail: None,
             policy: 0,
             policy_gen: 1,
-            policy_config: None,
+            policy_config: Some(crate::enrich::Decider(std::sync::Arc::new(names()))),
         }
     }
 
     fn encode(r: &Record) -> serde_json::Value {
         let mut out = Vec::new();
-        encode_line(r, &names(), &mut out).unwrap();
+        encode_line(r, &mut out).unwrap();
         assert_eq!(out.last(), Some(&b'\n'));
         assert_eq!(
             out.split(|&b| b == b'\n').count() - 1,
@@ -572,6 +572,17 @@ mod tests {
         assert!(v["process"].get("command_line").is_none());
         assert_eq!(v["process"]["name"], "py\"thon\n");
         assert!(v["residency"]["cgroup"].get("path").is_none());
+
+        // A record whose configuration is no longer held is not explained
+        // with another one's names.
+        let mut orphan = flow();
+        orphan.policy_config = None;
+        let v = encode(&Record::Flow(orphan));
+        assert_eq!(v["rule"]["name"], "unknown");
+        assert_eq!(v["residency"]["mode"], "unknown");
+        assert!(v["residency"]["policy"].get("hash").is_none());
+        assert!(v["residency"].get("workload").is_none());
+        assert_eq!(v["residency"]["verdict"], "blocked", "the facts stay");
     }
 
     #[test]
