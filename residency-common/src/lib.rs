@@ -20,30 +20,32 @@ pub mod names {
     /// Per-CPU counters, indexed by [`crate::Stat`].
     pub const STATS: &str = "STATS";
     /// Single-entry array: the [`crate::PolicyActive`] generation of the
-    /// policy maps below.
+    /// policy maps below. Each of those is an array of two maps (slots),
+    /// and generation `g` lives in slot `g & 1`: the daemon fills the idle
+    /// slot, then switches this entry.
     pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
     /// LRU hash: cgroup id -> [`crate::CachedPolicy`], the result of the
     /// walk up the cgroup tree, so that it is done once per cgroup.
     pub const POLICY_CACHE: &str = "POLICY_CACHE";
-    /// Hash of maps, generation -> array of [`crate::Policy`]; index 0 is
+    /// Two slots -> array of [`crate::Policy`]; index 0 is
     /// the default policy, for workloads nothing describes.
     pub const POLICIES: &str = "POLICIES";
-    /// Hash of maps, generation -> hash of cgroup id -> policy index. A
+    /// Two slots -> hash of cgroup id -> policy index. A
     /// cgroup without an entry takes its nearest listed ancestor's policy.
     pub const CGROUP_POLICY: &str = "CGROUP_POLICY";
-    /// Hash of maps, generation -> hash of process name (`comm`) -> policy index.
+    /// Two slots -> hash of process name (`comm`) -> policy index.
     pub const COMM_POLICY: &str = "COMM_POLICY";
-    /// Hash of maps, generation -> hash of uid -> policy index.
+    /// Two slots -> hash of uid -> policy index.
     pub const UID_POLICY: &str = "UID_POLICY";
-    /// Hash of maps, generation -> LPM trie of IPv4 destination rules: key
+    /// Two slots -> LPM trie of IPv4 destination rules: key
     /// [`crate::Ipv4Key`], value [`crate::DestRule`].
     pub const DEST_RULES_V4: &str = "DEST_RULES_V4";
-    /// Hash of maps, generation -> LPM trie of IPv6 destination rules.
+    /// Two slots -> LPM trie of IPv6 destination rules.
     pub const DEST_RULES_V6: &str = "DEST_RULES_V6";
-    /// Hash of maps, generation -> LPM trie of IPv4 exceptions per policy:
+    /// Two slots -> LPM trie of IPv4 exceptions per policy:
     /// key [`crate::ExceptionV4Key`], value [`crate::DestRule`].
     pub const EXCEPTIONS_V4: &str = "EXCEPTIONS_V4";
-    /// Hash of maps, generation -> LPM trie of IPv6 exceptions per policy.
+    /// Two slots -> LPM trie of IPv6 exceptions per policy.
     pub const EXCEPTIONS_V6: &str = "EXCEPTIONS_V6";
     /// Single-entry array: the [`crate::GeoActive`] generation of the tables.
     pub const GEO_ACTIVE: &str = "GEO_ACTIVE";
@@ -86,8 +88,6 @@ pub const MAX_PROCESS_POLICIES: u32 = 4096;
 pub const MAX_EXCEPTIONS: u32 = 65_536;
 /// How many cgroup levels the programs walk up to find a listed ancestor.
 pub const MAX_CGROUP_DEPTH: u32 = 16;
-/// Generations of the policy maps the kernel can hold at once.
-pub const POLICY_GENERATIONS: u32 = 4;
 /// Cgroups whose walk result the kernel remembers.
 pub const POLICY_CACHE_ENTRIES: u32 = 65_536;
 /// [`CachedPolicy::index`] when no listed cgroup was found on the walk.
@@ -352,7 +352,12 @@ pub struct Policy {
     /// exception tries hold entries for this policy at all, so that the
     /// programs skip a trie walk for the (many) policies without any.
     pub exceptions: u8,
-    pub _pad: [u8; 5],
+    /// On the default policy (index 0) only: [`SELECTS_BY_COMM`] and
+    /// [`SELECTS_BY_UID`], whether the generation has process-name or uid
+    /// selectors at all, so that the programs skip those lookups when it
+    /// has none. Kept in the generation's own maps, published with them.
+    pub selectors: u8,
+    pub _pad: [u8; 4],
 }
 
 /// [`Policy::exceptions`]: IPv4 exceptions exist for the policy.
@@ -366,19 +371,17 @@ pub const HAS_EXCEPTIONS_V6: u8 = 2;
 pub struct PolicyActive {
     pub generation: u32,
     /// Bumped when cgroups are added to or removed from the generation in
-    /// force: cached walk results from before no longer hold.
+    /// force: cached walk results from before no longer hold. Never reset,
+    /// so that a switch of generation changes only `generation`.
     pub epoch: u32,
-    /// [`SELECTS_BY_COMM`] and [`SELECTS_BY_UID`]: whether the generation
-    /// has process-name or uid selectors at all, so that the programs skip
-    /// those lookups when it has none.
-    pub selectors: u32,
-    pub _pad: u32,
 }
 
-/// [`PolicyActive::selectors`]: some workload is selected by process name.
-pub const SELECTS_BY_COMM: u32 = 1;
-/// [`PolicyActive::selectors`]: some workload is selected by uid.
-pub const SELECTS_BY_UID: u32 = 2;
+/// [`Policy::selectors`] of the default policy: some workload of the
+/// generation is selected by process name.
+pub const SELECTS_BY_COMM: u8 = 1;
+/// [`Policy::selectors`] of the default policy: some workload of the
+/// generation is selected by uid.
+pub const SELECTS_BY_UID: u8 = 2;
 
 /// A remembered walk result for one cgroup, valid for one generation and
 /// epoch of the policy maps.
@@ -427,7 +430,7 @@ const _: () = assert!(core::mem::offset_of!(ConnectEvent, comm) == 76);
 const _: () = assert!(core::mem::size_of::<DestRule>() == 8);
 const _: () = assert!(core::mem::size_of::<Policy>() == 40);
 const _: () = assert!(core::mem::size_of::<GeoActive>() == 8);
-const _: () = assert!(core::mem::size_of::<PolicyActive>() == 16);
+const _: () = assert!(core::mem::size_of::<PolicyActive>() == 8);
 const _: () = assert!(core::mem::size_of::<CachedPolicy>() == 16);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, policy_gen) == 92);
 

@@ -13,7 +13,8 @@ use std::net::IpAddr;
 use geoip::CountryCode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use residency_common::{
-    Action, DestKind, DestRule, HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Policy, Verdict,
+    Action, DestKind, DestRule, HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Policy, SELECTS_BY_COMM,
+    SELECTS_BY_UID, Verdict,
 };
 
 use crate::config::{Choice, Config, Exception, Mode, Rule, RuleKind};
@@ -54,7 +55,8 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         unknown_action: action(config.policy.unknown) as u8,
         enforce: u8::from(config.mode == Mode::Enforce),
         exceptions: 0,
-        _pad: [0; 5],
+        selectors: 0,
+        _pad: [0; 4],
     }];
     let mut comm = Vec::new();
     let mut uid = Vec::new();
@@ -65,7 +67,8 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
             unknown_action: action(w.unknown) as u8,
             enforce: u8::from(w.mode == Mode::Enforce),
             exceptions: 0,
-            _pad: [0; 5],
+            selectors: 0,
+            _pad: [0; 4],
         });
         if let Some(name) = w.selectors.comm() {
             let mut key = [0u8; 16];
@@ -77,6 +80,12 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         if let Some(u) = w.selectors.uid {
             uid.push((u, index));
         }
+    }
+    if !comm.is_empty() {
+        policies[0].selectors |= SELECTS_BY_COMM;
+    }
+    if !uid.is_empty() {
+        policies[0].selectors |= SELECTS_BY_UID;
     }
     let mut rules_v4 = Vec::new();
     let mut rules_v6 = Vec::new();
@@ -648,6 +657,11 @@ roles = ["logging"]
         vllm[..4].copy_from_slice(b"vllm");
         assert_eq!(k.comm, vec![(vllm, 1)]);
         assert_eq!(k.uid, vec![(996, 2)]);
+        assert_eq!(
+            k.policies[0].selectors,
+            SELECTS_BY_COMM | SELECTS_BY_UID,
+            "the kernel looks up names and uids only when some workload uses them"
+        );
         assert_eq!(k.exceptions_v4.len(), 1, "only for logs (globex, logging)");
         assert_eq!(k.exceptions_v4[0].0, 2);
         assert_eq!(

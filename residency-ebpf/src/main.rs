@@ -295,7 +295,10 @@ fn applied_policy() -> Option<Applied<'static>> {
     let slot = generation & 1;
     let policies = POLICIES.get(slot)?;
     let index = match cgroup_policy(slot, generation, epoch) {
-        NO_CGROUP_POLICY => process_policy(slot, active.selectors).unwrap_or(0),
+        NO_CGROUP_POLICY => {
+            let selectors = policies.get(0).map_or(0, |p| p.selectors);
+            process_policy(slot, selectors).unwrap_or(0)
+        }
         i => i,
     };
     let policy = policies.get(index).or_else(|| policies.get(0))?;
@@ -360,7 +363,7 @@ fn walk(slot: u32, own: u64) -> Option<u32> {
 /// By process name, then by uid: these depend on the process, so they are
 /// not remembered per cgroup.
 #[inline(always)]
-fn process_policy(slot: u32, selectors: u32) -> Option<u32> {
+fn process_policy(slot: u32, selectors: u8) -> Option<u32> {
     if selectors & SELECTS_BY_COMM != 0
         && let (Some(by_comm), Ok(comm)) = (COMM_POLICY.get(slot), bpf_get_current_comm())
     {

@@ -18,7 +18,7 @@ use aya::maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, lpm_trie::Ke
 use residency_common::{
     BPF_F_NO_PREALLOC, DestRule, ExceptionV4Key, ExceptionV6Key, Ipv4Key, Ipv6Key,
     MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES, MAX_PROCESS_POLICIES,
-    Policy, PolicyActive, SELECTS_BY_COMM, SELECTS_BY_UID, names,
+    Policy, PolicyActive, names,
 };
 
 use super::KernelError;
@@ -56,8 +56,6 @@ pub struct PolicyMaps {
     /// Bumped with every change to the cgroups of the generation in force,
     /// so the kernel's remembered walks are redone.
     epoch: u32,
-    /// `SELECTS_BY_*` of the generation in force.
-    selectors: u32,
 }
 
 fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> KernelError {
@@ -87,7 +85,6 @@ impl PolicyMaps {
             live_cgroups: None,
             switched_at: None,
             epoch: 0,
-            selectors: 0,
         })
     }
 
@@ -193,16 +190,6 @@ impl PolicyMaps {
                 .map_err(map_err("filling the IPv6 exceptions"))?;
         }
 
-        let selectors = if compiled.comm.is_empty() {
-            0
-        } else {
-            SELECTS_BY_COMM
-        } | if compiled.uid.is_empty() {
-            0
-        } else {
-            SELECTS_BY_UID
-        };
-
         // The slot about to be written was in force until the last switch;
         // give programs that read it then time to finish.
         if let Some(at) = self.switched_at {
@@ -240,16 +227,12 @@ impl PolicyMaps {
                 0,
                 PolicyActive {
                     generation,
-                    epoch: 0,
-                    selectors,
-                    _pad: 0,
+                    epoch: self.epoch,
                 },
                 0,
             )
             .map_err(map_err("switching generations"))?;
         self.generation = generation;
-        self.epoch = 0;
-        self.selectors = selectors;
         self.live_cgroups = Some(by_cgroup);
         self.switched_at = Some(Instant::now());
         Ok(generation)
@@ -285,8 +268,6 @@ impl PolicyMaps {
                 PolicyActive {
                     generation: self.generation,
                     epoch: self.epoch,
-                    selectors: self.selectors,
-                    _pad: 0,
                 },
                 0,
             )
