@@ -17,7 +17,7 @@ use std::{
 use futures_util::StreamExt as _;
 use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::{mpsc::UnboundedSender, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, ConfigError},
@@ -76,25 +76,34 @@ pub struct Control {
     pub notes: UnboundedSender<Record>,
     pub reload: watch::Receiver<u64>,
     pub interval: Duration,
+    /// When the generation in force was compiled (which exceptions it has).
+    pub compiled_at: jiff::Timestamp,
+    /// After a failed install, not before this.
+    pub retry_after: Option<std::time::Instant>,
 }
+
+/// After a failed install, the next attempt waits at least this long.
+const RETRY: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown` changes.
 pub async fn run(mut c: Control, mut shutdown: watch::Receiver<bool>) {
     let mount = lock(&c.tree).mount().to_path_buf();
-    let mut events = match watch_tree(&mount) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            warn!(
-                "cannot watch the cgroup tree ({e}); new cgroups are picked up at the next reload"
-            );
-            None
-        }
-    };
+    let mut events = start_watching(&mount);
+    // Cgroups made between the start-up scan and the watches taking hold.
+    reconcile(&mut c);
     loop {
         let now = jiff::Timestamp::now();
-        let until_expiry = policy::next_expiry(&c.current, now)
-            .and_then(|t| Duration::try_from(t.duration_since(now)).ok())
-            .unwrap_or(Duration::from_hours(24));
+        // From when the generation in force was compiled: an exception that
+        // expired since then (and whose removal failed) is retried.
+        let until_expiry = policy::next_expiry(&c.current, c.compiled_at)
+            .map_or(Duration::from_hours(24), |t| {
+                Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
+            })
+            .max(
+                c.retry_after
+                    .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+                    .unwrap_or_default(),
+            );
         tokio::select! {
             _ = shutdown.changed() => return,
             r = c.reload.changed() => {
@@ -114,8 +123,14 @@ pub async fn run(mut c: Control, mut shutdown: watch::Receiver<bool>) {
                 c = reinstall_for_expiry(c).await;
             }
             ev = next_event(&mut events) => {
-                if let Some((mask, dir)) = ev {
-                    cgroup_event(&mut c, &mut events, mask, &dir);
+                match ev {
+                    Some(Event::Dir(mask, dir)) => cgroup_event(&mut c, &mut events, mask, &dir),
+                    Some(Event::Overflow) => {
+                        warn!("the kernel dropped cgroup events (inotify queue full); rescanning");
+                        events = start_watching(&mount);
+                        reconcile(&mut c);
+                    }
+                    None => {}
                 }
             }
         }
@@ -126,6 +141,32 @@ type Events = (
     inotify::EventStream<Vec<u8>>,
     std::collections::HashMap<inotify::WatchDescriptor, PathBuf>,
 );
+
+fn start_watching(mount: &Path) -> Option<Events> {
+    match watch_tree(mount) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            warn!(
+                "cannot watch the cgroup tree ({e}); new cgroups are picked up at the next reload"
+            );
+            None
+        }
+    }
+}
+
+/// Lists in the kernel every cgroup that selects a workload now, and
+/// forgets those that no longer exist: for cgroups whose events were missed.
+fn reconcile(c: &mut Control) {
+    let all = lock(&c.tree).rescan();
+    let want = workloads::assignments(&c.current, &all);
+    if let Some(maps) = c.maps.as_mut() {
+        match maps.sync_cgroups(&want) {
+            Ok(0) => {}
+            Ok(n) => info!(changed = n, "cgroup selections brought up to date"),
+            Err(e) => warn!("cannot bring the cgroup selections up to date: {e}"),
+        }
+    }
+}
 
 fn watch_tree(mount: &Path) -> std::io::Result<Events> {
     let inotify = Inotify::init()?;
@@ -144,19 +185,41 @@ fn mask() -> WatchMask {
     WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR | WatchMask::DONT_FOLLOW
 }
 
-async fn next_event(events: &mut Option<Events>) -> Option<(EventMask, PathBuf)> {
+enum Event {
+    /// A directory was made or removed.
+    Dir(EventMask, PathBuf),
+    /// The kernel's queue overflowed: events were lost.
+    Overflow,
+}
+
+async fn next_event(events: &mut Option<Events>) -> Option<Event> {
     let Some((stream, dirs)) = events.as_mut() else {
         return std::future::pending().await;
     };
     loop {
-        let ev = stream.next().await?.ok()?;
+        let ev = match stream.next().await {
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => {
+                warn!("cgroup events failed ({e}); new cgroups are picked up at the next reload");
+                *events = None;
+                return None;
+            }
+            None => {
+                warn!("cgroup events ended; new cgroups are picked up at the next reload");
+                *events = None;
+                return None;
+            }
+        };
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            return Some(Event::Overflow);
+        }
         if !ev.mask.contains(EventMask::ISDIR) {
             continue;
         }
         let (Some(parent), Some(name)) = (dirs.get(&ev.wd), ev.name) else {
             continue;
         };
-        return Some((ev.mask, parent.join(name)));
+        return Some(Event::Dir(ev.mask, parent.join(name)));
     }
 }
 
@@ -258,24 +321,23 @@ async fn reload(mut c: Control, why: &str) -> Control {
 
 async fn reinstall_for_expiry(c: Control) -> Control {
     let now = jiff::Timestamp::now();
-    let expiring: Vec<String> = c
+    // Only those in force in the generation being replaced.
+    for e in c
         .current
         .exceptions
         .iter()
-        .filter(|e| !e.in_force(now))
-        .map(|e| e.name.clone())
-        .collect();
-    for name in &expiring {
-        warn!(exception = %name, "exception expired: it no longer applies");
+        .filter(|e| e.in_force(c.compiled_at) && !e.in_force(now))
+    {
+        warn!(exception = %e.name, "exception expired: it no longer applies");
     }
     let current = c.current.clone();
-    let c = install(c, current, "exception-expired").await;
-    let _ = &expiring;
-    c
+    install(c, current, "exception-expired").await
 }
 
 async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> Control {
     let Some(maps) = c.maps.take() else {
+        // Lost with a failed loader (said so then); nothing to retry.
+        c.retry_after = Some(std::time::Instant::now() + Duration::from_hours(24));
         return c;
     };
     let now = jiff::Timestamp::now();
@@ -302,7 +364,21 @@ async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> C
             r.map_err(|_| "the loader panicked".to_owned())
                 .and_then(|r| r.map_err(|e| e.to_string()))
         }
-        Err(_) => return c,
+        Err(e) => {
+            // The maps went with the task. The kernel keeps enforcing the
+            // generation in force (stopping the daemon would detach the
+            // programs and enforce nothing), but it can no longer change.
+            error!(
+                "the policy loader failed ({e}); the policy in force stays, and no new policy can be loaded until residency is restarted"
+            );
+            let _ = c.notes.send(note(
+                "policy-refused",
+                "pipeline_error",
+                format!("the policy loader failed ({e}); the policy in force stays until residency is restarted"),
+                serde_json::json!({ "policy": { "error": e.to_string(), "hash_in_force": c.current.hash } }),
+            ));
+            return c;
+        }
     };
     match outcome {
         Ok(generation) => {
@@ -312,9 +388,12 @@ async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> C
                 .notes
                 .send(loaded_note(action, &config, generation, &compiled, ms));
             c.current = config;
+            c.compiled_at = now;
+            c.retry_after = None;
         }
         Err(e) => {
             c.versions.remove(number);
+            c.retry_after = Some(std::time::Instant::now() + RETRY);
             warn!("policy not installed, the one in force stays: {e}");
             let _ = c.notes.send(note(
                 "policy-refused",

@@ -140,7 +140,8 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let asn_path = geo::discover_asn(config.geoip.asn_database.as_deref());
     let prepared = prepare_geo(&config, geo_path.as_ref(), asn_path.as_ref()).await?;
 
-    let compiled = policy::compile(&config, jiff::Timestamp::now());
+    let compiled_at = jiff::Timestamp::now();
+    let compiled = policy::compile(&config, compiled_at);
     let (tree, all_cgroups) = workloads::Tree::new(&mount);
     let cgroups = workloads::assignments(&config, &all_cgroups);
     let tree = Arc::new(std::sync::Mutex::new(tree));
@@ -211,6 +212,8 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             notes: notes_tx,
             reload: reload_rx,
             interval: config.geoip.check_interval,
+            compiled_at,
+            retry_after: None,
         },
         stop_rx.clone(),
     ));

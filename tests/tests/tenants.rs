@@ -491,3 +491,111 @@ fn uid_and_process_name_select_workloads() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A workload of two tenants gets the intersection of their countries, in
+/// the kernel; an IPv6 exception (to a test host in a network namespace)
+/// applies until it expires, and the daemon says so when it does; a changed
+/// file is picked up without a signal.
+#[test]
+fn intersections_expiry_and_file_changes() -> anyhow::Result<()> {
+    if !privileged_or_skip("intersections_expiry_and_file_changes") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("c.mmdb");
+    write(
+        &db,
+        Layout::GeoIp2,
+        "t",
+        1,
+        &[
+            Entry::country("fd00:77:11::/48", "US"),
+            Entry::country("fd00:77:12::/48", "DE"),
+            Entry::country("127.0.0.48/28", "FR"),
+        ],
+    );
+    let mut ns = residency_tests::NetNs::new(&["fd00:77:11::/48", "fd00:77:12::/48"])?;
+    let hosts = ns.serve()?;
+    let (us6, _) = hosts[0];
+    let (de6, _) = hosts[1];
+    let fr = Listener::bind(v4(50))?;
+    let cg = TestCgroup::new("expiry")?;
+    let root = cg.relative()?;
+    let shared = cg.child("shared")?;
+    // Whole seconds, a few from now: the daemon starts well within them.
+    let expires = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 4)?;
+    let config = |globex: &str| {
+        format!(
+            "mode = \"monitor\"\n[kernel]\npoll_interval_ms = 5\n[geoip]\ncheck_interval_secs = 1\n\
+             [policy]\nallowed = [\"EEA\"]\nlocal_networks = [\"10.0.0.0/8\"]\n\
+             [[tenant]]\nid = \"acme\"\nallowed = [\"EEA\"]\nmode = \"enforce\"\n\
+             [[tenant]]\nid = \"globex\"\nallowed = [{globex}]\n\
+             [[workload]]\nname = \"shared-llm\"\nrole = \"llm\"\ntenants = [\"acme\", \"globex\"]\n\
+             cgroup = [\"{root}/shared\"]\n\
+             [[exception]]\nname = \"us-relay\"\ndestinations = [\"fd00:77:11::/48\"]\nbasis = \"dpf\"\n\
+             justification = \"DPF-certified relay, listed 2026-01-10\"\nexpires = \"{expires}\"\n\
+             tenants = [\"acme\", \"globex\"]\n"
+        )
+    };
+    let config_path = dir.path().join("residency.toml");
+    std::fs::write(&config_path, config("\"DE\", \"US\""))?;
+    let daemon = Daemon::start_with(
+        "",
+        &cg,
+        &[
+            OsStr::new("--geoip"),
+            db.as_os_str(),
+            OsStr::new("--config"),
+            config_path.as_os_str(),
+        ],
+    )?;
+    daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
+    assert!(
+        jiff::Timestamp::now() < expires,
+        "the daemon took too long to start for this test"
+    );
+
+    // EEA ∩ {DE, US} = {DE}: FR is blocked, DE allowed; the US only
+    // through the exception.
+    let fr_blocked = client(&shared, Op::Tcp(fr.tcp))?;
+    assert!(eperm(&fr_blocked), "FR is not globex's: {fr_blocked}");
+    let de_ok = client(&shared, Op::Tcp(de6))?;
+    assert!(ok(&de_ok), "DE is both tenants': {de_ok}");
+    let us_before = client(&shared, Op::Tcp(us6))?;
+    assert!(ok(&us_before), "the exception is in force: {us_before}");
+
+    let expiry_note = daemon.wait_for(Duration::from_secs(15), |r| {
+        action(r) == "exception-expired"
+    })?;
+    assert!(
+        jiff::Timestamp::now() >= expires,
+        "not before its time: {expiry_note}"
+    );
+    let us_after = client(&shared, Op::Tcp(us6))?;
+    assert!(eperm(&us_after), "the exception has expired: {us_after}");
+
+    // globex now allows FR too; the daemon sees the file change by itself.
+    std::fs::write(&config_path, config("\"DE\", \"FR\", \"US\""))?;
+    let reloaded = daemon.wait_for(Duration::from_secs(15), |r| {
+        action(r) == "policy-loaded" && r["residency"]["policy"]["generation"] == 3
+    })?;
+    let fr_now = client(&shared, Op::Tcp(fr.tcp))?;
+    assert!(ok(&fr_now), "FR is now both tenants': {fr_now}");
+
+    let records = daemon.stop()?;
+    let r = record_of(&records, &us_before);
+    assert_eq!(r["residency"]["decided_by"], "exception", "{r}");
+    assert_eq!(r["residency"]["exception"]["name"], "us-relay");
+    assert_eq!(r["residency"]["exception"]["basis"], "dpf");
+    assert_eq!(r["residency"]["tenants"][1], "globex");
+    let r = record_of(&records, &us_after);
+    assert_eq!(r["residency"]["verdict"], "blocked");
+    assert_eq!(r["residency"]["decided_by"], "geoip");
+    assert_eq!(r["residency"]["policy"]["generation"], 2);
+    let r = record_of(&records, &fr_now);
+    assert_eq!(
+        r["residency"]["policy"]["hash"],
+        reloaded["residency"]["policy"]["hash"]
+    );
+    Ok(())
+}

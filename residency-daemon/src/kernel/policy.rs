@@ -259,6 +259,39 @@ impl PolicyMaps {
         }
     }
 
+    /// Makes the live cgroup map of the generation in force hold exactly
+    /// `want` (cgroup id, policy index); returns how many entries changed.
+    ///
+    /// # Errors
+    /// If the map is full.
+    pub fn sync_cgroups(&mut self, want: &[(u64, u32)]) -> Result<usize, KernelError> {
+        let Some(m) = self.live_cgroups.as_mut() else {
+            return Ok(0);
+        };
+        let want: std::collections::HashMap<u64, u32> = want.iter().copied().collect();
+        let stale: Vec<u64> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !want.contains_key(id))
+            .collect();
+        let mut changed = 0;
+        for id in stale {
+            if m.remove(&id).is_ok() {
+                changed += 1;
+            }
+        }
+        for (&id, &index) in &want {
+            if m.get(&id, 0).ok() != Some(index) {
+                m.insert(id, index, 0).map_err(map_err("adding a cgroup"))?;
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            self.bump_epoch()?;
+        }
+        Ok(changed)
+    }
+
     /// Descendants of a changed cgroup may have remembered an older walk.
     fn bump_epoch(&mut self) -> Result<(), KernelError> {
         self.epoch = self.epoch.wrapping_add(1);
