@@ -8,7 +8,6 @@
 //! and no signal can loosen a running policy by itself.
 
 use std::{
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -29,35 +28,30 @@ use crate::{
     workloads::{self, Tree},
 };
 
-/// Refuses a configuration file that anyone but root could change: the
-/// policy is only as trustworthy as the file it comes from.
+/// Reads the configuration file, refusing one that anyone but root could
+/// change or replace (see [`crate::trust`]): the policy is only as
+/// trustworthy as the file it comes from. With `locked` false
+/// (`--allow-insecure-config`, for development) it only reads.
 ///
 /// # Errors
-/// A [`ConfigError`] saying who can write it and how to fix that.
-pub fn check_ownership(path: &Path) -> Result<(), ConfigError> {
+/// A [`ConfigError`] saying who can change it and how to fix that, or why
+/// it cannot be read or parsed.
+pub fn read_config(path: &Path, locked: bool) -> Result<Config, ConfigError> {
+    if !locked {
+        return Config::from_file(path);
+    }
+    let source = path.display().to_string();
     let err = |message: String| ConfigError {
-        file: path.display().to_string(),
+        file: source.clone(),
         line: None,
         field: String::new(),
         message,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
-    let mode = meta.permissions().mode();
-    if meta.uid() != 0 {
-        return Err(err(format!(
-            "is owned by uid {}, not root: whoever owns it can change the policy; \
-             `chown root:root` it (or pass --allow-insecure-config while developing)",
-            meta.uid()
-        )));
-    }
-    if mode & 0o022 != 0 {
-        return Err(err(format!(
-            "is writable by its group or by everyone (mode {:o}); `chmod go-w` it \
-             (or pass --allow-insecure-config while developing)",
-            mode & 0o7777
-        )));
-    }
-    Ok(())
+    let mut file = crate::trust::open(path).map_err(|e| err(e.to_string()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)
+        .map_err(|e| err(format!("cannot read the file: {e}")))?;
+    Config::from_toml(&text, &source)
 }
 
 /// Everything the control task owns.
@@ -291,13 +285,7 @@ async fn reload(mut c: Control, why: &str) -> Control {
             serde_json::json!({ "policy": { "path": path.display().to_string(), "error": error, "hash_in_force": c.current.hash } }),
         ));
     };
-    if c.check_ownership
-        && let Err(e) = check_ownership(&path)
-    {
-        refused(&c, e.to_string());
-        return c;
-    }
-    let config = match Config::from_file(&path) {
+    let config = match read_config(&path, c.check_ownership) {
         Ok(config) => config,
         Err(e) => {
             refused(&c, e.to_string());

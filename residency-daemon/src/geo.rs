@@ -292,6 +292,8 @@ pub struct Watch {
     pub notes: tokio::sync::mpsc::UnboundedSender<crate::sinks::Record>,
     /// Changes on SIGHUP.
     pub reload: tokio::sync::watch::Receiver<u64>,
+    /// Refuse databases that anyone but root can change ([`crate::trust`]).
+    pub locked: bool,
 }
 
 /// Watches the database file and reloads it when it changes or on SIGHUP.
@@ -330,6 +332,19 @@ pub async fn watch(mut w: Watch, mut shutdown: tokio::sync::watch::Receiver<bool
 }
 
 async fn reload(mut w: Watch, path: PathBuf) -> Watch {
+    let untrusted = if w.locked {
+        [Some(&path), w.asn.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|p| crate::trust::check(p).err())
+            .map(|e| e.to_string())
+    } else {
+        None
+    };
+    if let Some(e) = untrusted {
+        refused(&w, &path, &e);
+        return w;
+    }
     let asn = w.asn.clone();
     let p = path.clone();
     let prepared = tokio::task::spawn_blocking(move || prepare(&p, asn.as_deref())).await;

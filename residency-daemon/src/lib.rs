@@ -16,6 +16,7 @@
 //! - [`identity`]: the executable, command line and cgroup of each call;
 //! - [`workloads`]: which cgroups select which workload, kept current;
 //! - [`control`]: policy reloads, expiry and new cgroups at run time;
+//! - [`trust`]: which files may decide policy when the daemon runs locked;
 //! - [`sinks`]: writes records out (ECS JSON lines today).
 //!
 //! [`run`] wires them together; the binary, the tests and the benchmarks all
@@ -30,6 +31,7 @@ pub mod kernel;
 pub mod pipeline;
 pub mod policy;
 pub mod sinks;
+pub mod trust;
 pub mod workloads;
 
 use std::{path::PathBuf, sync::Arc};
@@ -108,11 +110,6 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         btf = features.btf,
         "kernel probed"
     );
-    if let Some(path) = &options.config_path
-        && !options.allow_insecure_config
-    {
-        control::check_ownership(path)?;
-    }
     let mount = features.cgroup2.clone().ok_or(KernelError::NoCgroup2)?;
     let requested = options
         .cgroup
@@ -138,6 +135,19 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         .or_else(|| config.geoip.database.clone());
     let geo_path = geo::discover(explicit.as_deref());
     let asn_path = geo::discover_asn(config.geoip.asn_database.as_deref());
+    // Locked: a configuration file was given and not declared insecure.
+    // The databases decide policy too, so they must be as safe from change.
+    let locked = options.config_path.is_some() && !options.allow_insecure_config;
+    if locked {
+        for p in [geo_path.as_ref(), asn_path.as_ref()].into_iter().flatten() {
+            crate::trust::check(p).map_err(|e| ConfigError {
+                file: p.display().to_string(),
+                line: None,
+                field: String::new(),
+                message: format!("GeoIP database: {e}"),
+            })?;
+        }
+    }
     let prepared = prepare_geo(&config, geo_path.as_ref(), asn_path.as_ref()).await?;
 
     let compiled_at = jiff::Timestamp::now();
@@ -192,6 +202,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             registry: registry.clone(),
             notes: notes_tx.clone(),
             reload: reload_rx.clone(),
+            locked,
         },
         stop_rx.clone(),
     ));

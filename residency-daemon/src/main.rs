@@ -266,10 +266,10 @@ fn run_command(
     geoip: Option<PathBuf>,
     allow_insecure_config: bool,
 ) -> ExitCode {
-    let parsed = match config
-        .as_deref()
-        .map_or_else(Config::builtin, Config::from_file)
-    {
+    // The file is checked and read once, here; reloads do the same.
+    let parsed = match config.as_deref().map_or_else(Config::builtin, |p| {
+        residency_daemon::control::read_config(p, !allow_insecure_config)
+    }) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
