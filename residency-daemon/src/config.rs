@@ -666,6 +666,63 @@ impl Config {
             .or_else(|| self.exception(id).map(|e| e.name.as_str()))
     }
 
+    /// What is valid but probably not meant, or weaker than it looks: for
+    /// `residency check` and the daemon's log.
+    #[must_use]
+    pub fn warnings(&self, now: jiff::Timestamp) -> Vec<String> {
+        let strictness = |c: Choice| match c {
+            Choice::Allow => 0,
+            Choice::Flag => 1,
+            Choice::Block => 2,
+        };
+        let mut out = Vec::new();
+        for w in &self.workloads {
+            if w.allowed.is_empty() {
+                out.push(format!(
+                    "workload \"{}\": its tenants ({}) have no country in common, so every \
+                     destination outside the rules and exceptions is a violation",
+                    w.name,
+                    w.tenants.join(", ")
+                ));
+            }
+            let by_name = w.selectors.comm().is_some()
+                && w.selectors.cgroups.is_empty()
+                && w.selectors.unit.is_none();
+            if !by_name {
+                continue;
+            }
+            let mut looser = Vec::new();
+            if w.allowed.iter().any(|c| !self.policy.allowed.contains(c)) {
+                looser.push("countries");
+            }
+            if self.exceptions.iter().any(|e| e.applies_to(w)) {
+                looser.push("exceptions");
+            }
+            if w.mode == Mode::Monitor && self.mode == Mode::Enforce {
+                looser.push("monitor mode");
+            }
+            if strictness(w.unknown) < strictness(self.policy.unknown) {
+                looser.push("unknown destinations");
+            }
+            if !looser.is_empty() {
+                out.push(format!(
+                    "workload \"{}\" is selected by process name, which any process can give \
+                     itself, and it allows more than the default policy ({}): any process could \
+                     take its policy; select it by cgroup, unit or uid to enforce it",
+                    w.name,
+                    looser.join(", ")
+                ));
+            }
+        }
+        for e in self.exceptions.iter().filter(|e| !e.in_force(now)) {
+            out.push(format!(
+                "exception \"{}\" expired at {}; it no longer applies",
+                e.name, e.expires
+            ));
+        }
+        out
+    }
+
     /// The workload behind a policy index (0: none, the default policy).
     #[must_use]
     pub fn workload_of(&self, policy: u16) -> Option<&Workload> {
@@ -1787,6 +1844,39 @@ mode = "monitor"
              a tenant without a mode takes the top level's; any enforcing tenant enforces; \
              the workload's own mode wins"
         );
+    }
+
+    #[test]
+    fn warns_about_spoofable_looser_and_empty_policies() {
+        let c = parse(
+            "mode = \"enforce\"\n[policy]\nallowed = [\"DE\"]\n\
+             [[tenant]]\nid = \"eu\"\nallowed = [\"EEA\"]\n\
+             [[tenant]]\nid = \"us\"\nallowed = [\"US\"]\n\
+             [[workload]]\nname = \"shipper\"\nrole = \"logging\"\ntenants = [\"eu\"]\nprocess = \"vector\"\n\
+             [[workload]]\nname = \"strict\"\nrole = \"llm\"\ntenants = [\"eu\"]\nprocess = \"ok\"\nunit = \"ok.service\"\n\
+             [[workload]]\nname = \"nowhere\"\nrole = \"backup\"\ntenants = [\"eu\", \"us\"]\nuid = 7\n\
+             [[exception]]\nname = \"old\"\ndestinations = [\"192.0.2.0/24\"]\nbasis = \"scc\"\n\
+             justification = \"x\"\nexpires = \"2020-01-01\"\ntenants = [\"eu\"]\n",
+        )
+        .unwrap();
+        let w = c.warnings("2026-11-22T00:00:00Z".parse().unwrap());
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(
+            w.iter()
+                .any(|m| m.contains("\"nowhere\"") && m.contains("no country in common")),
+            "{w:#?}"
+        );
+        assert!(
+            w.iter().any(|m| m.contains("\"shipper\"")
+                && m.contains("process name")
+                && m.contains("countries")),
+            "{w:#?}"
+        );
+        assert!(
+            !w.iter().any(|m| m.contains("\"strict\"")),
+            "has a unit too"
+        );
+        assert!(w.iter().any(|m| m.contains("\"old\" expired")));
     }
 
     #[test]

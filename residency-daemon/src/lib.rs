@@ -188,6 +188,9 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     if let (Some(p), Some(installed), Some(path)) = (&prepared, &installed, &geo_path) {
         let _ = notes_tx.send(geo::loaded_note(path, p.db.version(), p, installed));
     }
+    for w in config.warnings(jiff::Timestamp::now()) {
+        warn!("{w}");
+    }
     for (set, _, condition) in &config.policy.conditions {
         warn!("policy.allowed names {set}, which holds only on a condition: {condition}");
     }

@@ -208,6 +208,17 @@ fn main() -> ExitCode {
                         ))
                         .count(),
                 );
+                if !c.tenants.is_empty() || !c.workloads.is_empty() {
+                    println!(
+                        "{} tenant(s), {} workload(s), {} exception(s)",
+                        c.tenants.len(),
+                        c.workloads.len(),
+                        c.exceptions.len()
+                    );
+                }
+                for w in c.warnings(jiff::Timestamp::now()) {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),

@@ -286,7 +286,7 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
 }
 
 /// The caller's policy: by cgroup (the nearest listed cgroup, walking up
-/// from the caller's own), then by process name, then by uid, else the
+/// from the caller's own), then by uid, then by process name, else the
 /// default (index 0).
 #[inline(always)]
 fn applied_policy() -> Option<Applied<'static>> {
@@ -360,25 +360,26 @@ fn walk(slot: u32, own: u64) -> Option<u32> {
     None
 }
 
-/// By process name, then by uid: these depend on the process, so they are
-/// not remembered per cgroup.
+/// By uid, then by process name: these depend on the process, so they are
+/// not remembered per cgroup. The uid comes first because a process cannot
+/// change it at will, while any process can rename itself.
 #[inline(always)]
 fn process_policy(slot: u32, selectors: u8) -> Option<u32> {
-    if selectors & SELECTS_BY_COMM != 0
-        && let (Some(by_comm), Ok(comm)) = (COMM_POLICY.get(slot), bpf_get_current_comm())
-    {
-        // SAFETY: as above.
-        if let Some(&i) = unsafe { by_comm.get(comm) } {
-            return Some(i);
-        }
-    }
     if selectors & SELECTS_BY_UID != 0
         && let Some(by_uid) = UID_POLICY.get(slot)
     {
         #[expect(clippy::cast_possible_truncation, reason = "the uid is the low half")]
         let uid = bpf_get_current_uid_gid() as u32;
-        // SAFETY: as above.
+        // SAFETY: the inner map is read only through helpers.
         if let Some(&i) = unsafe { by_uid.get(uid) } {
+            return Some(i);
+        }
+    }
+    if selectors & SELECTS_BY_COMM != 0
+        && let (Some(by_comm), Ok(comm)) = (COMM_POLICY.get(slot), bpf_get_current_comm())
+    {
+        // SAFETY: as above.
+        if let Some(&i) = unsafe { by_comm.get(comm) } {
             return Some(i);
         }
     }
