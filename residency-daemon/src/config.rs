@@ -1247,7 +1247,6 @@ fn validate_exceptions(
     at: &Locator<'_>,
 ) -> Result<Vec<Exception>, ConfigError> {
     let mut out: Vec<Exception> = Vec::new();
-    let mut seen: std::collections::HashMap<IpNet, String> = std::collections::HashMap::new();
     for (i, e) in raw.exception.iter().enumerate() {
         let field = format!("exception[{i}]");
         let name = e.name.get_ref().trim();
@@ -1292,8 +1291,16 @@ fn validate_exceptions(
                 ));
             }
         }
-        let destinations = rule_destinations(&e.destinations, &field, &mut seen, at)?;
-        out.push(Exception {
+        // Within one exception a prefix is listed once; across exceptions
+        // only once per workload (the kernel keys exceptions by policy), so
+        // two tenants' exceptions may name the same SIEM.
+        let destinations = rule_destinations(
+            &e.destinations,
+            &field,
+            &mut std::collections::HashMap::new(),
+            at,
+        )?;
+        let exception = Exception {
             id: first_id.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)),
             name: name.to_owned(),
             destinations,
@@ -1303,7 +1310,33 @@ fn validate_exceptions(
             tenants: e.tenants.iter().map(|t| t.get_ref().clone()).collect(),
             workloads: e.workloads.iter().map(|w| w.get_ref().clone()).collect(),
             roles: e.roles.clone(),
-        });
+        };
+        for (k, other) in out.iter().enumerate() {
+            let Some(w) = workloads
+                .iter()
+                .find(|w| exception.applies_to(w) && other.applies_to(w))
+            else {
+                continue;
+            };
+            if let Some((j, net)) = exception
+                .destinations
+                .iter()
+                .enumerate()
+                .find(|(_, n)| other.destinations.contains(n))
+            {
+                let span = e.destinations.get_ref().get(j).map_or(0..0, Spanned::span);
+                return Err(at.err(
+                    span,
+                    &format!("{field}.destinations[{j}]"),
+                    &format!(
+                        "{net} is already an exception for workload \"{}\" (exception[{k}], \"{}\"); \
+                         a workload can have one exception per prefix",
+                        w.name, other.name
+                    ),
+                ));
+            }
+        }
+        out.push(exception);
     }
     Ok(out)
 }
@@ -1880,6 +1913,29 @@ mode = "monitor"
     }
 
     #[test]
+    fn two_tenants_may_have_exceptions_to_the_same_prefix() {
+        let c = parse(
+            "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[tenant]]\nid = \"b\"\nallowed = [\"EEA\"]\n\
+             [[workload]]\nname = \"wa\"\nrole = \"logging\"\ntenants = [\"a\"]\nuid = 1\n\
+             [[workload]]\nname = \"wb\"\nrole = \"logging\"\ntenants = [\"b\"]\nuid = 2\n\
+             [[exception]]\nname = \"a-siem\"\ndestinations = [\"198.51.100.0/24\"]\nbasis = \"scc\"\n\
+             justification = \"a's SCC\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n\
+             [[exception]]\nname = \"b-siem\"\ndestinations = [\"198.51.100.0/24\"]\nbasis = \"dpf\"\n\
+             justification = \"b's DPF\"\nexpires = \"2098-01-01\"\ntenants = [\"b\"]\n",
+        )
+        .unwrap();
+        let k = crate::policy::compile(&c, jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            k.exceptions_v4
+                .iter()
+                .map(|(i, _, _)| *i)
+                .collect::<Vec<_>>(),
+            vec![1, 2],
+            "one per workload"
+        );
+    }
+
+    #[test]
     fn parse_errors_name_the_field_by_position() {
         let text = "[policy]\nunknown = \"maybe\"\n[[tenant]]\nid = \"a\"\n[[tenant]]\nid = 5\n";
         assert_eq!(
@@ -2003,6 +2059,15 @@ mode = "monitor"
             )
         };
         let cases: &[(String, &str, &str)] = &[
+            (
+                exc(
+                    "basis = \"scc\"\njustification = \"x\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n\
+                     [[exception]]\nname = \"f\"\ndestinations = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\n\
+                     basis = \"dpf\"\njustification = \"y\"\nexpires = \"2099-01-01\"\nworkloads = [\"w\"]\n",
+                ),
+                "exception[1].destinations[1]",
+                "already an exception for workload \"w\"",
+            ),
             (
                 exc(
                     "basis = \"scc\"\njustification = \"x\"\nexpires = \"2099-01-01\"\ntenants = [\"a\"]\n",
