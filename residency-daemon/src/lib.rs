@@ -345,70 +345,112 @@ pub struct LookupReport {
 /// tables, and the full database for detail.
 ///
 /// # Errors
-/// If the `GeoIP` database cannot be prepared.
+/// If the workload is unknown or the `GeoIP` database cannot be prepared.
 pub fn lookup(
     config: &Config,
     geoip_path: Option<&std::path::Path>,
     workload: Option<&str>,
     ips: &[std::net::IpAddr],
 ) -> Result<Vec<LookupReport>, RunError> {
-    let index = match workload {
-        None => 0,
-        Some(name) => {
-            config
-                .workload(name)
-                .map(|(i, _)| i)
-                .ok_or_else(|| RunError::UnknownWorkload {
-                    name: name.to_owned(),
-                    known: config
-                        .workloads
-                        .iter()
-                        .map(|w| w.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?
-        }
-    };
-    let explicit = geoip_path
-        .map(std::path::Path::to_path_buf)
-        .or_else(|| config.geoip.database.clone());
-    let path = geo::discover(explicit.as_deref());
-    let asn = geo::discover_asn(config.geoip.asn_database.as_deref());
-    let prepared = match &path {
-        Some(p) => Some(geo::prepare(p, asn.as_deref())?),
-        None => None,
-    };
-    let generation = prepared
-        .as_ref()
-        .zip(path.as_ref())
-        .map(|(p, path)| geo::Generation {
-            number: 1,
-            version: Arc::new(p.db.version().clone()),
-            path: path.clone(),
-            db: p.db.clone(),
-            asn: p.asn.clone(),
-        });
-    let mut cache = geo::DetailCache::new(ips.len());
-    Ok(ips
-        .iter()
-        .map(|&ip| {
-            let decision = policy::decide(config, index, ip, jiff::Timestamp::now(), |a| {
-                prepared.as_ref().and_then(|p| p.kernel_country(a))
+    Lookup::new(config, geoip_path)?.decide(workload, ips)
+}
+
+/// A configuration and its `GeoIP` database, prepared once for many
+/// lookups.
+pub struct Lookup<'a> {
+    config: &'a Config,
+    prepared: Option<geo::Prepared>,
+    generation: Option<geo::Generation>,
+}
+
+impl<'a> Lookup<'a> {
+    /// Finds and prepares the database as the daemon would.
+    ///
+    /// # Errors
+    /// If the `GeoIP` database cannot be prepared.
+    pub fn new(config: &'a Config, geoip_path: Option<&std::path::Path>) -> Result<Self, RunError> {
+        let explicit = geoip_path
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| config.geoip.database.clone());
+        let path = geo::discover(explicit.as_deref());
+        let asn = geo::discover_asn(config.geoip.asn_database.as_deref());
+        let prepared = match &path {
+            Some(p) => Some(geo::prepare(p, asn.as_deref())?),
+            None => None,
+        };
+        let generation = prepared
+            .as_ref()
+            .zip(path.as_ref())
+            .map(|(p, path)| geo::Generation {
+                number: 1,
+                version: Arc::new(p.db.version().clone()),
+                path: path.clone(),
+                db: p.db.clone(),
+                asn: p.asn.clone(),
             });
-            let detail = (decision.kind != residency_common::DestKind::Local)
-                .then(|| generation.as_ref().map(|g| (*cache.get(g, ip)).clone()))
-                .flatten();
-            LookupReport {
-                ip,
-                rule: config.rule(decision.rule_id).map(|r| r.name.clone()),
-                decision,
-                detail,
-                database: generation
-                    .as_ref()
-                    .map(|g| (g.version.label(), g.path.clone())),
-            }
+        Ok(Lookup {
+            config,
+            prepared,
+            generation,
         })
-        .collect())
+    }
+
+    /// The decision for each address, for `workload` (`None`: the default
+    /// policy).
+    ///
+    /// # Errors
+    /// If there is no such workload.
+    pub fn decide(
+        &self,
+        workload: Option<&str>,
+        ips: &[std::net::IpAddr],
+    ) -> Result<Vec<LookupReport>, RunError> {
+        let config = self.config;
+        let index =
+            match workload {
+                None => 0,
+                Some(name) => config.workload(name).map(|(i, _)| i).ok_or_else(|| {
+                    RunError::UnknownWorkload {
+                        name: name.to_owned(),
+                        known: config
+                            .workloads
+                            .iter()
+                            .map(|w| w.name.clone())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }
+                })?,
+            };
+        let mut cache = geo::DetailCache::new(ips.len());
+        Ok(ips
+            .iter()
+            .map(|&ip| {
+                let decision = policy::decide(config, index, ip, jiff::Timestamp::now(), |a| {
+                    self.prepared.as_ref().and_then(|p| p.kernel_country(a))
+                });
+                let detail = (decision.kind != residency_common::DestKind::Local)
+                    .then(|| {
+                        self.generation
+                            .as_ref()
+                            .map(|g| (*cache.get(g, ip)).clone())
+                    })
+                    .flatten();
+                LookupReport {
+                    ip,
+                    // Rules and exceptions by name; 0 is the GeoIP tables.
+                    rule: (decision.rule_id != 0)
+                        .then(|| config.rule_name(decision.rule_id).map(str::to_owned))
+                        .flatten(),
+                    decision,
+                    detail,
+                    database: self
+                        .generation
+                        .as_ref()
+                        .map(|g| (g.version.label(), g.path.clone())),
+                }
+            })
+            .collect())
+    }
 }
 
 /// One expected verdict, from a `residency test-policy` cases file.
@@ -510,10 +552,13 @@ pub fn test_policy(
         }
         parsed.push((c, ip));
     }
+    // The database is prepared once for all the cases.
+    let lookup = Lookup::new(config, geoip_path)?;
     let mut out = Vec::new();
     for (c, ip) in parsed {
         let workload = c.workload.as_ref().map(|w| w.get_ref().as_str());
-        let report = lookup(config, geoip_path, workload, &[ip])?
+        let report = lookup
+            .decide(workload, &[ip])?
             .pop()
             .ok_or_else(|| bad(None, "case".into(), "no decision".into()))?;
         let port = c.port.map_or(String::new(), |p| format!(":{p}"));
