@@ -263,6 +263,8 @@ struct Applied<'a> {
     policy: &'a Policy,
     index: u32,
     generation: u32,
+    /// The caller's own cgroup, read once for the lookup and the record.
+    cgroup_id: u64,
 }
 
 fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u8) -> i32 {
@@ -294,7 +296,9 @@ fn applied_policy() -> Option<Applied<'static>> {
     let (generation, epoch) = (active.generation, active.epoch);
     let slot = generation & 1;
     let policies = POLICIES.get(slot)?;
-    let index = match cgroup_policy(slot, generation, epoch) {
+    // SAFETY: a helper call without pointer arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let index = match cgroup_policy(slot, generation, epoch, cgroup_id) {
         NO_CGROUP_POLICY => {
             let selectors = policies.get(0).map_or(0, |p| p.selectors);
             process_policy(slot, selectors).unwrap_or(0)
@@ -306,15 +310,14 @@ fn applied_policy() -> Option<Applied<'static>> {
         policy,
         index,
         generation,
+        cgroup_id,
     })
 }
 
 /// The policy of the caller's cgroup: its own entry or its nearest listed
 /// ancestor's, remembered per cgroup for this generation and epoch.
 #[inline(always)]
-fn cgroup_policy(slot: u32, generation: u32, epoch: u32) -> u32 {
-    // SAFETY: a helper call without pointer arguments.
-    let own = unsafe { bpf_get_current_cgroup_id() };
+fn cgroup_policy(slot: u32, generation: u32, epoch: u32, own: u64) -> u32 {
     // SAFETY: the map is read only through helpers.
     if let Some(c) = unsafe { POLICY_CACHE.get(own) }
         && c.generation == generation
@@ -642,8 +645,9 @@ fn report(
         ),
         Dest::V6(a) => (AF_INET6, *a),
     };
-    // SAFETY: plain helper calls with no pointer arguments.
-    let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    // SAFETY: a helper call without pointer arguments.
+    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let cgroup_id = applied.cgroup_id;
     #[expect(
         clippy::cast_possible_truncation,
         reason = "the helpers pack two u32 values into one u64, and the port sits in the low 16 bits"

@@ -61,7 +61,7 @@ enum BenchCmd {
         /// Workloads (each with its own policy and cgroup).
         #[arg(long, default_value_t = 1000)]
         workloads: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
         #[arg(long, default_value_t = 20_000)]
         connects: u64,
