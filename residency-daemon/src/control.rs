@@ -63,6 +63,9 @@ pub struct Control {
     pub current: Arc<Config>,
     /// Whether the programs were loaded able to block.
     pub may_block: bool,
+    /// Whether they are attached to the cgroup2 root (a reload must pass
+    /// the same interlock as the start).
+    pub at_root: bool,
     pub check_ownership: bool,
     /// Shared with the writer, which names each record's cgroup.
     pub tree: SharedTree,
@@ -292,6 +295,10 @@ async fn reload(mut c: Control, why: &str) -> Control {
             return c;
         }
     };
+    if let Err(e) = config.check_enforce_interlock(c.at_root) {
+        refused(&c, e.to_string());
+        return c;
+    }
     if config.may_block() && !c.may_block {
         refused(
             &c,

@@ -220,6 +220,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             path: options.config_path.clone(),
             current: config.clone(),
             may_block: config.may_block(),
+            at_root: target.is_root,
             check_ownership: !options.allow_insecure_config,
             tree: tree.clone(),
             versions: versions.clone(),

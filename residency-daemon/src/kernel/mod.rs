@@ -250,7 +250,9 @@ impl CgroupTarget {
             .unwrap_or(Path::new(""));
         Ok(CgroupTarget {
             name: format!("/{}", rel.display()),
-            is_root: canonical == mount_canonical,
+            // The cgroup2 root's directory is inode 1; a bind mount of the
+            // root elsewhere is the root all the same.
+            is_root: canonical == mount_canonical || meta.ino() == 1,
             id: meta.ino(),
             path: canonical,
         })
