@@ -73,7 +73,44 @@ pub mod names {
     pub const CONNECT6: &str = "residency_connect6";
     pub const SENDMSG4: &str = "residency_sendmsg4";
     pub const SENDMSG6: &str = "residency_sendmsg6";
+
+    /// Load-time globals (`.rodata`): the cgroup whose processes are
+    /// tracked (its id, and its level below the cgroup2 root). The process
+    /// tracepoints fire for the whole host and keep only these.
+    pub const TRACK_CGROUP_ID: &str = "TRACK_CGROUP_ID";
+    pub const TRACK_CGROUP_LEVEL: &str = "TRACK_CGROUP_LEVEL";
+    /// LRU hash: thread id -> [`crate::ExecArgs`], the arguments of an
+    /// `execve` in flight, until the kernel says whether it succeeded.
+    pub const EXEC_PENDING: &str = "EXEC_PENDING";
+
+    /// The process tracepoints: `(program, category, tracepoint)`.
+    pub const PROCESS_PROGRAMS: [(&str, &str, &str); 5] = [
+        (EXECVE, "syscalls", "sys_enter_execve"),
+        (EXECVEAT, "syscalls", "sys_enter_execveat"),
+        (EXEC, "sched", "sched_process_exec"),
+        (FORK, "sched", "sched_process_fork"),
+        (EXIT, "sched", "sched_process_exit"),
+    ];
+    pub const EXECVE: &str = "residency_execve";
+    pub const EXECVEAT: &str = "residency_execveat";
+    pub const EXEC: &str = "residency_exec";
+    pub const FORK: &str = "residency_fork";
+    pub const EXIT: &str = "residency_exit";
 }
+
+/// Bytes of an `execve`'s arguments the kernel keeps (NUL-separated). Each
+/// argument starts within the first half, so at least half is always used.
+pub const EXEC_ARGS_BYTES: usize = 1024;
+/// Most bytes read of one argument (half of [`EXEC_ARGS_BYTES`]).
+pub const EXEC_ARG_CHUNK: usize = EXEC_ARGS_BYTES / 2;
+/// Most arguments read.
+pub const EXEC_MAX_ARGS: u32 = 32;
+/// Bytes of the executed file's name the kernel keeps.
+pub const EXEC_FILENAME_BYTES: usize = 256;
+/// Entries in `EXEC_PENDING` (execs in flight at once).
+pub const EXEC_PENDING_ENTRIES: u32 = 1024;
+/// [`ExecEvent::flags`]: the arguments were longer than the kernel keeps.
+pub const EXEC_ARGS_TRUNCATED: u32 = 1;
 
 /// Capacity of each destination-rule trie (deny rules, internal networks,
 /// local ranges).
@@ -120,6 +157,12 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 pub enum EventKind {
     /// A [`ConnectEvent`] from a connect or sendmsg hook.
     Connect = 1,
+    /// An [`ExecEvent`]: a tracked process ran a new program.
+    Exec = 2,
+    /// A [`ProcessEvent`]: a tracked process made a process or thread.
+    Fork = 3,
+    /// A [`ProcessEvent`]: a tracked process or thread ended.
+    Exit = 4,
 }
 
 /// Which kernel hook produced an event.
@@ -241,10 +284,13 @@ pub enum Stat {
     /// Events that could not be reserved because the ring buffer was full.
     /// Each is a decision that was made (and enforced) but not reported.
     Dropped = 1,
+    /// Process records ([`ExecEvent`], [`ProcessEvent`]) that found the ring
+    /// buffer full: the daemon falls back to `/proc` for those processes.
+    ProcessDropped = 2,
 }
 
 /// Number of entries in the `STATS` array.
-pub const STAT_COUNT: u32 = 2;
+pub const STAT_COUNT: u32 = 3;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u8 = 2;
@@ -420,7 +466,58 @@ pub type Ipv6Key = [u8; 16];
 // Layout checks: a change here is a change of the kernel ABI between the two
 // halves and must be deliberate.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);
+/// A tracked process ran a new program (`sched_process_exec`), with the
+/// arguments it was given. Records share the ring with decisions, in the
+/// order they happened: a process's exec comes before its calls, and its
+/// exit after them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub boot_ns: u64,
+    /// The process id (after the exec, always the thread-group leader's).
+    pub tgid: u32,
+    /// [`EXEC_ARGS_TRUNCATED`].
+    pub flags: u32,
+    /// Bytes used in `args`.
+    pub args_len: u32,
+    pub _pad: u32,
+    /// The file as the caller named it (NUL-terminated).
+    pub filename: [u8; EXEC_FILENAME_BYTES],
+    /// The arguments, `argv[0]` first, each NUL-terminated.
+    pub args: [u8; EXEC_ARGS_BYTES],
+}
+
+/// The arguments of an exec in flight (the `EXEC_PENDING` map's value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecArgs {
+    pub args_len: u32,
+    pub flags: u32,
+    pub args: [u8; EXEC_ARGS_BYTES],
+}
+
+/// A tracked process made a process or thread (`Fork`: `parent` -> `pid`),
+/// or a thread ended (`Exit`: `pid` is the thread, `parent` its process, and
+/// [`EXIT_GROUP_DEAD`] says the whole process has ended).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    pub parent: u32,
+    pub pid: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`ProcessEvent::flags`] of an `Exit`: the last thread of the process.
+pub const EXIT_GROUP_DEAD: u32 = 1;
+
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
+const _: () =
+    assert!(core::mem::size_of::<ExecEvent>() == 32 + EXEC_FILENAME_BYTES + EXEC_ARGS_BYTES);
+const _: () = assert!(core::mem::size_of::<ExecArgs>() == 8 + EXEC_ARGS_BYTES);
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 24);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, boot_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, rule_id) == 40);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, dport) == 48);
@@ -445,4 +542,5 @@ mod user {
     unsafe impl aya::Pod for super::GeoActive {}
     unsafe impl aya::Pod for super::PolicyActive {}
     unsafe impl aya::Pod for super::CachedPolicy {}
+    unsafe impl aya::Pod for super::ExecArgs {}
 }

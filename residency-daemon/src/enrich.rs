@@ -66,6 +66,12 @@ impl Enricher {
         flow.cgroup_path = self.cgroups.path_of(flow.cgroup_id);
     }
 
+    /// Keeps the process table current from the kernel's exec, fork and
+    /// exit records, which arrive in order with the decisions.
+    pub fn observe(&mut self, record: &crate::kernel::Decoded) {
+        self.processes.observe(record);
+    }
+
     /// The newest configuration, for records no policy generation decided.
     #[must_use]
     pub fn versions(&self) -> &Versions {

@@ -1,15 +1,19 @@
 //! The identity stage: who made a call, beyond what the kernel record holds.
 //!
 //! The kernel record names the thread (`pid`, `tid`, `comm`) and its cgroup
-//! id. This module adds the executable path and command line from `/proc`,
-//! and the cgroup's path from the shared [`crate::workloads::Tree`].
+//! id. This module adds the executable and command line, and the cgroup's
+//! path from the shared [`crate::workloads::Tree`].
 //!
-//! `/proc` is read while the process lives: a process that has exited by
-//! the time its record is enriched (a short-lived client, read a few
-//! milliseconds later) keeps its name from the kernel but gets no
-//! executable or command line. A pid the kernel has since given to another
-//! process is not mistaken for the one that made the call: the thread's name
-//! must match the record's, and a cached answer is checked against the
+//! The executable and arguments come first from the kernel itself: the
+//! process tracepoints (`residency-ebpf/src/process.rs`) report every exec,
+//! fork and exit under the watched cgroup in the same ring as the
+//! decisions, in order, so a process that execs, connects and exits within a
+//! millisecond is still named, and an ended process is forgotten before its
+//! pid can be reused. Processes that were running before the daemon
+//! started (or whose records the kernel dropped) are read from `/proc`
+//! while they live; a pid the kernel has since given to another process is
+//! not mistaken for the one that made the call: the thread's name must
+//! match the record's, and a cached answer is checked against the
 //! process's start time at least once a second.
 
 use std::{
@@ -19,10 +23,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::workloads::Tree;
+use residency_common::{EXEC_ARGS_TRUNCATED, EXIT_GROUP_DEAD, ExecEvent};
+
+use crate::{kernel::Decoded, workloads::Tree};
 
 /// Processes remembered; a process costs a few hundred bytes.
 const PROCESSES: usize = 4096;
+/// Processes known from the kernel's records (an entry is about 1 KiB at
+/// most); ended ones are removed by their exit records.
+const KNOWN: usize = 65_536;
 /// Cgroup paths remembered by the writer.
 const CGROUPS: usize = 4096;
 /// How long a cached process is trusted before its start time is checked.
@@ -57,10 +66,20 @@ struct Cached {
     info: Arc<ProcessInfo>,
 }
 
+/// A process as the kernel reported it: its program (from its exec, or its
+/// parent's), and the name the kernel gave it then.
+struct Known {
+    info: Arc<ProcessInfo>,
+    comm: String,
+}
+
 /// Reads and remembers process identities.
 pub struct Processes {
     proc: PathBuf,
     cache: lru::LruCache<u32, Cached>,
+    /// From the kernel's records, by pid (and thread id, for threads made
+    /// by a fork record).
+    known: lru::LruCache<u32, Known>,
 }
 
 impl Default for Processes {
@@ -76,6 +95,7 @@ impl Processes {
         Processes {
             proc: proc.to_path_buf(),
             cache: lru::LruCache::new(NonZeroUsize::new(PROCESSES).unwrap_or(NonZeroUsize::MIN)),
+            known: lru::LruCache::new(NonZeroUsize::new(KNOWN).unwrap_or(NonZeroUsize::MIN)),
         }
     }
 
@@ -83,6 +103,73 @@ impl Processes {
     /// when it made the call; `None` if it has exited or is no longer that
     /// process.
     pub fn lookup(&mut self, pid: u32, tid: u32, comm: &str) -> Option<Arc<ProcessInfo>> {
+        if let Some(k) = self.known.get(&pid)
+            && k.comm == comm
+        {
+            return Some(k.info.clone());
+        }
+        self.read_proc(pid, tid, comm)
+    }
+
+    /// Updates the table from one of the kernel's process records.
+    pub fn observe(&mut self, record: &Decoded) {
+        match record {
+            Decoded::Exec(ev) => {
+                let (info, comm) = from_exec(ev);
+                // A relative name ("./job") says less than the path the
+                // kernel resolved, while the process still runs to ask.
+                let info = if info
+                    .executable
+                    .as_deref()
+                    .is_some_and(|e| !e.starts_with('/'))
+                {
+                    let exe = std::fs::read_link(self.proc.join(ev.tgid.to_string()).join("exe"))
+                        .ok()
+                        .map(|p| p.to_string_lossy().into_owned());
+                    ProcessInfo {
+                        executable: exe.or(info.executable),
+                        ..info
+                    }
+                } else {
+                    info
+                };
+                self.cache.pop(&ev.tgid);
+                self.known.put(
+                    ev.tgid,
+                    Known {
+                        info: Arc::new(info),
+                        comm,
+                    },
+                );
+            }
+            Decoded::Fork(ev) => {
+                if let Some(parent) = self.known.get(&ev.parent) {
+                    let child = Known {
+                        info: parent.info.clone(),
+                        comm: parent.comm.clone(),
+                    };
+                    self.known.put(ev.pid, child);
+                } else {
+                    // Not known: the child must not inherit what an ended
+                    // process of the same pid left behind.
+                    self.known.pop(&ev.pid);
+                }
+            }
+            Decoded::Exit(ev) => {
+                if ev.pid != ev.parent {
+                    self.known.pop(&ev.pid);
+                }
+                if ev.flags & EXIT_GROUP_DEAD != 0 {
+                    self.known.pop(&ev.parent);
+                    self.cache.pop(&ev.parent);
+                }
+            }
+            Decoded::Connect(_) => {}
+        }
+    }
+
+    /// From `/proc`, while the process lives.
+    fn read_proc(&mut self, pid: u32, tid: u32, comm: &str) -> Option<Arc<ProcessInfo>> {
         let now = Instant::now();
         if let Some(c) = self.cache.get_mut(&pid) {
             if now.duration_since(c.checked) < RECHECK {
@@ -132,6 +219,29 @@ impl Processes {
         );
         Some(info)
     }
+}
+
+/// What an exec record says: the program and its arguments, and the name
+/// the kernel gives the process (the file name's last part, 15 bytes).
+fn from_exec(ev: &ExecEvent) -> (ProcessInfo, String) {
+    let name_len = ev
+        .filename
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(ev.filename.len());
+    let filename = String::from_utf8_lossy(&ev.filename[..name_len]).into_owned();
+    let len = usize::try_from(ev.args_len).unwrap_or(0).min(ev.args.len());
+    let (args, cut) = split_args(&ev.args[..len]);
+    let base = filename.rsplit('/').next().unwrap_or("");
+    let comm: String = String::from_utf8_lossy(&base.as_bytes()[..base.len().min(15)]).into_owned();
+    (
+        ProcessInfo {
+            executable: (!filename.is_empty()).then_some(filename),
+            args,
+            args_truncated: cut || ev.flags & EXEC_ARGS_TRUNCATED != 0,
+        },
+        comm,
+    )
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
@@ -237,6 +347,88 @@ mod tests {
         let (args, cut) = split_args(&long);
         assert!(cut);
         assert_eq!(args[0].len(), MAX_COMMAND_LINE);
+    }
+
+    fn exec(tgid: u32, filename: &str, args: &[&str]) -> Decoded {
+        let mut ev = ExecEvent {
+            header: residency_common::EventHeader {
+                kind: residency_common::EventKind::Exec as u32,
+                size: 0,
+            },
+            boot_ns: 1,
+            tgid,
+            flags: 0,
+            args_len: 0,
+            _pad: 0,
+            filename: [0; residency_common::EXEC_FILENAME_BYTES],
+            args: [0; residency_common::EXEC_ARGS_BYTES],
+        };
+        ev.filename[..filename.len()].copy_from_slice(filename.as_bytes());
+        let mut off = 0;
+        for a in args {
+            ev.args[off..off + a.len()].copy_from_slice(a.as_bytes());
+            off += a.len() + 1;
+        }
+        ev.args_len = u32::try_from(off).unwrap();
+        Decoded::Exec(Box::new(ev))
+    }
+
+    fn process(kind: residency_common::EventKind, parent: u32, pid: u32, flags: u32) -> Decoded {
+        let ev = residency_common::ProcessEvent {
+            header: residency_common::EventHeader {
+                kind: kind as u32,
+                size: 0,
+            },
+            parent,
+            pid,
+            flags,
+            _pad: 0,
+        };
+        if kind == residency_common::EventKind::Fork {
+            Decoded::Fork(ev)
+        } else {
+            Decoded::Exit(ev)
+        }
+    }
+
+    #[test]
+    fn kernel_records_name_processes_that_are_gone() {
+        use residency_common::EventKind::{Exit, Fork};
+        // Pids far above any real one: /proc cannot answer for them.
+        let (p, child, other) = (4_000_001, 4_000_002, 4_000_003);
+        let mut t = Processes::default();
+        t.observe(&exec(
+            p,
+            "/usr/bin/curl",
+            &["curl", "-s", "https://example.eu/"],
+        ));
+        let got = t.lookup(p, p, "curl").expect("known from its exec");
+        assert_eq!(got.executable.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(got.command_line(), "curl -s https://example.eu/");
+        assert!(
+            t.lookup(p, p, "renamed").is_none(),
+            "a thread whose name differs is not taken for it"
+        );
+        // A child inherits the program; an exit forgets it.
+        t.observe(&process(Fork, p, child, 0));
+        assert_eq!(t.lookup(child, child, "curl"), Some(got.clone()));
+        t.observe(&process(Exit, child, child, EXIT_GROUP_DEAD));
+        assert!(t.lookup(child, child, "curl").is_none());
+        // A fork from a parent nobody knows clears what an ended process of
+        // the same pid left.
+        t.observe(&exec(other, "/bin/sh", &["sh"]));
+        t.observe(&process(Exit, other, other, EXIT_GROUP_DEAD));
+        t.observe(&exec(other, "/bin/sh", &["sh"]));
+        t.observe(&process(Fork, 1, other, 0));
+        assert!(t.lookup(other, other, "sh").is_none());
+        // A relative name stays as given when the process is gone.
+        t.observe(&exec(other, "./job", &["./job"]));
+        assert_eq!(
+            t.lookup(other, other, "job")
+                .and_then(|i| i.executable.clone())
+                .as_deref(),
+            Some("./job")
+        );
     }
 
     #[test]

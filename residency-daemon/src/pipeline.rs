@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     enrich::{Clock, Enricher, Flow, Sources},
-    kernel::{CounterReader, DecodeError, EventRing, Kernel, KernelCounters, KernelError},
+    kernel::{CounterReader, DecodeError, Decoded, EventRing, Kernel, KernelCounters, KernelError},
     sinks::{
         Record, StartInfo, StopInfo, ecs,
         jsonl::{JsonLines, WriteError},
@@ -58,8 +58,13 @@ const READER_CHECK: Duration = Duration::from_millis(500);
 /// until the writer enriches them.
 enum Item {
     Event(ConnectEvent),
+    /// Exec, fork or exit: for the writer's process table, not written out.
+    Process(Decoded),
     Undecodable(DecodeError),
-    Lost { count: u64, total: u64 },
+    Lost {
+        count: u64,
+        total: u64,
+    },
     Stopped(StopInfo),
 }
 
@@ -239,6 +244,7 @@ impl Reader {
             kernel_dropped: totals.dropped,
             received: self.received,
             undecodable: self.undecodable,
+            process_dropped: totals.process_dropped,
         }))
         .await;
         Ok(())
@@ -253,10 +259,16 @@ impl Reader {
             let mut undecodable = 0;
             let producer = &mut self.producer;
             let moved = self.events.drain(room, |rec| {
-                received += 1;
+                // Only decisions (and what might have been one) count
+                // against the kernel's count of decisions submitted.
                 let item = match rec {
-                    Ok(ev) => Item::Event(ev),
+                    Ok(Decoded::Connect(ev)) => {
+                        received += 1;
+                        Item::Event(ev)
+                    }
+                    Ok(other) => Item::Process(other),
                     Err(e) => {
+                        received += 1;
                         undecodable += 1;
                         Item::Undecodable(e)
                     }
@@ -390,6 +402,10 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                         reason: format!("kernel record: {e}"),
                     },
                 },
+                Item::Process(p) => {
+                    enricher.observe(&p);
+                    continue;
+                }
                 Item::Undecodable(e) => Record::Undecodable {
                     reason: format!("ring buffer record: {e}"),
                 },

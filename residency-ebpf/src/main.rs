@@ -10,6 +10,9 @@
 //!    into EPERM for the caller);
 //! 4. reports the decision in one ring-buffer record, or counts a drop.
 //!
+//! Tracepoints on exec, fork and exit (module `process`) tell the daemon
+//! which program each process in the cgroup runs, in the same ring.
+//!
 //! Wakeups dominate the cost of a ring buffer (measured on these machines:
 //! +51-80% on loopback connect() with a wakeup per event), so records are
 //! submitted without a wakeup until `WAKEUP_BYTES` are waiting; the daemon
@@ -41,6 +44,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::warn;
+
+mod process;
 use residency_common::{
     AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, CachedPolicy, ConnectEvent,
     DestKind, DestRule, EventHeader, EventKind, ExceptionV4Key, ExceptionV6Key, FLAG_V4_MAPPED,
@@ -68,7 +73,7 @@ static WAKEUP_BYTES: u64 = 64 * 1024;
 
 /// The daemon resizes it at load time from its configuration.
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
@@ -710,7 +715,7 @@ fn protocol(sa: *mut bpf_sock_addr) -> u8 {
 }
 
 #[inline(always)]
-fn count(stat: Stat) {
+pub(crate) fn count(stat: Stat) {
     if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
         // Atomic even though the slot is per-CPU: these programs run with
         // migration disabled but can be preempted (PREEMPT kernels), and a

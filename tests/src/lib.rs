@@ -482,12 +482,27 @@ pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<C
             "test traffic must stay on loopback or the test hosts: {a}"
         );
     }
-    let mut cmd = Command::new(workspace_bin("egress-client")?);
-    if let Some(dir) = options.cgroup_dir {
-        cmd.arg("--cgroup").arg(dir);
-    } else if let Some(cg) = options.cgroup {
-        cmd.arg("--cgroup").arg(&cg.path);
-    }
+    let client = workspace_bin("egress-client")?;
+    let dir = options
+        .cgroup_dir
+        .map(Path::to_path_buf)
+        .or_else(|| options.cgroup.map(|cg| cg.path.clone()));
+    let mut cmd = if let Some(dir) = &dir {
+        // As systemd and container runtimes do: the process enters its
+        // cgroup first and then execs the program, so the program starts
+        // (and is seen starting) inside the cgroup.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(dir)
+            .arg(&client)
+            .arg("--cgroup")
+            .arg(dir);
+        cmd
+    } else {
+        Command::new(&client)
+    };
     if let Some(uid) = options.uid {
         cmd.arg("--uid").arg(uid.to_string());
     }

@@ -150,16 +150,10 @@ fn tenants_workloads_and_exceptions_are_enforced_per_workload() -> anyhow::Resul
         .to_owned();
     assert_eq!(hash1.len(), 64, "a SHA-256: {loaded}");
 
-    // The LLM server (enforce): blocked to the US, allowed to DE. This
-    // client stays alive a while, so the daemon finds it in /proc.
-    let llm_us = run_client(
-        &[Op::Tcp(us.tcp)],
-        &ClientOptions {
-            cgroup_dir: Some(&llm),
-            linger_ms: Some(1000),
-            ..Default::default()
-        },
-    )?;
+    // The LLM server (enforce): blocked to the US, allowed to DE. The
+    // client exits right after its call, long before the daemon reads the
+    // record: it is named from the kernel's exec record, not from /proc.
+    let llm_us = client(&llm, Op::Tcp(us.tcp))?;
     assert!(eperm(&llm_us), "llm -> US must fail with EPERM: {llm_us}");
     let llm_de = client(&llm, Op::Tcp(de.tcp))?;
     assert!(ok(&llm_de), "llm -> DE must connect: {llm_de}");

@@ -25,13 +25,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
 };
 pub use geo::{GeoMaps, Installed};
 pub use policy::{GRACE, PolicyMaps};
 pub use probe::{Features, probe};
 use residency_common::{Stat, names};
-pub use ring::{DecodeError, EventRing, decode};
+pub use ring::{DecodeError, Decoded, EventRing, decode};
 use tracing::{debug, info, warn};
 
 use crate::{config::Config, policy::Compiled};
@@ -266,6 +266,8 @@ pub struct KernelCounters {
     pub submitted: u64,
     /// Decisions that found the ring buffer full and were not reported.
     pub dropped: u64,
+    /// Process records (exec, fork, exit) that found the ring buffer full.
+    pub process_dropped: u64,
 }
 
 /// Reads the kernel's per-CPU counters.
@@ -289,6 +291,7 @@ impl CounterReader {
         Ok(KernelCounters {
             submitted: sum(Stat::Submitted)?,
             dropped: sum(Stat::Dropped)?,
+            process_dropped: sum(Stat::ProcessDropped)?,
         })
     }
 }
@@ -390,9 +393,15 @@ pub fn start(
     let may_block = config.may_block();
     let may_block_flag = u8::from(may_block);
     let wakeup_bytes = config.kernel.wakeup_bytes;
+    // Processes are tracked under the same cgroup the programs judge.
+    let track_id = target.id;
+    let track_level =
+        u32::try_from(target.name.split('/').filter(|c| !c.is_empty()).count()).unwrap_or(u32::MAX);
     let mut ebpf = EbpfLoader::new()
         .override_global(names::MAY_BLOCK, &may_block_flag, true)
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+        .override_global(names::TRACK_CGROUP_ID, &track_id, true)
+        .override_global(names::TRACK_CGROUP_LEVEL, &track_level, true)
         .map_max_entries(names::EVENTS, config.kernel.ring_buffer_bytes)
         .load(OBJECT)
         .map_err(|e| KernelError::from_aya("loading the kernel object", e))?;
@@ -412,6 +421,10 @@ pub fn start(
         Some((v4, v6)) => Some(geo_maps.install(v4, v6)?),
         None => None,
     };
+
+    // Before the cgroup programs: a process that execs from now on is
+    // known by the time its first call is reported.
+    let tracking = track_processes(&mut ebpf);
 
     let cgroup = File::open(&target.path).map_err(|e| KernelError::CgroupOpen {
         path: target.path.clone(),
@@ -450,8 +463,15 @@ pub fn start(
         mode = config.mode.as_str(),
         may_block,
         ring_kib = config.kernel.ring_buffer_bytes / 1024,
+        process_tracking = tracking.is_ok(),
         "programs attached"
     );
+    if let Err(e) = &tracking {
+        warn!(
+            "process tracking is off ({e}); executables and command lines come from /proc, \
+             which misses processes that exit right after their call"
+        );
+    }
     if may_block && target.is_root {
         warn!("enforcing on the cgroup2 root: deny rules apply to every process on this host");
     }
@@ -471,6 +491,54 @@ pub fn start(
         geo_installed: installed,
         policy_generation,
     })
+}
+
+/// Loads and attaches the exec, fork and exit tracepoints
+/// (`residency-ebpf/src/process.rs`), mounting tracefs where it is missing.
+fn track_processes(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    ensure_tracefs()?;
+    for (name, category, tracepoint) in names::PROCESS_PROGRAMS {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| KernelError::Aya {
+                doing: format!("finding program {name}"),
+                source: "not in the kernel object".into(),
+            })?
+            .try_into()
+            .map_err(|e| KernelError::from_program(name, "preparing", e))?;
+        program
+            .load()
+            .map_err(|e| KernelError::from_program(name, "loading", e))?;
+        program
+            .attach(category, tracepoint)
+            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+        debug!(program = name, tracepoint = %format!("{category}/{tracepoint}"), "attached");
+    }
+    Ok(())
+}
+
+/// Tracepoints are attached by their ids in tracefs, which many hosts do
+/// not mount; mount it at its usual place if so.
+fn ensure_tracefs() -> Result<(), KernelError> {
+    if probe::probe().tracefs.is_some() {
+        return Ok(());
+    }
+    let at = Path::new("/sys/kernel/tracing");
+    nix::mount::mount(
+        Some("nodev"),
+        at,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| KernelError::Aya {
+        doing: format!("mounting tracefs at {}", at.display()),
+        source: Box::new(e),
+    })?;
+    info!(at = %at.display(), "mounted tracefs for the process tracepoints");
+    Ok(())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> {

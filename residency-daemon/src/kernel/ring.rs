@@ -7,7 +7,7 @@
 use std::{io, os::fd::AsRawFd as _};
 
 use aya::maps::{Map, MapData, RingBuf};
-use residency_common::{ConnectEvent, EventHeader, EventKind};
+use residency_common::{ConnectEvent, EventHeader, EventKind, ExecEvent, ProcessEvent};
 use tokio::io::unix::AsyncFd;
 
 use super::KernelError;
@@ -63,7 +63,7 @@ impl EventRing {
     pub fn drain(
         &mut self,
         mut room: usize,
-        mut accept: impl FnMut(Result<ConnectEvent, DecodeError>),
+        mut accept: impl FnMut(Result<Decoded, DecodeError>),
     ) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
@@ -79,24 +79,40 @@ impl EventRing {
     }
 }
 
-/// Decodes one ring-buffer record.
+/// A record from the kernel, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Connect(ConnectEvent),
+    /// Boxed: ten times the size of a decision.
+    Exec(Box<ExecEvent>),
+    Fork(ProcessEvent),
+    Exit(ProcessEvent),
+}
+
+/// Decodes one ring-buffer record: the header names the kind, and the size
+/// must be exactly that kind's.
 ///
 /// # Errors
-/// If the record is not a [`ConnectEvent`] of this build's layout.
-pub fn decode(bytes: &[u8]) -> Result<ConnectEvent, DecodeError> {
+/// A [`DecodeError`] for a short record, an unknown kind or a wrong size.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if bytes.len() < size_of::<EventHeader>() {
         return Err(DecodeError::Short(bytes.len()));
     }
-    // SAFETY: the length was checked; EventHeader is plain integers, valid for
-    // any bit pattern; read_unaligned makes no assumption about alignment.
+    // SAFETY: at least a header's bytes; EventHeader is plain integers.
     let header: EventHeader = unsafe { bytes.as_ptr().cast::<EventHeader>().read_unaligned() };
-    if header.kind != EventKind::Connect as u32 {
-        return Err(DecodeError::UnknownKind {
-            kind: header.kind,
-            size: header.size,
-        });
-    }
-    let want = size_of::<ConnectEvent>();
+    let want = match header.kind {
+        k if k == EventKind::Connect as u32 => size_of::<ConnectEvent>(),
+        k if k == EventKind::Exec as u32 => size_of::<ExecEvent>(),
+        k if k == EventKind::Fork as u32 || k == EventKind::Exit as u32 => {
+            size_of::<ProcessEvent>()
+        }
+        _ => {
+            return Err(DecodeError::UnknownKind {
+                kind: header.kind,
+                size: header.size,
+            });
+        }
+    };
     if bytes.len() < want || header.size as usize != want {
         return Err(DecodeError::Size {
             kind: header.kind,
@@ -104,9 +120,22 @@ pub fn decode(bytes: &[u8]) -> Result<ConnectEvent, DecodeError> {
             want,
         });
     }
-    // SAFETY: as above: the length was checked and ConnectEvent is plain
-    // integers and byte arrays without padding (asserted in residency-common).
-    Ok(unsafe { bytes.as_ptr().cast::<ConnectEvent>().read_unaligned() })
+    // SAFETY: `want` bytes of the kind the header names, checked above;
+    // each type is #[repr(C)] integers and byte arrays, valid for any bits.
+    Ok(unsafe {
+        match header.kind {
+            k if k == EventKind::Connect as u32 => {
+                Decoded::Connect(bytes.as_ptr().cast::<ConnectEvent>().read_unaligned())
+            }
+            k if k == EventKind::Exec as u32 => Decoded::Exec(Box::new(
+                bytes.as_ptr().cast::<ExecEvent>().read_unaligned(),
+            )),
+            k if k == EventKind::Fork as u32 => {
+                Decoded::Fork(bytes.as_ptr().cast::<ProcessEvent>().read_unaligned())
+            }
+            _ => Decoded::Exit(bytes.as_ptr().cast::<ProcessEvent>().read_unaligned()),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -158,7 +187,51 @@ mod tests {
     #[test]
     fn round_trip() {
         let ev = sample();
-        assert_eq!(decode(&bytes_of(&ev)), Ok(ev));
+        assert_eq!(decode(&bytes_of(&ev)), Ok(Decoded::Connect(ev)));
+    }
+
+    #[test]
+    fn process_records_decode_by_kind() {
+        let exit = ProcessEvent {
+            header: EventHeader {
+                kind: EventKind::Exit as u32,
+                size: u32::try_from(size_of::<ProcessEvent>()).unwrap(),
+            },
+            parent: 10,
+            pid: 11,
+            flags: residency_common::EXIT_GROUP_DEAD,
+            _pad: 0,
+        };
+        // SAFETY: a plain #[repr(C)] value viewed as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&exit).cast::<u8>(),
+                size_of::<ProcessEvent>(),
+            )
+        };
+        assert_eq!(decode(bytes), Ok(Decoded::Exit(exit)));
+        // A fork's header with an exit's bytes is still a fork of that size.
+        let mut fork = exit;
+        fork.header.kind = EventKind::Fork as u32;
+        // SAFETY: as above.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&fork).cast::<u8>(),
+                size_of::<ProcessEvent>(),
+            )
+        };
+        assert_eq!(decode(bytes), Ok(Decoded::Fork(fork)));
+        // An exec record must be an exec record's size.
+        let mut short = fork;
+        short.header.kind = EventKind::Exec as u32;
+        // SAFETY: as above.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&short).cast::<u8>(),
+                size_of::<ProcessEvent>(),
+            )
+        };
+        assert!(matches!(decode(bytes), Err(DecodeError::Size { .. })));
     }
 
     #[test]

@@ -120,6 +120,7 @@ fn stopped(info: &StopInfo, now: jiff::Timestamp) -> serde_json::Value {
                 "kernel_dropped": info.kernel_dropped,
                 "received": info.received,
                 "undecodable": info.undecodable,
+                "process_records_dropped": info.process_dropped,
             },
         },
     })
@@ -632,8 +633,10 @@ mod tests {
             kernel_dropped: 1,
             received: 5,
             undecodable: 0,
+            process_dropped: 2,
         }));
         assert_eq!(v["event"]["action"], "stopped");
         assert_eq!(v["residency"]["counters"]["kernel_dropped"], 1);
+        assert_eq!(v["residency"]["counters"]["process_records_dropped"], 2);
     }
 }

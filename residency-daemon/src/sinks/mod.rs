@@ -77,4 +77,7 @@ pub struct StopInfo {
     pub received: u64,
     /// Of those, records it could not decode.
     pub undecodable: u64,
+    /// Process records (exec, fork, exit) the kernel could not write: those
+    /// processes were named from `/proc` instead, where they still ran.
+    pub process_dropped: u64,
 }
