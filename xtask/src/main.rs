@@ -99,6 +99,13 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Process tracking: what the exec, fork and exit tracepoints cost a
+    /// process starting inside the watched cgroup and one outside it.
+    Process {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// The full default GeoIP database: flatten and load time, kernel
     /// memory, userspace lookups per second, and the cost of connect with the
     /// tables loaded and during a hot swap.
@@ -161,6 +168,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Policy { args },
         } => bench(&root, "policy", &args),
+        Cmd::Bench {
+            which: Bench::Process { args },
+        } => bench(&root, "process", &args),
     }
 }
 

@@ -68,6 +68,19 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Process tracking: the cost of starting a process (fork + exec +
+    /// exit) inside the watched cgroup and outside it, with and without
+    /// the daemon's tracepoints.
+    Process {
+        /// Rounds of the cases.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Processes started per case per round.
+        #[arg(long, default_value_t = 2000)]
+        spawns: u64,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// The full GeoIP database: prepare and load time, kernel memory (ours
     /// and a naive trie), userspace lookups, connect cost with the tables
     /// and during a hot swap.
@@ -173,6 +186,11 @@ fn main() -> anyhow::Result<()> {
             connects,
             write,
         } => return policy_bench::run(&db, workloads, rounds, connects, write.as_deref()),
+        BenchCmd::Process {
+            rounds,
+            spawns,
+            write,
+        } => return process_bench::run(rounds, spawns, write.as_deref()),
     };
     if !privileged_or_skip("residency-bench connect") {
         bail!("needs root");
@@ -1363,6 +1381,117 @@ mod policy_bench {
             eprintln!("wrote the tables to {}", path.display());
         }
         ensure!(met, "a target was missed; see the table");
+        Ok(())
+    }
+}
+
+mod process_bench {
+    //! `residency-bench process`.
+
+    use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+
+    use anyhow::{Context as _, ensure};
+    use residency_tests::{Daemon, TestCgroup, action, privileged_or_skip};
+
+    use super::{median, write_section};
+
+    /// Starts `n` processes (`/bin/true`, each a fork, an exec and an exit)
+    /// from a shell that first enters `cgroup`; returns µs per process.
+    fn spawn_storm(cgroup: &Path, n: u64) -> anyhow::Result<f64> {
+        let script = format!(
+            r#"echo $$ > "$1/cgroup.procs" || exit 1
+s=$(date +%s%N); i=0
+while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done
+e=$(date +%s%N); echo $((e - s))"#
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .arg("sh")
+            .arg(cgroup)
+            .output()
+            .context("running the spawn storm")?;
+        ensure!(
+            out.status.success(),
+            "the spawn storm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("the storm's timing")?;
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        Ok(ns / 1e3 / n as f64)
+    }
+
+    pub fn run(rounds: usize, spawns: u64, write: Option<&Path>) -> anyhow::Result<()> {
+        if !privileged_or_skip("residency-bench process") {
+            anyhow::bail!("needs root");
+        }
+        ensure!(rounds > 0 && spawns > 0, "counts must be positive");
+        // One parent: the daemon watches `watched`; `outside` is a sibling
+        // whose processes the tracepoints see and drop.
+        let cg = TestCgroup::new("bench-process")?;
+        let watched = cg.child("watched")?;
+        let outside = TestCgroup::new("bench-process-outside")?;
+        let (mut base_in, mut base_out, mut with_in, mut with_out) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut dropped = 0u64;
+        for round in 0..rounds {
+            eprintln!("process round {}/{rounds}", round + 1);
+            base_in.push(spawn_storm(&watched, spawns)?);
+            base_out.push(spawn_storm(&outside.path, spawns)?);
+            let d = Daemon::start("mode = \"monitor\"\n[kernel]\npoll_interval_ms = 10\n", &cg)?;
+            d.wait_for(Duration::from_secs(30), |r| action(r) == "started")?;
+            with_in.push(spawn_storm(&watched, spawns)?);
+            with_out.push(spawn_storm(&outside.path, spawns)?);
+            let records = d.stop()?;
+            let stopped = records
+                .iter()
+                .find(|r| action(r) == "stopped")
+                .context("no stopped record")?;
+            dropped += stopped["residency"]["counters"]["process_records_dropped"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Measured {} by `cargo xtask bench process`: {rounds} rounds of {spawns} processes \
+             (`/bin/true` from a shell loop: fork, exec, exit) per case; medians over rounds.\n",
+            jiff::Zoned::now().strftime("%Y-%m-%d")
+        );
+        let _ = writeln!(
+            out,
+            "| a process started | no daemon | daemon with process tracking | difference |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for (name, base, with) in [
+            ("inside the watched cgroup (reported)", &base_in, &with_in),
+            (
+                "outside it (seen by the tracepoints, dropped)",
+                &base_out,
+                &with_out,
+            ),
+        ] {
+            let (b, w) = (median(base.clone()), median(with.clone()));
+            let _ = writeln!(
+                out,
+                "| {name} | {b:.0} µs | {w:.0} µs | {:+.1}% |",
+                (w / b - 1.0) * 100.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nProcess records the kernel could not write (ring buffer full), over all rounds: {dropped}."
+        );
+        drop(cg);
+        drop(outside);
+        println!("{out}");
+        if let Some(path) = write {
+            write_section(path, "process", &out)?;
+            eprintln!("wrote the table to {}", path.display());
+        }
         Ok(())
     }
 }
