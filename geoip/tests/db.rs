@@ -1,4 +1,8 @@
 //! The geoip crate against databases written for each test.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a bad literal in a test should panic there"
+)]
 
 use std::{
     net::{IpAddr, Ipv4Addr},
