@@ -66,7 +66,8 @@ pub struct Control {
     /// Whether they are attached to the cgroup2 root (a reload must pass
     /// the same interlock as the start).
     pub at_root: bool,
-    pub check_ownership: bool,
+    /// Refuse files others can change (see [`crate::trust`]).
+    pub locked: bool,
     /// Shared with the writer, which names each record's cgroup.
     pub tree: SharedTree,
     pub versions: Arc<Versions>,
@@ -288,7 +289,7 @@ async fn reload(mut c: Control, why: &str) -> Control {
             serde_json::json!({ "policy": { "path": path.display().to_string(), "error": error, "hash_in_force": c.current.hash } }),
         ));
     };
-    let config = match read_config(&path, c.check_ownership) {
+    let config = match read_config(&path, c.locked) {
         Ok(config) => config,
         Err(e) => {
             refused(&c, e.to_string());

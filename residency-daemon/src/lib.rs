@@ -221,7 +221,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             current: config.clone(),
             may_block: config.may_block(),
             at_root: target.is_root,
-            check_ownership: !options.allow_insecure_config,
+            locked: !options.allow_insecure_config,
             tree: tree.clone(),
             versions: versions.clone(),
             notes: notes_tx,

@@ -446,8 +446,6 @@ pub struct ClientOptions<'a> {
     pub duration_ms: Option<u64>,
     /// Pause between passes over the operations.
     pub interval_us: Option<u64>,
-    /// Stay alive this long after the last operation.
-    pub linger_ms: Option<u64>,
 }
 
 /// Runs `egress-client` and returns its JSON report: `pid`, and per
@@ -517,9 +515,6 @@ pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<C
     }
     if let Some(us) = options.interval_us {
         cmd.arg("--interval-us").arg(us.to_string());
-    }
-    if let Some(ms) = options.linger_ms {
-        cmd.arg("--linger-ms").arg(ms.to_string());
     }
     cmd.args(ops.iter().map(ToString::to_string));
     let child = cmd

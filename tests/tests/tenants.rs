@@ -72,6 +72,33 @@ roles = ["logging"]
     )
 }
 
+/// A database that places 127.0.0.32/28 in the US, and nothing else.
+fn us_only_db(dir: &Path) -> std::path::PathBuf {
+    let db = dir.join("c.mmdb");
+    write(
+        &db,
+        Layout::IpLocationDb,
+        "t",
+        1,
+        &[Entry::country("127.0.0.32/28", "US")],
+    );
+    db
+}
+
+/// The daemon on `cg`, with a configuration file it can reload.
+fn start_from_file(cg: &TestCgroup, db: &Path, config: &Path) -> anyhow::Result<Daemon> {
+    Daemon::start_with(
+        "",
+        cg,
+        &[
+            OsStr::new("--geoip"),
+            db.as_os_str(),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ],
+    )
+}
+
 fn client(dir: &Path, op: Op) -> anyhow::Result<Value> {
     run_client(
         &[op],
@@ -132,16 +159,7 @@ fn tenants_workloads_and_exceptions_are_enforced_per_workload() -> anyhow::Resul
     std::fs::write(&config_path, config(&root, "\"EEA\""))?;
 
     // The daemon takes the configuration from a file it can reload.
-    let daemon = Daemon::start_with(
-        "",
-        &cg,
-        &[
-            OsStr::new("--geoip"),
-            db.as_os_str(),
-            OsStr::new("--config"),
-            config_path.as_os_str(),
-        ],
-    )?;
+    let daemon = start_from_file(&cg, &db, &config_path)?;
     daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
     let loaded = daemon.wait_for(Duration::from_secs(10), |r| action(r) == "policy-loaded")?;
     let hash1 = loaded["residency"]["policy"]["hash"]
@@ -275,14 +293,7 @@ fn unknown_workloads_get_the_default_policy() -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("c.mmdb");
-    write(
-        &db,
-        Layout::IpLocationDb,
-        "t",
-        1,
-        &[Entry::country("127.0.0.32/28", "US")],
-    );
+    let db = us_only_db(dir.path());
     let us = Listener::bind(v4(34))?;
     let cg = TestCgroup::new("default")?;
     let root = cg.relative()?;
@@ -313,14 +324,7 @@ fn a_cgroup_seen_late_takes_its_workload_policy() -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("c.mmdb");
-    write(
-        &db,
-        Layout::IpLocationDb,
-        "t",
-        1,
-        &[Entry::country("127.0.0.32/28", "US")],
-    );
+    let db = us_only_db(dir.path());
     let us = Listener::bind(v4(35))?;
     let cg = TestCgroup::new("late")?;
     let root = cg.relative()?;
@@ -405,14 +409,7 @@ fn uid_and_process_name_select_workloads() -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("c.mmdb");
-    write(
-        &db,
-        Layout::IpLocationDb,
-        "t",
-        1,
-        &[Entry::country("127.0.0.32/28", "US")],
-    );
+    let db = us_only_db(dir.path());
     let us = Listener::bind(v4(36))?;
     let cg = TestCgroup::new("selectors")?;
     let config = |selector: &str| {
@@ -425,16 +422,7 @@ fn uid_and_process_name_select_workloads() -> anyhow::Result<()> {
     };
     let config_path = dir.path().join("residency.toml");
     std::fs::write(&config_path, config("uid = 65534"))?;
-    let daemon = Daemon::start_with(
-        "",
-        &cg,
-        &[
-            OsStr::new("--geoip"),
-            db.as_os_str(),
-            OsStr::new("--config"),
-            config_path.as_os_str(),
-        ],
-    )?;
+    let daemon = start_from_file(&cg, &db, &config_path)?;
     daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
     let as_nobody = |cg: &TestCgroup| {
         run_client(
@@ -533,16 +521,7 @@ fn intersections_expiry_and_file_changes() -> anyhow::Result<()> {
     };
     let config_path = dir.path().join("residency.toml");
     std::fs::write(&config_path, config("\"DE\", \"US\""))?;
-    let daemon = Daemon::start_with(
-        "",
-        &cg,
-        &[
-            OsStr::new("--geoip"),
-            db.as_os_str(),
-            OsStr::new("--config"),
-            config_path.as_os_str(),
-        ],
-    )?;
+    let daemon = start_from_file(&cg, &db, &config_path)?;
     daemon.wait_for(Duration::from_secs(10), |r| action(r) == "geoip-loaded")?;
     assert!(
         jiff::Timestamp::now() < expires,

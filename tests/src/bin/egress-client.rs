@@ -49,10 +49,6 @@ struct Args {
     /// Report latency percentiles per operation.
     #[arg(long)]
     timing: bool,
-    /// Stay alive this many milliseconds after the last operation (so the
-    /// daemon can read the process's identity from /proc).
-    #[arg(long, default_value_t = 0)]
-    linger_ms: u64,
     /// Operations: tcp:ADDR:PORT or udp:ADDR:PORT (IPv6 in brackets).
     #[arg(required = true)]
     ops: Vec<String>,
@@ -145,7 +141,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let wall = started.elapsed();
-    std::thread::sleep(std::time::Duration::from_millis(args.linger_ms));
 
     let report = report(&args.ops, &mut stats, args.timing);
     println!(
