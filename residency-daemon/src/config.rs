@@ -209,6 +209,10 @@ struct RawConfig {
     #[serde(default)]
     output: RawOutput,
     #[serde(default)]
+    evidence: RawEvidence,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
     geoip: RawGeoIp,
     #[serde(default)]
     policy: RawPolicy,
@@ -280,6 +284,24 @@ struct RawOutput {
     events: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvidence {
+    directory: Option<Spanned<String>>,
+    checkpoint_records: Option<Spanned<u64>>,
+    checkpoint_interval_secs: Option<Spanned<u64>>,
+    retention_days: Option<Spanned<u64>>,
+    max_size_mib: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<Spanned<String>>,
+    socket: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDenyRule {
@@ -297,6 +319,10 @@ pub struct Config {
     pub mode: Mode,
     pub kernel: KernelConfig,
     pub output: Output,
+    /// The evidence store: where, how often it is signed, how long kept.
+    pub evidence: EvidenceConfig,
+    /// The local REST API.
+    pub api: ApiConfig,
     pub geoip: GeoIpConfig,
     pub policy: PolicyConfig,
     /// Built-in and custom jurisdiction sets.
@@ -314,6 +340,9 @@ pub struct Config {
     /// SHA-256 of the file's bytes, hex: the policy version every record
     /// carries.
     pub hash: String,
+    /// The file's text, kept so that the evidence holds the exact policy
+    /// each version stood for.
+    pub text: String,
 }
 
 /// A tenant: whose data it is, and where it may go.
@@ -422,6 +451,41 @@ impl Exception {
         now < self.expires
     }
 }
+
+/// The evidence store's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceConfig {
+    /// Holds the store (`evidence.db`), its signing key (`evidence.key`)
+    /// and the API token (`api.token`).
+    pub directory: PathBuf,
+    /// Sign a checkpoint after this many records...
+    pub checkpoint_records: u64,
+    /// ...or this long after the last one, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// Prune records older than this (`None`: keep them).
+    pub retention: Option<Duration>,
+    /// Prune the oldest records when the store grows past this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// Where the REST API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// TCP address on loopback (`None`: no TCP listener). Port 0 picks a
+    /// free port, written to `api.addr` in the evidence directory.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Unix socket, for root (`None`: none).
+    pub socket: Option<PathBuf>,
+    /// The bearer token TCP clients present (created at first start).
+    pub token_file: PathBuf,
+}
+
+/// The default evidence directory of an installed daemon.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/residency";
+/// The default API socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/residency/api.sock";
+/// The default API port on 127.0.0.1.
+pub const DEFAULT_API_PORT: u16 = 7470;
 
 /// Where the `GeoIP` data comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -573,6 +637,8 @@ impl Config {
 
         let kernel = validate_kernel(&raw.kernel, &at)?;
         let output = validate_output(&raw.output, &at)?;
+        let evidence = validate_evidence(&raw.evidence, &at)?;
+        let api = validate_api(&raw.api, &evidence, &at)?;
         let geoip = validate_geoip(&raw.geoip, &at)?;
         let sets = validate_sets(&raw.jurisdiction, &at)?;
         let policy = validate_policy(&raw.policy, &sets, &at)?;
@@ -593,6 +659,8 @@ impl Config {
             mode: raw.mode,
             kernel,
             output,
+            evidence,
+            api,
             geoip,
             policy,
             sets,
@@ -601,6 +669,7 @@ impl Config {
             workloads,
             exceptions,
             hash,
+            text: text.to_owned(),
         })
     }
 
@@ -828,6 +897,127 @@ fn validate_output(raw: &RawOutput, at: &Locator<'_>) -> Result<Output, ConfigEr
             ));
         }
         Some(s) => Output::File(PathBuf::from(s.get_ref())),
+    })
+}
+
+fn validate_evidence(raw: &RawEvidence, at: &Locator<'_>) -> Result<EvidenceConfig, ConfigError> {
+    let directory = match &raw.directory {
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+        Some(s) if !Path::new(s.get_ref()).is_absolute() => {
+            return Err(at.err(
+                s.span(),
+                "evidence.directory",
+                "must be an absolute path, e.g. \"/var/lib/residency\"",
+            ));
+        }
+        Some(s) => PathBuf::from(s.get_ref()),
+    };
+    let ranged = |v: &Option<Spanned<u64>>,
+                  field: &str,
+                  default: Option<u64>,
+                  range: std::ops::RangeInclusive<u64>| {
+        match v {
+            None => Ok(default),
+            Some(s) if range.contains(s.get_ref()) => Ok(Some(*s.get_ref())),
+            Some(s) => Err(at.err(
+                s.span(),
+                field,
+                &format!(
+                    "{} is outside {}..={}",
+                    s.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    };
+    let records = ranged(
+        &raw.checkpoint_records,
+        "evidence.checkpoint_records",
+        Some(10_000),
+        1..=100_000_000,
+    )?;
+    let secs = ranged(
+        &raw.checkpoint_interval_secs,
+        "evidence.checkpoint_interval_secs",
+        Some(60),
+        1..=86_400,
+    )?;
+    let days = ranged(
+        &raw.retention_days,
+        "evidence.retention_days",
+        None,
+        1..=36_500,
+    )?;
+    let mib = ranged(
+        &raw.max_size_mib,
+        "evidence.max_size_mib",
+        None,
+        16..=16 * 1024 * 1024,
+    )?;
+    Ok(EvidenceConfig {
+        directory,
+        checkpoint_records: records.unwrap_or(10_000),
+        checkpoint_interval: Duration::from_secs(secs.unwrap_or(60)),
+        retention: days.map(|d| Duration::from_secs(d * 86_400)),
+        max_bytes: mib.map(|m| m * 1024 * 1024),
+    })
+}
+
+fn validate_api(
+    raw: &RawApi,
+    evidence: &EvidenceConfig,
+    at: &Locator<'_>,
+) -> Result<ApiConfig, ConfigError> {
+    let off = |s: &Spanned<String>| matches!(s.get_ref().as_str(), "" | "off");
+    let listen = match &raw.listen {
+        None => Some(std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            DEFAULT_API_PORT,
+        ))),
+        Some(s) if off(s) => None,
+        Some(s) => {
+            let addr: std::net::SocketAddr = s.get_ref().parse().map_err(|_| {
+                at.err(
+                    s.span(),
+                    "api.listen",
+                    &format!(
+                        "\"{}\" is not an address and port, e.g. \"127.0.0.1:{DEFAULT_API_PORT}\" (or \"off\")",
+                        s.get_ref()
+                    ),
+                )
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(at.err(
+                    s.span(),
+                    "api.listen",
+                    &format!(
+                        "{addr} is not a loopback address: the API serves evidence to local clients only (put a proxy with TLS in front to reach it from elsewhere)"
+                    ),
+                ));
+            }
+            Some(addr)
+        }
+    };
+    let path = |v: &Option<Spanned<String>>, field: &str, default: PathBuf| match v {
+        None => Ok(Some(default)),
+        Some(s) if off(s) => Ok(None),
+        Some(s) if !Path::new(s.get_ref()).is_absolute() => {
+            Err(at.err(s.span(), field, "must be an absolute path (or \"off\")"))
+        }
+        Some(s) => Ok(Some(PathBuf::from(s.get_ref()))),
+    };
+    let socket = path(&raw.socket, "api.socket", PathBuf::from(DEFAULT_API_SOCKET))?;
+    let token_file = path(
+        &raw.token_file,
+        "api.token_file",
+        evidence.directory.join("api.token"),
+    )?
+    .unwrap_or_else(|| evidence.directory.join("api.token"));
+    Ok(ApiConfig {
+        listen,
+        socket,
+        token_file,
     })
 }
 
@@ -1617,6 +1807,67 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, "test.toml")
+    }
+
+    #[test]
+    fn evidence_and_api_settings_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.evidence.directory, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.evidence.checkpoint_records, 10_000);
+        assert_eq!(c.evidence.retention, None);
+        assert_eq!(
+            c.api.listen,
+            Some(([127, 0, 0, 1], DEFAULT_API_PORT).into())
+        );
+        assert_eq!(c.api.socket, Some(PathBuf::from(DEFAULT_API_SOCKET)));
+        assert_eq!(
+            c.api.token_file,
+            PathBuf::from("/var/lib/residency/api.token")
+        );
+        let c = parse(
+            "[evidence]\ndirectory = \"/srv/ev\"\nretention_days = 30\nmax_size_mib = 1024\n\
+             [api]\nlisten = \"off\"\nsocket = \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.evidence.retention, Some(Duration::from_hours(24 * 30)));
+        assert_eq!(c.evidence.max_bytes, Some(1 << 30));
+        assert_eq!(c.api.listen, None);
+        assert_eq!(c.api.socket, None);
+        assert_eq!(c.api.token_file, PathBuf::from("/srv/ev/api.token"));
+        for (text, field, says) in [
+            (
+                "[api]\nlisten = \"0.0.0.0:7470\"\n",
+                "api.listen",
+                "not a loopback",
+            ),
+            (
+                "[api]\nlisten = \"localhost\"\n",
+                "api.listen",
+                "not an address",
+            ),
+            ("[api]\nsocket = \"api.sock\"\n", "api.socket", "absolute"),
+            (
+                "[evidence]\ndirectory = \"state\"\n",
+                "evidence.directory",
+                "absolute",
+            ),
+            (
+                "[evidence]\ncheckpoint_records = 0\n",
+                "evidence.checkpoint_records",
+                "outside",
+            ),
+            (
+                "[evidence]\nmax_size_mib = 1\n",
+                "evidence.max_size_mib",
+                "outside",
+            ),
+            ("[evidence]\nkeep = 1\n", "evidence.keep", "unknown field"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+            assert!(e.message.contains(says), "{text}: {e}");
+            assert_eq!(e.line, Some(2), "{text}: {e}");
+        }
     }
 
     #[test]

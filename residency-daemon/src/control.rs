@@ -436,6 +436,8 @@ pub fn loaded_note(
             "workloads": config.workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
             "exceptions_expired": compiled.expired,
             "load_ms": ms,
+            // The exact text: the evidence then holds what each version said.
+            "text": config.text,
         }}),
     )
 }

@@ -17,17 +17,24 @@
 //! - [`workloads`]: which cgroups select which workload, kept current;
 //! - [`control`]: policy reloads, expiry and new cgroups at run time;
 //! - [`trust`]: which files may decide policy when the daemon runs locked;
-//! - [`sinks`]: writes records out (ECS JSON lines today).
+//! - [`sinks`]: writes records out (ECS JSON lines today);
+//! - [`evidence`]: the tamper-evident store (hash chain, signed
+//!   checkpoints, violations, retention, verify, export);
+//! - [`api`]: the local REST API over the store;
+//! - [`metrics`]: the pipeline's counters for `/metrics`.
 //!
 //! [`run`] wires them together; the binary, the tests and the benchmarks all
 //! call it.
 
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod enrich;
+pub mod evidence;
 pub mod geo;
 pub mod identity;
 pub mod kernel;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod sinks;
@@ -67,6 +74,12 @@ pub struct RunOptions {
     /// Accept a configuration file others than root can write (for
     /// development only).
     pub allow_insecure_config: bool,
+    /// Evidence directory instead of `evidence.directory`.
+    pub state_dir: Option<PathBuf>,
+    /// API TCP address instead of `api.listen` (`Some(None)`: off).
+    pub api_listen: Option<Option<std::net::SocketAddr>>,
+    /// API socket instead of `api.socket` (`Some(None)`: off).
+    pub api_socket: Option<Option<PathBuf>>,
 }
 
 /// Why `run` failed.
@@ -84,6 +97,10 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("GeoIP: {0}")]
     Geo(#[from] geo::GeoError),
+    #[error(transparent)]
+    Evidence(#[from] evidence::EvidenceError),
+    #[error("REST API: {0}")]
+    Api(#[from] api::ApiError),
     #[error("there is no workload \"{name}\" in the configuration (workloads: {known})")]
     UnknownWorkload { name: String, known: String },
 }
@@ -123,9 +140,58 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let (reload_tx, reload_rx) = watch::channel(0u64);
     install_signals(stop_tx, reload_tx)?;
 
-    // Open the output before attaching, so a bad path fails before anything
-    // touches the kernel.
+    // Open the output and the evidence store before attaching, so a bad
+    // path fails before anything touches the kernel.
     let output = JsonLines::open(&config.output).await?;
+    if let Some(dir) = options.state_dir.clone() {
+        if config.api.token_file == config.evidence.directory.join("api.token") {
+            config.api.token_file = dir.join("api.token");
+        }
+        config.evidence.directory = dir;
+    }
+    if let Some(listen) = options.api_listen {
+        config.api.listen = listen;
+    }
+    if let Some(socket) = options.api_socket.clone() {
+        config.api.socket = socket;
+    }
+    let (evidence, opened) = match evidence::Evidence::open(&config.evidence) {
+        Ok(v) => v,
+        // Not root: say that, as the kernel step would, rather than the
+        // store's own complaint about /var/lib.
+        Err(e) if !nix::unistd::geteuid().is_root() => {
+            return Err(KernelError::PermissionDenied {
+                doing: format!("opening the evidence store ({e})"),
+            }
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    info!(
+        store = %opened.path.display(),
+        next_seq = opened.next_seq,
+        public_key = %evidence::chain::public_key_text(&opened.public_key),
+        "evidence store open"
+    );
+    let metrics = Arc::new(metrics::PipelineMetrics::default());
+    // The API answers from the start (readiness says when the programs are
+    // attached); a port in use stops the start here, before the kernel.
+    let serving = api::serve(
+        &config.api,
+        &config.evidence.directory,
+        api::ApiState {
+            reader: evidence.reader().clone(),
+            evidence: evidence.clone(),
+            pipeline: metrics.clone(),
+        },
+        stop_rx.clone(),
+    )
+    .await?;
+    info!(
+        tcp = ?serving.tcp,
+        socket = ?serving.socket,
+        "REST API listening"
+    );
 
     // The GeoIP tables are loaded before the programs are attached, so that
     // the first call is judged with them.
@@ -253,11 +319,17 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             .map(|(set, _, c)| format!("{set}: {c}"))
             .collect(),
     };
-    Ok(pipeline::run(
+    let outputs = pipeline::Outputs {
+        lines: output,
+        evidence: evidence.clone(),
+        metrics,
+        store_failed: false,
+    };
+    let result = pipeline::run(
         config,
         kernel,
         start,
-        output,
+        outputs,
         enrich::Sources {
             registry,
             versions,
@@ -266,7 +338,18 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         notes_rx,
         stop_rx,
     )
-    .await?)
+    .await;
+    // The stopped record is in the store: stop serving, then sign the
+    // final checkpoint.
+    // (After a failure no signal may come to stop the listeners; the
+    // process is about to exit then anyway.)
+    if result.is_ok() {
+        serving.stopped().await;
+    }
+    let closed = evidence.close().await;
+    let stop = result?;
+    closed?;
+    Ok(stop)
 }
 
 /// SIGINT/SIGTERM stop (a second one exits at once); SIGHUP reloads the

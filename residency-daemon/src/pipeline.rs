@@ -31,7 +31,9 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     enrich::{Clock, Enricher, Flow, Sources},
+    evidence::{Evidence, index::Index},
     kernel::{CounterReader, DecodeError, Decoded, EventRing, Kernel, KernelCounters, KernelError},
+    metrics::PipelineMetrics,
     sinks::{
         Record, StartInfo, StopInfo, ecs,
         jsonl::{JsonLines, WriteError},
@@ -91,6 +93,45 @@ enum WriterEnd {
     ReaderGone,
 }
 
+/// Where the writer puts records: the JSON lines output, the evidence
+/// store, and the counters behind `/metrics`.
+pub struct Outputs {
+    pub lines: JsonLines,
+    pub evidence: Evidence,
+    pub metrics: Arc<PipelineMetrics>,
+    /// The store has stopped taking records (said once).
+    pub store_failed: bool,
+}
+
+impl Outputs {
+    /// Writes a batch of newline-terminated records to the output and then
+    /// to the evidence store (with the columns of the lines that have them),
+    /// and leaves `buf` and `index` empty.
+    async fn write(
+        &mut self,
+        buf: &mut Vec<u8>,
+        index: &mut Vec<Option<Index>>,
+    ) -> Result<(), WriteError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.lines.write_batch(buf).await?;
+        let lines = std::mem::replace(buf, Vec::with_capacity(buf.len().max(4096)));
+        let index = std::mem::take(index);
+        // The store's queue is bounded: when the disk is behind, this
+        // waits, the hand-off ring fills and the kernel counts what it
+        // cannot report. It fails only when the store has stopped, which
+        // its own error and /readyz report.
+        if let Err(e) = self.evidence.append_indexed(lines, index).await {
+            if !self.store_failed {
+                error!("records are no longer stored as evidence: {e}");
+            }
+            self.store_failed = true;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the pipeline until `shutdown` changes, then detaches, drains and
 /// returns the final totals.
 ///
@@ -100,7 +141,7 @@ pub async fn run(
     config: Arc<Config>,
     kernel: Kernel,
     start: StartInfo,
-    mut output: JsonLines,
+    mut output: Outputs,
     sources: Sources,
     notes: Notes,
     shutdown: watch::Receiver<bool>,
@@ -124,7 +165,9 @@ pub async fn run(
         name: "encoder".into(),
         source: e.into(),
     })?;
-    output.write_batch(&buf).await?;
+    output.metrics.lifecycle.inc();
+    output.write(&mut buf, &mut Vec::new()).await?;
+    output.metrics.attached.set(1);
     // Under systemd (Type=notify), the unit counts as started only now that
     // the programs are attached, so units ordered after it are covered.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -135,6 +178,7 @@ pub async fn run(
         events,
         counters,
         attached,
+        metrics: output.metrics.clone(),
         producer,
         ready: ready.clone(),
         room: room.clone(),
@@ -181,6 +225,7 @@ struct Reader {
     events: EventRing,
     counters: CounterReader,
     attached: crate::kernel::Attached,
+    metrics: Arc<PipelineMetrics>,
     producer: ringbuf::HeapProd<Item>,
     ready: Arc<Notify>,
     room: Arc<Notify>,
@@ -216,6 +261,7 @@ impl Reader {
         // record reserved but not yet submitted stops the drain, so drain
         // until what was read matches what the kernel counted, for a while.
         self.attached.detach();
+        self.metrics.attached.set(0);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
         let mut totals = self.counters.read()?;
         loop {
@@ -292,6 +338,12 @@ impl Reader {
 
     fn check_losses(&mut self) -> Result<(), PipelineError> {
         let totals = self.counters.read()?;
+        self.metrics
+            .kernel_submitted
+            .set(i64::try_from(totals.submitted).unwrap_or(i64::MAX));
+        self.metrics
+            .kernel_dropped
+            .set(i64::try_from(totals.dropped).unwrap_or(i64::MAX));
         if totals.dropped > self.reported_lost && self.producer.vacant_len() > 0 {
             let count = totals.dropped - self.reported_lost;
             warn!(
@@ -345,13 +397,17 @@ impl Reader {
 
 struct Writer {
     consumer: ringbuf::HeapCons<Item>,
-    output: JsonLines,
+    output: Outputs,
     ready: Arc<Notify>,
     room: Arc<Notify>,
     sources: Sources,
     notes: Notes,
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one loop: wait, take a batch, enrich, encode, write"
+)]
 async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
     let Writer {
         mut consumer,
@@ -362,6 +418,8 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
         mut notes,
     } = w;
     let mut buf = Vec::with_capacity(1 << 20);
+    // The columns of each line in `buf`, for the evidence store.
+    let mut index: Vec<Option<Index>> = Vec::with_capacity(4096);
     let mut enricher = Enricher::new(sources, DETAIL_CACHE);
     let mut notes_open = true;
     loop {
@@ -370,8 +428,10 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
             note = notes.recv(), if notes_open => {
                 match note {
                     Some(note) => {
-                        if let Err(e) = ecs::encode_line(&note, &mut buf) {
-                            error!("cannot encode a record: {e}");
+                        output.metrics.lifecycle.inc();
+                        match ecs::encode_line(&note, &mut buf) {
+                            Ok(()) => index.push(None),
+                            Err(e) => error!("cannot encode a record: {e}"),
                         }
                     }
                     None => notes_open = false,
@@ -382,11 +442,15 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
         };
         if !woke && !consumer.write_is_held() && consumer.is_empty() {
             error!("the event reader stopped; no more records will come");
-            output.write_batch(&buf).await?;
+            output.write(&mut buf, &mut index).await?;
             return Ok(WriterEnd::ReaderGone);
         }
         let clock = Clock::now();
         let mut stop = None;
+        let metrics = output.metrics.clone();
+        metrics
+            .ring_lag
+            .set(i64::try_from(consumer.occupied_len()).unwrap_or(i64::MAX));
         // Bounded batches keep memory flat and let the reader refill.
         while buf.len() < (1 << 20) {
             let Some(item) = consumer.try_pop() else {
@@ -396,6 +460,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 Item::Event(ev) => match Flow::from_kernel(&ev, &clock) {
                     Ok(mut flow) => {
                         enricher.enrich(&mut flow);
+                        metrics.decision(ecs::verdict_str(flow.verdict));
                         Record::Flow(flow)
                     }
                     Err(e) => Record::Undecodable {
@@ -406,22 +471,32 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                     enricher.observe(&p);
                     continue;
                 }
-                Item::Undecodable(e) => Record::Undecodable {
-                    reason: format!("ring buffer record: {e}"),
-                },
+                Item::Undecodable(e) => {
+                    metrics.undecodable.inc();
+                    Record::Undecodable {
+                        reason: format!("ring buffer record: {e}"),
+                    }
+                }
                 Item::Lost { count, total } => Record::Lost { count, total },
                 Item::Stopped(info) => {
                     stop = Some(info);
                     Record::Stopped(info)
                 }
             };
-            if let Err(e) = ecs::encode_line(&record, &mut buf) {
-                error!("cannot encode a record: {e}");
+            if !matches!(record, Record::Flow(_)) {
+                metrics.lifecycle.inc();
+            }
+            let encoded = match &record {
+                Record::Flow(flow) => ecs::encode_flow_indexed(flow, &mut buf).map(Some),
+                other => ecs::encode_line(other, &mut buf).map(|()| None),
+            };
+            match encoded {
+                Ok(i) => index.push(i),
+                Err(e) => error!("cannot encode a record: {e}"),
             }
         }
         room.notify_one();
-        output.write_batch(&buf).await?;
-        buf.clear();
+        output.write(&mut buf, &mut index).await?;
         if let Some(stop) = stop {
             info!(
                 received = stop.received,

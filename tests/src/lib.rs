@@ -206,6 +206,10 @@ pub struct Daemon {
     child: Option<Child>,
     pub output: PathBuf,
     pub stderr: PathBuf,
+    /// The evidence directory (store, key, API token, `api.addr`).
+    pub state: PathBuf,
+    /// The API's unix socket.
+    pub socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -239,8 +243,19 @@ impl Daemon {
         }
         let output = dir.path().join("events.jsonl");
         let stderr = dir.path().join("stderr.log");
+        let state = dir.path().join("state");
+        let socket = dir.path().join("api.sock");
         let mut cmd = Command::new(workspace_bin("residency")?);
         cmd.arg("run");
+        // Each daemon has its own store and an API on a free port, so that
+        // tests can run side by side.
+        if !extra.iter().any(|a| *a == "--state-dir") {
+            cmd.arg("--state-dir").arg(&state);
+        }
+        cmd.arg("--api-listen")
+            .arg("127.0.0.1:0")
+            .arg("--api-socket")
+            .arg(&socket);
         if own_config {
             cmd.arg("--config").arg(&config_path);
         }
@@ -260,6 +275,8 @@ impl Daemon {
             child: Some(child),
             output,
             stderr,
+            state,
+            socket,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -364,6 +381,20 @@ impl Daemon {
             "daemon exited with {status}: {}",
             self.stderr_text()
         );
+        self.records()
+    }
+}
+
+impl Daemon {
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would,
+    /// and returns the records it had written.
+    ///
+    /// # Errors
+    /// If it was already stopped, or the output cannot be read.
+    pub fn kill_hard(mut self) -> anyhow::Result<Vec<Value>> {
+        let mut child = self.child.take().context("already stopped")?;
+        kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGKILL)?;
+        child.wait()?;
         self.records()
     }
 }

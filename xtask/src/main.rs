@@ -85,6 +85,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The evidence store: ingest rate with the hash chain, decision to
+    /// queryable latency with the daemon at 50k events/s, query latency
+    /// over 10 M records (HTTP and direct), verify speed, and size. Needs
+    /// about 15 GB free in /var/tmp (`-- --scratch DIR` to choose).
+    Evidence {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Loopback connect and sendto storms in a child cgroup: without
     /// programs, with the programs attached, and with the full daemon.
     Connect {
@@ -162,6 +171,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Connect { args },
         } => bench(&root, "connect", &args),
+        Cmd::Bench {
+            which: Bench::Evidence { args },
+        } => bench(&root, "evidence", &args),
         Cmd::Bench {
             which: Bench::Geoip { args },
         } => bench(&root, "geoip", &args),

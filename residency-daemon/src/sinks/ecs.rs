@@ -15,6 +15,40 @@ use serde_json::json;
 use super::{Record, StartInfo, StopInfo};
 use crate::{config::Config, enrich::Flow, identity::ProcessInfo};
 
+/// Appends a flow as one line of JSON to `out` and returns the columns the
+/// evidence store indexes it by, taken from the same document, so the
+/// store need not parse the line back (`Index::of` would find the same;
+/// a test holds them equal).
+///
+/// # Errors
+/// Only if serialisation fails, which for these types means a bug.
+pub fn encode_flow_indexed(
+    flow: &Flow,
+    out: &mut Vec<u8>,
+) -> serde_json::Result<crate::evidence::index::Index> {
+    let config = flow.policy_config.as_ref().map(|d| &*d.0);
+    let doc = FlowDoc::new(flow, config);
+    serde_json::to_writer(&mut *out, &doc)?;
+    out.push(b'\n');
+    let r = &doc.residency;
+    Ok(crate::evidence::index::Index {
+        ts: i64::try_from(doc.timestamp.as_nanosecond()).unwrap_or(i64::MAX),
+        kind: "flow".to_owned(),
+        verdict: Some(r.verdict.to_owned()),
+        workload: r.workload.as_ref().map(|w| w.name.to_owned()),
+        role: r.workload.as_ref().map(|w| w.role.to_owned()),
+        tenants: r.tenants.to_vec(),
+        country: r.country.map(str::to_owned),
+        dst_ip: Some(doc.destination.ip.to_string()),
+        dst_port: Some(doc.destination.port),
+        dst_name: None,
+        basis: Some(r.transfer_basis.to_owned()),
+        rule: Some(doc.rule.name.to_owned()),
+        policy: (!r.policy.hash.is_empty()).then(|| r.policy.hash.to_owned()),
+        boot_ns: Some(r.boot_ns),
+    })
+}
+
 /// Appends `record` as one line of JSON (with its newline) to `out`.
 ///
 /// # Errors
@@ -264,6 +298,10 @@ struct Residency<'a> {
     cgroup: CgroupFields<'a>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     v4_mapped: bool,
+    /// Under what the data may go there: `eea` (no transfer under GDPR
+    /// Chapter V), `adequacy`, `dpf`, an exception's basis (`scc`, `bcr`,
+    /// `art49`), `local`, or `none`.
+    transfer_basis: &'static str,
     boot_ns: u64,
 }
 
@@ -423,10 +461,54 @@ impl<'a> FlowDoc<'a> {
                     path: flow.cgroup_path.as_deref(),
                 },
                 v4_mapped: flow.v4_mapped,
+                transfer_basis: transfer_basis(flow, config, workload, exception),
                 boot_ns: flow.boot_ns,
             },
         }
     }
+}
+
+/// The GDPR transfer basis a flow relied on (Art. 44-49): an exception
+/// names its own; the EEA needs none; Art. 45 adequacy; the EU-U.S. Data
+/// Privacy Framework when the policy allowed the US through the `US-DPF`
+/// set (conditional on the recipient's certification).
+fn transfer_basis(
+    flow: &Flow,
+    config: Option<&Config>,
+    workload: Option<&crate::config::Workload>,
+    exception: Option<&crate::config::Exception>,
+) -> &'static str {
+    if let Some(e) = exception {
+        return e.basis.as_str();
+    }
+    if flow.dest_kind == DestKind::Local {
+        return "local";
+    }
+    let Some(country) = flow.country.as_ref().map(geoip::CountryCode::as_str) else {
+        return "none";
+    };
+    let eea = geoip::sets::builtin("EEA").is_some_and(|s| s.countries.contains(&country));
+    if eea {
+        return "eea";
+    }
+    if geoip::sets::ADEQUACY.contains(&country) {
+        return "adequacy";
+    }
+    if geoip::sets::US_DPF.contains(&country) {
+        let names_dpf = |names: &[String]| names.iter().any(|n| n.eq_ignore_ascii_case("US-DPF"));
+        let dpf = config.is_some_and(|c| match workload {
+            Some(w) => c
+                .tenants
+                .iter()
+                .filter(|t| w.tenants.contains(&t.id))
+                .any(|t| names_dpf(&t.allowed_names)),
+            None => names_dpf(&c.policy.allowed_names),
+        });
+        if dpf {
+            return "dpf";
+        }
+    }
+    "none"
 }
 
 #[must_use]
@@ -523,6 +605,30 @@ mod tests {
             "one line per record"
         );
         serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn the_index_taken_from_the_document_is_what_the_store_would_parse() {
+        let mut flows = vec![flow()];
+        let mut geo = flow();
+        geo.dest_ip = "198.51.100.9".parse().unwrap();
+        geo.dest_kind = DestKind::Geo;
+        geo.country = "US".parse().ok();
+        geo.verdict = Verdict::Flagged;
+        geo.time = jiff::Timestamp::from_nanosecond(1_800_000_000_123_456_789).unwrap();
+        flows.push(geo);
+        let mut no_config = flow();
+        no_config.policy_config = None;
+        flows.push(no_config);
+        for f in flows {
+            let mut out = Vec::new();
+            let index = encode_flow_indexed(&f, &mut out).unwrap();
+            let mut line = Vec::new();
+            encode_line(&Record::Flow(f), &mut line).unwrap();
+            assert_eq!(out, line, "the same bytes either way");
+            let parsed = crate::evidence::index::Index::of(&line[..line.len() - 1]).unwrap();
+            assert_eq!(index, parsed);
+        }
     }
 
     #[test]

@@ -52,6 +52,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// The evidence store: ingest rate, kernel-to-queryable latency, query
+    /// latency over a large store, verify speed, and size.
+    Evidence {
+        /// Records in the store the queries and verify run over.
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// Records in the timed ingest (pre-encoded, held in memory).
+        #[arg(long, default_value_t = 1_000_000)]
+        ingest: u64,
+        /// Queries per filter shape.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Events per second for the latency case.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Seconds of paced traffic for the latency case.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Where the scratch store goes (default /var/tmp; needs ~15 GB
+        /// for 10 M records).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// 1,000 workload policies with the full GeoIP tables: connect cost,
     /// and how long a policy reload takes.
     Policy {
@@ -165,8 +190,32 @@ name = "example-documentation-ranges"
 destinations = ["192.0.2.0/24", "2001:db8::/32"]
 "#;
 
+#[path = "residency-bench/evidence.rs"]
+mod evidence_bench;
+
 fn main() -> anyhow::Result<()> {
     let (rounds, connects, sends, write) = match Cli::parse().bench {
+        BenchCmd::Evidence {
+            records,
+            ingest,
+            queries,
+            rate,
+            seconds,
+            scratch,
+            write,
+        } => {
+            return evidence_bench::main(
+                &evidence_bench::Args {
+                    records,
+                    ingest,
+                    queries,
+                    rate,
+                    seconds,
+                    scratch,
+                },
+                write.as_deref(),
+            );
+        }
         BenchCmd::Connect {
             rounds,
             connects,

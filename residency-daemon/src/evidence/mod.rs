@@ -1,0 +1,80 @@
+//! The evidence store: every record the pipeline writes, kept in canonical
+//! bytes in a SHA-256 hash chain with signed checkpoints, queryable for the
+//! REST API and verifiable offline.
+//!
+//! - [`chain`]: the hash chain and the checkpoint signatures;
+//! - [`index`]: the columns a record is filtered by, derived from its bytes;
+//! - [`store`]: the single writer (a thread of its own: group commit, one
+//!   transaction per batch, checkpoints, retention, violation lifecycle);
+//! - [`query`]: readers for the API (flows, violations, transfers, policy,
+//!   checkpoints);
+//! - [`verify`]: re-reads a store or an export bundle and names the first
+//!   fault;
+//! - [`bundle`]: the export an auditor verifies offline.
+//!
+//! The store is `SQLite` (through rusqlite, bundled) in WAL mode, in
+//! `evidence.directory` with the signing key beside it.
+
+pub mod bundle;
+pub mod chain;
+pub mod index;
+pub mod indexer;
+pub mod query;
+pub mod schema;
+pub mod store;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+pub use query::{Filter, Order, Page, PageOf, Reader, StoredRecord, Violation, ViolationState};
+pub use store::{Evidence, Stats};
+
+/// The database file in an evidence directory.
+#[must_use]
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("evidence.db")
+}
+
+/// The index file in an evidence directory (derived; rebuilt if missing).
+#[must_use]
+pub fn index_path(dir: &Path) -> PathBuf {
+    dir.join("index.db")
+}
+
+/// The signing key in an evidence directory.
+#[must_use]
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join("evidence.key")
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("evidence store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("evidence store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("evidence store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("violation {0} does not exist")]
+    NoViolation(i64),
+    #[error("violation {id} is {state}; it cannot become {to}")]
+    Transition {
+        id: i64,
+        state: &'static str,
+        to: &'static str,
+    },
+    #[error("the evidence store has stopped")]
+    Stopped,
+    #[error("no records in that time range")]
+    EmptyRange,
+    #[error(
+        "that range holds {count} records; one export holds at most {max}: narrow from/to and export in parts"
+    )]
+    TooManyRecords { count: u64, max: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}

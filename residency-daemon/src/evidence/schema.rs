@@ -1,0 +1,192 @@
+//! The store's `SQLite` schema.
+//!
+//! Two files. `evidence.db` holds the chain: `records` has one row per
+//! record, its canonical bytes (`body`) and chain hash, plus columns
+//! derived from the body, in sequence order with no secondary index, so
+//! that appending costs one B-tree insert. `index.db` holds the indexes the
+//! API filters flows by; a second thread builds it from `records`, behind
+//! the writer by one batch, so the two B-tree workloads run on two cores.
+//! Everything but `records` is derived state that can be rebuilt from the
+//! chain: the index file (delete it and it is rebuilt at start),
+//! `violations` (their lifecycle; every transition is also a record),
+//! `transfers` (per-day counts for the data-flow map), `policies` (each
+//! configuration's text, from its `policy-loaded` record) and `checkpoints`
+//! (signatures over the chain head).
+
+use rusqlite::Connection;
+
+/// Bumped when the layout changes; a store of another format is refused.
+pub const FORMAT: i64 = 1;
+
+/// Settings of every connection: WAL so that readers never block the
+/// writer, `synchronous = NORMAL` (a commit survives a crash of the process;
+/// after a power loss the last transactions may roll back, never corrupt).
+pub const PRAGMAS: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA foreign_keys = OFF;
+PRAGMA busy_timeout = 5000;
+PRAGMA cache_size = -65536;
+PRAGMA temp_store = MEMORY;
+PRAGMA mmap_size = 1073741824;
+";
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value ANY
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS records (
+    seq      INTEGER PRIMARY KEY,
+    ts       INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    verdict  TEXT,
+    workload TEXT,
+    role     TEXT,
+    tenants  TEXT,
+    country  TEXT,
+    dst_ip   TEXT,
+    dst_name TEXT,
+    basis    TEXT,
+    policy   TEXT,
+    boot_ns  INTEGER,
+    body     BLOB NOT NULL,
+    hash     BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    ts        INTEGER NOT NULL,
+    head      BLOB NOT NULL,
+    key_id    TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    reason    TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS violations (
+    id            INTEGER PRIMARY KEY,
+    state         TEXT NOT NULL,
+    verdict       TEXT NOT NULL,
+    workload      TEXT,
+    role          TEXT,
+    tenants       TEXT,
+    country       TEXT,
+    dst_ip        TEXT,
+    dst_port      INTEGER,
+    dst_name      TEXT,
+    rule          TEXT,
+    basis         TEXT,
+    count         INTEGER NOT NULL,
+    first_seq     INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL,
+    first_ts      INTEGER NOT NULL,
+    last_ts       INTEGER NOT NULL,
+    aware_ts      INTEGER NOT NULL,
+    ack_ts        INTEGER,
+    ack_by        TEXT,
+    ack_note      TEXT,
+    ack_seq       INTEGER,
+    resolved_ts   INTEGER,
+    resolved_by   TEXT,
+    resolved_note TEXT,
+    resolved_seq  INTEGER
+);
+CREATE INDEX IF NOT EXISTS violations_state ON violations (state, id);
+
+CREATE TABLE IF NOT EXISTS transfers (
+    day      INTEGER NOT NULL,
+    tenant   TEXT NOT NULL,
+    role     TEXT NOT NULL,
+    country  TEXT NOT NULL,
+    basis    TEXT NOT NULL,
+    allowed  INTEGER NOT NULL,
+    flagged  INTEGER NOT NULL,
+    blocked  INTEGER NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last_ts  INTEGER NOT NULL,
+    PRIMARY KEY (day, tenant, role, country, basis)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS policies (
+    hash      TEXT PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    loaded_ts INTEGER NOT NULL,
+    source    TEXT,
+    text      TEXT
+) WITHOUT ROWID;
+";
+
+const INDEX_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS ix_meta (
+    key   TEXT PRIMARY KEY,
+    value ANY
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS cols (
+    seq      INTEGER PRIMARY KEY,
+    ts       INTEGER NOT NULL,
+    verdict  TEXT,
+    workload TEXT,
+    role     TEXT,
+    country  TEXT,
+    dst_ip   TEXT,
+    dst_name TEXT
+);
+CREATE INDEX IF NOT EXISTS cols_ts ON cols (ts);
+CREATE INDEX IF NOT EXISTS cols_country ON cols (country, seq);
+CREATE INDEX IF NOT EXISTS cols_workload ON cols (workload, seq);
+CREATE INDEX IF NOT EXISTS cols_dst_ip ON cols (dst_ip, seq);
+CREATE INDEX IF NOT EXISTS cols_dst_name ON cols (dst_name, seq) WHERE dst_name IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    country TEXT,
+    PRIMARY KEY (tenant, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tenants_country ON tenants (tenant, country, seq);
+";
+
+/// Creates the index file's tables (flows only: `cols` and `tenants`).
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn create_index(conn: &Connection) -> Result<(), String> {
+    conn.execute_batch("PRAGMA page_size = 8192;")
+        .map_err(|e| e.to_string())?;
+    conn.execute_batch(PRAGMAS).map_err(|e| e.to_string())?;
+    conn.execute_batch(INDEX_TABLES).map_err(|e| e.to_string())
+}
+
+/// Creates the tables if they are missing and checks the format.
+///
+/// # Errors
+/// If the database cannot be written, or holds another format.
+pub fn create(conn: &Connection) -> Result<(), String> {
+    // 8 KiB pages: fewer, fuller pages for ~1 KiB records. Only takes
+    // effect on a new database.
+    conn.execute_batch("PRAGMA page_size = 8192;")
+        .map_err(|e| e.to_string())?;
+    conn.execute_batch(PRAGMAS).map_err(|e| e.to_string())?;
+    conn.execute_batch(TABLES).map_err(|e| e.to_string())?;
+    let format: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
+        .ok();
+    match format {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('format', ?1)",
+                [FORMAT],
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Some(FORMAT) => Ok(()),
+        Some(other) => Err(format!(
+            "the store has format {other}; this build reads format {FORMAT}"
+        )),
+    }
+}

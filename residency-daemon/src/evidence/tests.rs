@@ -1,0 +1,711 @@
+//! The store against a real `SQLite` database in a temporary directory:
+//! appends, queries, lifecycle, retention, export, and tampering of every
+//! kind that `verify` must catch.
+
+use std::{path::Path, time::Duration};
+
+use rusqlite::Connection;
+
+use super::{
+    Evidence, Filter, Order, Page, ViolationState, bundle, chain, query::ViolationFilter, verify,
+};
+use crate::config::EvidenceConfig;
+
+fn config(dir: &Path) -> EvidenceConfig {
+    EvidenceConfig {
+        directory: dir.to_owned(),
+        checkpoint_records: 100,
+        checkpoint_interval: Duration::from_hours(1),
+        retention: None,
+        max_bytes: None,
+    }
+}
+
+const T0: i64 = 1_795_000_000_000_000_000;
+
+/// A flow record as the ECS encoder writes it (the fields the store reads).
+fn flow(i: u64, tenant: &str, country: &str, verdict: &str, ip: &str) -> String {
+    let ts = jiff::Timestamp::from_nanosecond(i128::from(T0) + i128::from(i) * 1_000_000).unwrap();
+    serde_json::json!({
+        "@timestamp": ts.to_string(),
+        "event": {"kind": "event", "action": "connect", "dataset": "residency.flow"},
+        "destination": {"ip": ip, "port": 443},
+        "rule": {"id": "0", "name": "geoip", "ruleset": "residency"},
+        "residency": {
+            "verdict": verdict,
+            "country": country,
+            "policy": {"generation": 1, "hash": "abc", "index": 1},
+            "workload": {"name": format!("{tenant}-llm"), "role": "llm"},
+            "tenants": [tenant],
+            "transfer_basis": if country == "DE" { "eea" } else { "none" },
+            "boot_ns": 1,
+        }
+    })
+    .to_string()
+}
+
+fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(r.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// 1,000 flows: tenants acme/globex alternating, every 10th to the US
+/// (blocked), the rest to Germany.
+fn sample() -> Vec<u8> {
+    lines((0..1000u64).map(|i| {
+        let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+        if i % 10 == 3 {
+            flow(i, tenant, "US", "blocked", "203.0.113.7")
+        } else {
+            flow(i, tenant, "DE", "allowed", "192.0.2.1")
+        }
+    }))
+}
+
+async fn filled(dir: &Path) -> Evidence {
+    let (ev, opened) = Evidence::open(&config(dir)).unwrap();
+    assert!(opened.key_created);
+    assert_eq!(opened.next_seq, 1);
+    ev.append(sample()).await.unwrap();
+    ev
+}
+
+fn verify_dir(dir: &Path) -> verify::Report {
+    verify::store(dir, None, &mut |_, _| {}).unwrap()
+}
+
+fn first_fault(dir: &Path) -> String {
+    let r = verify_dir(dir);
+    assert!(!r.ok(), "verify found nothing wrong: {r:?}");
+    r.faults[0].what.clone()
+}
+
+fn db(dir: &Path) -> Connection {
+    Connection::open(super::db_path(dir)).unwrap()
+}
+
+#[tokio::test]
+async fn a_closed_store_verifies_and_is_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    assert_eq!(ev.close().await.unwrap(), 1000);
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.records, 1000);
+    // One per 100 records (the batch ends at 1000, so the shutdown
+    // checkpoint lands on the same record and is not repeated).
+    assert_eq!(r.checkpoints, 1, "{r:?}");
+    assert_eq!(r.last_signed_seq, Some(1000));
+    assert_eq!(r.unsigned_tail, 0);
+    let cp = ev.reader().latest_checkpoint().unwrap().unwrap();
+    assert_eq!(cp.seq, 1000);
+    assert_eq!(cp.reason, "records");
+}
+
+#[tokio::test]
+async fn queries_filter_and_paginate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    ev.checkpoint().await.unwrap(); // a round trip: the batch is committed
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let r = ev.reader();
+    let f = Filter {
+        tenant: Some("acme".into()),
+        country: Some("US".into()),
+        ..Filter::default()
+    };
+    // acme is even i, US is i % 10 == 3 (odd): none.
+    assert!(r.flows(&f, &Page::default()).unwrap().items.is_empty());
+    let f = Filter {
+        tenant: Some("globex".into()),
+        country: Some("US".into()),
+        ..Filter::default()
+    };
+    let mut seen = Vec::new();
+    let mut page = Page {
+        limit: 7,
+        ..Page::default()
+    };
+    loop {
+        let p = r.flows(&f, &page).unwrap();
+        seen.extend(p.items.iter().map(|i| i.seq));
+        match p.next {
+            Some(n) => page.cursor = Some(n),
+            None => break,
+        }
+    }
+    // seq = i + 1 for i % 10 == 3: 4, 14, ..., 994, newest first.
+    let want: Vec<u64> = (0..100).rev().map(|k| k * 10 + 4).collect();
+    assert_eq!(seen, want);
+    // Ascending, other filters.
+    let p = r
+        .flows(
+            &Filter {
+                verdict: Some("blocked".into()),
+                dst_ip: Some("203.0.113.7".parse().unwrap()),
+                workload: Some("globex-llm".into()),
+                ..Filter::default()
+            },
+            &Page {
+                limit: 3,
+                order: Order::Asc,
+                cursor: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        p.items.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        [4, 14, 24]
+    );
+    assert_eq!(p.next, Some(24));
+    // Time range: records i in [100, 200) by timestamp.
+    let at = |i: i64| jiff::Timestamp::from_nanosecond(i128::from(T0 + i * 1_000_000)).unwrap();
+    let p = r
+        .flows(
+            &Filter {
+                from: Some(at(100)),
+                to: Some(at(200)),
+                ..Filter::default()
+            },
+            &Page {
+                limit: 1000,
+                ..Page::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(p.items.len(), 100);
+    assert_eq!(p.items[0].seq, 200);
+    // The record is served as stored.
+    let rec = r.record(4).unwrap().unwrap();
+    assert!(rec.record.get().contains("\"203.0.113.7\""));
+    assert_eq!(rec.hash.len(), 64);
+    assert!(r.record(5000).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn violations_have_a_lifecycle_recorded_in_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    ev.checkpoint().await.unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let r = ev.reader();
+    let open = r
+        .violations(
+            &ViolationFilter {
+                state: Some(ViolationState::Open),
+                ..ViolationFilter::default()
+            },
+            &Page::default(),
+        )
+        .unwrap();
+    // One per workload and destination: globex-llm -> 203.0.113.7:443.
+    assert_eq!(open.items.len(), 1, "{:?}", open.items);
+    let v = &open.items[0];
+    assert_eq!(v.count, 100);
+    assert_eq!(v.first_seq, 4);
+    assert_eq!(v.last_seq, 994);
+    assert_eq!(v.tenants, ["globex"]);
+    assert_eq!(v.destination.country.as_deref(), Some("US"));
+    assert_eq!(
+        v.nis2.early_warning_due.duration_since(v.nis2.aware_at),
+        jiff::SignedDuration::from_hours(24)
+    );
+    assert_eq!(
+        v.nis2.notification_due.duration_since(v.nis2.aware_at),
+        jiff::SignedDuration::from_hours(72)
+    );
+    assert!(
+        v.nis2.final_report_due.duration_since(v.nis2.aware_at)
+            >= jiff::SignedDuration::from_hours(24 * 28)
+    );
+
+    let acked = ev
+        .transition(
+            v.id,
+            ViolationState::Acknowledged,
+            "looking into it".into(),
+            "token".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked.state, ViolationState::Acknowledged);
+    let ack = acked.acknowledged.unwrap();
+    assert_eq!(ack.seq, 1001);
+    let rec = r.record(ack.seq).unwrap().unwrap();
+    assert!(
+        rec.record.get().contains("violation-acknowledged"),
+        "{}",
+        rec.record.get()
+    );
+    assert!(rec.record.get().contains("looking into it"));
+    // Acknowledging twice is a conflict; resolving works once.
+    let again = ev
+        .transition(
+            v.id,
+            ViolationState::Acknowledged,
+            "x".into(),
+            "token".into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("acknowledged"), "{again}");
+    let resolved = ev
+        .transition(
+            v.id,
+            ViolationState::Resolved,
+            "endpoint moved to eu-west".into(),
+            "uid:0".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolved.state, ViolationState::Resolved);
+    assert!(
+        ev.transition(v.id, ViolationState::Resolved, "x".into(), "token".into())
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        ev.transition(9999, ViolationState::Resolved, "x".into(), "t".into())
+            .await,
+        Err(super::EvidenceError::NoViolation(9999))
+    ));
+    // A new breach after resolution opens a new violation.
+    ev.append(lines([flow(
+        2000,
+        "globex",
+        "US",
+        "blocked",
+        "203.0.113.7",
+    )]))
+    .await
+    .unwrap();
+    ev.close().await.unwrap();
+    let all = r
+        .violations(&ViolationFilter::default(), &Page::default())
+        .unwrap();
+    assert_eq!(all.items.len(), 2);
+    assert_eq!(all.items[0].state, ViolationState::Open);
+    assert!(verify_dir(dir.path()).ok());
+}
+
+#[tokio::test]
+async fn transfers_summarise_tenant_role_country_and_basis() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    ev.checkpoint().await.unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let rows = ev.reader().transfers(&Filter::default()).unwrap();
+    let get = |t: &str, c: &str| {
+        rows.iter()
+            .find(|r| r.tenant.as_deref() == Some(t) && r.country.as_deref() == Some(c))
+            .cloned()
+    };
+    let de = get("acme", "DE").unwrap();
+    assert_eq!((de.flows, de.allowed, de.blocked), (500, 500, 0));
+    assert_eq!(de.transfer_basis, "eea");
+    let us = get("globex", "US").unwrap();
+    assert_eq!((us.flows, us.blocked), (100, 100));
+    assert_eq!(us.transfer_basis, "none");
+    assert!(get("acme", "US").is_none());
+}
+
+#[tokio::test]
+async fn policy_versions_come_from_policy_loaded_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    let note = |hash: &str, text: &str| {
+        serde_json::json!({
+            "@timestamp": "2026-11-22T10:00:00Z",
+            "event": {"action": "policy-loaded", "dataset": "residency.lifecycle"},
+            "residency": {"policy": {"hash": hash, "source": "/etc/r.toml", "text": text}}
+        })
+        .to_string()
+    };
+    ev.append(lines([
+        note("h1", "mode = \"monitor\""),
+        note("h2", "mode = \"enforce\""),
+    ]))
+    .await
+    .unwrap();
+    ev.close().await.unwrap();
+    let p = ev.reader().policies().unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0].hash, "h2");
+    assert_eq!(p[0].text.as_deref(), Some("mode = \"enforce\""));
+}
+
+#[tokio::test]
+async fn verify_catches_an_edited_record() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    db(dir.path())
+        .execute(
+            "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), '\"US\"', '\"DE\"') AS BLOB) WHERE seq = 14",
+            [],
+        )
+        .unwrap();
+    let f = first_fault(dir.path());
+    assert!(f.starts_with("record 14:"), "{f}");
+}
+
+#[tokio::test]
+async fn verify_catches_an_edited_column() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    db(dir.path())
+        .execute("UPDATE records SET country = 'DE' WHERE seq = 24", [])
+        .unwrap();
+    let f = first_fault(dir.path());
+    assert!(f.starts_with("record 24"), "{f}");
+    let r = verify_dir(dir.path());
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| f.seq == Some(24) && f.what.contains("`country`")),
+        "{:?}",
+        r.faults
+    );
+    // And the tenant index, which a tenant filter reads.
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    Connection::open(super::index_path(dir.path()))
+        .unwrap()
+        .execute("DELETE FROM tenants WHERE seq = 34", [])
+        .unwrap();
+    assert!(first_fault(dir.path()).contains("tenant index"));
+    // And an index entry edited to move a flow to another country.
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    Connection::open(super::index_path(dir.path()))
+        .unwrap()
+        .execute("UPDATE cols SET country = 'DE' WHERE seq = 44", [])
+        .unwrap();
+    let f = first_fault(dir.path());
+    assert!(f.contains("record 44") && f.contains("index entry"), "{f}");
+    // A deleted index file is not a fault: it is rebuilt at start.
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    std::fs::remove_file(super::index_path(dir.path())).unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok() && r.notes.len() == 1, "{r:?}");
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let p = ev
+        .reader()
+        .flows(
+            &Filter {
+                tenant: Some("acme".into()),
+                ..Filter::default()
+            },
+            &Page {
+                limit: 1000,
+                ..Page::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(p.items.len(), 500, "rebuilt from the chain");
+    ev.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn verify_catches_a_deleted_record() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    db(dir.path())
+        .execute("DELETE FROM records WHERE seq = 500", [])
+        .unwrap();
+    let f = first_fault(dir.path());
+    assert!(f.contains("500") && f.contains("missing"), "{f}");
+    // Deleted from the index too: the chain still shows the hole.
+    Connection::open(super::index_path(dir.path()))
+        .unwrap()
+        .execute("DELETE FROM cols WHERE seq = 500", [])
+        .unwrap();
+    let f = first_fault(dir.path());
+    assert!(f.contains("500") && f.contains("missing"), "{f}");
+}
+
+#[tokio::test]
+async fn verify_catches_reordered_records() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    let c = db(dir.path());
+    // Swap the bodies and hashes of records 300 and 301.
+    c.execute_batch(
+        "UPDATE records SET seq = -1 WHERE seq = 300;
+         UPDATE records SET seq = 300 WHERE seq = 301;
+         UPDATE records SET seq = 301 WHERE seq = -1;",
+    )
+    .unwrap();
+    let f = first_fault(dir.path());
+    assert!(f.starts_with("record 300:"), "{f}");
+}
+
+#[tokio::test]
+async fn verify_catches_truncation_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    db(dir.path())
+        .execute("DELETE FROM records WHERE seq > 950", [])
+        .unwrap();
+    let r = verify_dir(dir.path());
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| f.what.contains("beyond the last record")),
+        "{:?}",
+        r.faults
+    );
+}
+
+#[tokio::test]
+async fn verify_catches_a_rewritten_chain_by_its_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    // Edit a record and recompute every hash after it: the chain is
+    // consistent again, but the signed head no longer matches.
+    let c = db(dir.path());
+    c.execute(
+        "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), '\"blocked\"', '\"allowed\"') AS BLOB),
+                            verdict = 'allowed' WHERE seq = 4",
+        [],
+    )
+    .unwrap();
+    // A thorough forger fixes the index file too.
+    Connection::open(super::index_path(dir.path()))
+        .unwrap()
+        .execute("UPDATE cols SET verdict = 'allowed' WHERE seq = 4", [])
+        .unwrap();
+    let mut prev = chain::GENESIS;
+    let rows: Vec<(i64, Vec<u8>)> = c
+        .prepare("SELECT seq, body FROM records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (seq, body) in rows {
+        prev = chain::link(&prev, u64::try_from(seq).unwrap(), &body);
+        c.execute(
+            "UPDATE records SET hash = ?1 WHERE seq = ?2",
+            rusqlite::params![&prev[..], seq],
+        )
+        .unwrap();
+    }
+    let f = first_fault(dir.path());
+    assert!(
+        f.contains("checkpoint at record 1000") && f.contains("signed chain head"),
+        "{f}"
+    );
+    // Re-signing with another key fails against the real public key.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let (ts, head): (i64, Vec<u8>) = c
+        .query_row(
+            "SELECT ts, head FROM checkpoints WHERE seq = 1000",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let _ = head;
+    let sig = chain::sign(&other, 1000, &prev, ts);
+    c.execute(
+        "UPDATE checkpoints SET head = ?1, signature = ?2 WHERE seq = 1000",
+        rusqlite::params![&prev[..], &sig[..]],
+    )
+    .unwrap();
+    let f = first_fault(dir.path());
+    assert!(f.contains("signature does not verify"), "{f}");
+}
+
+#[tokio::test]
+async fn verify_reports_a_damaged_file() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    let path = super::db_path(dir.path());
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    // Either SQLite refuses the file, or the records it still has do not
+    // reach the signed checkpoints: never a clean report.
+    match verify::store(dir.path(), None, &mut |_, _| {}) {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(r) => assert!(!r.ok(), "a half-truncated store verified: {r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unclean_stop_leaves_a_gap_record() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await.close().await.unwrap();
+    // What a kill -9 leaves: the store still marked open.
+    db(dir.path())
+        .execute("UPDATE meta SET value = 0 WHERE key = 'clean'", [])
+        .unwrap();
+    let (ev, opened) = Evidence::open(&config(dir.path())).unwrap();
+    assert!(opened.unclean);
+    assert_eq!(opened.next_seq, 1002, "the gap record is 1001");
+    let gap = ev.reader().record(1001).unwrap().unwrap();
+    assert!(
+        gap.record.get().contains("evidence-gap"),
+        "{}",
+        gap.record.get()
+    );
+    assert!(gap.record.get().contains("\"after_seq\":1000"));
+    ev.close().await.unwrap();
+    assert!(verify_dir(dir.path()).ok());
+}
+
+#[tokio::test]
+async fn one_daemon_per_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    let Err(err) = Evidence::open(&config(dir.path())) else {
+        panic!("a second writer opened the same store");
+    };
+    assert!(
+        err.to_string().contains("another residency daemon"),
+        "{err}"
+    );
+    ev.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_prunes_and_what_remains_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Records are from 2026-11; keep a day: everything old goes.
+    cfg.retention = Some(Duration::from_hours(24));
+    let (ev, _) = Evidence::open(&cfg).unwrap();
+    ev.append(sample()).await.unwrap();
+    // A record of today, which stays.
+    let now = jiff::Timestamp::now();
+    let mut today = flow(0, "acme", "DE", "allowed", "192.0.2.1");
+    let first = today.find("\"@timestamp\":\"").unwrap() + 14;
+    let end = today[first..].find('"').unwrap() + first;
+    today.replace_range(first..end, &now.to_string());
+    ev.append(lines([today])).await.unwrap();
+    // Retention runs at the first check after a minute, or now:
+    ev.checkpoint().await.unwrap();
+    ev.close().await.unwrap();
+    // The writer ran retention at open+60 s only; run it through a reopen
+    // with a fresh writer instead of waiting: prune directly.
+    let (ev, _) = Evidence::open(&cfg).unwrap();
+    ev.prune_now().await.unwrap();
+    ev.close().await.unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.base_seq, 1000);
+    let c = db(dir.path());
+    let kinds: Vec<String> = c
+        .prepare("SELECT kind FROM records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kinds[0], "flow");
+    assert!(kinds.contains(&"evidence-pruned".to_owned()), "{kinds:?}");
+    // Deleting more from the start, and moving the base to match, is not
+    // a pruning anyone recorded.
+    let (hash,): (Vec<u8>,) = c
+        .query_row("SELECT hash FROM records WHERE seq = 1001", [], |r| {
+            Ok((r.get(0)?,))
+        })
+        .unwrap();
+    c.execute("DELETE FROM records WHERE seq = 1001", [])
+        .unwrap();
+    c.execute("UPDATE meta SET value = 1001 WHERE key = 'base_seq'", [])
+        .unwrap();
+    c.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'base_hash'",
+        [&hash],
+    )
+    .unwrap();
+    let r = verify_dir(dir.path());
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| f.what.contains("pruning record says records up to 1000")),
+        "{:?}",
+        r.faults
+    );
+}
+
+#[tokio::test]
+async fn an_export_bundle_verifies_offline_and_catches_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    ev.close().await.unwrap();
+    let at = |i: i64| jiff::Timestamp::from_nanosecond(i128::from(T0 + i * 1_000_000)).unwrap();
+    let mut tar = Vec::new();
+    let s = bundle::export(ev.reader(), Some(at(250)), Some(at(260)), &mut tar).unwrap();
+    assert_eq!(s.first_seq, 251);
+    // Extended to the next checkpoint (at 1000, the only one).
+    assert_eq!(s.last_seq, 1000);
+    assert_eq!(s.checkpoints, 1);
+    let path = dir.path().join("bundle.tar");
+    std::fs::write(&path, &tar).unwrap();
+    let key = *ev.reader().public_key();
+    let r = verify::bundle(&path, Some(key)).unwrap();
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.records, 750);
+    assert_eq!(r.checkpoints_valid, 1);
+    // Another key: the signature fails.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+    let r = verify::bundle(&path, Some(other)).unwrap();
+    assert!(
+        r.faults.iter().any(|f| f.what.contains("signature")),
+        "{r:?}"
+    );
+    // One byte of one record changed.
+    let text = String::from_utf8_lossy(&tar).into_owned();
+    let at_ip = text.find("203.0.113.7").unwrap();
+    let mut edited = tar.clone();
+    edited[at_ip] = b'1';
+    std::fs::write(&path, &edited).unwrap();
+    let r = verify::bundle(&path, Some(key)).unwrap();
+    assert!(!r.ok());
+    assert!(r.faults[0].what.starts_with("record "), "{:?}", r.faults);
+    // Not a bundle at all.
+    std::fs::write(&path, b"hello").unwrap();
+    assert!(verify::bundle(&path, Some(key)).is_err());
+}
+
+#[tokio::test]
+async fn retention_by_size_prunes_the_oldest_and_stays_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_bytes = Some(1); // always over: prune the oldest quarter
+    let (ev, _) = Evidence::open(&cfg).unwrap();
+    ev.append(sample()).await.unwrap();
+    ev.prune_now().await.unwrap();
+    ev.close().await.unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.base_seq, 250, "a quarter of 1..=1000: {r:?}");
+    assert_eq!(r.first_seq, Some(251));
+    let c = db(dir.path());
+    let body: Vec<u8> = c
+        .query_row(
+            "SELECT body FROM records WHERE kind = 'evidence-pruned'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["residency"]["evidence"]["pruned"]["reason"], "size");
+    assert_eq!(doc["residency"]["evidence"]["pruned"]["through_seq"], 250);
+    // The index followed.
+    let n: i64 = Connection::open(super::index_path(dir.path()))
+        .unwrap()
+        .query_row("SELECT count(*) FROM cols WHERE seq <= 250", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 0);
+}
