@@ -1277,6 +1277,13 @@ fn validate_workloads(
                         ),
                     )
                 })?;
+            if ids.contains(&tenant.id) {
+                return Err(at.err(
+                    t.span(),
+                    &format!("{field}.tenants[{j}]"),
+                    &format!("\"{}\" is named twice", tenant.id),
+                ));
+            }
             allowed = allowed.intersection(&tenant.allowed);
             unknown = strictest(unknown, tenant.unknown);
             enforce |= tenant.mode == Mode::Enforce;
@@ -1868,6 +1875,14 @@ mod tests {
             assert!(e.message.contains(says), "{text}: {e}");
             assert_eq!(e.line, Some(2), "{text}: {e}");
         }
+        // A tenant named twice would index a flow twice under it.
+        let e = parse(
+            "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\n\
+             tenants = [\"a\", \"a\"]\nuid = 5\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "workload[0].tenants[1]", "{e}");
+        assert!(e.message.contains("named twice"), "{e}");
     }
 
     #[test]

@@ -223,6 +223,12 @@ enum EvidenceCommand {
         /// The Ed25519 public key to trust (base64 or hex).
         #[arg(long, value_name = "KEY")]
         public_key: Option<String>,
+        /// A checkpoint kept outside this host (your SIEM's copy, or
+        /// /v1/checkpoints/latest saved earlier), as SEQ:HEAD: the chain
+        /// must pass through it. Only this catches records cut from, or
+        /// rewritten after, the newest checkpoint on the host. Repeatable.
+        #[arg(long, value_name = "SEQ:HEAD")]
+        checkpoint: Vec<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -377,8 +383,15 @@ fn main() -> ExitCode {
             store,
             bundle,
             public_key,
+            checkpoint,
             json,
-        }) => verify_command(&store, bundle.as_deref(), public_key.as_deref(), json),
+        }) => verify_command(
+            &store,
+            bundle.as_deref(),
+            public_key.as_deref(),
+            &checkpoint,
+            json,
+        ),
     }
 }
 
@@ -456,6 +469,7 @@ fn verify_command(
     store: &std::path::Path,
     bundle: Option<&std::path::Path>,
     public_key: Option<&str>,
+    checkpoints: &[String],
     json: bool,
 ) -> ExitCode {
     use residency_daemon::evidence::{chain, verify};
@@ -466,6 +480,19 @@ fn verify_command(
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mut pins = Vec::new();
+    for c in checkpoints {
+        let parsed = c.split_once(':').and_then(|(seq, head)| {
+            Some((seq.trim().parse::<u64>().ok()?, chain::unhex::<32>(head)?))
+        });
+        let Some(pin) = parsed else {
+            eprintln!(
+                "error: --checkpoint {c}: expected SEQ:HEAD, the sequence number and the 64 hex digits of the chain head (as /v1/checkpoints/latest gives them)"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        };
+        pins.push(pin);
+    }
     let is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut progress = |done: u64, total: u64| {
         if is_tty && !json {
@@ -474,7 +501,7 @@ fn verify_command(
     };
     let report = match bundle {
         Some(b) => verify::bundle(b, key),
-        None => verify::store(store, key, &mut progress),
+        None => verify::store(store, key, &pins, &mut progress),
     };
     if is_tty && !json && bundle.is_none() {
         eprintln!();

@@ -115,7 +115,10 @@ impl Outputs {
         if buf.is_empty() {
             return Ok(());
         }
-        self.lines.write_batch(buf).await?;
+        // The output first; the evidence store gets the batch even when
+        // the output failed (the daemon then stops, and the store holds
+        // everything decided up to here).
+        let written = self.lines.write_batch(buf).await;
         let lines = std::mem::replace(buf, Vec::with_capacity(buf.len().max(4096)));
         let index = std::mem::take(index);
         // The store's queue is bounded: when the disk is behind, this
@@ -128,7 +131,7 @@ impl Outputs {
             }
             self.store_failed = true;
         }
-        Ok(())
+        written
     }
 }
 

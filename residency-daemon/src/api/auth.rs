@@ -186,9 +186,9 @@ pub fn load_or_create_token(path: &Path) -> Result<String, ApiError> {
                 .map_err(|e| err(e.to_string()))?
                 .permissions()
                 .mode();
-            if mode & 0o007 != 0 {
+            if mode & 0o077 != 0 {
                 return Err(err(format!(
-                    "others can read or write it (mode {:04o}): anyone on the host could use the \
+                    "group or others can read or write it (mode {:04o}): they could use the \
                      API; chmod 600 it",
                     mode & 0o7777
                 )));

@@ -149,6 +149,11 @@ const E500: Answer = Answer {
     schema: "Error",
     description: "The evidence store failed (the daemon logs why).",
 };
+const E429: Answer = Answer {
+    status: 429,
+    schema: "Error",
+    description: "Another export is running; one runs at a time.",
+};
 const E503: Answer = Answer {
     status: 503,
     schema: "Error",
@@ -442,7 +447,7 @@ pub static ROUTES: &[Route] = &[
             schema: "Binary",
             description: "The bundle, as an attachment.",
         },
-        errors: &[E400, E500],
+        errors: &[E400, E429, E500, E503],
     },
 ];
 

@@ -39,12 +39,18 @@ const CHUNK: i64 = 20_000;
 pub struct Progress {
     /// The newest sequence number committed to the chain.
     committed: Mutex<u64>,
+    /// Wakes the indexer (a commit, or stop).
     wake: Condvar,
+    /// Wakes the WAL checkpointer early (stop only: it runs on a clock,
+    /// not on every commit).
+    halt: Condvar,
     /// Records up to here are indexed (queryable).
     pub indexed: AtomicU64,
     /// Records up to here were pruned from the chain.
     pub pruned: AtomicU64,
     stop: AtomicBool,
+    /// Set by the indexer as it exits.
+    done: AtomicBool,
 }
 
 impl Progress {
@@ -53,7 +59,7 @@ impl Progress {
         if let Ok(mut c) = self.committed.lock() {
             *c = (*c).max(seq);
         }
-        self.wake.notify_one();
+        self.wake.notify_all();
     }
 
     /// Waits until everything committed is indexed, for at most `timeout`.
@@ -69,10 +75,19 @@ impl Progress {
         true
     }
 
+    /// Waits (at most `timeout`) for the indexer to have exited.
+    pub fn wait_done(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Asks the indexer to finish.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.wake.notify_all();
+        self.halt.notify_all();
     }
 }
 
@@ -161,7 +176,13 @@ impl Indexer {
     }
 
     /// Indexes until asked to stop, then catches up once more.
-    pub fn run(mut self) {
+    pub fn run(self) {
+        let progress = self.progress.clone();
+        self.index_until_stopped();
+        progress.done.store(true, Ordering::Release);
+    }
+
+    fn index_until_stopped(mut self) {
         let mut pruned_done = 0u64;
         loop {
             let stopping = self.progress.stop.load(Ordering::Acquire);
@@ -217,8 +238,9 @@ impl Indexer {
                 "INSERT INTO cols (seq, ts, verdict, workload, role, country, dst_ip, dst_name)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            let mut tenants = tx
-                .prepare_cached("INSERT INTO tenants (tenant, seq, country) VALUES (?1, ?2, ?3)")?;
+            let mut tenants = tx.prepare_cached(
+                "INSERT OR IGNORE INTO tenants (tenant, seq, country) VALUES (?1, ?2, ?3)",
+            )?;
             let mut rows = read.query(params![from, CHUNK])?;
             while let Some(r) = rows.next()? {
                 let seq: i64 = r.get(0)?;
@@ -351,7 +373,7 @@ pub fn checkpointer(
                 let Ok(guard) = progress.committed.lock() else {
                     return;
                 };
-                let _ = progress.wake.wait_timeout(guard, every);
+                let _ = progress.halt.wait_timeout(guard, every);
             }
         })
 }

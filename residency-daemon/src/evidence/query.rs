@@ -671,7 +671,9 @@ fn nis2(aware: jiff::Timestamp) -> Nis2 {
         aware_at: aware,
         early_warning_due: plus(jiff::Span::new().hours(24)),
         notification_due: plus(jiff::Span::new().hours(72)),
-        final_report_due: plus(jiff::Span::new().months(1)),
+        // Art. 23(4)(d): within one month after the incident notification,
+        // itself due within 72 hours of awareness.
+        final_report_due: plus(jiff::Span::new().hours(72).months(1)),
     }
 }
 
@@ -700,7 +702,7 @@ fn violations(
     let r = &f.records;
     if let Some(t) = &r.tenant {
         w.add(
-            "(',' || tenants || ',') LIKE ('%,' || ? || ',%')",
+            "instr(',' || tenants || ',', ',' || ? || ',') > 0",
             t.clone(),
         );
     }
@@ -762,7 +764,8 @@ fn transfers(c: &Connection, f: &Filter) -> Result<Vec<TransferRow>, EvidenceErr
         w.add("day >= ?", ns(v).div_euclid(NS_PER_DAY));
     }
     if let Some(v) = f.to {
-        w.add("day <= ?", ns(v).div_euclid(NS_PER_DAY));
+        // `to` is exclusive: the day holding its last nanosecond.
+        w.add("day <= ?", (ns(v) - 1).div_euclid(NS_PER_DAY));
     }
     if let Some(v) = &f.tenant {
         w.add("tenant = ?", v.clone());

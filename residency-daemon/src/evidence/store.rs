@@ -180,6 +180,24 @@ impl Evidence {
                     .to_owned(),
             )
         })?;
+        if !super::key_path(dir).exists() && super::db_path(dir).exists() {
+            // A new key for a store signed by another would make every
+            // checkpoint so far fail to verify, silently. Say so instead.
+            let signed: i64 = Connection::open_with_flags(
+                super::db_path(dir),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .and_then(|c| c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0)))
+            .unwrap_or(0);
+            if signed > 0 {
+                return Err(open_err(format!(
+                    "{} is missing but the store holds {signed} checkpoints signed with it; \
+                     restore the key from backup (a new key could not continue this chain's signatures), \
+                     or move the store aside to start a new one",
+                    super::key_path(dir).display()
+                )));
+            }
+        }
         let (key, key_created) = chain::load_or_create_key(&super::key_path(dir))
             .map_err(|e| open_err(format!("signing key: {e}")))?;
         let public_key = key.verifying_key();
@@ -208,6 +226,13 @@ impl Evidence {
 
         let stats = Arc::new(Stats::default());
         let progress = Arc::new(Progress::default());
+        // The index prunes what the chain already has (a crash may have
+        // come between the two).
+        let base: Option<i64> = meta(&conn, "base_seq").map_err(|e| open_err(e.to_string()))?;
+        progress.pruned.store(
+            base.and_then(|b| u64::try_from(b).ok()).unwrap_or(0),
+            Ordering::Release,
+        );
         let mut writer = Writer::new(conn, key, config.clone(), stats.clone(), lock)
             .map_err(|e| open_err(e.to_string()))?;
         writer.progress = progress.clone();
@@ -303,6 +328,9 @@ impl Evidence {
     ) -> Result<(), EvidenceError> {
         if lines.is_empty() {
             return Ok(());
+        }
+        if !self.stats.writable.load(Ordering::Relaxed) {
+            return Err(EvidenceError::Stopped);
         }
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.tx
@@ -662,6 +690,9 @@ impl Writer {
             Command::Close(reply) => {
                 let closed = self.close();
                 self.progress.stop();
+                // The lock goes only once the indexer is done with the
+                // index file too.
+                self.progress.wait_done(Duration::from_secs(30));
                 // Released before the reply: whoever waited on close may
                 // open the store again at once.
                 self.lock = None;
@@ -675,7 +706,7 @@ impl Writer {
         if self.failed {
             return;
         }
-        if let Err(e) = self.append_with(lines, index) {
+        if let Err(e) = self.append_with(lines, index, None) {
             // The store refuses further writes rather than leave a hole the
             // chain cannot show; readiness reports it.
             error!("evidence store write failed; the store stops taking records: {e}");
@@ -687,15 +718,20 @@ impl Writer {
 
     /// Appends newline-terminated records in one transaction.
     fn append(&mut self, lines: &[u8]) -> Result<(), EvidenceError> {
-        self.append_with(lines, Vec::new())
+        self.append_with(lines, Vec::new(), None)
     }
 
     /// Appends records whose columns are given (or, where not, parsed).
     #[expect(clippy::too_many_lines, reason = "one transaction, record by record")]
+    ///
+    /// `also` runs in the same transaction, given the first record's
+    /// sequence number: a state change commits with the record of it, or
+    /// not at all.
     fn append_with(
         &mut self,
         lines: &[u8],
         given: Vec<Option<Index>>,
+        also: Option<AlsoInTransaction<'_>>,
     ) -> Result<(), EvidenceError> {
         let mut given = given.into_iter();
         let started = Instant::now();
@@ -781,6 +817,9 @@ impl Writer {
             record_policy(&tx, seq, ts, &body)?;
         }
         upsert_transfers(&tx, &transfers)?;
+        if let Some(also) = also {
+            also(&tx, i64::try_from(self.next_seq).unwrap_or(i64::MAX))?;
+        }
         self.since_checkpoint += appended;
         let due = self.since_checkpoint >= self.config.checkpoint_records;
         if due {
@@ -853,8 +892,6 @@ impl Writer {
         }));
         let mut line = Vec::new();
         ecs::encode_line(&record, &mut line).map_err(|e| EvidenceError::Invalid(e.to_string()))?;
-        let seq = i64::try_from(self.next_seq).unwrap_or(i64::MAX);
-        self.append(&line)?;
         let now = now_ns();
         let sql = match to {
             ViolationState::Acknowledged => {
@@ -864,7 +901,11 @@ impl Writer {
                 "UPDATE violations SET state = 'resolved', resolved_ts = ?2, resolved_by = ?3, resolved_note = ?4, resolved_seq = ?5 WHERE id = ?1"
             }
         };
-        self.conn.execute(sql, params![id, now, by, note, seq])?;
+        // The record of the change and the change commit together.
+        let update = |tx: &Transaction<'_>, seq: i64| {
+            tx.execute(sql, params![id, now, by, note, seq]).map(|_| ())
+        };
+        self.append_with(&line, Vec::new(), Some(&update))?;
         if to == ViolationState::Resolved {
             self.open_violations.retain(|_, v| *v != id);
         }
@@ -975,12 +1016,20 @@ impl Writer {
         let mut through: Option<(i64, &'static str)> = None;
         if let Some(age) = self.config.retention {
             let cutoff = now_ns() - i64::try_from(age.as_nanos()).unwrap_or(i64::MAX);
-            let seq: Option<i64> = self.conn.query_row(
-                "SELECT max(seq) FROM records WHERE ts < ?1",
-                [cutoff],
-                |r| r.get(0),
-            )?;
-            through = seq.map(|s| (s, "age"));
+            // Only the leading run of old records: one record with an old
+            // timestamp (a clock stepped back) must not take newer ones
+            // before it along.
+            let first_young: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT seq FROM records WHERE ts >= ?1 ORDER BY seq LIMIT 1",
+                    [cutoff],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let newest = i64::try_from(self.next_seq).unwrap_or(i64::MAX) - 1;
+            let seq = first_young.map_or(newest, |s| s - 1);
+            through = (seq >= 1).then_some((seq, "age"));
         }
         if let Some(max) = self.config.max_bytes {
             let size = self.stats.size_bytes.get();
@@ -1021,21 +1070,10 @@ impl Writer {
             .conn
             .query_row("SELECT min(seq) FROM records", [], |r| r.get(0))?;
         let count = through - first + 1;
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute("DELETE FROM records WHERE seq <= ?1", [through])?;
-        tx.execute("DELETE FROM checkpoints WHERE seq <= ?1", [through])?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('base_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [through],
-        )?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('base_hash', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [&hash],
-        )?;
-        tx.commit()?;
-        self.progress
-            .pruned
-            .store(u64::try_from(through).unwrap_or(0), Ordering::Release);
+        // The record of what is pruned, signed, goes in first; then the
+        // deletion. A crash in between leaves that record and everything
+        // still there (the next run prunes again), never a base that no
+        // signed record explains.
         let at =
             jiff::Timestamp::from_nanosecond(i128::from(ts)).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let record = Record::Note(Box::new(Note {
@@ -1057,6 +1095,21 @@ impl Writer {
         ecs::encode_line(&record, &mut line).map_err(|e| EvidenceError::Invalid(e.to_string()))?;
         self.append(&line)?;
         self.checkpoint("pruned")?;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM records WHERE seq <= ?1", [through])?;
+        tx.execute("DELETE FROM checkpoints WHERE seq <= ?1", [through])?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('base_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [through],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('base_hash', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [&hash],
+        )?;
+        tx.commit()?;
+        self.progress
+            .pruned
+            .store(u64::try_from(through).unwrap_or(0), Ordering::Release);
         self.stats.pruned.inc_by(u64::try_from(count).unwrap_or(0));
         info!(first, through, reason, "evidence pruned");
         self.update_size();
@@ -1064,12 +1117,16 @@ impl Writer {
     }
 }
 
+/// Work that commits with an append, given the first record's sequence
+/// number.
+type AlsoInTransaction<'a> = &'a dyn Fn(&Transaction<'_>, i64) -> rusqlite::Result<()>;
+
 /// One entry per line of `lines`: the given columns, then `None`.
 fn pad(mut index: Vec<Option<Index>>, lines: &[u8]) -> Vec<Option<Index>> {
-    let n = lines
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count();
+    // Lines are never empty (each is a JSON document), so newlines count
+    // them; a plain count vectorises, where splitting would not.
+    #[expect(clippy::naive_bytecount, reason = "once per batch; not worth a crate")]
+    let n = lines.iter().filter(|&&b| b == b'\n').count();
     index.resize(n, None);
     index
 }

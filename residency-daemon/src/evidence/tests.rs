@@ -75,7 +75,7 @@ async fn filled(dir: &Path) -> Evidence {
 }
 
 fn verify_dir(dir: &Path) -> verify::Report {
-    verify::store(dir, None, &mut |_, _| {}).unwrap()
+    verify::store(dir, None, &[], &mut |_, _| {}).unwrap()
 }
 
 fn first_fault(dir: &Path) -> String {
@@ -475,6 +475,13 @@ async fn verify_catches_a_rewritten_chain_by_its_signatures() {
         [],
     )
     .unwrap();
+    let real_head: [u8; 32] = c
+        .query_row("SELECT hash FROM records WHERE seq = 1000", [], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .unwrap()
+        .try_into()
+        .unwrap();
     // A thorough forger fixes the index file too.
     Connection::open(super::index_path(dir.path()))
         .unwrap()
@@ -519,6 +526,41 @@ async fn verify_catches_a_rewritten_chain_by_its_signatures() {
     .unwrap();
     let f = first_fault(dir.path());
     assert!(f.contains("signature does not verify"), "{f}");
+    // Removing the checkpoints instead: a store closed cleanly must end
+    // on one.
+    c.execute("DELETE FROM checkpoints", []).unwrap();
+    let r = verify_dir(dir.path());
+    assert!(
+        r.faults.iter().any(|f| f.what.contains("closed cleanly")),
+        "{:?}",
+        r.faults
+    );
+    // And with the clean mark removed too, only a checkpoint kept
+    // elsewhere catches it: pin the real head of record 1000.
+    c.execute("UPDATE meta SET value = 0 WHERE key = 'clean'", [])
+        .unwrap();
+    // The tables the API reports are rebuilt from the chain by verify, so
+    // the forger must fix them as well...
+    let f = first_fault(dir.path());
+    assert!(f.contains("violation 1"), "{f}");
+    c.execute_batch(
+        "UPDATE violations SET count = count - 1, first_seq = 14 WHERE id = 1;
+         UPDATE transfers SET blocked = blocked - 1, allowed = allowed + 1
+          WHERE tenant = 'globex' AND country = 'US';",
+    )
+    .unwrap();
+    assert!(
+        verify_dir(dir.path()).ok(),
+        "the limit of what the host alone can prove"
+    );
+    let r = verify::store(dir.path(), None, &[(1000, real_head)], &mut |_, _| {}).unwrap();
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| f.what.contains("pinned checkpoint")),
+        "{:?}",
+        r.faults
+    );
 }
 
 #[tokio::test]
@@ -532,7 +574,7 @@ async fn verify_reports_a_damaged_file() {
     drop(f);
     // Either SQLite refuses the file, or the records it still has do not
     // reach the signed checkpoints: never a clean report.
-    match verify::store(dir.path(), None, &mut |_, _| {}) {
+    match verify::store(dir.path(), None, &[], &mut |_, _| {}) {
         Err(e) => assert!(!e.to_string().is_empty()),
         Ok(r) => assert!(!r.ok(), "a half-truncated store verified: {r:?}"),
     }
@@ -671,9 +713,71 @@ async fn an_export_bundle_verifies_offline_and_catches_edits() {
     let r = verify::bundle(&path, Some(key)).unwrap();
     assert!(!r.ok());
     assert!(r.faults[0].what.starts_with("record "), "{:?}", r.faults);
+    // A bundle cut before its checkpoint binds nothing to the key.
+    let mut cut = Vec::new();
+    let s2 = bundle::export(ev.reader(), Some(at(250)), Some(at(260)), &mut cut).unwrap();
+    assert_eq!(s2.last_seq, 1000);
+    {
+        let mut ar = tar::Archive::new(&cut[..]);
+        let mut out = tar::Builder::new(Vec::new());
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            if name.ends_with("checkpoints.jsonl") {
+                data.clear();
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            out.append_data(&mut h, &name, &data[..]).unwrap();
+        }
+        std::fs::write(&path, out.into_inner().unwrap()).unwrap();
+    }
+    let r = verify::bundle(&path, Some(key)).unwrap();
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| f.what.contains("not covered by a valid signed checkpoint")),
+        "{:?}",
+        r.faults
+    );
     // Not a bundle at all.
     std::fs::write(&path, b"hello").unwrap();
     assert!(verify::bundle(&path, Some(key)).is_err());
+}
+
+#[tokio::test]
+async fn retention_by_age_takes_only_the_leading_run_of_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention = Some(Duration::from_hours(24));
+    let (ev, _) = Evidence::open(&cfg).unwrap();
+    let now = jiff::Timestamp::now();
+    let stamped = |i: u64, t: jiff::Timestamp| {
+        let mut f = flow(i, "acme", "DE", "allowed", "192.0.2.1");
+        let a = f.find("\"@timestamp\":\"").unwrap() + 14;
+        let b = f[a..].find('"').unwrap() + a;
+        f.replace_range(a..b, &t.to_string());
+        f
+    };
+    // 1-10 old, 11-20 new, 21 old again (a clock stepped back), 22 new.
+    let old = now - jiff::SignedDuration::from_hours(24 * 10);
+    let mut recs: Vec<String> = (0..10).map(|i| stamped(i, old)).collect();
+    recs.extend((10..20).map(|i| stamped(i, now)));
+    recs.push(stamped(20, old));
+    recs.push(stamped(21, now));
+    ev.append(lines(recs)).await.unwrap();
+    ev.prune_now().await.unwrap();
+    ev.close().await.unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(
+        r.base_seq, 10,
+        "only 1-10 go; 11-20 stay although 21 is old"
+    );
 }
 
 #[tokio::test]
@@ -708,4 +812,41 @@ async fn retention_by_size_prunes_the_oldest_and_stays_verifiable() {
         })
         .unwrap();
     assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn verify_rebuilds_what_the_api_reports_and_catches_edits_to_it() {
+    for (edit, says) in [
+        (
+            "UPDATE violations SET state = 'resolved' WHERE id = 1",
+            "violation 1",
+        ),
+        ("DELETE FROM violations", "violation 1"),
+        (
+            "UPDATE transfers SET blocked = 0, allowed = allowed + blocked WHERE country = 'US'",
+            "transfer counts",
+        ),
+        (
+            "UPDATE policies SET text = 'mode = \"monitor\"'",
+            "policy version",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = filled(dir.path()).await;
+        let policy = serde_json::json!({
+            "@timestamp": "2026-11-22T10:00:00Z",
+            "event": {"action": "policy-loaded", "dataset": "residency.lifecycle"},
+            "residency": {"policy": {"hash": "h1", "source": "/etc/r.toml", "text": "mode = \"enforce\""}}
+        });
+        ev.append(lines([policy.to_string()])).await.unwrap();
+        ev.close().await.unwrap();
+        assert!(verify_dir(dir.path()).ok(), "honest store");
+        db(dir.path()).execute(edit, []).unwrap();
+        let r = verify_dir(dir.path());
+        assert!(
+            r.faults.iter().any(|f| f.what.contains(says)),
+            "{edit}: {:?}",
+            r.faults
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! The same [`Verifier`] checks a store and an export bundle.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Read,
     path::Path,
     time::{Duration, Instant},
@@ -104,6 +104,9 @@ pub struct Verifier {
     pruned_claim: Option<(u64, String)>,
     base_hash: Hash,
     notes: Vec<String>,
+    /// Chain heads known from elsewhere (a SIEM's copy of a checkpoint):
+    /// (seq, hash, seen).
+    pins: Vec<(u64, Hash, bool)>,
 }
 
 impl Verifier {
@@ -141,6 +144,7 @@ impl Verifier {
             pruned_claim: None,
             base_hash,
             notes: Vec::new(),
+            pins: Vec::new(),
         }
     }
 
@@ -170,6 +174,12 @@ impl Verifier {
         if found.pruned.is_some() {
             self.pruned_claim = found.pruned;
         }
+    }
+
+    /// Pins the chain hash of record `seq` to `head`, as a checkpoint kept
+    /// outside the host says it was.
+    pub fn pin(&mut self, seq: u64, head: Hash) {
+        self.pins.push((seq, head, false));
     }
 
     /// The chain part of checking a record: order, hash, checkpoints.
@@ -203,6 +213,21 @@ impl Verifier {
                 format!("record {seq}: the stored hash is malformed")
             };
             self.fault(Some(seq), what);
+        }
+        let mut pinned = Vec::new();
+        for (s, head, seen) in &mut self.pins {
+            if *s == seq {
+                *seen = true;
+                if *head != computed {
+                    pinned.push(seq);
+                }
+            }
+        }
+        for s in pinned {
+            self.fault(
+                Some(s),
+                format!("record {s}: the chain hash differs from the pinned checkpoint (the chain up to it was rewritten)"),
+            );
         }
         if let Some(cp) = self.checkpoints.get(&seq).cloned() {
             self.checkpoint(&cp, &computed);
@@ -282,6 +307,18 @@ impl Verifier {
         }
         self.report.unsigned_tail =
             last.saturating_sub(self.report.last_signed_seq.unwrap_or(self.report.base_seq));
+        let missing: Vec<u64> = self
+            .pins
+            .iter()
+            .filter(|(_, _, seen)| !seen)
+            .map(|(s, _, _)| *s)
+            .collect();
+        for s in missing {
+            self.fault(
+                Some(s),
+                format!("record {s}, pinned by a checkpoint kept elsewhere, is not in the chain: records were removed"),
+            );
+        }
         // The first fault is the earliest record's; faults about the store
         // as a whole come last.
         self.report
@@ -322,9 +359,17 @@ impl Content {
 /// match them. Independent of the chain, so it can run on another thread.
 #[must_use]
 pub fn content(seq: u64, body: &[u8], columns: &Columns) -> Content {
+    content_and_index(seq, body, columns).0
+}
+
+/// [`content`], and the columns the bytes give, for the derived tables.
+fn content_and_index(seq: u64, body: &[u8], columns: &Columns) -> (Content, Option<Index>) {
     let mut out = Content::default();
     match Index::of(body) {
-        Err(e) => out.faults.push((seq, format!("record {seq}: {e}"))),
+        Err(e) => {
+            out.faults.push((seq, format!("record {seq}: {e}")));
+            (out, None)
+        }
         Ok(derived) => {
             if let Columns::Stored(stored) = columns
                 && let Some(col) = differing_column(stored, &derived)
@@ -346,9 +391,280 @@ pub fn content(seq: u64, body: &[u8], columns: &Columns) -> Content {
                     out.pruned = Some((through, hash.to_owned()));
                 }
             }
+            (out, Some(derived))
         }
     }
-    out
+}
+
+/// (day, tenant, role, country, basis).
+type TransferKey = (i64, String, String, String, String);
+
+fn transfer_hash(day: i64, tenant: &str, role: &str, country: &str, basis: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (day, tenant, role, country, basis).hash(&mut h);
+    h.finish()
+}
+
+/// What identifies an open violation: workload, verdict, address, port,
+/// rule (as the writer keys them).
+type ViolationKey = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<u16>,
+    Option<String>,
+);
+
+/// The tables the API serves besides the records, rebuilt from the chain
+/// as the writer builds them: violations (with their lifecycle), the
+/// per-day transfer counts, and the policy versions. Compared with the
+/// stored tables, an edit to what the API reports (a violation marked
+/// resolved, a transfer moved from blocked to allowed, a policy's text
+/// changed) is found.
+#[derive(Default)]
+struct Rebuilt {
+    /// Violations by id (ids are assigned in order, from 1).
+    violations: Vec<RebuiltViolation>,
+    open: HashMap<ViolationKey, usize>,
+    /// By a hash of (day, tenant, role, country, basis), so that counting
+    /// a record allocates nothing; the key is kept for the comparison.
+    transfers: HashMap<u64, (TransferKey, [i64; 5])>,
+    policies: HashMap<String, (i64, i64, Option<String>, Option<String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RebuiltViolation {
+    state: &'static str,
+    count: i64,
+    first_seq: i64,
+    last_seq: i64,
+    ack_seq: Option<i64>,
+    resolved_seq: Option<i64>,
+}
+
+impl Rebuilt {
+    fn observe(&mut self, seq: u64, i: &Index, body: &[u8]) {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        match i.kind.as_str() {
+            "flow" => {
+                self.transfer(i);
+                if i.is_violation() {
+                    let key = (
+                        i.workload.clone(),
+                        i.verdict.clone(),
+                        i.dst_ip.clone(),
+                        i.dst_port,
+                        i.rule.clone(),
+                    );
+                    if let Some(&v) = self.open.get(&key) {
+                        let v = &mut self.violations[v];
+                        v.count += 1;
+                        v.last_seq = v.last_seq.max(seq);
+                    } else {
+                        self.violations.push(RebuiltViolation {
+                            state: "open",
+                            count: 1,
+                            first_seq: seq,
+                            last_seq: seq,
+                            ack_seq: None,
+                            resolved_seq: None,
+                        });
+                        self.open.insert(key, self.violations.len() - 1);
+                    }
+                }
+            }
+            "violation-acknowledged" | "violation-resolved" => {
+                let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    return;
+                };
+                let id = doc["residency"]["violation"]["id"].as_i64().unwrap_or(0);
+                let Some(v) = usize::try_from(id - 1)
+                    .ok()
+                    .and_then(|i| self.violations.get_mut(i))
+                else {
+                    return;
+                };
+                if i.kind == "violation-acknowledged" {
+                    v.state = "acknowledged";
+                    v.ack_seq = Some(seq);
+                } else {
+                    v.state = "resolved";
+                    v.resolved_seq = Some(seq);
+                    let idx = usize::try_from(id - 1).unwrap_or(usize::MAX);
+                    self.open.retain(|_, x| *x != idx);
+                }
+            }
+            "policy-loaded" => {
+                let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    return;
+                };
+                let p = &doc["residency"]["policy"];
+                if let Some(hash) = p["hash"].as_str() {
+                    let e = self.policies.entry(hash.to_owned()).or_insert((
+                        seq,
+                        seq,
+                        p["source"].as_str().map(str::to_owned),
+                        p["text"].as_str().map(str::to_owned),
+                    ));
+                    e.1 = seq;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn transfer(&mut self, i: &Index) {
+        const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
+        let none = [String::new()];
+        let tenants: &[String] = if i.tenants.is_empty() {
+            &none
+        } else {
+            &i.tenants
+        };
+        let day = i.ts.div_euclid(NS_PER_DAY);
+        let role = i.role.as_deref().unwrap_or_default();
+        let country = i.country.as_deref().unwrap_or_default();
+        let basis = i.basis.as_deref().unwrap_or_default();
+        for t in tenants {
+            let h = transfer_hash(day, t, role, country, basis);
+            let (_, c) = self.transfers.entry(h).or_insert_with(|| {
+                (
+                    (
+                        day,
+                        t.clone(),
+                        role.to_owned(),
+                        country.to_owned(),
+                        basis.to_owned(),
+                    ),
+                    [0, 0, 0, i.ts, i.ts],
+                )
+            });
+            match i.verdict.as_deref() {
+                Some("blocked") => c[2] += 1,
+                Some("flagged") => c[1] += 1,
+                _ => c[0] += 1,
+            }
+            c[3] = c[3].min(i.ts);
+            c[4] = c[4].max(i.ts);
+        }
+    }
+
+    /// Compares with the stored tables; faults name the first difference
+    /// of each.
+    #[expect(clippy::too_many_lines, reason = "three tables, each compared in turn")]
+    fn compare(&self, conn: &rusqlite::Connection, v: &mut Verifier) -> Result<(), EvidenceError> {
+        // Violations.
+        let mut stmt = conn.prepare(
+            "SELECT id, state, count, first_seq, last_seq, ack_seq, resolved_seq FROM violations ORDER BY id",
+        )?;
+        let stored: Vec<(i64, RebuiltViolation)> = stmt
+            .query_map([], |r| {
+                let state: String = r.get(1)?;
+                Ok((
+                    r.get(0)?,
+                    RebuiltViolation {
+                        state: match state.as_str() {
+                            "open" => "open",
+                            "acknowledged" => "acknowledged",
+                            "resolved" => "resolved",
+                            _ => "?",
+                        },
+                        count: r.get(2)?,
+                        first_seq: r.get(3)?,
+                        last_seq: r.get(4)?,
+                        ack_seq: r.get(5)?,
+                        resolved_seq: r.get(6)?,
+                    },
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut bad = None;
+        for (n, want) in self.violations.iter().enumerate() {
+            let id = i64::try_from(n + 1).unwrap_or(0);
+            match stored.iter().find(|(i, _)| *i == id) {
+                Some((_, got)) if got == want => {}
+                Some(_) => {
+                    bad = Some(format!(
+                        "violation {id} in the violations table does not match the chain (its state, count or transitions were edited)"
+                    ));
+                    break;
+                }
+                None => {
+                    bad = Some(format!(
+                        "violation {id} is in the chain but missing from the violations table"
+                    ));
+                    break;
+                }
+            }
+        }
+        if bad.is_none() && stored.len() != self.violations.len() {
+            bad = Some(format!(
+                "the violations table holds {} violations where the chain has {}",
+                stored.len(),
+                self.violations.len()
+            ));
+        }
+        if let Some(what) = bad {
+            v.fault(None, what);
+        }
+        // Transfers.
+        let mut stmt = conn.prepare(
+            "SELECT day, tenant, role, country, basis, allowed, flagged, blocked, first_ts, last_ts FROM transfers",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut n = 0usize;
+        let mut bad = None;
+        while let Some(r) = rows.next()? {
+            n += 1;
+            let key: TransferKey = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            let got = [r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?];
+            let h = transfer_hash(key.0, &key.1, &key.2, &key.3, &key.4);
+            if self.transfers.get(&h) != Some(&(key.clone(), got)) {
+                bad = Some(format!(
+                    "the transfer counts for tenant \"{}\", country \"{}\", basis \"{}\" do not match the chain",
+                    key.1, key.3, key.4
+                ));
+                break;
+            }
+        }
+        if bad.is_none() && n != self.transfers.len() {
+            bad = Some(format!(
+                "the transfer summary holds {n} rows where the chain implies {}",
+                self.transfers.len()
+            ));
+        }
+        if let Some(what) = bad {
+            v.fault(None, what);
+        }
+        // Policies.
+        let mut stmt =
+            conn.prepare("SELECT hash, first_seq, last_seq, source, text FROM policies")?;
+        let mut rows = stmt.query([])?;
+        let mut n = 0usize;
+        while let Some(r) = rows.next()? {
+            n += 1;
+            let hash: String = r.get(0)?;
+            let got = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            if self.policies.get(&hash) != Some(&got) {
+                v.fault(
+                    None,
+                    format!("policy version {hash} in the policies table does not match its policy-loaded record"),
+                );
+                return Ok(());
+            }
+        }
+        if n != self.policies.len() {
+            v.fault(
+                None,
+                format!(
+                    "the policies table holds {n} versions where the chain has {}",
+                    self.policies.len()
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The first column that differs, by name.
@@ -438,6 +754,7 @@ pub fn store_key(
 pub fn store(
     path: &Path,
     key: Option<VerifyingKey>,
+    pins: &[(u64, Hash)],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, EvidenceError> {
     let started = Instant::now();
@@ -450,6 +767,27 @@ pub fn store(
         )
     };
     let conn = open_read_only(&db)?;
+    // One read snapshot of both files, the index's taken first: a store in
+    // use keeps changing under a verify, and the chain is always ahead of
+    // its index, so every record the index covers is in the snapshot.
+    let ix_path = super::index_path(&dir);
+    let attached = if ix_path.exists() {
+        Some(conn.execute("ATTACH DATABASE ?1 AS ix", [ix_path.to_string_lossy()]))
+    } else {
+        None
+    };
+    conn.execute_batch("BEGIN")?;
+    let ix_through = attached.map(|a| {
+        a.and_then(|_| {
+            use rusqlite::OptionalExtension as _;
+            conn.query_row(
+                "SELECT value FROM ix.ix_meta WHERE key = 'through'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        })
+    });
     let meta = |k: &str| -> Result<Option<rusqlite::types::Value>, EvidenceError> {
         use rusqlite::OptionalExtension as _;
         Ok(conn
@@ -494,7 +832,11 @@ pub fn store(
     let total: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
     let total = u64::try_from(total).unwrap_or(0);
     let mut v = Verifier::new(key, source, base_seq, base_hash, checkpoints);
-    let index = IndexCheck::open(&conn, &dir, &mut v);
+    for (seq, head) in pins {
+        v.pin(*seq, *head);
+    }
+    let closed_cleanly = matches!(meta("clean")?, Some(rusqlite::types::Value::Integer(1)));
+    let index = IndexCheck::open(&ix_path, ix_through, &mut v);
     let mut stmt = conn.prepare(
         "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, body, hash
          FROM records ORDER BY seq",
@@ -518,11 +860,12 @@ pub fn store(
     // the records imply. Measured: one thread reached 92 MB/s over 10 M
     // records, short of the 100 MB/s goal.
     let (to_worker, from_reader) = std::sync::mpsc::sync_channel::<Vec<(u64, Vec<u8>, Columns)>>(4);
-    let (found, tenant_sum) =
-        std::thread::scope(|scope| -> Result<(Content, TenantSum), EvidenceError> {
+    let (found, tenant_sum, rebuilt) = std::thread::scope(
+        |scope| -> Result<(Content, TenantSum, Rebuilt), EvidenceError> {
             let worker = scope.spawn(move || {
                 let mut found = Content::default();
                 let mut sum = TenantSum::default();
+                let mut rebuilt = Rebuilt::default();
                 for batch in from_reader {
                     for (seq, body, columns) in batch {
                         if let Columns::Stored(c) = &columns
@@ -533,10 +876,14 @@ pub fn store(
                                 sum.add(t, seq, c.country.as_deref());
                             }
                         }
-                        found.merge(content(seq, &body, &columns));
+                        let (c, derived) = content_and_index(seq, &body, &columns);
+                        found.merge(c);
+                        if let Some(derived) = derived {
+                            rebuilt.observe(seq, &derived, &body);
+                        }
                     }
                 }
-                (found, sum)
+                (found, sum, rebuilt)
             });
             let mut batch = Vec::with_capacity(1024);
             while let Some(r) = rows.next()? {
@@ -590,7 +937,8 @@ pub fn store(
             worker
                 .join()
                 .map_err(|_| EvidenceError::Invalid("the verify worker panicked".into()))
-        })?;
+        },
+    )?;
     v.absorb(found);
     // Index entries left over point at no flow record.
     if let Some(cols_rows) = cols_rows.as_mut() {
@@ -608,11 +956,53 @@ pub fn store(
         }
     }
     drop(cols_rows);
+    // The derived tables can be rebuilt only from a whole chain: pruned
+    // records took their share of the counts with them.
+    if base_seq == 0 {
+        rebuilt.compare(&conn, &mut v)?;
+    } else {
+        v.notes.push(format!(
+            "records up to {base_seq} were pruned, so violations, transfer counts and policy versions were not rebuilt from the chain"
+        ));
+    }
+    let index_covers = index.as_ref().map(|i| i.through);
     if let Some(index) = index {
         index.check_tenants(&conn, &mut v, &tenant_sum)?;
     }
     progress(v.report.records, total);
-    Ok(v.finish(started))
+    let mut report = v.finish(started);
+    // A store closed cleanly ends with a signed checkpoint on its last
+    // record. Records after the newest checkpoint, or checkpoints removed
+    // with the records they covered, show up here. (A store still in use,
+    // or one whose daemon was killed, has an unsigned tail; only a copy of
+    // a checkpoint kept elsewhere, given with --checkpoint, pins that.)
+    if closed_cleanly && report.last_seq.is_some() && report.last_signed_seq != report.last_seq {
+        let what = format!(
+            "the store was closed cleanly, so its last record ({}) must be signed, but the newest valid checkpoint is at {}: records were added after it, or checkpoints removed",
+            report.last_seq.unwrap_or(0),
+            report
+                .last_signed_seq
+                .map_or_else(|| "none".to_owned(), |s| s.to_string())
+        );
+        report.faults.push(Fault {
+            seq: report.last_signed_seq,
+            what,
+        });
+    }
+    // A clean close waits for the indexer, so the index then covers every
+    // record; one that stops short hides the rest from filters.
+    if closed_cleanly
+        && let (Some(covers), Some(last)) = (index_covers, report.last_seq)
+        && covers < last
+    {
+        report.faults.push(Fault {
+            seq: Some(covers + 1),
+            what: format!(
+                "the store was closed cleanly but its index covers records only up to {covers} of {last}: filters would hide the rest"
+            ),
+        });
+    }
+    Ok(report)
 }
 
 /// An order-independent sum over the tenant index's entries (tenant, seq,
@@ -719,33 +1109,25 @@ struct IndexCheck {
 }
 
 impl IndexCheck {
-    /// Attaches `index.db`; `None` (with a note) when it is missing or
-    /// unreadable, which is not a fault: it is rebuilt at start.
-    fn open(conn: &rusqlite::Connection, dir: &Path, v: &mut Verifier) -> Option<Self> {
-        use rusqlite::OptionalExtension as _;
-        let index = super::index_path(dir);
-        if !index.exists() {
-            v.notes.push(format!(
-                "{} is missing; the daemon rebuilds it from the chain at start",
-                index.display()
-            ));
-            return None;
-        }
-        let attached = conn
-            .execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])
-            .and_then(|_| {
-                conn.query_row(
-                    "SELECT value FROM ix.ix_meta WHERE key = 'through'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()
-            });
-        match attached {
-            Ok(through) => Some(IndexCheck {
+    /// The index file's coverage; `None` (with a note) when it is missing
+    /// or unreadable, which is not a fault: it is rebuilt at start.
+    fn open(
+        index: &Path,
+        through: Option<rusqlite::Result<Option<i64>>>,
+        v: &mut Verifier,
+    ) -> Option<Self> {
+        match through {
+            None => {
+                v.notes.push(format!(
+                    "{} is missing; the daemon rebuilds it from the chain at start",
+                    index.display()
+                ));
+                None
+            }
+            Some(Ok(through)) => Some(IndexCheck {
                 through: u64::try_from(through.unwrap_or(0)).unwrap_or(0),
             }),
-            Err(e) => {
+            Some(Err(e)) => {
                 v.notes.push(format!(
                     "{} cannot be read ({e}); the daemon rebuilds it from the chain at start",
                     index.display()
@@ -764,8 +1146,9 @@ impl IndexCheck {
         want: &TenantSum,
     ) -> Result<(), EvidenceError> {
         let mut got = TenantSum::default();
-        let mut stmt = conn.prepare("SELECT tenant, seq, country FROM ix.tenants")?;
-        let mut rows = stmt.query([])?;
+        let mut stmt =
+            conn.prepare("SELECT tenant, seq, country FROM ix.tenants WHERE seq <= ?1")?;
+        let mut rows = stmt.query([i64::try_from(self.through).unwrap_or(i64::MAX)])?;
         while let Some(r) = rows.next()? {
             let tenant = r.get_ref(0)?.as_str().unwrap_or_default();
             let seq = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
@@ -957,6 +1340,14 @@ pub fn bundle(path: &Path, key: Option<VerifyingKey>) -> Result<Report, Evidence
             Some(&Columns::None),
         );
     }
+    let last = v.report.last_seq;
+    if v.report.first_seq != Some(manifest.first_seq) || last != Some(manifest.last_seq) {
+        let what = format!(
+            "the manifest says records {}..={} but the bundle holds {:?}..={:?}",
+            manifest.first_seq, manifest.last_seq, v.report.first_seq, last
+        );
+        v.fault(None, what);
+    }
     if v.report.records != manifest.records {
         let what = format!(
             "the manifest lists {} records but the bundle holds {}",
@@ -966,5 +1357,17 @@ pub fn bundle(path: &Path, key: Option<VerifyingKey>) -> Result<Report, Evidence
     }
     let mut report = v.finish(started);
     report.base_seq = manifest.base_seq;
+    // An export ends on a signed checkpoint: without one nothing in the
+    // bundle is bound to the key, and records could have been cut off its
+    // end.
+    if report.last_seq.is_none() || report.last_signed_seq != report.last_seq {
+        report.faults.push(Fault {
+            seq: report.last_seq,
+            what: format!(
+                "the bundle's last record ({}) is not covered by a valid signed checkpoint: nothing binds it to the key",
+                report.last_seq.map_or_else(|| "none".to_owned(), |s| s.to_string())
+            ),
+        });
+    }
     Ok(report)
 }

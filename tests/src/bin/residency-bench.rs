@@ -67,8 +67,8 @@ enum BenchCmd {
         /// Events per second for the latency case.
         #[arg(long, default_value_t = 50_000)]
         rate: u64,
-        /// Seconds of paced traffic for the latency case.
-        #[arg(long, default_value_t = 20)]
+        /// Seconds of paced traffic per round of the latency case (3 rounds).
+        #[arg(long, default_value_t = 15)]
         seconds: u64,
         /// Where the scratch store goes (default /var/tmp; needs ~15 GB
         /// for 10 M records).
