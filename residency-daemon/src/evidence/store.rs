@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     fs,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
@@ -1256,14 +1256,4 @@ pub(super) fn boot_now_ns() -> u64 {
         u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(t.tv_nsec()).unwrap_or(0)
     })
-}
-
-/// Where an evidence directory's pieces are, for messages.
-#[must_use]
-pub fn describe(dir: &Path) -> String {
-    format!(
-        "{} (key {})",
-        super::db_path(dir).display(),
-        super::key_path(dir).display()
-    )
 }
