@@ -40,10 +40,6 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// One export at a time: each is built in memory (up to a million
-/// records), and several at once could exhaust it.
-static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-
 pub async fn healthz(uri: Uri) -> Result<Json<serde_json::Value>, Problem> {
     Query::parse(&uri, &[])?;
     Ok(Json(json!({ "status": "ok" })))
@@ -246,12 +242,6 @@ pub async fn public_key(State(s): S, uri: Uri) -> Result<Response, Problem> {
 pub async fn export(State(s): S, uri: Uri) -> Result<Response, Problem> {
     let q = Query::parse(&uri, params::EXPORT)?;
     let (from, to) = (q.time("from"), q.time("to"));
-    let Ok(_permit) = EXPORTS.try_acquire() else {
-        return Err(Problem::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "another export is running; try again when it has finished",
-        ));
-    };
     // Sign the head first, so that the bundle ends on a checkpoint even
     // when its range reaches the newest records.
     if let Err(e) = s.api.evidence.checkpoint().await {
@@ -270,6 +260,12 @@ pub async fn export(State(s): S, uri: Uri) -> Result<Response, Problem> {
         // about the request.
         Err(e @ (EvidenceError::EmptyRange | EvidenceError::TooManyRecords { .. })) => {
             return Err(Problem::bad_request(e.to_string()));
+        }
+        Err(e @ EvidenceError::ExportBusy) => {
+            return Err(Problem::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                e.to_string(),
+            ));
         }
         Err(e) => return Err(Problem::store(e)),
     };

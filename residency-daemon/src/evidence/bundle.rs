@@ -70,7 +70,8 @@ How to verify it offline
 /// `out`.
 ///
 /// # Errors
-/// If the store cannot be read, the range is empty, or it holds more than
+/// If another export of this store is running, the store cannot be read,
+/// the range is empty, or it holds more than
 /// [`MAX_EXPORT_RECORDS`].
 pub fn export(
     reader: &Reader,
@@ -79,6 +80,7 @@ pub fn export(
     out: &mut Vec<u8>,
 ) -> Result<ExportSummary, EvidenceError> {
     let key = *reader.public_key();
+    let _slot = reader.export_slot().ok_or(EvidenceError::ExportBusy)?;
     reader.with(|c| export_from(c, &key, from, to, out))
 }
 

@@ -71,6 +71,8 @@ pub enum EvidenceError {
     Stopped,
     #[error("no records in that time range")]
     EmptyRange,
+    #[error("another export is running; try again when it has finished")]
+    ExportBusy,
     #[error(
         "that range holds {count} records; one export holds at most {max}: narrow from/to and export in parts"
     )]

@@ -250,6 +250,9 @@ pub struct Reader {
     public_key: VerifyingKey,
     stats: Arc<Stats>,
     progress: Arc<Progress>,
+    /// Held while an export runs: one at a time per store, since each is
+    /// built in memory (up to a million records).
+    export: Arc<Mutex<()>>,
 }
 
 impl Reader {
@@ -269,6 +272,7 @@ impl Reader {
             public_key,
             stats,
             progress,
+            export: Arc::new(Mutex::new(())),
         };
         let conn = r.connect()?;
         r.put(conn);
@@ -316,6 +320,11 @@ impl Reader {
         let out = f(&conn);
         self.put(conn);
         out
+    }
+
+    /// The export slot, if free.
+    pub(crate) fn export_slot(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.export.try_lock().ok()
     }
 
     #[must_use]
