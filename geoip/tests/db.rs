@@ -197,7 +197,12 @@ fn arb_entry() -> impl Strategy<Value = (IpNet, usize, u8)> {
     });
     let v6 = (any::<u128>(), 16u8..=64).prop_map(|(a, p)| {
         // Stay out of ::/96 (the IPv4 subtree) and its aliases.
-        let a = (a | (1u128 << 125)) & !(1u128 << 126);
+        let mut a = (a | (1u128 << 125)) & !(1u128 << 126);
+        // And out of 6to4 (2002::/16) and Teredo (2001::/32), which the
+        // writer refuses as aliases of the IPv4 subtree: move them next door.
+        if a >> 112 == 0x2002 || a >> 96 == 0x2001_0000 {
+            a ^= 1u128 << 112;
+        }
         IpNet::new(IpAddr::V6(a.into()), p).unwrap().trunc()
     });
     // Kinds: 0 located, 1 registered only, 2 a pseudo-code located and a
