@@ -466,6 +466,9 @@ pub struct EvidenceConfig {
     pub retention: Option<Duration>,
     /// Prune the oldest records when the store grows past this many bytes.
     pub max_bytes: Option<u64>,
+    /// Rewind a write-ahead log past this many bytes (not configurable:
+    /// [`crate::evidence::WAL_LIMIT`]; tests use less).
+    pub wal_limit: u64,
 }
 
 /// Where the REST API listens.
@@ -961,6 +964,7 @@ fn validate_evidence(raw: &RawEvidence, at: &Locator<'_>) -> Result<EvidenceConf
         checkpoint_interval: Duration::from_secs(secs.unwrap_or(60)),
         retention: days.map(|d| Duration::from_secs(d * 86_400)),
         max_bytes: mib.map(|m| m * 1024 * 1024),
+        wal_limit: crate::evidence::WAL_LIMIT,
     })
 }
 

@@ -85,6 +85,11 @@ pub fn registry(stats: &Arc<Stats>, pipeline: &PipelineMetrics) -> Registry {
         stats.ingest_latency_seconds.clone(),
     );
     r.register(
+        "store_committed_latency_seconds",
+        "From the kernel's decision to the record being committed to the chain",
+        stats.committed_latency_seconds.clone(),
+    );
+    r.register(
         "store_checkpoints",
         "Checkpoints signed",
         stats.checkpoints.clone(),

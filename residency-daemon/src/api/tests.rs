@@ -51,6 +51,7 @@ impl Fixture {
             checkpoint_interval: Duration::from_hours(1),
             retention: None,
             max_bytes: None,
+            wal_limit: crate::evidence::WAL_LIMIT,
         };
         let (evidence, _) = Evidence::open(&config).unwrap();
         let pipeline = Arc::new(PipelineMetrics::default());

@@ -26,8 +26,15 @@ use tracing::{error, info, warn};
 
 use super::{EvidenceError, schema, store::Stats};
 
-/// Past this size a write-ahead log is rewound (checkpoint TRUNCATE).
-const WAL_LIMIT: u64 = 64 << 20;
+/// Past this size a write-ahead log is rewound (by its writer; see
+/// [`rewind`]). Each rewind pauses the writer for two fsyncs (measured
+/// 28-375 ms on this VM), so the larger the log, the rarer the pause: at
+/// 1 GiB, every 8 s at 50k events/s; at 256 MiB, every 2 s.
+pub const WAL_LIMIT: u64 = 1 << 30;
+
+/// How often the checkpointer looks at logs that did not grow (a commit
+/// wakes it sooner).
+const IDLE_CHECKPOINTS: Duration = Duration::from_secs(1);
 
 /// Records indexed per transaction, at most: small enough that the first
 /// of them does not wait long for the last (latency), large enough that
@@ -39,7 +46,7 @@ const CHUNK: i64 = 20_000;
 pub struct Progress {
     /// The newest sequence number committed to the chain.
     committed: Mutex<u64>,
-    /// Wakes the indexer (a commit, or stop).
+    /// Wakes the indexer and an idle checkpointer (a commit, or stop).
     wake: Condvar,
     /// Wakes the WAL checkpointer early (stop only: it runs on a clock,
     /// not on every commit).
@@ -49,6 +56,10 @@ pub struct Progress {
     /// Records up to here were pruned from the chain.
     pub pruned: AtomicU64,
     stop: AtomicBool,
+    /// Set by the checkpointer when a file's log is past [`WAL_LIMIT`]:
+    /// that file's writer rewinds it between two transactions. Index 0 is
+    /// the chain (`evidence.db`), 1 the index.
+    rewind: [AtomicBool; 2],
     /// Set by the indexer as it exits.
     done: AtomicBool,
 }
@@ -81,6 +92,37 @@ impl Progress {
         while !self.done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Whether file `which` (0 chain, 1 index) is to be rewound; clears
+    /// the request.
+    pub fn take_rewind(&self, which: usize) -> bool {
+        self.rewind
+            .get(which)
+            .is_some_and(|r| r.swap(false, Ordering::AcqRel))
+    }
+
+    /// Asks again for file `which` to be rewound.
+    pub fn request_rewind(&self, which: usize) {
+        if let Some(r) = self.rewind.get(which) {
+            r.store(true, Ordering::Release);
+        }
+    }
+
+    /// Waits until records up to `seq` are indexed, for at most `timeout`;
+    /// false at once if the indexer is more than a chunk behind.
+    pub fn wait_indexed_to(&self, seq: u64, timeout: Duration) -> bool {
+        if self.indexed.load(Ordering::Acquire) + CHUNK.unsigned_abs() < seq {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while self.indexed.load(Ordering::Acquire) < seq {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
     }
 
     /// Asks the indexer to finish.
@@ -278,6 +320,9 @@ impl Indexer {
             [last],
         )?;
         tx.commit()?;
+        if self.progress.take_rewind(1) && !rewind(&self.index) {
+            self.progress.request_rewind(1);
+        }
         self.progress
             .indexed
             .store(u64::try_from(last).unwrap_or(0), Ordering::Release);
@@ -303,14 +348,52 @@ impl Indexer {
     }
 }
 
-/// Folds both files' write-ahead logs back into the databases, every
-/// `every`, on a thread of its own.
+/// Rewinds the write-ahead log of the file `conn` writes, from its own
+/// (and only) writer, between two transactions. Returns false if it could
+/// not (ask again after the next transaction).
+///
+/// A log restarts from its beginning when a writer finds every frame in it
+/// copied back and no reader still reading from it. Under steady load that
+/// never happens by itself: the checkpointer copies while the writer
+/// appends. `PRAGMA wal_checkpoint(RESTART)` from another connection forces
+/// it but holds the write lock throughout, and the writer sleeps in
+/// `SQLite`'s busy handler until it ends (measured: commits stalled up to a
+/// second; p99 decision-to-queryable 250-500 ms at 50k events/s). Run
+/// here, the passive checkpoint has only the frames since the
+/// checkpointer's last pass to copy and waits on no lock, and the writer's
+/// next transaction restarts the log. Readers that begin after it read the
+/// database file alone and do not hold the log.
+pub fn rewind(conn: &Connection) -> bool {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    }) {
+        Ok((busy, log, copied)) => busy == 0 && log == copied,
+        // The checkpointer's own pass holds the checkpoint lock.
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            false
+        }
+        Err(e) => {
+            warn!("WAL rewind failed (retried): {e}");
+            false
+        }
+    }
+}
+
+/// Folds both files' write-ahead logs back into the databases on a thread
+/// of its own: every `every` while records arrive, every second when idle.
 ///
 /// `SQLite` runs this checkpoint inside the committing writer by default
 /// (every 1,000 pages), and its copy-and-fsync stalls that writer: measured
 /// here, commits of 100-250 ms every few seconds, which put a fifth of the
 /// flows over 100 ms from decision to queryable at 40k events/s. A passive
-/// checkpoint on another connection takes no lock the writers wait for.
+/// checkpoint on another connection takes no lock the writers wait for,
+/// and run often it leaves little for [`rewind`] to copy.
 ///
 /// # Errors
 /// If the thread cannot be started.
@@ -318,53 +401,57 @@ pub fn checkpointer(
     paths: Vec<PathBuf>,
     progress: Arc<Progress>,
     every: Duration,
+    limit: u64,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("evidence-wal".into())
         .spawn(move || {
-            let conns: Vec<(Connection, &PathBuf)> = paths
+            // (which file, connection, its page size)
+            let conns: Vec<(usize, Connection, i64)> = paths
                 .iter()
-                .filter_map(|p| {
-                    match Connection::open_with_flags(
+                .enumerate()
+                .filter_map(|(which, p)| {
+                    let opened = Connection::open_with_flags(
                         p,
                         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    ) {
-                        Ok(c) => {
-                            // Wait briefly for readers when rewinding the
-                            // log; the writer waits as long (a rewind
-                            // blocks it), so keep it short.
-                            let _ = c.busy_timeout(Duration::from_millis(20));
-                            Some((c, p))
-                        }
-                        Err(e) => {
+                    )
+                    .and_then(|c| {
+                        let page = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                        Ok((which, c, page))
+                    });
+                    opened
+                        .map_err(|e| {
                             error!(path = %p.display(), "cannot open for WAL checkpoints: {e}");
-                            None
-                        }
-                    }
+                        })
+                        .ok()
                 })
                 .collect();
+            let mut last_frames = vec![-1; conns.len()];
             loop {
                 let stopping = progress.stop.load(Ordering::Acquire);
-                for (c, path) in &conns {
-                    if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        warn!("WAL checkpoint failed (retried): {e}");
-                    }
-                    // A passive checkpoint never rewinds the log while a
-                    // reader (the indexer, right behind the writer) holds
-                    // it, so under steady load it would grow without end
-                    // (measured: it filled the disk). Past a bound, rewind
-                    // it, waiting at most briefly for readers to let go.
-                    // RESTART, not TRUNCATE: freeing a large file's blocks
-                    // stalled the writer for hundreds of milliseconds
-                    // (p99 to queryable 500 ms against 40 ms with RESTART).
-                    let mut wal = path.as_os_str().to_owned();
-                    wal.push("-wal");
-                    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-                    if size > WAL_LIMIT
-                        && let Err(e) =
-                            c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                let mut busy = false;
+                for ((which, c, page), last) in conns.iter().zip(&mut last_frames) {
+                    // A passive checkpoint copies frames back but cannot
+                    // rewind the log while its writer keeps appending, so
+                    // under steady load the log would grow without end
+                    // (measured: it filled the disk). Past a bound, the
+                    // writer is asked to rewind it.
+                    match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                     {
-                        warn!("WAL rewind failed (retried): {e}");
+                        Ok(frames) => {
+                            busy |= frames != *last;
+                            *last = frames;
+                            let bytes = u64::try_from(frames.saturating_mul(*page)).unwrap_or(0);
+                            if bytes > limit
+                                && let Some(flag) = progress.rewind.get(*which)
+                            {
+                                flag.store(true, Ordering::Release);
+                            }
+                        }
+                        Err(e) => warn!(
+                            path = %paths[*which].display(),
+                            "WAL checkpoint failed (retried): {e}"
+                        ),
                     }
                 }
                 if stopping {
@@ -373,7 +460,12 @@ pub fn checkpointer(
                 let Ok(guard) = progress.committed.lock() else {
                     return;
                 };
-                let _ = progress.halt.wait_timeout(guard, every);
+                // Busy: on the clock. Idle: until the next commit.
+                let _ = if busy {
+                    progress.halt.wait_timeout(guard, every)
+                } else {
+                    progress.wake.wait_timeout(guard, IDLE_CHECKPOINTS)
+                };
             }
         })
 }

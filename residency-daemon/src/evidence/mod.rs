@@ -29,6 +29,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use indexer::WAL_LIMIT;
 pub use query::{Filter, Order, Page, PageOf, Reader, StoredRecord, Violation, ViolationState};
 pub use store::{Evidence, Stats};
 

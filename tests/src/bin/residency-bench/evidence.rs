@@ -163,6 +163,7 @@ fn evidence_config(dir: &Path) -> EvidenceConfig {
         checkpoint_interval: Duration::from_mins(1),
         retention: None,
         max_bytes: None,
+        wal_limit: residency_daemon::evidence::WAL_LIMIT,
     }
 }
 
