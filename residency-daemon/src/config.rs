@@ -228,6 +228,8 @@ struct RawConfig {
     workload: Vec<RawWorkload>,
     #[serde(default)]
     exception: Vec<RawException>,
+    #[serde(default)]
+    sink: Vec<crate::siem::config::RawSink>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +325,8 @@ pub struct Config {
     pub evidence: EvidenceConfig,
     /// The local REST API.
     pub api: ApiConfig,
+    /// SIEM sinks (`[[sink]]`).
+    pub sinks: Vec<crate::siem::config::SinkConfig>,
     pub geoip: GeoIpConfig,
     pub policy: PolicyConfig,
     /// Built-in and custom jurisdiction sets.
@@ -642,6 +646,7 @@ impl Config {
         let output = validate_output(&raw.output, &at)?;
         let evidence = validate_evidence(&raw.evidence, &at)?;
         let api = validate_api(&raw.api, &evidence, &at)?;
+        let sinks = crate::siem::config::validate(&raw.sink, &at)?;
         let geoip = validate_geoip(&raw.geoip, &at)?;
         let sets = validate_sets(&raw.jurisdiction, &at)?;
         let policy = validate_policy(&raw.policy, &sets, &at)?;
@@ -664,6 +669,7 @@ impl Config {
             output,
             evidence,
             api,
+            sinks,
             geoip,
             policy,
             sets,
@@ -1787,7 +1793,7 @@ fn field_at(text: &str, offset: usize) -> String {
 }
 
 /// Turns byte spans into line numbers and builds errors.
-struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     text: &'a str,
     source: &'a str,
 }
@@ -1798,11 +1804,16 @@ impl Locator<'_> {
         self.text.get(..end).map_or(0, |t| t.matches('\n').count()) + 1
     }
 
-    fn err(&self, span: Range<usize>, field: &str, message: &str) -> ConfigError {
+    pub(crate) fn err(&self, span: Range<usize>, field: &str, message: &str) -> ConfigError {
         self.err_opt(Some(span), field, message)
     }
 
-    fn err_opt(&self, span: Option<Range<usize>>, field: &str, message: &str) -> ConfigError {
+    pub(crate) fn err_opt(
+        &self,
+        span: Option<Range<usize>>,
+        field: &str,
+        message: &str,
+    ) -> ConfigError {
         ConfigError {
             file: self.source.to_owned(),
             line: span.map(|s| self.line(&s)),

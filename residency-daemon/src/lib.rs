@@ -37,6 +37,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod siem;
 pub mod sinks;
 pub mod trust;
 pub mod workloads;
@@ -101,9 +102,14 @@ pub enum RunError {
     Evidence(#[from] evidence::EvidenceError),
     #[error("REST API: {0}")]
     Api(#[from] api::ApiError),
+    #[error("SIEM {0}")]
+    Sink(#[from] siem::deliver::StartError),
     #[error("there is no workload \"{name}\" in the configuration (workloads: {known})")]
     UnknownWorkload { name: String, known: String },
 }
+
+/// How long the sinks may deliver after the store closes.
+const SINK_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Attaches the kernel programs and reports every decision until SIGINT or
 /// SIGTERM; then detaches, drains and returns the totals.
@@ -192,6 +198,19 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         socket = ?serving.socket,
         "REST API listening"
     );
+    // Records for the chain from outside the kernel path (policy and GeoIP
+    // loads, sinks that skipped).
+    let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+    // The sinks read the chain from their cursors; a sink that cannot
+    // start (a missing token, a bad certificate) stops the start here,
+    // before the kernel.
+    let sinks = siem::deliver::Sinks::start(
+        &config.sinks,
+        &config.evidence.directory,
+        evidence.reader(),
+        &notes_tx,
+        &metrics,
+    )?;
 
     // The GeoIP tables are loaded before the programs are attached, so that
     // the first call is judged with them.
@@ -243,7 +262,6 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let started = kernel::start(&config, &compiled, &cgroups, target.clone(), start_geo)?;
     let installed = started.geo_installed;
 
-    let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
     let _ = notes_tx.send(control::loaded_note(
         "policy-loaded",
         &config,
@@ -347,6 +365,9 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         serving.stopped().await;
     }
     let closed = evidence.close().await;
+    // The final records and checkpoint go out if the receivers are up;
+    // what does not is sent at the next start.
+    sinks.stop(SINK_DRAIN).await;
     let stop = result?;
     closed?;
     Ok(stop)

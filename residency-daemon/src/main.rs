@@ -455,7 +455,7 @@ fn run_command(args: RunArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             match e {
-                RunError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                RunError::Config(_) | RunError::Sink(_) => ExitCode::from(EXIT_CONFIG),
                 RunError::Output(_) | RunError::Evidence(_) => ExitCode::from(EXIT_CANTCREAT),
                 RunError::Geo(_) => ExitCode::from(EXIT_DATAERR),
                 RunError::Kernel(k) if k.is_permission() => ExitCode::from(EXIT_NOPERM),

@@ -11,6 +11,8 @@
 //! only ever attached to a [`TestCgroup`], never to the cgroup2 root, and
 //! clients only talk to loopback addresses.
 
+pub mod receivers;
+
 use std::{
     fs,
     io::{BufRead as _, BufReader},

@@ -22,8 +22,15 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages the end-to-end tests use: bpftool independently checks
 /// what is attached to a cgroup; iproute2 makes the test hosts' network
-/// namespaces.
-const TEST_PACKAGES: &[(&str, &str)] = &[("bpftool", "bpftool"), ("ip", "iproute2")];
+/// namespaces; rsyslog, with its TLS driver (gtls), is the real syslog
+/// receiver of the SIEM sink tests (UDP, TCP and TLS).
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "bpftool"),
+    ("ip", "iproute2"),
+    ("rsyslogd", "rsyslog"),
+    // A plugin, not a command: found under the multiarch directory.
+    ("/usr/lib/*/rsyslog/lmnsd_gtls.so", "rsyslog-gnutls"),
+];
 
 /// The default GeoIP data: the CC0 geo-whois-asn-country database, as the
 /// npm registry ships it (pinned; bump deliberately).
@@ -390,11 +397,19 @@ fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
 }
 
 /// Debian packages, by (command, package), installed when the command is
-/// missing. Without root, says what to install instead of failing.
+/// missing; a "command" that starts with `/` is a file the package
+/// installs, where `*` stands for any one directory. Without root, says
+/// what to install instead of failing.
 fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
+        .filter(|(cmd, _)| {
+            if cmd.starts_with('/') {
+                !file_matches(Path::new("/"), cmd.trim_start_matches('/'))
+            } else {
+                !on_path(cmd)
+            }
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -420,6 +435,24 @@ fn on_path(cmd: &str) -> bool {
     env::var_os("PATH")
         .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
         || Path::new("/usr/sbin").join(cmd).is_file()
+}
+
+/// Whether a file matches `pattern` (relative to `dir`; a `*` component
+/// matches any one directory).
+fn file_matches(dir: &Path, pattern: &str) -> bool {
+    let (first, rest) = pattern.split_once('/').unwrap_or((pattern, ""));
+    let next = |path: PathBuf| {
+        if rest.is_empty() {
+            path.is_file()
+        } else {
+            file_matches(&path, rest)
+        }
+    };
+    if first == "*" {
+        std::fs::read_dir(dir).is_ok_and(|entries| entries.flatten().any(|e| next(e.path())))
+    } else {
+        next(dir.join(first))
+    }
 }
 
 fn is_root() -> bool {

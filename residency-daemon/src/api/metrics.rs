@@ -22,6 +22,7 @@ use crate::{
 
 /// Builds the registry over `stats` and `pipeline`.
 #[must_use]
+#[expect(clippy::too_many_lines, reason = "one registration per metric")]
 pub fn registry(stats: &Arc<Stats>, pipeline: &PipelineMetrics) -> Registry {
     // Every verdict has a series from the start, at 0, so dashboards and
     // alerts see it before the first such decision.
@@ -53,6 +54,37 @@ pub fn registry(stats: &Arc<Stats>, pipeline: &PipelineMetrics) -> Registry {
         "ring_lag",
         "Records waiting in the hand-off ring between the ring-buffer reader and the writer",
         pipeline.ring_lag.clone(),
+    );
+    let sinks = &pipeline.sinks;
+    r.register(
+        "sink_sent",
+        "Alerts each SIEM sink's receiver accepted",
+        sinks.sent.clone(),
+    );
+    r.register(
+        "sink_failed",
+        "Failed send attempts per SIEM sink (each is retried)",
+        sinks.failed.clone(),
+    );
+    r.register(
+        "sink_queued",
+        "Evidence records behind each SIEM sink's cursor",
+        sinks.queued.clone(),
+    );
+    r.register(
+        "sink_dropped",
+        "Records a SIEM sink skipped past its spool limit (each skip is a sink-gap record)",
+        sinks.dropped.clone(),
+    );
+    r.register(
+        "sink_throttled",
+        "Occurrences folded into another alert by a sink's throttling",
+        sinks.throttled.clone(),
+    );
+    r.register(
+        "sink_latency_seconds",
+        "From the event to a SIEM receiver's acceptance",
+        sinks.latency_seconds.clone(),
     );
     r.register(
         "undecodable",

@@ -11,7 +11,7 @@ use std::{
 };
 
 use ed25519_dalek::VerifyingKey;
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _, Row, ToSql};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, Row, ToSql, params};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -420,6 +420,130 @@ impl Reader {
         })
     }
 
+    /// Records after `after`, in order, at most `limit` of them, of the
+    /// kinds a SIEM sink takes: flows (all, or only flagged and blocked
+    /// ones) and gap records. Returns (seq, bytes) and the newest sequence
+    /// number looked at (so a cursor can pass over records no one wants).
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub fn records_for_sink(
+        &self,
+        after: u64,
+        limit: u32,
+        flows: bool,
+        violations: bool,
+        gaps: bool,
+    ) -> Result<(Vec<SinkRecord>, u64), EvidenceError> {
+        let upto = u64::try_from(self.stats.head_seq.get()).unwrap_or(0);
+        if upto <= after {
+            return Ok((Vec::new(), after));
+        }
+        let Some(kinds) = sink_kinds(flows, violations, gaps) else {
+            return Ok((Vec::new(), upto));
+        };
+        let sql = format!(
+            "SELECT seq, body FROM records WHERE seq > ?1 AND seq <= ?2 AND ({kinds}) ORDER BY seq LIMIT ?3"
+        );
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        i64::try_from(after).unwrap_or(i64::MAX),
+                        i64::try_from(upto).unwrap_or(i64::MAX),
+                        limit
+                    ],
+                    |r| Ok((seq_of(r.get(0)?), r.get::<_, Vec<u8>>(1)?)),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            // A full page ends at its last record; a short one covers
+            // everything up to `upto`.
+            let reached = if rows.len() >= limit as usize {
+                rows.last().map_or(upto, |r| r.0)
+            } else {
+                upto
+            };
+            Ok((rows, reached))
+        })
+    }
+
+    /// How many records after `after`, up to `upto`, a sink taking these
+    /// kinds would send; and, with `nth`, the sequence number of the
+    /// `nth` of them (0-based), if there are that many.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub fn count_for_sink(
+        &self,
+        after: u64,
+        upto: u64,
+        (flows, violations, gaps): (bool, bool, bool),
+        nth: Option<u64>,
+    ) -> Result<(u64, Option<u64>), EvidenceError> {
+        let Some(kinds) = sink_kinds(flows, violations, gaps) else {
+            return Ok((0, None));
+        };
+        let (a, u) = (
+            i64::try_from(after).unwrap_or(i64::MAX),
+            i64::try_from(upto).unwrap_or(i64::MAX),
+        );
+        self.with(|c| {
+            let count: i64 = c.query_row(
+                &format!("SELECT count(*) FROM records WHERE seq > ?1 AND seq <= ?2 AND ({kinds})"),
+                params![a, u],
+                |r| r.get(0),
+            )?;
+            let at = match nth {
+                None => None,
+                Some(n) => c
+                    .query_row(
+                        &format!(
+                            "SELECT seq FROM records WHERE seq > ?1 AND seq <= ?2 AND ({kinds}) ORDER BY seq LIMIT 1 OFFSET ?3"
+                        ),
+                        params![a, u, i64::try_from(n).unwrap_or(i64::MAX)],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .map(seq_of),
+            };
+            Ok((u64::try_from(count).unwrap_or(0), at))
+        })
+    }
+
+    /// Checkpoints signed over records after `after` up to `upto`, oldest
+    /// first.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub fn checkpoints_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Checkpoint>, EvidenceError> {
+        let key = chain::public_key_text(&self.public_key);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, ts, head, reason, key_id, signature FROM checkpoints WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+            )?;
+            Ok(stmt
+                .query_map(
+                    params![
+                        i64::try_from(after).unwrap_or(i64::MAX),
+                        i64::try_from(upto).unwrap_or(i64::MAX)
+                    ],
+                    |r| checkpoint_row(r, &key),
+                )?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The newest sequence number committed.
+    #[must_use]
+    pub fn head_seq(&self) -> u64 {
+        u64::try_from(self.stats.head_seq.get()).unwrap_or(0)
+    }
+
     /// Every policy version, newest first.
     ///
     /// # Errors
@@ -505,6 +629,23 @@ fn checkpoint_row(r: &Row<'_>, key: &str) -> rusqlite::Result<Checkpoint> {
         signature: base64::engine::general_purpose::STANDARD.encode(sig),
         public_key: key.to_owned(),
     })
+}
+
+/// A record for a SIEM sink: its sequence number and bytes.
+pub type SinkRecord = (u64, Vec<u8>);
+
+/// The records a sink takes, as an SQL condition (`None`: none).
+fn sink_kinds(flows: bool, violations: bool, gaps: bool) -> Option<String> {
+    let mut kinds = Vec::new();
+    if flows {
+        kinds.push("kind = 'flow'");
+    } else if violations {
+        kinds.push("(kind = 'flow' AND verdict IN ('flagged', 'blocked'))");
+    }
+    if gaps {
+        kinds.push("kind IN ('evidence-gap', 'events-lost', 'sink-gap')");
+    }
+    (!kinds.is_empty()).then(|| kinds.join(" OR "))
 }
 
 /// SQL conditions and their parameters, built up filter by filter.
