@@ -108,6 +108,13 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// SIEM sinks: alerts per second per sink type to real receivers on
+    /// loopback (rsyslog, HTTPS), and connect latency with a dead sink.
+    Siem {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// 1,000 workload policies with the full GeoIP tables: connect cost
     /// and policy reload time.
     Policy {
@@ -190,6 +197,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Process { args },
         } => bench(&root, "process", &args),
+        Cmd::Bench {
+            which: Bench::Siem { args },
+        } => bench(&root, "siem", &args),
     }
 }
 

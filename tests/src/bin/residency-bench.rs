@@ -77,6 +77,22 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// SIEM sinks: alerts per second per sink type to real receivers on
+    /// loopback, and connect latency with a dead sink and a live one.
+    Siem {
+        /// Alerts per sink type (the webhook gets a tenth: one request
+        /// each).
+        #[arg(long, default_value_t = 20_000)]
+        alerts: u64,
+        /// Rounds of the kernel-path cases.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// TCP connects per case per round.
+        #[arg(long, default_value_t = 20_000)]
+        connects: u64,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// 1,000 workload policies with the full GeoIP tables: connect cost,
     /// and how long a policy reload takes.
     Policy {
@@ -192,6 +208,8 @@ destinations = ["192.0.2.0/24", "2001:db8::/32"]
 
 #[path = "residency-bench/evidence.rs"]
 mod evidence_bench;
+#[path = "residency-bench/siem.rs"]
+mod siem_bench;
 
 fn main() -> anyhow::Result<()> {
     let (rounds, connects, sends, write) = match Cli::parse().bench {
@@ -240,6 +258,17 @@ fn main() -> anyhow::Result<()> {
             spawns,
             write,
         } => return process_bench::run(rounds, spawns, write.as_deref()),
+        BenchCmd::Siem {
+            alerts,
+            rounds,
+            connects,
+            write,
+        } => {
+            if !privileged_or_skip("residency-bench siem") {
+                bail!("needs root");
+            }
+            return siem_bench::run(alerts, rounds, connects, write.as_deref());
+        }
     };
     if !privileged_or_skip("residency-bench connect") {
         bail!("needs root");
