@@ -479,6 +479,9 @@ pub struct ClientOptions<'a> {
     pub duration_ms: Option<u64>,
     /// Pause between passes over the operations.
     pub interval_us: Option<u64>,
+    /// Run the client from this path (a link to it whose name becomes the
+    /// process name) instead of the built binary.
+    pub exe: Option<&'a Path>,
 }
 
 /// Runs `egress-client` and returns its JSON report: `pid`, and per
@@ -513,7 +516,10 @@ pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<C
             "test traffic must stay on loopback or the test hosts: {a}"
         );
     }
-    let client = workspace_bin("egress-client")?;
+    let client = match options.exe {
+        Some(p) => p.to_path_buf(),
+        None => workspace_bin("egress-client")?,
+    };
     let dir = options
         .cgroup_dir
         .map(Path::to_path_buf)

@@ -705,3 +705,126 @@ throttle_secs = 2
     assert_eq!(lines[1]["residency"]["alert"]["count"], 49, "{}", lines[1]);
     Ok(())
 }
+
+/// A process whose name is hostile: bytes that are not UTF-8 and every
+/// character some format must escape. The daemon records the name with
+/// U+FFFD for each byte that is not UTF-8; every format then carries that
+/// name intact and escaped by its own rules.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one name, every format")]
+fn a_hostile_process_name_is_escaped_in_every_format() -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let test = "a_hostile_process_name_is_escaped_in_every_format";
+    if !privileged_or_skip(test) {
+        return Ok(());
+    }
+    let Some(rsyslog) = rsyslog_or_skip(test)? else {
+        return Ok(());
+    };
+    let s = setup("siem-escape")?;
+    // 14 bytes (a process name keeps 15): 0xff is not UTF-8.
+    let raw: &[u8] = b"x\xff|=]\n\"\\ab c";
+    let link = s.dir.path().join(OsStr::from_bytes(raw));
+    std::os::unix::fs::symlink(workspace_bin("egress-client")?, &link)?;
+    let name = String::from_utf8_lossy(raw).into_owned();
+    let file = |f: &str| s.dir.path().join(format!("alerts.{f}"));
+    let sinks = format!(
+        r#"
+[[sink]]
+name = "ecs"
+type = "file"
+path = "{ecs}"
+throttle_secs = 0
+receives = ["violations"]
+
+[[sink]]
+name = "ocsf"
+type = "file"
+format = "ocsf"
+path = "{ocsf}"
+throttle_secs = 0
+receives = ["violations"]
+
+[[sink]]
+name = "cef"
+type = "file"
+format = "cef"
+path = "{cef}"
+throttle_secs = 0
+receives = ["violations"]
+
+[[sink]]
+name = "syslog"
+type = "syslog"
+address = "127.0.0.1:{tcp}"
+protocol = "tcp"
+throttle_secs = 0
+receives = ["violations"]
+"#,
+        ecs = file("ecs").display(),
+        ocsf = file("ocsf").display(),
+        cef = file("cef").display(),
+        tcp = rsyslog.port(SyslogInput::Tcp),
+    );
+    let daemon = s.start(&sinks)?;
+    let report = run_client(
+        &[Op::Tcp(s.us.tcp)],
+        &ClientOptions {
+            cgroup_dir: Some(&s.llm),
+            exe: Some(&link),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(report["ops"][0]["errors"]["EPERM"], 1, "{report}");
+    let syslog = rsyslog.wait_lines(SyslogInput::Tcp, 1, Duration::from_secs(10))?;
+    let start = Instant::now();
+    while ["ecs", "ocsf", "cef"].iter().any(|f| {
+        std::fs::read_to_string(file(f))
+            .unwrap_or_default()
+            .is_empty()
+    }) && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let records = daemon.stop()?;
+    let flow = blocked_flows(&records)
+        .first()
+        .copied()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no blocked flow"))?;
+    assert_eq!(flow["process"]["name"], name.as_str(), "the record: {flow}");
+
+    // ECS and OCSF: one JSON line each, the name intact.
+    let one_line = |f: &str| -> anyhow::Result<Value> {
+        let text = std::fs::read_to_string(file(f))?;
+        let lines: Vec<&str> = text.lines().collect();
+        anyhow::ensure!(lines.len() == 1, "{f}: one line, not {lines:?}");
+        Ok(serde_json::from_str(lines[0])?)
+    };
+    assert_eq!(one_line("ecs")?["process"]["name"], name.as_str());
+    // A violation is a Detection Finding: the process is its evidence.
+    assert_eq!(
+        one_line("ocsf")?["evidences"][0]["process"]["name"],
+        name.as_str()
+    );
+
+    // CEF: one line; in the extension `\` and `=` are escaped and the
+    // newline is `\n`; `|` needs no escape there.
+    let cef = std::fs::read_to_string(file("cef"))?;
+    assert_eq!(cef.lines().count(), 1, "{cef:?}");
+    let want = "sproc=x\u{FFFD}|\\=]\\n\"\\\\ab c";
+    assert!(cef.contains(want), "{want:?} in {cef:?}");
+
+    // RFC 5424 over TCP: one message (octet counting keeps the newline
+    // inside it; rsyslog writes it as #012), `"`, `\` and `]` escaped in
+    // the structured data.
+    assert_eq!(syslog.len(), 1, "{syslog:?}");
+    let p = sd_params(&syslog[0]);
+    assert_eq!(
+        param(&p, "process"),
+        Some("x\u{FFFD}|=]#012\"\\ab c"),
+        "{}",
+        syslog[0]
+    );
+    Ok(())
+}
