@@ -421,8 +421,9 @@ receives = ["violations"]
         residency_tests::receivers::bulk_items(&q.body).map_or(0, |i| i.len())
     });
     let records = daemon.stop()?;
-    let seqs_expected = blocked_flows(&records).len();
-    assert_eq!(seqs_expected, n, "{n} blocked flows");
+    assert_eq!(blocked_flows(&records).len(), n, "{n} blocked flows");
+    let chain_seqs = chain_blocked(&s.state)?;
+    assert_eq!(chain_seqs.len(), n, "{n} blocked flows in the chain");
 
     // Webhook: each accepted message once, in order, signed.
     let key = webhook_key(WEBHOOK_SECRET).unwrap_or_default();
@@ -437,6 +438,7 @@ receives = ["violations"]
         .collect();
     assert_eq!(ok.len(), n, "exactly {n} accepted: {ids:?}");
     let mut sorted = ids.clone();
+    sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), n, "no duplicates: {ids:?}");
     let seqs: Vec<u64> = ok
@@ -454,7 +456,7 @@ receives = ["violations"]
                 .unwrap_or(0)
         })
         .collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert_eq!(seqs, chain_seqs, "each blocked flow once, in order");
     for q in &ok {
         assert!(
             verify_standard_webhook(&key, &q.headers, &q.body),
@@ -476,17 +478,17 @@ receives = ["violations"]
         .collect();
     assert!(hec_requests.iter().any(|q| q.status == 503));
     assert_eq!(events.len(), n, "exactly {n} HEC events");
-    let hec_seqs: Vec<String> = events
+    let hec_seqs: Vec<u64> = events
         .iter()
         .map(|e| {
             e["fields"]["seq"]
                 .as_str()
-                .map_or_else(|| e["fields"]["seq"].to_string(), str::to_owned)
+                .and_then(|s| s.parse().ok())
+                .or_else(|| e["fields"]["seq"].as_u64())
+                .unwrap_or(0)
         })
         .collect();
-    let mut d = hec_seqs.clone();
-    d.dedup();
-    assert_eq!(d.len(), n, "no duplicates: {hec_seqs:?}");
+    assert_eq!(hec_seqs, chain_seqs, "each blocked flow once, in order");
     for e in &events {
         assert!(e["time"].as_f64().is_some(), "event time: {e}");
         assert_eq!(e["event"]["residency"]["verdict"], "blocked", "{e}");
@@ -500,9 +502,23 @@ receives = ["violations"]
         .map(|i| i["create"]["_id"].as_str().unwrap_or("").to_owned())
         .collect();
     assert_eq!(ids.len(), n, "exactly {n} documents: {ids:?}");
-    let mut d = ids.clone();
-    d.dedup();
-    assert_eq!(d.len(), n, "distinct ids: {ids:?}");
+    let es_seqs: Vec<u64> = ids
+        .iter()
+        .map(|id| {
+            id.rsplit('-')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(
+        es_seqs, chain_seqs,
+        "each blocked flow once, in order: {ids:?}"
+    );
+    assert!(
+        ids.iter().all(|id| id.len() > "violation-".len() + 8),
+        "ids name the store: {ids:?}"
+    );
     Ok(())
 }
 
@@ -520,6 +536,22 @@ fn residency(args: &[&OsStr]) -> anyhow::Result<(i32, String)> {
             String::from_utf8_lossy(&out.stderr)
         ),
     ))
+}
+
+/// The sequence numbers of the blocked flows in the chain, in order.
+fn chain_blocked(state: &Path) -> anyhow::Result<Vec<u64>> {
+    let c = rusqlite::Connection::open_with_flags(
+        state.join("evidence.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stmt = c.prepare(
+        "SELECT seq FROM records WHERE kind = 'flow' AND verdict = 'blocked' ORDER BY seq",
+    )?;
+    let seqs = stmt
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .map(|s| Ok(u64::try_from(s?)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(seqs)
 }
 
 /// The newest sequence number in the store.
@@ -825,5 +857,68 @@ receives = ["violations"]
         "{}",
         syslog[0]
     );
+    Ok(())
+}
+
+#[test]
+fn a_restart_while_the_receiver_is_down_loses_nothing_and_repeats_nothing() -> anyhow::Result<()> {
+    if !privileged_or_skip("a_restart_while_the_receiver_is_down_loses_nothing_and_repeats_nothing")
+    {
+        return Ok(());
+    }
+    let s = setup("siem-restart")?;
+    let hook = HttpsReceiver::start(residency_tests::receivers::answer_ok())?;
+    let secret = secret_file(s.dir.path(), "webhook.secret", WEBHOOK_SECRET)?;
+    let sinks = format!(
+        r#"
+[[sink]]
+name = "hook"
+type = "webhook"
+url = "{}"
+secret_file = "{}"
+ca_file = "{}"
+throttle_secs = 0
+retry_max_secs = 1
+receives = ["violations"]
+"#,
+        hook.url("/"),
+        secret.display(),
+        hook.ca_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    // Down across a restart: five violations before it, five after.
+    hook.answer_for(Reply::status(503), Duration::from_hours(1));
+    let daemon = s.start(&sinks)?;
+    s.blocked(&distinct_connects(&s, 5))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut records = daemon.stop()?;
+    let daemon = s.start(&sinks)?;
+    let ops: Vec<Op> = distinct_connects(&s, 10).split_off(5);
+    s.blocked(&ops)?;
+    hook.answer_normally();
+    let start = Instant::now();
+    while hook.requests().iter().filter(|q| q.status == 200).count() < 10
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    records.extend(daemon.stop()?);
+    assert_eq!(blocked_flows(&records).len(), 10, "ten blocked flows");
+    let chain_seqs = chain_blocked(&s.state)?;
+    let got: Vec<u64> = hook
+        .requests()
+        .iter()
+        .filter(|q| q.status == 200)
+        .map(|q| {
+            q.json()
+                .ok()
+                .and_then(|v| v["data"]["event"]["sequence"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(got, chain_seqs, "each once, in order, across the restart");
     Ok(())
 }

@@ -538,6 +538,19 @@ impl Reader {
         })
     }
 
+    /// The oldest sequence number the store still holds (`None`: empty).
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub fn first_seq(&self) -> Result<Option<u64>, EvidenceError> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT min(seq) FROM records", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .map(seq_of))
+        })
+    }
+
     /// The newest sequence number committed.
     #[must_use]
     pub fn head_seq(&self) -> u64 {

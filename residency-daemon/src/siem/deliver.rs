@@ -39,8 +39,13 @@ const POLL: Duration = Duration::from_millis(100);
 const RETRY_MIN: Duration = Duration::from_millis(250);
 
 /// A sink's place in the chain, saved after every send.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Cursor {
+    /// The store this cursor belongs to (its signing key's id): a cursor
+    /// of another store (one made anew beside an old `sinks/`) is not
+    /// used.
+    #[serde(default)]
+    store: String,
     /// Records up to here are sent (or were not for this sink).
     seq: u64,
     /// The newest checkpoint sent (by the sequence number it signs: one
@@ -54,7 +59,7 @@ struct Cursor {
 /// The running sinks.
 pub struct Sinks {
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<Duration>>,
 }
 
 /// Why the sinks could not start.
@@ -78,7 +83,8 @@ impl Sinks {
         notes: &UnboundedSender<Record>,
         metrics: &Arc<PipelineMetrics>,
     ) -> Result<Sinks, StartError> {
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(None);
+        let store = crate::evidence::chain::key_id(reader.public_key());
         let sinks_dir = dir.join("sinks");
         if !configs.is_empty() {
             std::fs::create_dir_all(&sinks_dir).map_err(|e| StartError {
@@ -92,9 +98,9 @@ impl Sinks {
                 sink: config.name.clone(),
                 message,
             };
-            let out = Out::new(config).map_err(|e| err(e.to_string()))?;
+            let out = Out::new(config, &store).map_err(|e| err(e.to_string()))?;
             let path = sinks_dir.join(format!("{}.cursor", config.name));
-            let cursor = load_cursor(&path, reader).map_err(err)?;
+            let cursor = load_cursor(&path, reader, &store, &config.name).map_err(err)?;
             let label = SinkLabel {
                 sink: config.name.clone(),
             };
@@ -117,6 +123,8 @@ impl Sinks {
             let task = Task {
                 pending: 0,
                 scanned_to: cursor.seq,
+                saved: Instant::now(),
+                dirty: false,
                 config: config.clone(),
                 out,
                 path,
@@ -135,7 +143,7 @@ impl Sinks {
     /// `drain` (the final records and checkpoint, when the receiver is
     /// up), then saves its cursor.
     pub async fn stop(self, drain: Duration) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Some(drain));
         let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(1);
         for t in self.tasks {
             let _ = tokio::time::timeout_at(deadline, t).await;
@@ -143,28 +151,47 @@ impl Sinks {
     }
 }
 
-fn load_cursor(path: &Path, reader: &Reader) -> Result<Cursor, String> {
+fn load_cursor(path: &Path, reader: &Reader, store: &str, name: &str) -> Result<Cursor, String> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "the cursor file {} is damaged ({e}); move it aside to start this sink at the chain's head",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Ok(bytes) => {
+            let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "the cursor file {} is damaged ({e}); move it aside to start this sink at the chain's head",
+                    path.display()
+                )
+            })?;
             let head = reader.head_seq();
-            let signed = reader
-                .latest_checkpoint()
-                .map_err(|e| format!("cannot read the newest checkpoint: {e}"))?
-                .map_or(0, |c| c.seq);
-            Ok(Cursor {
-                seq: head,
-                checkpoint: signed,
-                throttle: Throttle::default(),
-            })
+            if cursor.store == store && cursor.seq <= head {
+                return Ok(cursor);
+            }
+            // The store was made anew (or restored from an older copy):
+            // this cursor says nothing about it.
+            warn!(
+                sink = name,
+                cursor_seq = cursor.seq,
+                head,
+                "the sink's cursor belongs to another store; the sink starts at this store's head"
+            );
+            fresh(reader, store)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fresh(reader, store),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// A cursor at the chain's head: a new sink is not sent the history.
+fn fresh(reader: &Reader, store: &str) -> Result<Cursor, String> {
+    let head = reader.head_seq();
+    let signed = reader
+        .latest_checkpoint()
+        .map_err(|e| format!("cannot read the newest checkpoint: {e}"))?
+        .map_or(0, |c| c.seq);
+    Ok(Cursor {
+        store: store.to_owned(),
+        seq: head,
+        checkpoint: signed,
+        throttle: Throttle::default(),
+    })
 }
 
 fn save_cursor(path: &Path, cursor: &Cursor) -> std::io::Result<()> {
@@ -174,7 +201,11 @@ fn save_cursor(path: &Path, cursor: &Cursor) -> std::io::Result<()> {
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&bytes)?;
     f.sync_data()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 struct Task {
@@ -182,6 +213,9 @@ struct Task {
     /// (counted only while the receiver fails).
     pending: u64,
     scanned_to: u64,
+    /// When the cursor was last saved, and whether it moved since.
+    saved: Instant,
+    dirty: bool,
     config: SinkConfig,
     out: Out,
     path: PathBuf,
@@ -201,21 +235,31 @@ struct Batch {
     reached: u64,
     /// The checkpoint cursor after it is sent.
     checkpoint: u64,
+    /// The throttle's state once it is sent (`None`: no throttling). It
+    /// replaces the cursor's only then, so a batch that is not delivered
+    /// leaves no trace in the windows.
+    throttle: Option<Throttle>,
 }
 
+/// How often a cursor that moved without sending (records no one wanted)
+/// is saved.
+const SAVE_IDLE: Duration = Duration::from_secs(1);
+
 impl Task {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut stopping_since: Option<Instant> = None;
-        let drain = Duration::from_secs(3);
+    async fn run(mut self, mut stop: watch::Receiver<Option<Duration>>) {
+        // Once stopping: until when it may still deliver.
+        let mut until: Option<Instant> = None;
         loop {
-            if stopping_since.is_none() && *stop.borrow() {
-                stopping_since = Some(Instant::now());
+            if until.is_none()
+                && let Some(drain) = *stop.borrow()
+            {
+                until = Some(Instant::now() + drain);
             }
             let batch = match self.read().await {
                 Ok(b) => b,
                 Err(e) => {
                     error!(sink = %self.config.name, "cannot read the evidence chain: {e}");
-                    if stopping_since.is_some() {
+                    if until.is_some() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -224,27 +268,44 @@ impl Task {
             };
             let idle = batch.alerts.is_empty() && batch.reached == self.cursor.seq;
             if idle {
-                if stopping_since.is_some() {
+                if until.is_some() {
                     break;
                 }
+                self.persist(false).await;
                 tokio::select! {
                     () = tokio::time::sleep(POLL) => {}
                     _ = stop.changed() => {}
                 }
                 continue;
             }
-            if !self
-                .send(batch, &mut stop, stopping_since.map(|t| t + drain))
-                .await
-            {
+            if !self.send(batch, &mut stop, until).await {
                 break;
             }
-            if stopping_since.is_some_and(|t| t.elapsed() > drain) {
+            if until.is_some_and(|t| Instant::now() >= t) {
                 break;
             }
         }
-        if let Err(e) = save_cursor(&self.path, &self.cursor) {
-            error!(sink = %self.config.name, "cannot save the cursor: {e}");
+        self.dirty = true;
+        self.persist(true).await;
+    }
+
+    /// Saves the cursor off the runtime's threads: at once after alerts
+    /// were delivered (`now`), else at most every [`SAVE_IDLE`].
+    async fn persist(&mut self, now: bool) {
+        if !self.dirty || !(now || self.saved.elapsed() >= SAVE_IDLE) {
+            return;
+        }
+        let (path, cursor) = (self.path.clone(), self.cursor.clone());
+        let saved = tokio::task::spawn_blocking(move || save_cursor(&path, &cursor)).await;
+        match saved {
+            Ok(Ok(())) => {
+                self.dirty = false;
+                self.saved = Instant::now();
+            }
+            Ok(Err(e)) => {
+                error!(sink = %self.config.name, "cannot save the cursor (a restart would resend): {e}");
+            }
+            Err(e) => error!(sink = %self.config.name, "cannot save the cursor: {e}"),
         }
     }
 
@@ -258,7 +319,7 @@ impl Task {
             self.cursor.checkpoint,
             self.config.batch_max,
         );
-        let (records, reached, checkpoints) = tokio::task::spawn_blocking(move || {
+        let (records, reached, checkpoints, first) = tokio::task::spawn_blocking(move || {
             let (records, reached) =
                 reader.records_for_sink(after, limit, r.flows, r.violations, r.gaps)?;
             let checkpoints = if r.checkpoints {
@@ -266,23 +327,31 @@ impl Task {
             } else {
                 Vec::new()
             };
-            Ok::<_, crate::evidence::EvidenceError>((records, reached, checkpoints))
+            let first = reader.first_seq()?;
+            Ok::<_, crate::evidence::EvidenceError>((records, reached, checkpoints, first))
         })
         .await
         .map_err(|e| crate::evidence::EvidenceError::Invalid(format!("reader task: {e}")))??;
+        if let Some(first) = first
+            && first > self.cursor.seq + 1
+        {
+            // Retention pruned records this sink had not sent.
+            let (from, to) = (self.cursor.seq + 1, first - 1);
+            self.gap(
+                from,
+                to,
+                None,
+                "the evidence store's retention pruned them before the receiver took them",
+            );
+        }
         let head = self.reader.head_seq();
-        self.metrics
-            .sinks
-            .queued
-            .get_or_create(&self.label)
-            .set(i64::try_from(head.saturating_sub(reached)).unwrap_or(i64::MAX));
+        self.queued(head.saturating_sub(reached));
         let count = records.len() as u64;
         let mut alerts = Vec::with_capacity(records.len() + checkpoints.len());
         // A checkpoint may be signed over a record after the sink read
         // past it: the checkpoint cursor is its own.
         let checkpoint = checkpoints.last().map_or(self.cursor.checkpoint, |c| c.seq);
         let mut cps = checkpoints.into_iter().peekable();
-
         for (seq, body) in records {
             while let Some(c) = cps.next_if(|c| c.seq < seq) {
                 alerts.push(Alert::checkpoint(&checkpoint_info(c)));
@@ -299,8 +368,10 @@ impl Task {
             );
         }
         alerts.extend(cps.map(|c| Alert::checkpoint(&checkpoint_info(c))));
+        let mut throttle = None;
         if let Some(window) = self.config.throttle {
-            let (mut passed, folded) = self.cursor.throttle.filter(alerts, window);
+            let mut t = self.cursor.throttle.clone();
+            let (mut passed, folded) = t.filter(alerts, window);
             if folded > 0 {
                 self.metrics
                     .sinks
@@ -308,15 +379,25 @@ impl Task {
                     .get_or_create(&self.label)
                     .inc_by(folded);
             }
-            passed.extend(self.cursor.throttle.expire(jiff::Timestamp::now(), window));
+            passed.extend(t.expire(jiff::Timestamp::now(), window));
             alerts = passed;
+            throttle = Some(t);
         }
         Ok(Batch {
             alerts,
             records: count,
             reached,
             checkpoint,
+            throttle,
         })
+    }
+
+    fn queued(&self, records: u64) {
+        self.metrics
+            .sinks
+            .queued
+            .get_or_create(&self.label)
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
     /// Sends a batch until the receiver takes it (or the sink stops, or
@@ -324,24 +405,19 @@ impl Task {
     async fn send(
         &mut self,
         batch: Batch,
-        stop: &mut watch::Receiver<bool>,
-        deadline: Option<Instant>,
+        stop: &mut watch::Receiver<Option<Duration>>,
+        until: Option<Instant>,
     ) -> bool {
         let mut delay = RETRY_MIN;
         let mut attempts = 0u32;
         let started = Instant::now();
         // Alerts the receiver took already (a sender that sends one by one
-        // may fail part way; those are not sent again).
+        // may fail part way; those are not sent again). Every transport
+        // bounds its own connects, writes and requests.
         let mut done = 0;
-        loop {
-            if done >= batch.alerts.len() {
-                break;
-            }
-            let sent =
-                tokio::time::timeout(self.config.timeout, self.out.send(&batch.alerts[done..]))
-                    .await;
-            let e = match sent {
-                Ok(Ok(())) => {
+        while done < batch.alerts.len() {
+            let e = match self.out.send(&batch.alerts[done..]).await {
+                Ok(()) => {
                     if attempts > 0 {
                         info!(
                             sink = %self.config.name,
@@ -352,14 +428,14 @@ impl Task {
                     }
                     break;
                 }
-                Ok(Err(partial)) => {
+                Err(partial) => {
                     done += partial.delivered;
                     partial.error.to_string()
                 }
-                Err(_) => format!("no answer within {:?}", self.config.timeout),
             };
             attempts += 1;
             self.metrics.sinks.failed.get_or_create(&self.label).inc();
+            self.queued(self.reader.head_seq().saturating_sub(self.cursor.seq));
             // The first failure, then every tenth: a dead receiver should
             // not flood the log.
             if attempts == 1 || attempts.is_multiple_of(10) {
@@ -375,30 +451,34 @@ impl Task {
                 Ok(false) => {}
                 Err(e) => error!(sink = %self.config.name, "cannot measure the backlog: {e}"),
             }
-            if deadline.is_some_and(|d| Instant::now() >= d)
-                || (*stop.borrow() && deadline.is_none())
-            {
+            let stopping = stop.borrow().is_some();
+            if until.is_some_and(|d| Instant::now() >= d) || (stopping && until.is_none()) {
                 return false;
             }
             // Full jitter in [delay/2, delay]: many sinks failing at once
             // do not retry in step.
-            let jittered = delay / 2 + delay.mul_f64(fastrand_unit() / 2.0);
+            let jittered = delay / 2 + delay.mul_f64(unit_random() / 2.0);
             tokio::select! {
                 () = tokio::time::sleep(jittered) => {}
                 _ = stop.changed() => {}
             }
             delay = (delay * 2).min(self.config.retry_max);
         }
-        let now = jiff::Timestamp::now();
-        let sent = self.metrics.sinks.sent.get_or_create(&self.label);
-        sent.inc_by(batch.alerts.len() as u64);
-        let latency = self
-            .metrics
-            .sinks
-            .latency_seconds
-            .get_or_create(&self.label);
-        for a in &batch.alerts {
-            latency.observe(now.duration_since(a.time).as_secs_f64().max(0.0));
+        {
+            let now = jiff::Timestamp::now();
+            self.metrics
+                .sinks
+                .sent
+                .get_or_create(&self.label)
+                .inc_by(batch.alerts.len() as u64);
+            let latency = self
+                .metrics
+                .sinks
+                .latency_seconds
+                .get_or_create(&self.label);
+            for a in &batch.alerts {
+                latency.observe(now.duration_since(a.time).as_secs_f64().max(0.0));
+            }
         }
         if batch.reached >= self.scanned_to {
             self.pending = 0;
@@ -408,10 +488,50 @@ impl Task {
         }
         self.cursor.seq = self.cursor.seq.max(batch.reached);
         self.cursor.checkpoint = self.cursor.checkpoint.max(batch.checkpoint);
-        if let Err(e) = save_cursor(&self.path, &self.cursor) {
-            error!(sink = %self.config.name, "cannot save the cursor (a restart would resend): {e}");
+        if let Some(t) = batch.throttle {
+            self.cursor.throttle = t;
         }
+        self.dirty = true;
+        self.persist(!batch.alerts.is_empty()).await;
         true
+    }
+
+    /// Records a gap in what this sink delivered: logged, counted, and a
+    /// `sink-gap` record in the chain.
+    fn gap(&self, from: u64, to: u64, skipped: Option<u64>, why: &str) {
+        if let Some(n) = skipped {
+            self.metrics
+                .sinks
+                .dropped
+                .get_or_create(&self.label)
+                .inc_by(n);
+        }
+        error!(
+            sink = %self.config.name,
+            from,
+            to,
+            skipped,
+            "alerts in evidence records {from}..={to} are not sent: {why}; a sink-gap record says so in the chain"
+        );
+        let _ = self.notes.send(Record::Note(Box::new(Note {
+            action: "sink-gap",
+            kind: "pipeline_error",
+            message: format!(
+                "SIEM sink {} did not send the alerts in evidence records {from} to {to}: {why}",
+                self.config.name
+            ),
+            fields: serde_json::json!({
+                "sink": {
+                    "name": self.config.name,
+                    "type": self.config.kind(),
+                    "skipped_from": from,
+                    "skipped_to": to,
+                    "skipped": skipped,
+                    "reason": why,
+                    "spool_max_records": self.config.spool_max_records,
+                }
+            }),
+        })));
     }
 
     /// If the sink is further behind than its spool allows (counted in
@@ -449,42 +569,19 @@ impl Task {
         .map_err(|e| crate::evidence::EvidenceError::Invalid(format!("reader task: {e}")))??;
         let to = first_kept.map_or(head, |s| s - 1);
         let from = self.cursor.seq + 1;
-        self.metrics
-            .sinks
-            .dropped
-            .get_or_create(&self.label)
-            .inc_by(skip);
-        error!(
-            sink = %self.config.name,
+        self.gap(
             from,
             to,
-            skipped = skip,
-            "the receiver is too far behind: {skip} alerts in records {from}..={to} are not sent (the spool holds {limit}); a sink-gap record says so in the chain"
-        );
-        let _ = self.notes.send(Record::Note(Box::new(Note {
-            action: "sink-gap",
-            kind: "pipeline_error",
-            message: format!(
-                "SIEM sink {} skipped {skip} alerts in evidence records {from} to {to}: its receiver was unreachable for longer than its spool of {limit} alerts",
-                self.config.name
+            Some(skip),
+            &format!(
+                "the receiver was unreachable for longer than the sink's spool of {limit} alerts"
             ),
-            fields: serde_json::json!({
-                "sink": {
-                    "name": self.config.name,
-                    "type": self.config.kind(),
-                    "skipped_from": from,
-                    "skipped_to": to,
-                    "skipped": skip,
-                    "spool_max_records": limit,
-                }
-            }),
-        })));
+        );
         self.pending -= skip;
         self.cursor.seq = to;
         self.cursor.checkpoint = self.cursor.checkpoint.max(to);
-        if let Err(e) = save_cursor(&self.path, &self.cursor) {
-            error!(sink = %self.config.name, "cannot save the cursor: {e}");
-        }
+        self.dirty = true;
+        self.persist(true).await;
         Ok(true)
     }
 }
@@ -502,7 +599,7 @@ fn checkpoint_info(c: crate::evidence::query::Checkpoint) -> CheckpointInfo {
 }
 
 /// A number in [0, 1) for jitter (not for secrets).
-fn fastrand_unit() -> f64 {
+fn unit_random() -> f64 {
     let mut b = [0u8; 8];
     if getrandom::fill(&mut b).is_err() {
         return 0.5;

@@ -70,6 +70,7 @@ pub enum Out {
         uri: Uri,
         index: String,
         headers: Vec<(HeaderName, HeaderValue)>,
+        store: String,
     },
     SplunkHec {
         http: HttpSender,
@@ -139,14 +140,17 @@ impl Out {
     ///
     /// # Errors
     /// A secret, certificate or URL that cannot be used.
-    pub fn new(config: &SinkConfig) -> Result<Out, OutError> {
+    pub fn new(config: &SinkConfig, store: &str) -> Result<Out, OutError> {
         let tls = TlsFiles {
             ca: config.tls.ca_file.clone(),
             cert: config.tls.cert_file.clone(),
             key: config.tls.key_file.clone(),
             server_name: config.tls.server_name.clone(),
         };
-        let ctx = Context::default();
+        let ctx = Context {
+            store: store.to_owned(),
+            ..Context::default()
+        };
         let fmt = |f: &str| {
             f.parse::<Format>()
                 .map_err(|_| OutError::Invalid(format!("unknown format {f}")))
@@ -182,8 +186,9 @@ impl Out {
                     },
                 }
             }
+            // Synced before the cursor moves past what it wrote.
             Destination::File { path } => Out::File {
-                sender: FileSender::new(path.clone()),
+                sender: FileSender::new(path.clone()).with_fsync(true),
                 format: fmt(&config.format)?,
                 ctx,
             },
@@ -201,6 +206,7 @@ impl Out {
                     uri: with_default_path(url, "/_bulk")?,
                     index: index.clone(),
                     headers,
+                    store: store.to_owned(),
                 }
             }
             Destination::SplunkHec {
@@ -281,9 +287,10 @@ impl Out {
                 uri,
                 index,
                 headers,
+                store,
             } => {
                 let mut body = Vec::new();
-                format::ecs::es_bulk(alerts, index, &mut body);
+                format::ecs::es_bulk(alerts, index, store, &mut body);
                 let reply = http.post(uri, headers, body).await?;
                 bulk_result(&reply.body)?;
             }
@@ -316,7 +323,7 @@ impl Out {
             } => {
                 // One request per alert: each message is signed on its own.
                 for (i, a) in alerts.iter().enumerate() {
-                    let id = format::webhook::message_id(a);
+                    let id = format::webhook::message_id(a, &ctx.store);
                     let body = format::webhook::body(a, ctx, *format);
                     let ts = jiff::Timestamp::now().as_second();
                     let mut headers =

@@ -51,7 +51,7 @@ pub struct Window {
 
 /// Throttling state of one sink (saved with its cursor, so a restart
 /// loses no count).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Throttle {
     windows: Vec<Window>,
     #[serde(skip)]

@@ -332,6 +332,7 @@ mod tests {
             app_name: "residency".into(),
             version: "1.2.3",
             enterprise_number: 32473,
+            store: String::new(),
         }
     }
 

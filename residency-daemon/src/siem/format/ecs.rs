@@ -62,13 +62,13 @@ pub fn ecs(alert: &Alert) -> Value {
 /// is already there fails with 409 for that item alone, and the deliverer
 /// counts a 409 as delivered. `create` is also the one operation data
 /// streams accept.
-pub fn es_bulk(alerts: &[Alert], index: &str, out: &mut Vec<u8>) {
+pub fn es_bulk(alerts: &[Alert], index: &str, store: &str, out: &mut Vec<u8>) {
     for alert in alerts {
         out.extend_from_slice(b"{\"create\":{\"_index\":");
         // Serialising strings and JSON values into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, index);
         out.extend_from_slice(b",\"_id\":");
-        let _ = serde_json::to_writer(&mut *out, &stable_id(alert));
+        let _ = serde_json::to_writer(&mut *out, &stable_id(alert, store));
         out.extend_from_slice(b"}}\n");
         let _ = serde_json::to_writer(&mut *out, &ecs(alert));
         out.push(b'\n');
@@ -125,7 +125,7 @@ mod tests {
             fixtures::gap(),
         ];
         let mut out = Vec::new();
-        es_bulk(&alerts, "resi\"dency-\u{e9}", &mut out);
+        es_bulk(&alerts, "resi\"dency-\u{e9}", "", &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let lines: Vec<serde_json::Value> = out
             .split(|&b| b == b'\n')
@@ -145,7 +145,7 @@ mod tests {
 
         // The same alerts give the same body: resending is idempotent.
         let mut again = Vec::new();
-        es_bulk(&alerts, "resi\"dency-\u{e9}", &mut again);
+        es_bulk(&alerts, "resi\"dency-\u{e9}", "", &mut again);
         assert_eq!(again, out);
     }
 
@@ -153,7 +153,7 @@ mod tests {
     fn hostile_values_round_trip() {
         let a = fixtures::hostile();
         let mut out = Vec::new();
-        es_bulk(std::slice::from_ref(&a), "i", &mut out);
+        es_bulk(std::slice::from_ref(&a), "i", "", &mut out);
         assert_eq!(
             out.split(|&b| b == b'\n').count() - 1,
             2,

@@ -55,6 +55,10 @@ pub struct Context {
     /// reserves for documentation; an operator with a number of their own
     /// (IANA assigns them free of charge) sets it.
     pub enterprise_number: u32,
+    /// Which evidence store the alerts come from (the key id of its
+    /// signing key): part of every stable id, so that two hosts, or a
+    /// store made anew, never share one. Empty: ids without it.
+    pub store: String,
 }
 
 /// RFC 5612's private enterprise number for documentation and examples.
@@ -74,6 +78,7 @@ impl Default for Context {
             app_name: PRODUCT.to_owned(),
             version: env!("CARGO_PKG_VERSION"),
             enterprise_number: DOCUMENTATION_PEN,
+            store: String::new(),
         }
     }
 }
@@ -231,9 +236,12 @@ pub const fn kind_name(kind: AlertKind) -> &'static str {
 /// record it signs. Two checkpoints of the same record sign the same head,
 /// so sharing an id loses nothing.
 #[must_use]
-pub fn stable_id(alert: &Alert) -> String {
-    let mut id = String::with_capacity(32);
+pub fn stable_id(alert: &Alert, store: &str) -> String {
+    let mut id = String::with_capacity(48);
     // Writing to a String cannot fail.
+    if !store.is_empty() {
+        let _ = write!(id, "{store}-");
+    }
     let _ = write!(id, "{}-{}", kind_name(alert.kind), alert.seq);
     id
 }
@@ -530,10 +538,15 @@ mod tests {
     #[test]
     fn ids_are_stable_and_distinct_per_kind() {
         let blocked = fixtures::blocked();
-        assert_eq!(stable_id(&blocked), "violation-13");
-        assert_eq!(stable_id(&blocked), stable_id(&blocked.clone()));
-        assert_eq!(stable_id(&fixtures::blocked_flow()), "flow-13");
-        assert_eq!(stable_id(&fixtures::checkpoint()), "checkpoint-120000");
+        assert_eq!(stable_id(&blocked, ""), "violation-13");
+        assert_eq!(stable_id(&blocked, ""), stable_id(&blocked.clone(), ""));
+        assert_eq!(stable_id(&fixtures::blocked_flow(), ""), "flow-13");
+        assert_eq!(stable_id(&fixtures::checkpoint(), ""), "checkpoint-120000");
+        // Another store, another id.
+        assert_eq!(
+            stable_id(&blocked, "2afc91ff1b439f4f"),
+            "2afc91ff1b439f4f-violation-13"
+        );
     }
 
     #[test]

@@ -292,7 +292,7 @@ fn metadata(alert: &Alert, ctx: &Context, profiles: &[&str]) -> Obj {
                 .put("vendor_name", PRODUCT)
                 .put("version", ctx.version),
         )
-        .put("uid", stable_id(alert))
+        .put("uid", stable_id(alert, &ctx.store))
         .put("original_event_uid", alert.seq.to_string())
         .opt("correlation_uid", flow.then(|| correlation_uid(alert)))
         .opt(
@@ -550,6 +550,7 @@ mod tests {
             app_name: "residency".into(),
             version: "1.2.3",
             enterprise_number: 32473,
+            store: String::new(),
         }
     }
 

@@ -383,6 +383,7 @@ mod tests {
             app_name: "residency".into(),
             version: "1.2.3",
             enterprise_number: 32473,
+            store: String::new(),
         }
     }
 
@@ -515,6 +516,7 @@ mod tests {
             app_name: format!("my app{}", "a".repeat(60)),
             version: "1",
             enterprise_number: u32::MAX,
+            store: String::new(),
         };
         let p = parse(&rfc5424(&fixtures::allowed_tcp(), &ctx, 1, b"")).unwrap();
         assert_eq!(p.header[2].len(), 255);

@@ -102,11 +102,16 @@ pub fn headers(
     ]
 }
 
-/// `msg_<kind>_<seq>`: the same for every attempt to deliver the alert
+/// `msg_<store>_<kind>_<seq>` (`msg_<kind>_<seq>` without a store): the
+/// same for every attempt to deliver the alert, different for every store
 /// (without `.`, which the signed content uses as its separator).
 #[must_use]
-pub fn message_id(alert: &Alert) -> String {
-    format!("msg_{}_{}", kind_name(alert.kind), alert.seq)
+pub fn message_id(alert: &Alert, store: &str) -> String {
+    if store.is_empty() {
+        format!("msg_{}_{}", kind_name(alert.kind), alert.seq)
+    } else {
+        format!("msg_{store}_{}_{}", kind_name(alert.kind), alert.seq)
+    }
 }
 
 /// The payload's `type`: `residency.flow`, `residency.violation`,
@@ -193,7 +198,7 @@ mod tests {
     fn headers_ids_and_body() {
         let key = [9u8; 32];
         let a = fixtures::blocked();
-        let id = message_id(&a);
+        let id = message_id(&a, "");
         assert_eq!(id, "msg_violation_13");
         let b = body(&a, &Context::default(), Format::Ecs);
         let h = headers(&key, &id, 1_900_000_000, &b);
@@ -206,7 +211,10 @@ mod tests {
         assert_eq!(v["type"], "residency.violation");
         assert_eq!(v["timestamp"], "2027-01-15T08:00:00.123456Z");
         assert_eq!(v["data"], ecs::ecs(&a));
-        assert_eq!(message_id(&fixtures::checkpoint()), "msg_checkpoint_120000");
+        assert_eq!(
+            message_id(&fixtures::checkpoint(), ""),
+            "msg_checkpoint_120000"
+        );
         assert_eq!(event_type(&fixtures::gap()), "residency.gap");
         let v: Value =
             serde_json::from_slice(&body(&a, &Context::default(), Format::Ocsf)).unwrap();

@@ -110,7 +110,7 @@ fn encode_rate(alerts: &[Alert], format: Format) -> f64 {
 /// Sends every alert through `config`'s sender in batches; alerts/s until
 /// the last send returned.
 async fn send_rate(config: &SinkConfig, alerts: &[Alert]) -> anyhow::Result<f64> {
-    let mut out = Out::new(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.name))?;
+    let mut out = Out::new(config, "bench").map_err(|e| anyhow::anyhow!("{}: {e}", config.name))?;
     let t = Instant::now();
     for chunk in alerts.chunks(config.batch_max as usize) {
         out.send(chunk)
