@@ -333,6 +333,10 @@ pub(crate) fn validate(raw: &[RawSink], at: &Locator<'_>) -> Result<Vec<SinkConf
                 s.index.is_some() && !matches!(kind, "elasticsearch" | "splunk-hec"),
             ),
             ("sourcetype", s.sourcetype.is_some() && kind != "splunk-hec"),
+            (
+                "enterprise_number",
+                s.enterprise_number.is_some() && kind != "syslog",
+            ),
         ];
         if let Some((f, _)) = stray.iter().find(|(_, bad)| *bad) {
             return Err(at.err(
@@ -396,6 +400,28 @@ pub(crate) fn validate(raw: &[RawSink], at: &Locator<'_>) -> Result<Vec<SinkConf
             key_file: abs(&s.key_file, "key_file")?,
             server_name: s.server_name.as_ref().map(|n| n.get_ref().clone()),
         };
+        // TLS settings where nothing is encrypted are a mistake to name.
+        let plain = kind == "file"
+            || (kind == "syslog" && s.protocol.as_ref().is_some_and(|p| p.get_ref() != "tls"))
+            || s.url
+                .as_ref()
+                .is_some_and(|u| u.get_ref().starts_with("http://"));
+        if plain
+            && let Some(f) = [
+                ("ca_file", tls.ca_file.is_some()),
+                ("cert_file", tls.cert_file.is_some()),
+                ("key_file", tls.key_file.is_some()),
+                ("server_name", tls.server_name.is_some()),
+            ]
+            .iter()
+            .find(|(_, set)| *set)
+        {
+            return Err(at.err(
+                s.kind.span(),
+                &field(f.0),
+                "applies only to TLS (protocol = \"tls\", or an https:// URL)",
+            ));
+        }
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             return Err(at.err(
                 s.kind.span(),
@@ -580,8 +606,20 @@ secret_file = "/etc/residency/webhook.secret"
                 "between 1 and 10000",
             ),
             (
-                "[[sink]]\nname = \"a\"\ntype = \"file\"\npath = \"/x\"\ncert_file = \"/c\"\n",
+                "[[sink]]\nname = \"a\"\ntype = \"syslog\"\naddress = \"h:6514\"\nprotocol = \"tls\"\ncert_file = \"/c\"\n",
                 "both cert_file and key_file",
+            ),
+            (
+                "[[sink]]\nname = \"a\"\ntype = \"syslog\"\naddress = \"h:514\"\nprotocol = \"tcp\"\nca_file = \"/ca\"\n",
+                "applies only to TLS",
+            ),
+            (
+                "[[sink]]\nname = \"a\"\ntype = \"webhook\"\nurl = \"http://h/\"\nsecret_file = \"/s\"\nca_file = \"/ca\"\n",
+                "applies only to TLS",
+            ),
+            (
+                "[[sink]]\nname = \"a\"\ntype = \"file\"\npath = \"/x\"\nenterprise_number = 1\n",
+                "does not apply",
             ),
             (
                 "[[sink]]\nname = \"a\"\ntype = \"file\"\npath = \"/x\"\nspool = 3\n",

@@ -416,7 +416,7 @@ impl Task {
         // bounds its own connects, writes and requests.
         let mut done = 0;
         while done < batch.alerts.len() {
-            let e = match self.out.send(&batch.alerts[done..]).await {
+            let (e, asked) = match self.out.send(&batch.alerts[done..]).await {
                 Ok(()) => {
                     if attempts > 0 {
                         info!(
@@ -430,7 +430,7 @@ impl Task {
                 }
                 Err(partial) => {
                     done += partial.delivered;
-                    partial.error.to_string()
+                    (partial.error.to_string(), partial.error.retry_after())
                 }
             };
             attempts += 1;
@@ -446,18 +446,26 @@ impl Task {
                     "cannot deliver (kept, in order, and retried): {e}"
                 );
             }
-            match self.overflowed().await {
-                Ok(true) => return true,
-                Ok(false) => {}
-                Err(e) => error!(sink = %self.config.name, "cannot measure the backlog: {e}"),
-            }
             let stopping = stop.borrow().is_some();
             if until.is_some_and(|d| Instant::now() >= d) || (stopping && until.is_none()) {
                 return false;
             }
+            // Not while stopping: the chain is closed then, and a skip
+            // could not be recorded in it. The next start measures again.
+            if until.is_none() {
+                match self.overflowed().await {
+                    Ok(true) => return true,
+                    Ok(false) => {}
+                    Err(e) => error!(sink = %self.config.name, "cannot measure the backlog: {e}"),
+                }
+            }
             // Full jitter in [delay/2, delay]: many sinks failing at once
             // do not retry in step.
-            let jittered = delay / 2 + delay.mul_f64(unit_random() / 2.0);
+            // A receiver's Retry-After (bounded by `retry_max`) wins.
+            let jittered = asked.map_or_else(
+                || delay / 2 + delay.mul_f64(unit_random() / 2.0),
+                |a| a.min(self.config.retry_max),
+            );
             tokio::select! {
                 () = tokio::time::sleep(jittered) => {}
                 _ = stop.changed() => {}

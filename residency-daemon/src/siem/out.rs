@@ -37,6 +37,17 @@ pub enum OutError {
     Invalid(String),
 }
 
+impl OutError {
+    /// How long the receiver asked to be left alone (`Retry-After`).
+    #[must_use]
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            OutError::Transport(TransportError::Http { retry_after, .. }) => *retry_after,
+            _ => None,
+        }
+    }
+}
+
 impl From<OutError> for Partial {
     fn from(error: OutError) -> Self {
         Partial {
