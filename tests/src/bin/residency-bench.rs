@@ -85,7 +85,7 @@ enum BenchCmd {
         #[arg(long, default_value_t = 20_000)]
         alerts: u64,
         /// Rounds of the kernel-path cases.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
         /// TCP connects per case per round.
         #[arg(long, default_value_t = 20_000)]
