@@ -420,6 +420,25 @@ receives = ["violations"]
     let es_requests = accepted(&es, |q| {
         residency_tests::receivers::bulk_items(&q.body).map_or(0, |i| i.len())
     });
+    // Each sink's counters on /metrics.
+    let metrics = metrics(&daemon)?;
+    for sink in ["hook", "splunk", "elastic"] {
+        let want = Some(n as u64);
+        let sent = series(&metrics, "residency_sink_sent_total", sink);
+        assert!(sent >= want, "{sink} sent {sent:?}: {metrics}");
+        assert!(
+            series(&metrics, "residency_sink_failed_total", sink) >= Some(1),
+            "{sink} failed while down"
+        );
+        assert!(
+            series(&metrics, "residency_sink_latency_seconds_count", sink) >= want,
+            "{sink} latency observed"
+        );
+        assert_eq!(
+            series(&metrics, "residency_sink_dropped_total", sink),
+            Some(0)
+        );
+    }
     let records = daemon.stop()?;
     assert_eq!(blocked_flows(&records).len(), n, "{n} blocked flows");
     let chain_seqs = chain_blocked(&s.state)?;
@@ -520,6 +539,26 @@ receives = ["violations"]
         "ids name the store: {ids:?}"
     );
     Ok(())
+}
+
+/// The daemon's `/metrics`, over its socket.
+fn metrics(daemon: &Daemon) -> anyhow::Result<String> {
+    use residency_daemon::api::client::{Client, Target};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = Client::new(Target::Socket(daemon.socket.clone()), None);
+    let reply = rt.block_on(client.request(hyper::Method::GET, "/metrics", None))?;
+    Ok(String::from_utf8_lossy(&reply.body).into_owned())
+}
+
+/// The value of `name{sink="<sink>"}` in Prometheus text (NaN if absent).
+fn series(text: &str, name: &str, sink: &str) -> Option<u64> {
+    let label = format!("{{sink=\"{sink}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `residency` with arguments; (exit code, stdout+stderr).
@@ -920,5 +959,75 @@ receives = ["violations"]
         })
         .collect();
     assert_eq!(got, chain_seqs, "each once, in order, across the restart");
+    Ok(())
+}
+
+#[test]
+fn a_dead_sink_does_not_hold_up_another() -> anyhow::Result<()> {
+    if !privileged_or_skip("a_dead_sink_does_not_hold_up_another") {
+        return Ok(());
+    }
+    let s = setup("siem-dead")?;
+    let secret = secret_file(s.dir.path(), "webhook.secret", WEBHOOK_SECRET)?;
+    // Nothing listens on this port: every attempt is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let out = s.dir.path().join("alerts.json");
+    let sinks = format!(
+        r#"
+[[sink]]
+name = "dead"
+type = "webhook"
+url = "http://127.0.0.1:{dead}/"
+secret_file = "{}"
+receives = ["violations", "flows"]
+
+[[sink]]
+name = "live"
+type = "file"
+path = "{}"
+receives = ["violations"]
+"#,
+        secret.display(),
+        out.display()
+    );
+    let daemon = s.start(&sinks)?;
+    // The dead sink is failing before the violation happens.
+    std::thread::sleep(Duration::from_millis(500));
+    s.blocked(&[Op::Tcp(s.us.tcp)])?;
+    let at = Instant::now();
+    let arrived = loop {
+        if !std::fs::read_to_string(&out).unwrap_or_default().is_empty() {
+            break at.elapsed();
+        }
+        if at.elapsed() > Duration::from_secs(5) {
+            break at.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The counter moves just after the line is written.
+    let mut metrics = metrics(&daemon)?;
+    let waited = Instant::now();
+    while series(&metrics, "residency_sink_sent_total", "live") != Some(1)
+        && waited.elapsed() < Duration::from_secs(2)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = self::metrics(&daemon)?;
+    }
+    daemon.stop()?;
+    assert!(
+        arrived < Duration::from_secs(1),
+        "the live sink's alert took {arrived:?} beside a dead sink"
+    );
+    assert!(
+        series(&metrics, "residency_sink_failed_total", "dead") >= Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, "residency_sink_sent_total", "live"),
+        Some(1),
+        "{metrics}"
+    );
     Ok(())
 }
