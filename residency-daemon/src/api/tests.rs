@@ -79,13 +79,18 @@ impl Fixture {
     }
 
     /// Appends and waits until the records are committed (a checkpoint
-    /// is queued behind them).
+    /// is queued behind them) and indexed (filters see only what the
+    /// indexer covered).
     async fn append(&self, lines: &[String]) {
         self.evidence
             .append(lines.concat().into_bytes())
             .await
             .unwrap();
         self.evidence.checkpoint().await.unwrap();
+        assert!(
+            self.evidence.wait_indexed(Duration::from_secs(30)).await,
+            "the indexer did not catch up"
+        );
     }
 
     fn tcp(&self) -> Router {
