@@ -316,6 +316,26 @@ fn main() -> ExitCode {
                         ))
                         .count(),
                 );
+                for sink in &c.sinks {
+                    let r = sink.receives;
+                    let takes: Vec<&str> = [
+                        ("violations", r.violations),
+                        ("flows", r.flows),
+                        ("checkpoints", r.checkpoints),
+                        ("gaps", r.gaps),
+                    ]
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(n, _)| *n)
+                    .collect();
+                    println!(
+                        "sink {}: {} ({}), receives {}",
+                        sink.name,
+                        sink.kind(),
+                        sink.format,
+                        takes.join(", ")
+                    );
+                }
                 if !c.tenants.is_empty() || !c.workloads.is_empty() {
                     println!(
                         "{} tenant(s), {} workload(s), {} exception(s)",
