@@ -25,7 +25,7 @@ fn config(dir: &Path) -> EvidenceConfig {
 const T0: i64 = 1_795_000_000_000_000_000;
 
 /// A flow record as the ECS encoder writes it (the fields the store reads).
-fn flow(i: u64, tenant: &str, country: &str, verdict: &str, ip: &str) -> String {
+pub(crate) fn flow(i: u64, tenant: &str, country: &str, verdict: &str, ip: &str) -> String {
     let ts = jiff::Timestamp::from_nanosecond(i128::from(T0) + i128::from(i) * 1_000_000).unwrap();
     serde_json::json!({
         "@timestamp": ts.to_string(),
@@ -45,7 +45,7 @@ fn flow(i: u64, tenant: &str, country: &str, verdict: &str, ip: &str) -> String 
     .to_string()
 }
 
-fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {
+pub(crate) fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {
     let mut out = Vec::new();
     for r in records {
         out.extend_from_slice(r.as_bytes());

@@ -343,6 +343,10 @@ impl Task {
                 None,
                 "the evidence store's retention pruned them before the receiver took them",
             );
+            // Said once: the cursor moves past the hole.
+            self.cursor.seq = to;
+            self.scanned_to = self.scanned_to.max(to);
+            self.dirty = true;
         }
         let head = self.reader.head_seq();
         self.queued(head.saturating_sub(reached));
@@ -615,4 +619,97 @@ fn unit_random() -> f64 {
     #[expect(clippy::cast_precision_loss, reason = "53 bits are plenty for jitter")]
     let unit = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
     unit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::EvidenceConfig,
+        evidence::{
+            Evidence,
+            tests::{flow, lines},
+        },
+        siem::config::{Destination, Receives, Tls},
+    };
+
+    fn file_sink(path: PathBuf) -> SinkConfig {
+        SinkConfig {
+            name: "lines".into(),
+            destination: Destination::File { path },
+            format: "ecs".into(),
+            receives: Receives {
+                violations: true,
+                gaps: true,
+                ..Receives::default()
+            },
+            tls: Tls::default(),
+            batch_max: 500,
+            spool_max_records: 1_000,
+            throttle: None,
+            timeout: Duration::from_secs(5),
+            retry_max: Duration::from_secs(1),
+        }
+    }
+
+    /// Records that retention pruned before a sink sent them are a
+    /// `sink-gap`, said once, and the sink goes on from what is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_pruned_before_they_were_sent_are_a_gap_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EvidenceConfig {
+            directory: dir.path().to_owned(),
+            checkpoint_records: 1_000_000,
+            checkpoint_interval: Duration::from_hours(1),
+            // The sample flows are days old: all of them go.
+            retention: Some(Duration::from_hours(1)),
+            max_bytes: None,
+            wal_limit: crate::evidence::WAL_LIMIT,
+        };
+        let (ev, _) = Evidence::open(&config).unwrap();
+        ev.append(lines(
+            (0..50).map(|i| flow(i, "acme", "US", "blocked", "203.0.113.7")),
+        ))
+        .await
+        .unwrap();
+        // A sink that had sent nothing of this store yet.
+        let store = crate::evidence::chain::key_id(ev.reader().public_key());
+        std::fs::create_dir_all(dir.path().join("sinks")).unwrap();
+        std::fs::write(
+            dir.path().join("sinks/lines.cursor"),
+            serde_json::json!({"store": store, "seq": 0, "checkpoint": 0}).to_string(),
+        )
+        .unwrap();
+        ev.prune_now().await.unwrap();
+        assert!(
+            ev.reader().first_seq().unwrap() > Some(1),
+            "records were pruned"
+        );
+
+        let (notes_tx, mut notes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let out = dir.path().join("alerts.json");
+        let sinks = Sinks::start(
+            &[file_sink(out.clone())],
+            dir.path(),
+            ev.reader(),
+            &notes_tx,
+            &Arc::new(PipelineMetrics::default()),
+        )
+        .unwrap();
+        let note = tokio::time::timeout(Duration::from_secs(5), notes_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let Record::Note(note) = note else {
+            panic!("not a note")
+        };
+        assert_eq!(note.action, "sink-gap");
+        assert_eq!(note.fields["sink"]["skipped_from"], 1, "{}", note.fields);
+        assert!(note.message.contains("retention"), "{}", note.message);
+        // Said once: nothing more while the sink keeps polling.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(notes_rx.try_recv().is_err(), "the gap was said again");
+        sinks.stop(Duration::from_secs(1)).await;
+        ev.close().await.unwrap();
+    }
 }
