@@ -360,6 +360,31 @@ impl Daemon {
     /// # Errors
     /// If the daemon does not exit cleanly within 20 s.
     pub fn stop_with(mut self, signal: Signal) -> anyhow::Result<Vec<Value>> {
+        self.terminate(signal)?;
+        self.records()
+    }
+
+    /// Sends SIGTERM, waits for a clean exit, and returns the first record
+    /// `pick` chooses, reading the output a line at a time: for runs whose
+    /// records would not fit in memory as JSON values.
+    ///
+    /// # Errors
+    /// If the daemon does not exit cleanly within 20 s, or the output
+    /// cannot be read.
+    pub fn stop_finding(mut self, pick: impl Fn(&Value) -> bool) -> anyhow::Result<Option<Value>> {
+        use std::io::BufRead as _;
+        self.terminate(Signal::SIGTERM)?;
+        let file = std::io::BufReader::new(std::fs::File::open(&self.output)?);
+        for line in file.lines() {
+            let v: Value = serde_json::from_str(&line?)?;
+            if pick(&v) {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    fn terminate(&mut self, signal: Signal) -> anyhow::Result<()> {
         let mut child = self.child.take().context("already stopped")?;
         let pid = Pid::from_raw(i32::try_from(child.id())?);
         kill(pid, signal)?;
@@ -383,7 +408,7 @@ impl Daemon {
             "daemon exited with {status}: {}",
             self.stderr_text()
         );
-        self.records()
+        Ok(())
     }
 }
 

@@ -506,10 +506,10 @@ pub fn latency(
     if std::env::var_os("BENCH_DEBUG").is_some() {
         eprintln!("{text}");
     }
-    let records = daemon.stop()?;
-    let stopped = records
-        .iter()
-        .find(|r| action(r) == "stopped")
+    // Only the stopped record: a long round's records do not fit in
+    // memory as JSON values.
+    let stopped = daemon
+        .stop_finding(|r| action(r) == "stopped")?
         .context("no stopped record")?;
     let submitted = stopped["residency"]["counters"]["kernel_submitted"]
         .as_u64()
