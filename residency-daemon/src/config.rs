@@ -473,6 +473,9 @@ pub struct EvidenceConfig {
     /// Rewind a write-ahead log past this many bytes (not configurable:
     /// [`crate::evidence::WAL_LIMIT`]; tests use less).
     pub wal_limit: u64,
+    /// Records sampled to train the store's compression dictionary (not
+    /// configurable: [`crate::evidence::codec::SAMPLES`]; tests use fewer).
+    pub dict_samples: usize,
 }
 
 /// Where the REST API listens.
@@ -971,6 +974,7 @@ fn validate_evidence(raw: &RawEvidence, at: &Locator<'_>) -> Result<EvidenceConf
         retention: days.map(|d| Duration::from_secs(d * 86_400)),
         max_bytes: mib.map(|m| m * 1024 * 1024),
         wal_limit: crate::evidence::WAL_LIMIT,
+        dict_samples: crate::evidence::codec::SAMPLES,
     })
 }
 

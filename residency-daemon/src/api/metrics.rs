@@ -102,6 +102,16 @@ pub fn registry(stats: &Arc<Stats>, pipeline: &PipelineMetrics) -> Registry {
         stats.records.clone(),
     );
     r.register(
+        "store_record_bytes",
+        "Canonical bytes of the records appended to the chain",
+        stats.record_bytes.clone(),
+    );
+    r.register(
+        "store_stored_bytes",
+        "Bytes the appended records take at rest (compressed against the store's dictionary)",
+        stats.stored_bytes.clone(),
+    );
+    r.register(
         "store_commits",
         "Evidence store transactions committed",
         stats.commits.clone(),

@@ -52,6 +52,7 @@ impl Fixture {
             retention: None,
             max_bytes: None,
             wal_limit: crate::evidence::WAL_LIMIT,
+            dict_samples: 200,
         };
         let (evidence, _) = Evidence::open(&config).unwrap();
         let pipeline = Arc::new(PipelineMetrics::default());

@@ -10,6 +10,8 @@
 use std::io::Write as _;
 
 use rusqlite::{Connection, OptionalExtension as _};
+
+use super::codec::Dicts;
 use serde::Serialize;
 
 use super::{
@@ -81,7 +83,7 @@ pub fn export(
 ) -> Result<ExportSummary, EvidenceError> {
     let key = *reader.public_key();
     let _slot = reader.export_slot().ok_or(EvidenceError::ExportBusy)?;
-    reader.with(|c| export_from(c, &key, from, to, out))
+    reader.with(|c| export_from(c, reader.dicts(), &key, from, to, out))
 }
 
 fn ns(t: jiff::Timestamp) -> i64 {
@@ -142,6 +144,7 @@ fn edge(c: &Connection, at: i64, first: bool) -> rusqlite::Result<Option<i64>> {
 
 fn export_from(
     c: &Connection,
+    dicts: &Dicts,
     key: &ed25519_dalek::VerifyingKey,
     from: Option<jiff::Timestamp>,
     to: Option<jiff::Timestamp>,
@@ -149,7 +152,7 @@ fn export_from(
 ) -> Result<ExportSummary, EvidenceError> {
     // A read transaction: one consistent snapshot while the writer goes on.
     c.execute_batch("BEGIN")?;
-    let result = export_in(c, key, from, to, out);
+    let result = export_in(c, dicts, key, from, to, out);
     let _ = c.execute_batch("COMMIT");
     result
 }
@@ -157,6 +160,7 @@ fn export_from(
 #[expect(clippy::too_many_lines, reason = "one archive, file by file")]
 fn export_in(
     c: &Connection,
+    dicts: &Dicts,
     key: &ed25519_dalek::VerifyingKey,
     from: Option<jiff::Timestamp>,
     to: Option<jiff::Timestamp>,
@@ -216,16 +220,23 @@ fn export_in(
     let mut n = 0u64;
     {
         let mut stmt = c.prepare(
-            "SELECT seq, hash, body FROM records WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+            "SELECT seq, hash, body, dict FROM records WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
         )?;
         let mut rows = stmt.query([first, last])?;
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
             let hash: Vec<u8> = r.get(1)?;
-            let body = match r.get_ref(2)? {
-                rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b,
-                _ => &[],
-            };
+            // Undecodable (damaged) bytes go out as stored, and
+            // verification names the record.
+            let body = super::query::body(r, 2, 3, c, dicts).unwrap_or_else(|_| {
+                std::borrow::Cow::Borrowed(match r.get_ref(2) {
+                    Ok(rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b)) => {
+                        b
+                    }
+                    _ => &[],
+                })
+            });
+            let body = &body[..];
             write!(
                 records,
                 "{{\"seq\":{seq},\"hash\":\"{}\",\"record\":",

@@ -17,6 +17,7 @@
 
 pub mod bundle;
 pub mod chain;
+pub mod codec;
 pub mod index;
 pub mod indexer;
 pub mod query;

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, Row, ToSql, params
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{EvidenceError, chain, indexer::Progress, schema, store::Stats};
+use super::{EvidenceError, chain, codec::Dicts, indexer::Progress, schema, store::Stats};
 
 /// Largest page a caller may ask for.
 pub const MAX_PAGE: u32 = 1000;
@@ -253,6 +253,8 @@ pub struct Reader {
     /// Held while an export runs: one at a time per store, since each is
     /// built in memory (up to a million records).
     export: Arc<Mutex<()>>,
+    /// Compression dictionaries, loaded once.
+    dicts: Arc<Dicts>,
 }
 
 impl Reader {
@@ -273,6 +275,7 @@ impl Reader {
             stats,
             progress,
             export: Arc::new(Mutex::new(())),
+            dicts: Arc::new(Dicts::default()),
         };
         let conn = r.connect()?;
         r.put(conn);
@@ -322,6 +325,11 @@ impl Reader {
         out
     }
 
+    /// The dictionaries bodies are stored against.
+    pub(crate) fn dicts(&self) -> &Dicts {
+        &self.dicts
+    }
+
     /// The export slot, if free.
     pub(crate) fn export_slot(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
         self.export.try_lock().ok()
@@ -355,7 +363,7 @@ impl Reader {
             .progress
             .indexed
             .load(std::sync::atomic::Ordering::Acquire);
-        self.with(|c| flows(c, filter, page, indexed))
+        self.with(|c| flows(c, &self.dicts, filter, page, indexed))
     }
 
     /// Any record by sequence number.
@@ -366,9 +374,9 @@ impl Reader {
         self.with(|c| {
             let seq = i64::try_from(seq).unwrap_or(i64::MAX);
             c.query_row(
-                "SELECT seq, hash, body FROM records WHERE seq = ?1",
+                "SELECT seq, hash, body, dict FROM records WHERE seq = ?1",
                 [seq],
-                stored,
+                |r| stored(r, c, &self.dicts),
             )
             .optional()?
             .transpose()
@@ -443,7 +451,7 @@ impl Reader {
             return Ok((Vec::new(), upto));
         };
         let sql = format!(
-            "SELECT seq, body FROM records WHERE seq > ?1 AND seq <= ?2 AND ({kinds}) ORDER BY seq LIMIT ?3"
+            "SELECT seq, body, dict FROM records WHERE seq > ?1 AND seq <= ?2 AND ({kinds}) ORDER BY seq LIMIT ?3"
         );
         self.with(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
@@ -454,7 +462,21 @@ impl Reader {
                         i64::try_from(upto).unwrap_or(i64::MAX),
                         limit
                     ],
-                    |r| Ok((seq_of(r.get(0)?), r.get::<_, Vec<u8>>(1)?)),
+                    |r| {
+                        let seq = seq_of(r.get(0)?);
+                        let body = body(r, 1, 2, c, &self.dicts).map_or_else(
+                            |e| {
+                                // Damage: the sink sends what is stored, and
+                                // verify names the record.
+                                tracing::error!(
+                                    "record {seq}: {e}; run `residency evidence verify`"
+                                );
+                                r.get::<_, Vec<u8>>(1).unwrap_or_default()
+                            },
+                            std::borrow::Cow::into_owned,
+                        );
+                        Ok((seq, body))
+                    },
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
             // A full page ends at its last record; a short one covers
@@ -605,10 +627,42 @@ fn ns(t: jiff::Timestamp) -> i64 {
     })
 }
 
-fn stored(r: &Row<'_>) -> rusqlite::Result<Result<StoredRecord, EvidenceError>> {
+/// A record's canonical bytes from columns `at` (body) and `dict_at` of
+/// `r`.
+///
+/// # Errors
+/// If the stored bytes do not decode: what was wrong, to be named with the
+/// record.
+pub(crate) fn body<'r>(
+    r: &'r Row<'_>,
+    at: usize,
+    dict_at: usize,
+    c: &Connection,
+    dicts: &Dicts,
+) -> Result<std::borrow::Cow<'r, [u8]>, String> {
+    let stored = match r.get_ref(at).map_err(|e| e.to_string())? {
+        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b,
+        _ => &[],
+    };
+    let dict: Option<i64> = r.get(dict_at).map_err(|e| e.to_string())?;
+    dicts.decode(c, dict, stored)
+}
+
+fn stored(
+    r: &Row<'_>,
+    c: &Connection,
+    dicts: &Dicts,
+) -> rusqlite::Result<Result<StoredRecord, EvidenceError>> {
     let seq: i64 = r.get(0)?;
     let hash: Vec<u8> = r.get(1)?;
-    let body: Vec<u8> = r.get(2)?;
+    let body = match body(r, 2, 3, c, dicts) {
+        Ok(b) => b.into_owned(),
+        Err(e) => {
+            return Ok(Err(EvidenceError::Invalid(format!(
+                "record {seq}: {e} (run `residency evidence verify`)"
+            ))));
+        }
+    };
     Ok(String::from_utf8(body)
         .map_err(|_| {
             EvidenceError::Invalid(format!(
@@ -686,6 +740,7 @@ impl Conditions {
 
 fn flows(
     c: &Connection,
+    dicts: &Dicts,
     f: &Filter,
     page: &Page,
     indexed: u64,
@@ -726,14 +781,14 @@ fn flows(
     };
     let limit = page.limit.clamp(1, MAX_PAGE);
     let sql = format!(
-        "SELECT r.seq, r.hash, r.body FROM {from}{} ORDER BY {seq_col} {dir} LIMIT {}",
+        "SELECT r.seq, r.hash, r.body, r.dict FROM {from}{} ORDER BY {seq_col} {dir} LIMIT {}",
         w.clause(),
         limit + 1
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let params: Vec<&dyn ToSql> = w.params.iter().map(AsRef::as_ref).collect();
     let mut items = stmt
-        .query_map(params.as_slice(), stored)?
+        .query_map(params.as_slice(), |r| stored(r, c, dicts))?
         .collect::<Result<Result<Vec<_>, _>, _>>()??;
     let next = paginate(&mut items, limit, |r| r.seq);
     Ok(PageOf { items, next })

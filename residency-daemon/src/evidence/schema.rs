@@ -1,9 +1,10 @@
 //! The store's `SQLite` schema.
 //!
 //! Two files. `evidence.db` holds the chain: `records` has one row per
-//! record, its canonical bytes (`body`) and chain hash, plus columns
-//! derived from the body, in sequence order with no secondary index, so
-//! that appending costs one B-tree insert. `index.db` holds the indexes the
+//! record, its canonical bytes (`body`, compressed against the dictionary
+//! `dict` names, see `codec`) and chain hash, plus columns derived from the
+//! body, in sequence order with no secondary index, so that appending
+//! costs one B-tree insert. `index.db` holds the indexes the
 //! API filters flows by; a second thread builds it from `records`, behind
 //! the writer by one batch, so the two B-tree workloads run on two cores.
 //! Everything but `records` is derived state that can be rebuilt from the
@@ -16,7 +17,7 @@
 use rusqlite::Connection;
 
 /// Bumped when the layout changes; a store of another format is refused.
-pub const FORMAT: i64 = 1;
+pub const FORMAT: i64 = 2;
 
 /// Settings of every connection: WAL so that readers never block the
 /// writer, `synchronous = NORMAL` (a commit survives a crash of the process;
@@ -52,7 +53,14 @@ CREATE TABLE IF NOT EXISTS records (
     policy   TEXT,
     boot_ns  INTEGER,
     body     BLOB NOT NULL,
-    hash     BLOB NOT NULL
+    hash     BLOB NOT NULL,
+    dict     INTEGER
+);
+CREATE TABLE IF NOT EXISTS dicts (
+    id         INTEGER PRIMARY KEY,
+    from_seq   INTEGER NOT NULL,
+    created_ts INTEGER NOT NULL,
+    bytes      BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq       INTEGER PRIMARY KEY,
@@ -185,6 +193,16 @@ pub fn create(conn: &Connection) -> Result<(), String> {
             Ok(())
         }
         Some(FORMAT) => Ok(()),
+        // Format 1 kept every body as it was: add the dictionary column
+        // (NULL: stored as is) and table.
+        Some(1) => conn
+            .execute_batch(
+                "BEGIN;
+                 ALTER TABLE records ADD COLUMN dict INTEGER;
+                 UPDATE meta SET value = 2 WHERE key = 'format';
+                 COMMIT;",
+            )
+            .map_err(|e| format!("upgrading the store from format 1: {e}")),
         Some(other) => Err(format!(
             "the store has format {other}; this build reads format {FORMAT}"
         )),

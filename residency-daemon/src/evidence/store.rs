@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 use super::{
     EvidenceError, chain,
     chain::Hash,
+    codec,
     index::Index,
     indexer::{Indexer, Progress},
     query::{Reader, Violation, ViolationState},
@@ -85,6 +86,10 @@ pub struct Stats {
     pub head_ts: AtomicI64,
     /// Failed writes.
     pub failures: AtomicU64,
+    /// Canonical bytes of the records appended.
+    pub record_bytes: Counter,
+    /// Bytes those records take in `body` (compressed, see `codec`).
+    pub stored_bytes: Counter,
 }
 
 impl Default for Stats {
@@ -106,6 +111,8 @@ impl Default for Stats {
             queued: AtomicI64::new(0),
             head_ts: AtomicI64::new(0),
             failures: AtomicU64::new(0),
+            record_bytes: Counter::default(),
+            stored_bytes: Counter::default(),
         }
     }
 }
@@ -493,6 +500,8 @@ struct Writer {
     failed: bool,
     /// Shared with the indexer.
     progress: Arc<Progress>,
+    /// Compresses bodies (and trains its dictionary).
+    codec: codec::Compressor,
 }
 
 const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
@@ -556,6 +565,7 @@ impl Writer {
             .head_seq
             .set(i64::try_from(next_seq.saturating_sub(1)).unwrap_or(i64::MAX));
         let key_id = chain::key_id(&key.verifying_key());
+        let codec = codec::Compressor::new(codec::newest(&conn)?, config.dict_samples);
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('public_key', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [chain::public_key_text(&key.verifying_key())],
@@ -576,6 +586,7 @@ impl Writer {
             clean_before: clean_before.map(|c| c != 0),
             failed: false,
             progress: Arc::new(Progress::default()),
+            codec,
         };
         w.update_size();
         Ok(w)
@@ -740,7 +751,19 @@ impl Writer {
     ) -> Result<(), EvidenceError> {
         let mut given = given.into_iter();
         let started = Instant::now();
+        if let Some(dict) = self.codec.trained() {
+            // Stored before any record needs it, in its own transaction.
+            let id = codec::store(&self.conn, &dict, self.next_seq)?;
+            self.codec.adopt(id, &dict);
+            info!(
+                dictionary = id,
+                bytes = dict.len(),
+                from_seq = self.next_seq,
+                "evidence store: records are compressed with a new dictionary"
+            );
+        }
         let tx = self.conn.unchecked_transaction()?;
+        let (mut record_bytes, mut stored_bytes) = (0, 0);
         let mut transfers: HashMap<TransferKey, TransferCount> = HashMap::new();
         let mut seq = self.next_seq;
         let mut head = self.head;
@@ -750,8 +773,8 @@ impl Writer {
         let mut stamps = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, boot_ns, body, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                "INSERT INTO records (seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, boot_ns, body, hash, dict)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             for body in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let index = given.next().flatten().map_or_else(|| Index::of(body), Ok);
@@ -768,6 +791,9 @@ impl Writer {
                 let hash = chain::link(&head, seq, body);
                 let seq_i = i64::try_from(seq)
                     .map_err(|_| EvidenceError::Invalid("sequence overflow".into()))?;
+                let (dict, stored) = self.codec.encode(body);
+                record_bytes += body.len() as u64;
+                stored_bytes += stored.len() as u64;
                 insert.execute(params![
                     seq_i,
                     index.ts,
@@ -782,8 +808,9 @@ impl Writer {
                     index.basis,
                     index.policy,
                     index.boot_ns.and_then(|b| i64::try_from(b).ok()),
-                    body,
+                    stored,
                     &hash[..],
+                    dict,
                 ])?;
                 if index.kind == "flow" {
                     count_transfer(&mut transfers, &index);
@@ -855,6 +882,8 @@ impl Writer {
         }
         self.progress.committed(seq - 1);
         self.stats.records.inc_by(appended);
+        self.stats.record_bytes.inc_by(record_bytes);
+        self.stats.stored_bytes.inc_by(stored_bytes);
         self.stats.commits.inc();
         self.stats
             .commit_seconds

@@ -19,6 +19,7 @@ fn config(dir: &Path) -> EvidenceConfig {
         retention: None,
         max_bytes: None,
         wal_limit: crate::evidence::WAL_LIMIT,
+        dict_samples: 200,
     }
 }
 
@@ -57,14 +58,7 @@ pub(crate) fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {
 /// 1,000 flows: tenants acme/globex alternating, every 10th to the US
 /// (blocked), the rest to Germany.
 fn sample() -> Vec<u8> {
-    lines((0..1000u64).map(|i| {
-        let tenant = if i % 2 == 0 { "acme" } else { "globex" };
-        if i % 10 == 3 {
-            flow(i, tenant, "US", "blocked", "203.0.113.7")
-        } else {
-            flow(i, tenant, "DE", "allowed", "192.0.2.1")
-        }
-    }))
+    flows_from(0, 1000)
 }
 
 async fn filled(dir: &Path) -> Evidence {
@@ -884,4 +878,257 @@ async fn write_ahead_log_stays_bounded_under_load() {
     ev.close().await.unwrap();
     let r = verify_dir(dir.path());
     assert!(r.ok(), "{r:?}");
+}
+
+/// Flows `from..from + n`, as `sample` makes them.
+fn flows_from(from: u64, n: u64) -> Vec<u8> {
+    lines((from..from + n).map(sample_flow))
+}
+
+fn sample_flow(i: u64) -> String {
+    let tenant = if i.is_multiple_of(2) {
+        "acme"
+    } else {
+        "globex"
+    };
+    if i % 10 == 3 {
+        flow(i, tenant, "US", "blocked", "203.0.113.7")
+    } else {
+        flow(i, tenant, "DE", "allowed", "192.0.2.1")
+    }
+}
+
+/// A store whose later records are compressed: the first 250 records give
+/// the dictionary its samples; once it is trained, 500 more go in.
+/// Returns how many records it holds (sequence numbers 1..=n).
+async fn compressed(dir: &Path) -> (Evidence, u64) {
+    let (ev, _) = Evidence::open(&config(dir)).unwrap();
+    ev.append(flows_from(0, 250)).await.unwrap();
+    let mut n = 250;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Training runs on its own thread; records stay raw until it is done.
+    while ev.stats().stored_bytes.get() == ev.stats().record_bytes.get() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dictionary was trained within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ev.append(flows_from(n, 10)).await.unwrap();
+        n += 10;
+    }
+    ev.append(flows_from(n, 500)).await.unwrap();
+    // Behind the appends in the writer's queue: all of them are committed.
+    ev.checkpoint().await.unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    (ev, n + 500)
+}
+
+/// Copies a closed store's files into a new directory.
+fn copy_store(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.path().join(e.file_name())).unwrap();
+        }
+    }
+    to
+}
+
+#[tokio::test]
+async fn compressed_records_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, n) = compressed(dir.path()).await;
+    let (last, packed) = last_compressed(dir.path());
+    assert!(packed >= 500, "only {packed} of {n} records compressed");
+    // Every record reads back as exactly the bytes that went in.
+    for seq in 1..=n {
+        let rec = ev.reader().record(seq).unwrap().unwrap();
+        assert_eq!(rec.record.get(), sample_flow(seq - 1), "record {seq}");
+    }
+    // The compressed ones are the last `packed`, and take far less room.
+    let stored: i64 = db(dir.path())
+        .query_row(
+            "SELECT sum(length(body)) FROM records WHERE dict IS NOT NULL AND seq > ?1",
+            [i64::try_from(last - packed).unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let raw: usize = (last - packed + 1..=last)
+        .map(|s| sample_flow(s - 1).len())
+        .sum();
+    assert!(
+        usize::try_from(stored).unwrap() * 4 < raw,
+        "{packed} records take {stored} bytes compressed, against {raw} raw"
+    );
+    // Filtered queries and exports read them too.
+    let page = ev
+        .reader()
+        .flows(
+            &Filter {
+                tenant: Some("globex".into()),
+                country: Some("US".into()),
+                ..Filter::default()
+            },
+            &Page::default(),
+        )
+        .unwrap();
+    assert!(!page.items.is_empty());
+    for r in &page.items {
+        assert_eq!(r.record.get(), sample_flow(r.seq - 1));
+    }
+    ev.close().await.unwrap();
+    let mut tar = Vec::new();
+    bundle::export(ev.reader(), None, None, &mut tar).unwrap();
+    let path = dir.path().join("bundle.tar");
+    std::fs::write(&path, &tar).unwrap();
+    let r = verify::bundle(&path, Some(*ev.reader().public_key())).unwrap();
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.records, n);
+    std::fs::remove_file(&path).unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+}
+
+/// The bytes of the last compressed record, and how many are compressed.
+fn last_compressed(dir: &Path) -> (u64, u64) {
+    let (last, packed): (i64, i64) = db(dir)
+        .query_row(
+            "SELECT max(seq), count(*) FROM records WHERE dict IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    (u64::try_from(last).unwrap(), u64::try_from(packed).unwrap())
+}
+
+#[tokio::test]
+async fn tampering_with_compressed_records_or_their_dictionary_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = compressed(dir.path()).await;
+    ev.close().await.unwrap();
+    let (compressed_seq, packed) = last_compressed(dir.path());
+    let victim = compressed_seq - 3;
+    let victim_i = i64::try_from(victim).unwrap();
+
+    // An edit made with the store's own dictionary: decompress, change,
+    // compress again. The bytes decode fine, but not to what was hashed.
+    let copy = copy_store(dir.path());
+    let c = db(copy.path());
+    let (dict_id, dict): (i64, Vec<u8>) = c
+        .query_row(
+            "SELECT d.id, d.bytes FROM dicts d JOIN records r ON r.dict = d.id WHERE r.seq = ?1",
+            [victim_i],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let text = sample_flow(victim - 1)
+        .replace("\"DE\"", "\"FR\"")
+        .replace("\"US\"", "\"FR\"");
+    let mut forged = Vec::with_capacity(zstd::zstd_safe::compress_bound(text.len()));
+    zstd::zstd_safe::CCtx::create()
+        .compress_using_cdict(
+            &mut forged,
+            text.as_bytes(),
+            &zstd::zstd_safe::CDict::create(&dict, 3),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE records SET body = ?1 WHERE seq = ?2 AND dict = ?3",
+        rusqlite::params![forged, victim_i, dict_id],
+    )
+    .unwrap();
+    let f = first_fault(copy.path());
+    assert!(f.starts_with(&format!("record {victim}:")), "{f}");
+
+    // Damaged compressed bytes.
+    let copy = copy_store(dir.path());
+    db(copy.path())
+        .execute(
+            "UPDATE records SET body = substr(body, 1, 6) || X'5a5a5a5a' || substr(body, 11) WHERE seq = ?1",
+            [victim_i],
+        )
+        .unwrap();
+    let r = verify_dir(copy.path());
+    assert!(!r.ok());
+    assert!(
+        r.faults[0].what.contains("cannot be read back"),
+        "{:?}",
+        r.faults
+    );
+    assert!(
+        r.faults.iter().all(|f| f.seq.is_none_or(|s| s == victim)),
+        "only the damaged record is named: {:?}",
+        r.faults
+    );
+
+    // A damaged dictionary: every record compressed with it is named.
+    let copy = copy_store(dir.path());
+    db(copy.path())
+        .execute("UPDATE dicts SET bytes = substr(bytes, 1, 100)", [])
+        .unwrap();
+    let r = verify_dir(copy.path());
+    assert!(!r.ok());
+    assert_eq!(r.faults[0].seq, Some(compressed_seq + 1 - packed));
+
+    // A missing dictionary says so.
+    let copy = copy_store(dir.path());
+    db(copy.path()).execute("DELETE FROM dicts", []).unwrap();
+    let f = first_fault(copy.path());
+    assert!(f.contains("dictionary") && f.contains("missing"), "{f}");
+}
+
+#[tokio::test]
+async fn a_restarted_store_compresses_with_its_dictionary_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, n) = compressed(dir.path()).await;
+    ev.close().await.unwrap();
+    let (ev, opened) = Evidence::open(&config(dir.path())).unwrap();
+    let next = opened.next_seq;
+    ev.append(flows_from(n, 20)).await.unwrap();
+    ev.close().await.unwrap();
+    let raw_after_restart: i64 = db(dir.path())
+        .query_row(
+            "SELECT count(*) FROM records WHERE seq >= ?1 AND kind = 'flow' AND dict IS NULL",
+            [i64::try_from(next).unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        raw_after_restart, 0,
+        "flows after a restart were stored raw"
+    );
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+}
+
+#[tokio::test]
+async fn a_format_1_store_is_upgraded_in_place_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(flows_from(0, 50)).await.unwrap();
+    ev.close().await.unwrap();
+    // Format 1 had no dictionaries: bodies as they are.
+    db(dir.path())
+        .execute_batch(
+            "ALTER TABLE records DROP COLUMN dict; DROP TABLE dicts; UPDATE meta SET value = 1 WHERE key = 'format';",
+        )
+        .unwrap();
+    let (ev, opened) = Evidence::open(&config(dir.path())).unwrap();
+    assert_eq!(opened.next_seq, 51);
+    ev.append(flows_from(50, 10)).await.unwrap();
+    ev.close().await.unwrap();
+    assert_eq!(
+        ev.reader().record(3).unwrap().unwrap().record.get(),
+        sample_flow(2)
+    );
+    let format: i64 = db(dir.path())
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(format, super::schema::FORMAT);
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.records, 60);
 }

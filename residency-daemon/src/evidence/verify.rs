@@ -838,7 +838,7 @@ pub fn store(
     let closed_cleanly = matches!(meta("clean")?, Some(rusqlite::types::Value::Integer(1)));
     let index = IndexCheck::open(&ix_path, ix_through, &mut v);
     let mut stmt = conn.prepare(
-        "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, body, hash
+        "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, body, hash, dict
          FROM records ORDER BY seq",
     )?;
     let mut cols = index
@@ -854,6 +854,7 @@ pub fn store(
     let through = index.as_ref().map_or(0, |i| i.through);
     let mut rows = stmt.query([])?;
     let mut last_progress = Instant::now();
+    let dicts = super::codec::Dicts::default();
     // Two threads: this one reads rows, follows the chain and walks the
     // flow index alongside (all in sequence order); the other parses each
     // record's bytes, checks its columns, and sums the tenant index entries
@@ -917,10 +918,19 @@ pub fn store(
                         _ => Ok(&[]),
                     }
                 };
-                let body = bytes(12)?;
                 let hash = bytes(13)?;
-                v.chain(seq, body, hash);
-                batch.push((seq, body.to_vec(), Columns::Stored(Box::new(columns))));
+                let body = match super::query::body(r, 12, 14, &conn, &dicts) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        v.fault(
+                            Some(seq),
+                            format!("record {seq}: its stored bytes cannot be read back: {e}"),
+                        );
+                        std::borrow::Cow::Borrowed(bytes(12)?)
+                    }
+                };
+                v.chain(seq, &body, hash);
+                batch.push((seq, body.into_owned(), Columns::Stored(Box::new(columns))));
                 if batch.len() == 1024 {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(1024));
                     if to_worker.send(full).is_err() {

@@ -665,6 +665,7 @@ mod tests {
             retention: Some(Duration::from_hours(1)),
             max_bytes: None,
             wal_limit: crate::evidence::WAL_LIMIT,
+            dict_samples: 200,
         };
         let (ev, _) = Evidence::open(&config).unwrap();
         ev.append(lines(

@@ -67,9 +67,15 @@ enum BenchCmd {
         /// Events per second for the latency case.
         #[arg(long, default_value_t = 50_000)]
         rate: u64,
-        /// Seconds of paced traffic per round of the latency case (3 rounds).
-        #[arg(long, default_value_t = 15)]
+        /// Seconds of paced traffic per round of the latency case.
+        #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Rounds of the latency case (each with a fresh daemon).
+        #[arg(long, default_value_t = 3)]
+        latency_rounds: usize,
+        /// Run the latency case only (no table is written).
+        #[arg(long)]
+        latency_only: bool,
         /// Where the scratch store goes (default /var/tmp; needs ~15 GB
         /// for 10 M records).
         #[arg(long)]
@@ -219,6 +225,8 @@ fn main() -> anyhow::Result<()> {
             queries,
             rate,
             seconds,
+            latency_rounds,
+            latency_only,
             scratch,
             write,
         } => {
@@ -229,6 +237,8 @@ fn main() -> anyhow::Result<()> {
                     queries,
                     rate,
                     seconds,
+                    latency_rounds,
+                    latency_only,
                     scratch,
                 },
                 write.as_deref(),

@@ -164,6 +164,7 @@ fn evidence_config(dir: &Path) -> EvidenceConfig {
         retention: None,
         max_bytes: None,
         wal_limit: residency_daemon::evidence::WAL_LIMIT,
+        dict_samples: residency_daemon::evidence::codec::SAMPLES,
     }
 }
 
@@ -570,16 +571,20 @@ pub fn verify(dir: &Path, numbers: &mut Numbers) -> anyhow::Result<()> {
         "the bench store does not verify: {:?}",
         report.faults
     );
+    let db = evidence::db_path(&store);
+    let size = std::fs::metadata(&db)?.len();
+    #[expect(clippy::cast_precision_loss, reason = "sizes")]
     numbers.verify.push((
         format!(
-            "`residency evidence verify` ({} records, bodies hashed)",
-            report.records
+            "`residency evidence verify` ({} records, {:.0} MB of canonical record bytes \
+             decompressed and hashed, from a {:.0} MB file)",
+            report.records,
+            report.bytes as f64 / 1e6,
+            size as f64 / 1e6,
         ),
         report.mb_per_s(),
         report.elapsed.as_secs_f64(),
     ));
-    let db = evidence::db_path(&store);
-    let size = std::fs::metadata(&db)?.len();
     let t = Instant::now();
     let out = std::process::Command::new("sha256sum").arg(&db).output()?;
     ensure!(out.status.success(), "sha256sum failed");
@@ -594,14 +599,24 @@ pub fn verify(dir: &Path, numbers: &mut Numbers) -> anyhow::Result<()> {
 }
 
 pub fn size(dir: &Path, records: u64, numbers: &mut Numbers) -> anyhow::Result<()> {
-    let db = evidence::db_path(&dir.join(format!("store-{}", ROUNDS - 1)));
-    let bytes = std::fs::metadata(&db)?.len();
+    let store = dir.join(format!("store-{}", ROUNDS - 1));
+    let chain = std::fs::metadata(evidence::db_path(&store))?.len();
+    let mut all = 0;
+    for e in std::fs::read_dir(&store)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            all += e.metadata()?.len();
+        }
+    }
     #[expect(clippy::cast_precision_loss, reason = "sizes")]
-    let per_m = bytes as f64 / (records as f64 / 1e6) / (1u64 << 20) as f64;
+    let mib_per_m = |b: u64| b as f64 / (records as f64 / 1e6) / (1u64 << 20) as f64;
     #[expect(clippy::cast_precision_loss, reason = "sizes")]
     numbers.size.push(format!(
-        "{records} records: {:.2} GiB on disk, {per_m:.0} MiB per million records",
-        bytes as f64 / f64::from(1u32 << 30)
+        "{records} records: {:.2} GiB on disk, {:.0} MiB per million records \
+         (the chain file `evidence.db` {:.0}, the index file the rest)",
+        all as f64 / f64::from(1u32 << 30),
+        mib_per_m(all),
+        mib_per_m(chain),
     ));
     Ok(())
 }
@@ -690,6 +705,8 @@ pub struct Args {
     pub queries: usize,
     pub rate: u64,
     pub seconds: u64,
+    pub latency_rounds: usize,
+    pub latency_only: bool,
     pub scratch: Option<PathBuf>,
 }
 
@@ -699,12 +716,23 @@ pub fn main(args: &Args, write_to: Option<&Path>) -> anyhow::Result<()> {
         "--records must be at least --ingest"
     );
     let rt = tokio::runtime::Runtime::new()?;
-    let dir = scratch(args.scratch.clone())?;
     let mut numbers = Numbers::default();
-    // Three rounds: tail latency on this VM varies from run to run.
-    for _ in 0..ROUNDS {
+    // Several rounds: tail latency on this VM varies from run to run.
+    for round in 1..=args.latency_rounds {
+        eprintln!(
+            "evidence: latency round {round}/{}, {} s at {} events/s",
+            args.latency_rounds, args.seconds, args.rate
+        );
         latency(&rt, args.rate, args.seconds, &mut numbers)?;
+        eprintln!(
+            "evidence: {}",
+            numbers.latency.last().map_or("", String::as_str)
+        );
     }
+    if args.latency_only {
+        return Ok(());
+    }
+    let dir = scratch(args.scratch.clone())?;
     rt.block_on(async {
         let ev = run_store(
             dir.path(),
