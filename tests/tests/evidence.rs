@@ -90,16 +90,47 @@ fn verify(state: &Path) -> anyhow::Result<(i32, String)> {
     Ok((code, format!("{out}{err}")))
 }
 
+/// The store's records as (seq, kind, canonical bytes), read with SQL and
+/// decompressed the way the daemon's readers do.
 fn store_kinds(state: &Path) -> anyhow::Result<Vec<(i64, String, Vec<u8>)>> {
     let c = rusqlite::Connection::open_with_flags(
         state.join("evidence.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
-    let mut stmt = c.prepare("SELECT seq, kind, body FROM records ORDER BY seq")?;
+    let dicts = residency_daemon::evidence::codec::Dicts::default();
+    let mut stmt = c.prepare("SELECT seq, kind, body, dict FROM records ORDER BY seq")?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    rows.into_iter()
+        .map(|(seq, kind, body, dict)| {
+            let body = dicts
+                .decode(&c, dict, &body)
+                .map_err(|e| anyhow::anyhow!("record {seq}: {e}"))?
+                .into_owned();
+            Ok((seq, kind, body))
+        })
+        .collect()
+}
+
+/// Records stored compressed (against a trained dictionary).
+fn compressed_records(state: &Path) -> anyhow::Result<i64> {
+    let c = rusqlite::Connection::open_with_flags(
+        state.join("evidence.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    Ok(c.query_row(
+        "SELECT count(*) FROM records WHERE dict IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 #[test]
@@ -239,19 +270,32 @@ fn a_daemon_killed_mid_ingest_leaves_a_verifiable_store_with_a_gap_record() -> a
     let config = "mode = \"monitor\"\n[kernel]\npoll_interval_ms = 5\n";
     let daemon = Daemon::start_with(config, &cg, &state_arg)?;
 
-    // Steady traffic, and SIGKILL while it flows.
+    // Steady traffic, and SIGKILL while it flows, once the store has
+    // trained its dictionary and compresses what it stores.
     let mut client = spawn_client(
         &[Op::Udp(de.udp)],
         &ClientOptions {
             cgroup: Some(&cg),
-            duration_ms: Some(3000),
+            duration_ms: Some(30_000),
             ..Default::default()
         },
     )?;
     daemon.wait_for(Duration::from_secs(10), |r| {
         r["event"]["dataset"] == "residency.flow"
     })?;
-    std::thread::sleep(Duration::from_millis(700));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon
+        .stderr_text()
+        .contains("compressed with a new dictionary")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no dictionary trained within 20 s: {}",
+            daemon.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let written = daemon.kill_hard()?;
     let _ = client.kill();
     let _ = client.wait();
@@ -268,6 +312,10 @@ fn a_daemon_killed_mid_ingest_leaves_a_verifiable_store_with_a_gap_record() -> a
         .map(|(_, _, b)| serde_json::from_slice(b))
         .collect::<Result<_, _>>()?;
     assert!(stored.len() > 10, "records were committed before the kill");
+    assert!(
+        compressed_records(&state)? > 0,
+        "no record was stored compressed before the kill"
+    );
     assert!(stored_bodies.len() <= written.len());
     for (i, body) in stored_bodies.iter().enumerate() {
         assert_eq!(

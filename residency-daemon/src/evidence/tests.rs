@@ -961,6 +961,16 @@ async fn compressed_records_read_back_exactly() {
         usize::try_from(stored).unwrap() * 4 < raw,
         "{packed} records take {stored} bytes compressed, against {raw} raw"
     );
+    // So does what a SIEM sink reads.
+    let (sent, reached) = ev
+        .reader()
+        .records_for_sink(0, 10_000, true, false, false)
+        .unwrap();
+    assert_eq!(reached, n);
+    assert_eq!(sent.len(), usize::try_from(n).unwrap());
+    for (seq, bytes) in &sent {
+        assert_eq!(bytes, sample_flow(seq - 1).as_bytes(), "record {seq}");
+    }
     // Filtered queries and exports read them too.
     let page = ev
         .reader()
