@@ -245,10 +245,14 @@ fn blocked_connect_is_a_violation_in_the_api_and_its_acknowledgement_verifies() 
 
     // Tampering with the acknowledgement is caught.
     let c = rusqlite::Connection::open(state.join("evidence.db"))?;
-    c.execute(
-        "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), 'SEC-1234', 'SEC-9999') AS BLOB) WHERE seq = ?1",
+    // A few records: the store keeps them raw (no dictionary yet), so the
+    // text edit below reaches the bytes.
+    assert_eq!(compressed_records(&state)?, 0);
+    let edited = c.execute(
+        "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), 'SEC-1234', 'SEC-9999') AS BLOB) WHERE seq = ?1 AND instr(CAST(body AS TEXT), 'SEC-1234') > 0",
         [ack_seq],
     )?;
+    assert_eq!(edited, 1, "the acknowledgement record holds its note");
     drop(c);
     let (code, text) = verify(&state)?;
     assert_eq!(code, 1, "{text}");

@@ -41,9 +41,20 @@ const MAX_SAMPLE: usize = 16 * 1024;
 /// zstd level: higher levels cost the writer time and gain little on
 /// records this small.
 const LEVEL: i32 = 3;
-/// Largest body a stored frame may claim to hold: anything larger is
-/// damage, not a record.
-pub const MAX_BODY: u64 = 64 << 20;
+/// Bodies larger than this are kept raw, and a stored frame that claims
+/// more is damage: a reader never inflates more than this per record.
+pub const MAX_BODY: u64 = 1 << 20;
+/// Nor more than this many times the stored size: a few bytes that claim a
+/// megabyte of zeros are damage, not a record (the writer keeps raw what
+/// would compress further).
+pub const MAX_RATIO: u64 = 1024;
+/// A dictionary row larger than this is damage.
+const MAX_DICT: i64 = 4 * 16 * 1024;
+/// At most this many bytes of samples are held (zstd advises about a
+/// hundred times the dictionary's size).
+const MAX_SAMPLE_BYTES: usize = 128 * DICT_BYTES;
+/// Training that fails this often is given up until the next start.
+const MAX_FAILURES: u32 = 4;
 /// Records per window over which the writer measures its ratio.
 const WINDOW: u64 = 65_536;
 
@@ -56,6 +67,7 @@ pub struct Compressor {
     out: Vec<u8>,
     samples_wanted: usize,
     samples: Vec<Vec<u8>>,
+    sample_bytes: usize,
     sampling: bool,
     training: Option<mpsc::Receiver<Result<Vec<u8>, String>>>,
     failures: u32,
@@ -79,6 +91,7 @@ impl Compressor {
             out: Vec::new(),
             samples_wanted: samples.max(8),
             samples: Vec::new(),
+            sample_bytes: 0,
             sampling,
             training: None,
             failures: 0,
@@ -93,13 +106,17 @@ impl Compressor {
     pub fn encode<'a>(&'a mut self, body: &'a [u8]) -> (Option<i64>, &'a [u8]) {
         if self.sampling && body.len() <= MAX_SAMPLE {
             self.samples.push(body.to_vec());
-            if self.samples.len() >= self.samples_wanted {
+            self.sample_bytes += body.len();
+            if self.samples.len() >= self.samples_wanted || self.sample_bytes >= MAX_SAMPLE_BYTES {
                 self.train();
             }
         }
         let Some((id, dict)) = &self.current else {
             return (None, body);
         };
+        if body.len() as u64 > MAX_BODY {
+            return (None, body);
+        }
         self.out.clear();
         self.out.reserve(zstd_safe::compress_bound(body.len()));
         let id = *id;
@@ -107,7 +124,9 @@ impl Compressor {
             .cctx
             .compress_using_cdict(&mut self.out, body, dict)
             .is_ok()
-            && self.out.len() < body.len();
+            && self.out.len() < body.len()
+            // What a reader would refuse to inflate stays raw.
+            && (body.len() as u64) <= self.out.len() as u64 * MAX_RATIO;
         self.window.0 += 1;
         self.window.1 += body.len() as u64;
         self.window.2 += if compressed {
@@ -134,7 +153,8 @@ impl Compressor {
         match self.baseline {
             None => self.baseline = Some(ratio),
             Some(base) if !self.sampling && self.training.is_none() => {
-                if ratio > (base * 2.0).max(base + 0.1) {
+                // Twice the bytes, and more than noise.
+                if ratio > (base * 2.0).max(base + 0.02) {
                     tracing::info!(
                         baseline = base,
                         now = ratio,
@@ -150,7 +170,7 @@ impl Compressor {
     fn train(&mut self) {
         self.sampling = false;
         let samples = std::mem::take(&mut self.samples);
-        let total: usize = samples.iter().map(Vec::len).sum();
+        let total = std::mem::take(&mut self.sample_bytes);
         // zstd needs samples many times the dictionary's size.
         let size = DICT_BYTES.min(total / 8).max(256);
         let (tx, rx) = mpsc::channel();
@@ -166,17 +186,22 @@ impl Compressor {
         }
     }
 
-    fn failed(&mut self, why: &str) {
+    /// Training (or storing its result) failed: try again on more records,
+    /// a few times, then keep records as they are until the next start.
+    pub fn failed(&mut self, why: &str) {
         self.failures += 1;
-        if self.failures == 1 {
+        if self.failures >= MAX_FAILURES {
             tracing::warn!(
-                "cannot train a dictionary for the evidence store ({why}); records stay uncompressed until a later try works"
+                "cannot train a dictionary for the evidence store ({why}; {} tries): new records are stored uncompressed until the next start",
+                self.failures
             );
-        } else {
-            tracing::debug!("dictionary training failed again: {why}");
+            self.sampling = false;
+            return;
         }
-        // Try again on later records, with more of them.
-        self.samples_wanted = self.samples_wanted.saturating_mul(2).min(SAMPLES * 8);
+        tracing::warn!(
+            "cannot train a dictionary for the evidence store ({why}); trying again on later records"
+        );
+        self.samples_wanted = self.samples_wanted.saturating_mul(2).min(SAMPLES * 4);
         self.sampling = true;
     }
 
@@ -243,9 +268,15 @@ impl Dicts {
             return Ok(Cow::Borrowed(stored));
         };
         let prepared = self.get(conn, id)?;
+        let bound = MAX_BODY.min(stored.len() as u64 * MAX_RATIO);
         let size = match zstd_safe::get_frame_content_size(stored) {
-            Ok(Some(n)) if n <= MAX_BODY => n,
-            Ok(Some(n)) => return Err(format!("it claims {n} bytes, more than a record can be")),
+            Ok(Some(n)) if n <= bound => n,
+            Ok(Some(n)) => {
+                return Err(format!(
+                    "it claims {n} bytes from {} stored, more than the store ever compresses",
+                    stored.len()
+                ));
+            }
             Ok(None) => return Err("its size is not recorded".into()),
             Err(_) => return Err("it is not a zstd frame".into()),
         };
@@ -273,11 +304,21 @@ impl Dicts {
         if let Some(d) = self.cache.lock().ok().and_then(|c| c.get(&id).cloned()) {
             return Ok(d);
         }
-        let bytes: Option<Vec<u8>> = conn
-            .query_row("SELECT bytes FROM dicts WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(|e| format!("dictionary {id} cannot be read: {e}"))?;
-        let bytes = bytes.ok_or_else(|| format!("its dictionary {id} is missing"))?;
+        let read = |sql| {
+            conn.query_row(sql, [id], |r| r.get::<_, rusqlite::types::Value>(0))
+                .optional()
+                .map_err(|e| format!("dictionary {id} cannot be read: {e}"))
+        };
+        match read("SELECT length(bytes) FROM dicts WHERE id = ?1")? {
+            None => return Err(format!("its dictionary {id} is missing")),
+            Some(rusqlite::types::Value::Integer(n)) if n <= MAX_DICT => {}
+            Some(_) => return Err(format!("its dictionary {id} is damaged (not a dictionary)")),
+        }
+        let Some(rusqlite::types::Value::Blob(bytes)) =
+            read("SELECT bytes FROM dicts WHERE id = ?1")?
+        else {
+            return Err(format!("its dictionary {id} is damaged (not a dictionary)"));
+        };
         let ddict = Arc::new(
             DDict::try_create(&bytes).ok_or_else(|| format!("its dictionary {id} is damaged"))?,
         );
@@ -342,49 +383,28 @@ mod tests {
         c
     }
 
-    /// Trains on the first records, then stores later ones in far fewer
-    /// bytes, and every one decodes to exactly what went in.
-    #[test]
-    fn records_round_trip_and_shrink_once_a_dictionary_is_trained() {
-        let c = db();
-        let mut comp = Compressor::new(None, 200);
-        let dicts = Dicts::default();
-        let mut raw = 0;
-        let mut stored_after = 0;
-        let mut raw_after = 0;
-        let mut trained = false;
-        for i in 0..2000 {
+    /// Waits (up to 30 s) for the training under way, stores and adopts
+    /// its dictionary; returns its id.
+    fn wait_trained(c: &Connection, comp: &mut Compressor, from_seq: u64) -> i64 {
+        assert!(comp.training.is_some(), "no training under way");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
             if let Some(d) = comp.trained() {
-                let id = store(&c, &d, i as u64).unwrap();
+                let id = store(c, &d, from_seq).unwrap();
                 comp.adopt(id, &d);
-                trained = true;
+                return id;
             }
-            let body = record(i);
-            let (dict, bytes) = comp.encode(&body);
-            let bytes = bytes.to_vec();
-            raw += body.len();
-            if dict.is_some() {
-                raw_after += body.len();
-                stored_after += bytes.len();
-            } else {
-                assert_eq!(bytes, body, "raw bytes are kept as they are");
-            }
-            assert_eq!(dicts.decode(&c, dict, &bytes).unwrap().as_ref(), &body[..]);
-            if i == 300 && !trained {
-                // Training runs on its own thread; let it finish.
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
+            assert!(comp.training.is_some(), "training failed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "training took over 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert!(trained, "no dictionary was trained from 2000 records");
-        assert!(raw > 0 && raw_after > 0);
-        assert!(
-            stored_after * 4 < raw_after,
-            "compressed {stored_after} of {raw_after} bytes: less than 4x"
-        );
     }
 
-    /// Feeds `records` through, storing and adopting dictionaries as they
-    /// are trained; returns the ids adopted.
+    /// Feeds `records` through, storing and adopting each dictionary once
+    /// its training is done; returns the ids adopted.
     fn feed(
         c: &Connection,
         comp: &mut Compressor,
@@ -392,18 +412,76 @@ mod tests {
     ) -> Vec<i64> {
         let mut adopted = Vec::new();
         for (n, body) in records.enumerate() {
-            if let Some(d) = comp.trained() {
-                let id = store(c, &d, n as u64).unwrap();
-                comp.adopt(id, &d);
-                adopted.push(id);
-            }
             let _ = comp.encode(&body);
             if comp.training.is_some() {
-                // Training runs on its own thread; let it finish.
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                adopted.push(wait_trained(c, comp, n as u64));
             }
         }
         adopted
+    }
+
+    /// Raw until a dictionary is trained on the first records; later ones
+    /// take far fewer bytes, and every one decodes to exactly what went in.
+    #[test]
+    fn records_round_trip_and_shrink_once_a_dictionary_is_trained() {
+        let c = db();
+        let mut comp = Compressor::new(None, 200);
+        let dicts = Dicts::default();
+        for i in 0..200 {
+            let body = record(i);
+            let (dict, bytes) = comp.encode(&body);
+            assert_eq!((dict, bytes), (None, &body[..]), "kept as it is");
+        }
+        wait_trained(&c, &mut comp, 200);
+        let (mut raw, mut stored) = (0, 0);
+        for i in 200..2000 {
+            let body = record(i);
+            let (dict, bytes) = comp.encode(&body);
+            assert!(dict.is_some(), "record {i} not compressed");
+            raw += body.len();
+            stored += bytes.len();
+            let bytes = bytes.to_vec();
+            assert_eq!(dicts.decode(&c, dict, &bytes).unwrap().as_ref(), &body[..]);
+        }
+        assert!(
+            stored * 4 < raw,
+            "compressed {stored} of {raw} bytes: less than 4x"
+        );
+    }
+
+    /// A few bytes that claim a megabyte are refused, not inflated.
+    #[test]
+    fn a_frame_claiming_more_than_the_store_compresses_is_refused() {
+        let c = db();
+        let mut comp = Compressor::new(None, 50);
+        for i in 0..50 {
+            let _ = comp.encode(&record(i));
+        }
+        let id = wait_trained(&c, &mut comp, 50);
+        // What the writer would do with a megabyte of zeros: keep it raw.
+        let zeros = vec![0u8; 1 << 20];
+        assert_eq!(comp.encode(&zeros).0, None);
+        // A forged frame of it, compressed with the store's dictionary.
+        let dict: Vec<u8> = c
+            .query_row("SELECT bytes FROM dicts WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap();
+        let mut bomb = Vec::with_capacity(zstd_safe::compress_bound(zeros.len()));
+        CCtx::create()
+            .compress_using_cdict(&mut bomb, &zeros, &CDict::create(&dict, 3))
+            .unwrap();
+        assert!(bomb.len() < 200, "{}", bomb.len());
+        let e = Dicts::default().decode(&c, Some(id), &bomb).unwrap_err();
+        assert!(e.contains("more than the store ever compresses"), "{e}");
+        // A dictionary row that is too large to be one.
+        c.execute(
+            "UPDATE dicts SET bytes = zeroblob(1 << 20) WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+        let one = record(1);
+        let small = comp.encode(&one).1.to_vec();
+        let e = Dicts::default().decode(&c, Some(id), &small).unwrap_err();
+        assert!(e.contains("damaged"), "{e}");
     }
 
     /// Records unlike those the dictionary was trained on compress worse;
@@ -451,19 +529,10 @@ mod tests {
     fn damage_is_an_error_not_a_panic() {
         let c = db();
         let mut comp = Compressor::new(None, 50);
-        let mut id = None;
-        for i in 0..400 {
-            if let Some(d) = comp.trained() {
-                let n = store(&c, &d, 0).unwrap();
-                comp.adopt(n, &d);
-                id = Some(n);
-            }
+        for i in 0..50 {
             let _ = comp.encode(&record(i));
-            if id.is_none() {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
         }
-        let id = id.expect("a dictionary");
+        let id = wait_trained(&c, &mut comp, 50);
         let body = record(7);
         let (dict, bytes) = comp.encode(&body);
         assert_eq!(dict, Some(id));

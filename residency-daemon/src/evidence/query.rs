@@ -464,17 +464,8 @@ impl Reader {
                     ],
                     |r| {
                         let seq = seq_of(r.get(0)?);
-                        let body = body(r, 1, 2, c, &self.dicts).map_or_else(
-                            |e| {
-                                // Damage: the sink sends what is stored, and
-                                // verify names the record.
-                                tracing::error!(
-                                    "record {seq}: {e}; run `residency evidence verify`"
-                                );
-                                r.get::<_, Vec<u8>>(1).unwrap_or_default()
-                            },
-                            std::borrow::Cow::into_owned,
-                        );
+                        let body = body(r, 1, 2, c, &self.dicts)
+                            .map_or_else(|e| damaged(seq, &e), std::borrow::Cow::into_owned);
                         Ok((seq, body))
                     },
                 )?
@@ -700,6 +691,29 @@ fn checkpoint_row(r: &Row<'_>, key: &str) -> rusqlite::Result<Checkpoint> {
 
 /// A record for a SIEM sink: its sequence number and bytes.
 pub type SinkRecord = (u64, Vec<u8>);
+
+/// What a sink is given for a record that cannot be read back (damage,
+/// which `evidence verify` also reports): a gap record naming it, so the
+/// SIEM hears of the hole instead of nothing.
+fn damaged(seq: u64, why: &str) -> Vec<u8> {
+    tracing::error!("record {seq} cannot be read back: {why}; run `residency evidence verify`");
+    let note = crate::sinks::Record::Note(Box::new(crate::sinks::Note {
+        action: "evidence-gap",
+        kind: "pipeline_error",
+        message: format!(
+            "record {seq} of the evidence chain cannot be read back ({why}); run `residency evidence verify`"
+        ),
+        fields: serde_json::json!({ "evidence": {
+            "gap": { "reason": "damaged-record", "seq": seq }
+        }}),
+    }));
+    let mut line = Vec::new();
+    let _ = crate::sinks::ecs::encode_line(&note, &mut line);
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    line
+}
 
 /// The records a sink takes, as an SQL condition (`None`: none).
 fn sink_kinds(flows: bool, violations: bool, gaps: bool) -> Option<String> {
@@ -1052,11 +1066,13 @@ pub fn open_read_only(path: &Path) -> Result<Connection, EvidenceError> {
             path: path.to_owned(),
             message: format!("not a residency evidence store: {e}"),
         })?;
-    if format != Some(schema::FORMAT) {
+    // Format 1 (bodies never compressed) is read as it is: an archived
+    // store verifies without a daemon upgrading it first.
+    if !matches!(format, Some(1..=schema::FORMAT)) {
         return Err(EvidenceError::Open {
             path: path.to_owned(),
             message: format!(
-                "not a residency evidence store of format {} (found {format:?})",
+                "not a residency evidence store of format 1 to {} (found {format:?})",
                 schema::FORMAT
             ),
         });

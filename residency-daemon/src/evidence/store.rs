@@ -752,15 +752,20 @@ impl Writer {
         let mut given = given.into_iter();
         let started = Instant::now();
         if let Some(dict) = self.codec.trained() {
-            // Stored before any record needs it, in its own transaction.
-            let id = codec::store(&self.conn, &dict, self.next_seq)?;
-            self.codec.adopt(id, &dict);
-            info!(
-                dictionary = id,
-                bytes = dict.len(),
-                from_seq = self.next_seq,
-                "evidence store: records are compressed with a new dictionary"
-            );
+            // Stored before any record needs it, in its own transaction. A
+            // failure here costs compression, not records.
+            match codec::store(&self.conn, &dict, self.next_seq) {
+                Ok(id) => {
+                    self.codec.adopt(id, &dict);
+                    info!(
+                        dictionary = id,
+                        bytes = dict.len(),
+                        from_seq = self.next_seq,
+                        "evidence store: records are compressed with a new dictionary"
+                    );
+                }
+                Err(e) => self.codec.failed(&format!("storing it failed: {e}")),
+            }
         }
         let tx = self.conn.unchecked_transaction()?;
         let (mut record_bytes, mut stored_bytes) = (0, 0);

@@ -83,6 +83,38 @@ fn db(dir: &Path) -> Connection {
     Connection::open(super::db_path(dir)).unwrap()
 }
 
+/// Every record's sequence number and canonical bytes, decompressed.
+fn canonical_rows(c: &Connection) -> Vec<(i64, Vec<u8>)> {
+    let dicts = super::codec::Dicts::default();
+    c.prepare("SELECT seq, body, dict FROM records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .map(|(seq, body, dict)| (seq, dicts.decode(c, dict, &body).unwrap().into_owned()))
+        .collect()
+}
+
+/// Edits with SQL text functions only work on a body stored raw: says so
+/// before a test relies on it.
+fn assert_raw(c: &Connection, seq: i64) {
+    let dict: Option<i64> = c
+        .query_row("SELECT dict FROM records WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        dict, None,
+        "record {seq} is compressed: edit it through the codec"
+    );
+}
+
 #[tokio::test]
 async fn a_closed_store_verifies_and_is_signed() {
     let dir = tempfile::tempdir().unwrap();
@@ -337,6 +369,7 @@ async fn policy_versions_come_from_policy_loaded_records() {
 async fn verify_catches_an_edited_record() {
     let dir = tempfile::tempdir().unwrap();
     filled(dir.path()).await.close().await.unwrap();
+    assert_raw(&db(dir.path()), 14);
     db(dir.path())
         .execute(
             "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), '\"US\"', '\"DE\"') AS BLOB) WHERE seq = 14",
@@ -464,6 +497,7 @@ async fn verify_catches_a_rewritten_chain_by_its_signatures() {
     // Edit a record and recompute every hash after it: the chain is
     // consistent again, but the signed head no longer matches.
     let c = db(dir.path());
+    assert_raw(&c, 4);
     c.execute(
         "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), '\"blocked\"', '\"allowed\"') AS BLOB),
                             verdict = 'allowed' WHERE seq = 4",
@@ -483,14 +517,7 @@ async fn verify_catches_a_rewritten_chain_by_its_signatures() {
         .execute("UPDATE cols SET verdict = 'allowed' WHERE seq = 4", [])
         .unwrap();
     let mut prev = chain::GENESIS;
-    let rows: Vec<(i64, Vec<u8>)> = c
-        .prepare("SELECT seq, body FROM records ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (seq, body) in rows {
+    for (seq, body) in canonical_rows(&c) {
         prev = chain::link(&prev, u64::try_from(seq).unwrap(), &body);
         c.execute(
             "UPDATE records SET hash = ?1 WHERE seq = ?2",
@@ -789,14 +816,19 @@ async fn retention_by_size_prunes_the_oldest_and_stays_verifiable() {
     assert_eq!(r.base_seq, 250, "a quarter of 1..=1000: {r:?}");
     assert_eq!(r.first_seq, Some(251));
     let c = db(dir.path());
-    let body: Vec<u8> = c
+    let seq: i64 = c
         .query_row(
-            "SELECT body FROM records WHERE kind = 'evidence-pruned'",
+            "SELECT seq FROM records WHERE kind = 'evidence-pruned'",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let pruned = ev
+        .reader()
+        .record(u64::try_from(seq).unwrap())
+        .unwrap()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(pruned.record.get()).unwrap();
     assert_eq!(doc["residency"]["evidence"]["pruned"]["reason"], "size");
     assert_eq!(doc["residency"]["evidence"]["pruned"]["through_seq"], 250);
     // The index followed.
@@ -1071,6 +1103,24 @@ async fn tampering_with_compressed_records_or_their_dictionary_is_caught() {
         "only the damaged record is named: {:?}",
         r.faults
     );
+    // A SIEM sink reading past it is told of the hole.
+    let (ev, _) = Evidence::open(&config(copy.path())).unwrap();
+    let (sent, _) = ev
+        .reader()
+        .records_for_sink(victim - 1, 1, true, false, true)
+        .unwrap();
+    ev.close().await.unwrap();
+    let text = String::from_utf8_lossy(&sent[0].1).into_owned();
+    assert_eq!(sent[0].0, victim);
+    let alerts = crate::siem::alert::Alert::from_record(victim, &sent[0].1);
+    assert_eq!(alerts.len(), 1, "{text}");
+    assert_eq!(alerts[0].kind, crate::siem::alert::AlertKind::Gap);
+    assert!(
+        text.contains(&format!(
+            "record {victim} of the evidence chain cannot be read back"
+        )),
+        "{text}"
+    );
 
     // A damaged dictionary: every record compressed with it is named.
     let copy = copy_store(dir.path());
@@ -1078,6 +1128,18 @@ async fn tampering_with_compressed_records_or_their_dictionary_is_caught() {
         .execute("UPDATE dicts SET bytes = substr(bytes, 1, 100)", [])
         .unwrap();
     let r = verify_dir(copy.path());
+    assert!(!r.ok());
+    assert_eq!(r.faults[0].seq, Some(compressed_seq + 1 - packed));
+    assert!(
+        r.faults
+            .iter()
+            .filter(|f| f.what.starts_with("record "))
+            .all(|f| f.seq.is_some_and(|s| s > compressed_seq - packed)),
+        "records stored raw are not named: {:?}",
+        r.faults
+    );
+    let faults = u64::try_from(r.faults.len()).unwrap() + r.more_faults;
+    assert!(faults >= packed, "{faults} faults for {packed} records");
     assert!(!r.ok());
     assert_eq!(r.faults[0].seq, Some(compressed_seq + 1 - packed));
 
@@ -1124,6 +1186,10 @@ async fn a_format_1_store_is_upgraded_in_place_and_still_verifies() {
             "ALTER TABLE records DROP COLUMN dict; DROP TABLE dicts; UPDATE meta SET value = 1 WHERE key = 'format';",
         )
         .unwrap();
+    // `evidence verify` reads it as it is, before any daemon upgrades it.
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.records, 50);
     let (ev, opened) = Evidence::open(&config(dir.path())).unwrap();
     assert_eq!(opened.next_seq, 51);
     ev.append(flows_from(50, 10)).await.unwrap();

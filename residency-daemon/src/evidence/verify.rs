@@ -837,10 +837,16 @@ pub fn store(
     }
     let closed_cleanly = matches!(meta("clean")?, Some(rusqlite::types::Value::Integer(1)));
     let index = IndexCheck::open(&ix_path, ix_through, &mut v);
-    let mut stmt = conn.prepare(
-        "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, body, hash, dict
-         FROM records ORDER BY seq",
-    )?;
+    // Format 1 stores have no `dict` column: every body is raw.
+    let dict = if conn.prepare("SELECT dict FROM records LIMIT 0").is_ok() {
+        "dict"
+    } else {
+        "NULL"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, body, hash, {dict}
+         FROM records ORDER BY seq"
+    ))?;
     let mut cols = index
         .as_ref()
         .map(|_| {
@@ -887,6 +893,7 @@ pub fn store(
                 (found, sum, rebuilt)
             });
             let mut batch = Vec::with_capacity(1024);
+            let mut batch_bytes = 0;
             while let Some(r) = rows.next()? {
                 let seq = u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0);
                 let tenants: Option<String> = r.get(6)?;
@@ -930,8 +937,11 @@ pub fn store(
                     }
                 };
                 v.chain(seq, &body, hash);
+                batch_bytes += body.len();
                 batch.push((seq, body.into_owned(), Columns::Stored(Box::new(columns))));
-                if batch.len() == 1024 {
+                // Bounded by count and by bytes: bodies are up to 1 MiB.
+                if batch.len() == 1024 || batch_bytes >= 16 << 20 {
+                    batch_bytes = 0;
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(1024));
                     if to_worker.send(full).is_err() {
                         break;
