@@ -95,7 +95,8 @@ enum Bench {
     /// The evidence store: ingest rate with the hash chain, decision to
     /// queryable latency with the daemon at 50k events/s, query latency
     /// over 10 M records (HTTP and direct), verify speed, and size. Needs
-    /// about 15 GB free in /var/tmp (`-- --scratch DIR` to choose).
+    /// about 6 GB free in /var/tmp (`-- --scratch DIR` to choose;
+    /// `-- --latency-only` for the latency case alone).
     Evidence {
         /// Arguments for the benchmark binary (see `--help` there).
         #[arg(last = true)]

@@ -76,7 +76,7 @@ enum BenchCmd {
         /// Run the latency case only (no table is written).
         #[arg(long)]
         latency_only: bool,
-        /// Where the scratch store goes (default /var/tmp; needs ~15 GB
+        /// Where the scratch store goes (default /var/tmp; needs ~6 GB
         /// for 10 M records).
         #[arg(long)]
         scratch: Option<PathBuf>,
