@@ -1052,13 +1052,38 @@ impl Writer {
         }
         self.checkpoint("shutdown")?;
         self.set_clean(true)?;
-        // Fold the WAL back so the store is one file at rest.
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        self.fold_wal();
         info!(
             last_seq = self.next_seq - 1,
             "evidence store closed with a signed checkpoint"
         );
         Ok(self.next_seq - 1)
+    }
+
+    /// Folds the log back so that the store is one file at rest. The
+    /// checkpointer thread may be running a passive checkpoint of its own
+    /// at that moment (then `SQLite` answers busy at once), and the indexer
+    /// may be inside a read: tried again for up to 5 s.
+    fn fold_wal(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let done = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .is_ok_and(|busy| busy == 0);
+            if done {
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    "could not fold the evidence store's write-ahead log back at close; the next start does"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn update_size(&self) {
