@@ -436,6 +436,25 @@ impl Drop for Daemon {
     }
 }
 
+/// A GeoIP test database, `c.mmdb` in `dir`, that places 127.0.0.16/28 in
+/// Germany and 127.0.0.32/28 in the US (loopback stands in for the world).
+#[must_use]
+pub fn de_us_db(dir: &Path) -> PathBuf {
+    use geoip::testdb::{Entry, Layout, write};
+    let db = dir.join("c.mmdb");
+    write(
+        &db,
+        Layout::IpLocationDb,
+        "t",
+        1,
+        &[
+            Entry::country("127.0.0.16/28", "DE"),
+            Entry::country("127.0.0.32/28", "US"),
+        ],
+    );
+    db
+}
+
 /// Reads JSON-lines records, ignoring a trailing partial line.
 ///
 /// # Errors

@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use geoip::testdb::{Entry, Layout, write};
 use residency_tests::{
     ClientOptions, Daemon, Listener, Op, TestCgroup, action, privileged_or_skip, run_client,
     spawn_client, workspace_bin,
@@ -49,22 +48,6 @@ tenants = ["acme"]
 cgroup = ["{root}/llm"]
 "#
     )
-}
-
-/// A database that places 127.0.0.32/28 in the US and 127.0.0.16/28 in DE.
-fn db(dir: &Path) -> std::path::PathBuf {
-    let db = dir.join("c.mmdb");
-    write(
-        &db,
-        Layout::IpLocationDb,
-        "t",
-        1,
-        &[
-            Entry::country("127.0.0.16/28", "DE"),
-            Entry::country("127.0.0.32/28", "US"),
-        ],
-    );
-    db
 }
 
 /// `residency` with arguments; (exit code, stdout, stderr).
@@ -143,7 +126,7 @@ fn blocked_connect_is_a_violation_in_the_api_and_its_acknowledgement_verifies() 
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let db = db(dir.path());
+    let db = residency_tests::de_us_db(dir.path());
     let us = Listener::bind(v4(33))?;
     let cg = TestCgroup::new("evidence-api")?;
     let llm = cg.child("llm")?;

@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use geoip::testdb::{Entry, Layout, write};
 use residency_tests::{
     ClientOptions, Daemon, Listener, Op, TestCgroup, action, privileged_or_skip,
     receivers::{
@@ -31,22 +30,6 @@ const HEC_TOKEN: &str = "0b5e0e9c-5c55-4b55-9d3c-1f2d7f0e7a11";
 
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-/// A database that places 127.0.0.32/28 in the US and 127.0.0.16/28 in DE.
-fn db(dir: &Path) -> PathBuf {
-    let db = dir.join("c.mmdb");
-    write(
-        &db,
-        Layout::IpLocationDb,
-        "t",
-        1,
-        &[
-            Entry::country("127.0.0.16/28", "DE"),
-            Entry::country("127.0.0.32/28", "US"),
-        ],
-    );
-    db
 }
 
 /// The acme tenant (EEA only, enforced) and its LLM workload, plus `sinks`.
@@ -96,7 +79,7 @@ struct Setup {
 
 fn setup(name: &str) -> anyhow::Result<Setup> {
     let dir = tempfile::tempdir()?;
-    let db = db(dir.path());
+    let db = residency_tests::de_us_db(dir.path());
     let us = Listener::bind(v4(33))?;
     let cg = TestCgroup::new(name)?;
     let llm = cg.child("llm")?;

@@ -10,12 +10,11 @@
 use std::io::Write as _;
 
 use rusqlite::{Connection, OptionalExtension as _};
-
-use super::codec::Dicts;
 use serde::Serialize;
 
 use super::{
     EvidenceError, chain,
+    codec::Dicts,
     query::Reader,
     verify::{BUNDLE_FORMAT, Manifest},
 };
@@ -228,14 +227,8 @@ fn export_in(
             let hash: Vec<u8> = r.get(1)?;
             // Undecodable (damaged) bytes go out as stored, and
             // verification names the record.
-            let body = super::query::body(r, 2, 3, c, dicts).unwrap_or_else(|_| {
-                std::borrow::Cow::Borrowed(match r.get_ref(2) {
-                    Ok(rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b)) => {
-                        b
-                    }
-                    _ => &[],
-                })
-            });
+            let body = super::query::body(r, 2, 3, c, dicts)
+                .unwrap_or_else(|_| std::borrow::Cow::Borrowed(super::query::raw(r, 2)));
             let body = &body[..];
             write!(
                 records,

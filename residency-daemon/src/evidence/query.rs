@@ -631,12 +631,17 @@ pub(crate) fn body<'r>(
     c: &Connection,
     dicts: &Dicts,
 ) -> Result<std::borrow::Cow<'r, [u8]>, String> {
-    let stored = match r.get_ref(at).map_err(|e| e.to_string())? {
-        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b,
-        _ => &[],
-    };
+    r.get_ref(at).map_err(|e| e.to_string())?;
     let dict: Option<i64> = r.get(dict_at).map_err(|e| e.to_string())?;
-    dicts.decode(c, dict, stored)
+    dicts.decode(c, dict, raw(r, at))
+}
+
+/// The bytes of column `at` as stored (empty if it is not a blob or text).
+pub(crate) fn raw<'r>(r: &'r Row<'_>, at: usize) -> &'r [u8] {
+    match r.get_ref(at) {
+        Ok(rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b)) => b,
+        _ => &[],
+    }
 }
 
 fn stored(
