@@ -18,13 +18,14 @@ use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::{mpsc::UnboundedSender, watch};
 use tracing::{error, info, warn};
 
+use residency_record::{Lifecycle, PolicyLoaded, Record};
+
 use crate::{
     config::{Config, ConfigError},
-    geo::FileIdentity,
+    geodb::FileIdentity,
     identity::SharedTree,
     kernel::PolicyMaps,
     policy::{self, Versions},
-    sinks::{Note, Record},
     workloads::{self, Tree},
 };
 
@@ -41,12 +42,7 @@ pub fn read_config(path: &Path, locked: bool) -> Result<Config, ConfigError> {
         return Config::from_file(path);
     }
     let source = path.display().to_string();
-    let err = |message: String| ConfigError {
-        file: source.clone(),
-        line: None,
-        field: String::new(),
-        message,
-    };
+    let err = |message: String| ConfigError::file(source.clone(), message);
     let mut file = crate::trust::open(path).map_err(|e| err(e.to_string()))?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text)
@@ -260,18 +256,9 @@ fn lock(tree: &SharedTree) -> std::sync::MutexGuard<'_, Tree> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn note(
-    action: &'static str,
-    kind: &'static str,
-    message: String,
-    fields: serde_json::Value,
-) -> Record {
-    Record::Note(Box::new(Note {
-        action,
-        kind,
-        message,
-        fields,
-    }))
+/// A `policy-refused` record: the policy in force stays.
+fn refused_note(message: String, fields: serde_json::Value) -> Record {
+    Record::note(Lifecycle::PolicyRefused, message, fields)
 }
 
 async fn reload(mut c: Control, why: &str) -> Control {
@@ -282,9 +269,7 @@ async fn reload(mut c: Control, why: &str) -> Control {
     c.identity = FileIdentity::of(&path);
     let refused = |c: &Control, error: String| {
         warn!(path = %path.display(), "new configuration refused, the policy in force stays: {error}");
-        let _ = c.notes.send(note(
-            "policy-refused",
-            "pipeline_error",
+        let _ = c.notes.send(refused_note(
             format!("configuration {} was refused; the policy in force stays: {error}", path.display()),
             serde_json::json!({ "policy": { "path": path.display().to_string(), "error": error, "hash_in_force": c.current.hash } }),
         ));
@@ -312,7 +297,7 @@ async fn reload(mut c: Control, why: &str) -> Control {
     if config.kernel.cgroup != c.current.kernel.cgroup {
         warn!("kernel.cgroup changed; the programs stay attached where they are until a restart");
     }
-    install(c, Arc::new(config), "policy-loaded").await
+    install(c, Arc::new(config), Lifecycle::PolicyLoaded).await
 }
 
 async fn reinstall_for_expiry(c: Control) -> Control {
@@ -327,10 +312,10 @@ async fn reinstall_for_expiry(c: Control) -> Control {
         warn!(exception = %e.name, "exception expired: it no longer applies");
     }
     let current = c.current.clone();
-    install(c, current, "exception-expired").await
+    install(c, current, Lifecycle::ExceptionExpired).await
 }
 
-async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> Control {
+async fn install(mut c: Control, config: Arc<Config>, action: Lifecycle) -> Control {
     let Some(maps) = c.maps.take() else {
         // Lost with a failed loader (said so then); nothing to retry.
         c.retry_after = Some(std::time::Instant::now() + Duration::from_hours(24));
@@ -343,7 +328,7 @@ async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> C
     let number = maps.next_generation();
     // Known before the switch: the first records of the new generation
     // must already find their configuration.
-    c.versions.add(number, config.clone());
+    c.versions.add(number, &config);
     let started = std::time::Instant::now();
     let compiled_for_install = compiled.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -367,9 +352,7 @@ async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> C
             error!(
                 "the policy loader failed ({e}); the policy in force stays, and no new policy can be loaded until residency is restarted"
             );
-            let _ = c.notes.send(note(
-                "policy-refused",
-                "pipeline_error",
+            let _ = c.notes.send(refused_note(
                 format!("the policy loader failed ({e}); the policy in force stays until residency is restarted"),
                 serde_json::json!({ "policy": { "error": e.to_string(), "hash_in_force": c.current.hash } }),
             ));
@@ -391,9 +374,7 @@ async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> C
             c.versions.remove(number);
             c.retry_after = Some(std::time::Instant::now() + RETRY);
             warn!("policy not installed, the one in force stays: {e}");
-            let _ = c.notes.send(note(
-                "policy-refused",
-                "pipeline_error",
+            let _ = c.notes.send(refused_note(
                 format!("the new policy could not be loaded into the kernel; the policy in force stays: {e}"),
                 serde_json::json!({ "policy": { "error": e, "hash_in_force": c.current.hash } }),
             ));
@@ -402,18 +383,29 @@ async fn install(mut c: Control, config: Arc<Config>, action: &'static str) -> C
     c
 }
 
-/// The record of a policy generation taking effect.
+/// The record of a policy generation taking effect (`policy-loaded`, or
+/// `exception-expired` when an expiry compiled it).
 #[must_use]
 pub fn loaded_note(
-    action: &'static str,
+    action: Lifecycle,
     config: &Config,
     generation: u32,
     compiled: &policy::Compiled,
     ms: u64,
 ) -> Record {
-    note(
+    PolicyLoaded {
+        hash: config.hash.clone(),
+        generation,
+        source: config.source.clone(),
+        tenants: config.tenants.iter().map(|t| t.id.clone()).collect(),
+        workloads: config.workloads.iter().map(|w| w.name.clone()).collect(),
+        exceptions_expired: compiled.expired.clone(),
+        load_ms: ms,
+        // The exact text: the evidence then holds what each version said.
+        text: config.text.clone(),
+    }
+    .record(
         action,
-        "state",
         format!(
             "policy {} (generation {generation}) is in force: {} tenant(s), {} workload(s){}",
             &config.hash[..12.min(config.hash.len())],
@@ -428,16 +420,5 @@ pub fn loaded_note(
                 )
             }
         ),
-        serde_json::json!({ "policy": {
-            "hash": config.hash,
-            "generation": generation,
-            "source": config.source,
-            "tenants": config.tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
-            "workloads": config.workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
-            "exceptions_expired": compiled.expired,
-            "load_ms": ms,
-            // The exact text: the evidence then holds what each version said.
-            "text": config.text,
-        }}),
     )
 }

@@ -3,24 +3,27 @@
 //!
 //! That means wall-clock time, addresses, names, the `GeoIP` detail
 //! (country, continent, AS) of the database generation that decided, the
-//! configuration that decided (workload, role, tenants, exception, hash),
-//! and the caller's executable, command line and cgroup path
-//! ([`crate::identity`]). DNS names join here when that stage lands.
+//! view of the policy generation that decided (workload, role, tenants,
+//! exception, hash: [`crate::policy::Versions`]), and the caller's
+//! executable, command line and cgroup path ([`crate::identity`]). The
+//! flow itself is the record crate's ([`residency_record::Flow`]); DNS
+//! names join here when that stage lands.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
-use geoip::{CountryCode, DbVersion};
+use geoip::CountryCode;
 use residency_common::{
     AF_INET, AF_INET6, ConnectEvent, DestKind, FLAG_V4_MAPPED, Hook, IPPROTO_TCP, IPPROTO_UDP,
     Verdict,
 };
+use residency_record::{Decider, Flow, Transport};
 
 use crate::{
-    geo::{Detail, DetailCache, Registry},
-    identity::{CgroupPaths, ProcessInfo, Processes, SharedTree},
+    geodb::{DetailCache, Registry},
+    identity::{CgroupPaths, Processes, SharedTree},
     policy::Versions,
 };
 
@@ -30,7 +33,7 @@ use crate::{
 pub struct Sources {
     /// `GeoIP` generation -> database.
     pub registry: Arc<Registry>,
-    /// Policy generation -> configuration.
+    /// Policy generation -> the view records are explained with.
     pub versions: Arc<Versions>,
     /// The cgroup tree.
     pub tree: SharedTree,
@@ -58,8 +61,11 @@ impl Enricher {
 
     /// Everything userspace adds to a kernel record.
     pub fn enrich(&mut self, flow: &mut Flow) {
-        flow.add_geo(&self.sources.registry, &mut self.details);
-        flow.add_policy(&self.sources.versions);
+        add_geo(flow, &self.sources.registry, &mut self.details);
+        // The view of the generation that decided, for names, modes and
+        // the hash; none if it is no longer held (better no explanation
+        // than another policy's).
+        flow.policy_view = self.sources.versions.get(flow.policy_gen).map(Decider);
         flow.process = self
             .processes
             .lookup(flow.pid, flow.tid, &flow.process_name);
@@ -70,12 +76,6 @@ impl Enricher {
     /// exit records, which arrive in order with the decisions.
     pub fn observe(&mut self, record: &crate::kernel::Decoded) {
         self.processes.observe(record);
-    }
-
-    /// The newest configuration, for records no policy generation decided.
-    #[must_use]
-    pub fn versions(&self) -> &Versions {
-        &self.sources.versions
     }
 }
 
@@ -113,84 +113,6 @@ impl Clock {
     }
 }
 
-/// Transport protocol of the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Udp,
-    Other,
-}
-
-impl Transport {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-            Transport::Other => "unknown",
-        }
-    }
-}
-
-/// One outbound connection attempt or datagram, decided and explained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flow {
-    pub time: jiff::Timestamp,
-    /// The kernel's `CLOCK_BOOTTIME` stamp, kept for ordering and latency.
-    pub boot_ns: u64,
-    pub cgroup_id: u64,
-    /// The cgroup's path under the cgroup2 mount, if it was still there.
-    pub cgroup_path: Option<Arc<str>>,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// The thread's `comm`. Not necessarily UTF-8 in the kernel; invalid
-    /// bytes are replaced here.
-    pub process_name: String,
-    /// Executable and command line, if the process still ran when the
-    /// record was enriched.
-    pub process: Option<Arc<ProcessInfo>>,
-    pub hook: Hook,
-    pub transport: Transport,
-    pub dest_ip: IpAddr,
-    pub dest_port: u16,
-    /// The program saw `::ffff:a.b.c.d` and judged it as `a.b.c.d`.
-    pub v4_mapped: bool,
-    pub verdict: Verdict,
-    pub rule_id: u32,
-    /// What decided: `GeoIP`, a rule, a local range.
-    pub dest_kind: DestKind,
-    /// The country the kernel judged (`GeoIP` or an internal network's
-    /// jurisdiction).
-    pub country: Option<CountryCode>,
-    /// Generation of the kernel's `GeoIP` tables that was consulted (0: none).
-    pub geo_gen: u32,
-    /// Version of the database behind that generation.
-    pub geo_version: Option<Arc<DbVersion>>,
-    /// What the full database says about the destination.
-    pub detail: Option<Arc<Detail>>,
-    /// Index of the policy applied (0: the default policy).
-    pub policy: u16,
-    /// Generation of the policy maps that decided.
-    pub policy_gen: u32,
-    /// The configuration behind that generation, for names and the hash.
-    pub policy_config: Option<Decider>,
-}
-
-/// The configuration that decided a flow. Two flows are equal in this
-/// respect when they were decided by the same loaded configuration.
-#[derive(Debug, Clone)]
-pub struct Decider(pub Arc<crate::config::Config>);
-
-impl PartialEq for Decider {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for Decider {}
-
 /// A kernel record with a field this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnrichError {
@@ -204,86 +126,76 @@ pub enum EnrichError {
     DestKind(u8),
 }
 
-impl Flow {
-    /// Builds a flow from a kernel record.
-    ///
-    /// # Errors
-    /// If the record carries a hook, verdict or family number this build
-    /// does not know.
-    pub fn from_kernel(ev: &ConnectEvent, clock: &Clock) -> Result<Self, EnrichError> {
-        let hook = Hook::from_u8(ev.hook).ok_or(EnrichError::Hook(ev.hook))?;
-        let dest_kind =
-            DestKind::from_u8(ev.dest_kind).ok_or(EnrichError::DestKind(ev.dest_kind))?;
-        let verdict = Verdict::from_u8(ev.verdict).ok_or(EnrichError::Verdict(ev.verdict))?;
-        let dest_ip = match ev.family {
-            AF_INET => IpAddr::V4(Ipv4Addr::new(
-                ev.daddr[0],
-                ev.daddr[1],
-                ev.daddr[2],
-                ev.daddr[3],
-            )),
-            AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.daddr)),
-            other => return Err(EnrichError::Family(other)),
-        };
-        let transport = match ev.protocol {
-            IPPROTO_TCP => Transport::Tcp,
-            IPPROTO_UDP => Transport::Udp,
-            _ => Transport::Other,
-        };
-        let name_len = ev
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(ev.comm.len());
-        Ok(Flow {
-            time: clock.wall(ev.boot_ns),
-            boot_ns: ev.boot_ns,
-            cgroup_id: ev.cgroup_id,
-            cgroup_path: None,
-            pid: ev.tgid,
-            tid: ev.tid,
-            uid: ev.uid,
-            gid: ev.gid,
-            process_name: String::from_utf8_lossy(&ev.comm[..name_len]).into_owned(),
-            process: None,
-            hook,
-            transport,
-            dest_ip,
-            dest_port: ev.dport,
-            v4_mapped: ev.flags & FLAG_V4_MAPPED != 0,
-            verdict,
-            rule_id: ev.rule_id,
-            dest_kind,
-            country: CountryCode::from_index(ev.country),
-            geo_gen: ev.geo_gen,
-            geo_version: None,
-            detail: None,
-            policy: ev.policy,
-            policy_gen: ev.policy_gen,
-            policy_config: None,
-        })
-    }
+/// Builds a flow from a kernel record (enriched later by [`Enricher`]).
+///
+/// # Errors
+/// If the record carries a hook, verdict or family number this build
+/// does not know.
+pub fn decode(ev: &ConnectEvent, clock: &Clock) -> Result<Flow, EnrichError> {
+    let hook = Hook::from_u8(ev.hook).ok_or(EnrichError::Hook(ev.hook))?;
+    let dest_kind = DestKind::from_u8(ev.dest_kind).ok_or(EnrichError::DestKind(ev.dest_kind))?;
+    let verdict = Verdict::from_u8(ev.verdict).ok_or(EnrichError::Verdict(ev.verdict))?;
+    let dest_ip = match ev.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(
+            ev.daddr[0],
+            ev.daddr[1],
+            ev.daddr[2],
+            ev.daddr[3],
+        )),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.daddr)),
+        other => return Err(EnrichError::Family(other)),
+    };
+    let transport = match ev.protocol {
+        IPPROTO_TCP => Transport::Tcp,
+        IPPROTO_UDP => Transport::Udp,
+        _ => Transport::Other,
+    };
+    let name_len = ev
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(ev.comm.len());
+    Ok(Flow {
+        time: clock.wall(ev.boot_ns),
+        boot_ns: ev.boot_ns,
+        cgroup_id: ev.cgroup_id,
+        cgroup_path: None,
+        pid: ev.tgid,
+        tid: ev.tid,
+        uid: ev.uid,
+        gid: ev.gid,
+        process_name: String::from_utf8_lossy(&ev.comm[..name_len]).into_owned(),
+        process: None,
+        hook,
+        transport,
+        dest_ip,
+        dest_port: ev.dport,
+        v4_mapped: ev.flags & FLAG_V4_MAPPED != 0,
+        verdict,
+        rule_id: ev.rule_id,
+        dest_kind,
+        country: CountryCode::from_index(ev.country),
+        geo_gen: ev.geo_gen,
+        geo_version: None,
+        detail: None,
+        policy: ev.policy,
+        policy_gen: ev.policy_gen,
+        policy_view: None,
+    })
+}
 
-    /// Adds the configuration that decided (by the event's policy
-    /// generation), for the workload, tenants, rule names and hash.
-    pub fn add_policy(&mut self, versions: &Versions) {
-        self.policy_config = versions.get(self.policy_gen).map(Decider);
+/// Adds the `GeoIP` detail: from the generation the kernel consulted, or
+/// the newest one for destinations a rule decided. Local destinations get
+/// none (there is nothing to say about 10.0.0.1 in a country database).
+fn add_geo(flow: &mut Flow, registry: &Registry, cache: &mut DetailCache) {
+    if flow.dest_kind == DestKind::Local {
+        return;
     }
-
-    /// Adds the `GeoIP` detail: from the generation the kernel consulted, or
-    /// the newest one for destinations a rule decided. Local destinations
-    /// get none (there is nothing to say about 10.0.0.1 in a country
-    /// database).
-    pub fn add_geo(&mut self, registry: &Registry, cache: &mut DetailCache) {
-        if self.dest_kind == DestKind::Local {
-            return;
-        }
-        let Some(generation) = registry.get(self.geo_gen) else {
-            return;
-        };
-        self.detail = Some(cache.get(&generation, self.dest_ip));
-        self.geo_version = Some(generation.version.clone());
-    }
+    let Some(generation) = registry.get(flow.geo_gen) else {
+        return;
+    };
+    flow.detail = Some(cache.get(&generation, flow.dest_ip));
+    flow.geo_version = Some(generation.version.clone());
 }
 
 #[cfg(test)]
@@ -328,7 +240,7 @@ mod tests {
         };
         let mut d = [0u8; 16];
         d[..4].copy_from_slice(&[10, 1, 2, 3]);
-        let f = Flow::from_kernel(&event(AF_INET, d), &clock).unwrap();
+        let f = decode(&event(AF_INET, d), &clock).unwrap();
         assert_eq!(f.dest_ip, "10.1.2.3".parse::<IpAddr>().unwrap());
         assert_eq!(f.transport, Transport::Udp);
         assert_eq!(f.verdict, Verdict::Flagged);
@@ -342,7 +254,7 @@ mod tests {
         assert_eq!((f.dest_kind, f.geo_gen), (DestKind::Geo, 3));
 
         let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
-        let f = Flow::from_kernel(&event(AF_INET6, v6.octets()), &clock).unwrap();
+        let f = decode(&event(AF_INET6, v6.octets()), &clock).unwrap();
         assert_eq!(f.dest_ip, IpAddr::V6(v6));
     }
 
@@ -350,15 +262,15 @@ mod tests {
     fn refuses_unknown_numbers() {
         let clock = Clock::now();
         assert_eq!(
-            Flow::from_kernel(&event(7, [0; 16]), &clock),
+            decode(&event(7, [0; 16]), &clock),
             Err(EnrichError::Family(7))
         );
         let mut ev = event(AF_INET, [0; 16]);
         ev.verdict = 0;
-        assert_eq!(Flow::from_kernel(&ev, &clock), Err(EnrichError::Verdict(0)));
+        assert_eq!(decode(&ev, &clock), Err(EnrichError::Verdict(0)));
         ev.verdict = 1;
         ev.hook = 9;
-        assert_eq!(Flow::from_kernel(&ev, &clock), Err(EnrichError::Hook(9)));
+        assert_eq!(decode(&ev, &clock), Err(EnrichError::Hook(9)));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::{
 };
 
 use residency_common::{EXEC_ARGS_TRUNCATED, EXIT_GROUP_DEAD, ExecEvent};
+pub use residency_record::ProcessInfo;
 
 use crate::{kernel::Decoded, workloads::Tree};
 
@@ -39,26 +40,6 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// The most of a command line that is kept (the kernel's own `ps` limit is
 /// a page).
 pub const MAX_COMMAND_LINE: usize = 4096;
-
-/// What `/proc` says about a process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessInfo {
-    /// The resolved path of its executable (`/proc/PID/exe`).
-    pub executable: Option<String>,
-    /// Its arguments, `argv[0]` first, at most [`MAX_COMMAND_LINE`] bytes in
-    /// all.
-    pub args: Vec<String>,
-    /// Whether the command line was cut at [`MAX_COMMAND_LINE`].
-    pub args_truncated: bool,
-}
-
-impl ProcessInfo {
-    /// The arguments joined by spaces (ECS `process.command_line`).
-    #[must_use]
-    pub fn command_line(&self) -> String {
-        self.args.join(" ")
-    }
-}
 
 struct Cached {
     start_time: u64,

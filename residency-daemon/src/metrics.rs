@@ -1,11 +1,20 @@
-//! What the pipeline counts, for `/metrics`. The pipeline updates these
-//! with relaxed atomics; the API registers them with a
-//! `prometheus_client` registry and renders the text format.
+//! The daemon's counters, for `/metrics`: the pipeline's own, and the one
+//! registry every component registers its series in (the pipeline's here,
+//! the SIEM sinks' and the evidence store's by their crates). The REST API
+//! renders that registry; the data path updates the series with relaxed
+//! atomics and never takes a lock for them.
+
+use std::sync::Arc;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
 };
+use residency_common::Verdict;
+use residency_evidence::Stats;
+use residency_record::verdict_str;
+use residency_siem::SinkMetrics;
 
 /// Label of `residency_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,52 +40,123 @@ pub struct PipelineMetrics {
     pub undecodable: Counter,
     /// Are the kernel programs attached?
     pub attached: Gauge,
-    /// Each SIEM sink's delivery.
-    pub sinks: SinkMetrics,
-}
-
-/// Label of the `residency_sink_*` series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SinkLabel {
-    pub sink: String,
-}
-
-/// What each SIEM sink counts, by sink name.
-#[derive(Debug)]
-pub struct SinkMetrics {
-    /// Alerts the receiver accepted.
-    pub sent: Family<SinkLabel, Counter>,
-    /// Send attempts that failed (each is retried).
-    pub failed: Family<SinkLabel, Counter>,
-    /// Evidence records behind the sink's cursor, waiting.
-    pub queued: Family<SinkLabel, Gauge>,
-    /// Records skipped because the sink fell further behind than its
-    /// spool allows (each skip is a `sink-gap` record in the chain).
-    pub dropped: Family<SinkLabel, Counter>,
-    /// Occurrences folded into another alert by throttling.
-    pub throttled: Family<SinkLabel, Counter>,
-    /// From the event to the receiver's acceptance.
-    pub latency_seconds: Family<SinkLabel, Histogram>,
-}
-
-impl Default for SinkMetrics {
-    fn default() -> Self {
-        SinkMetrics {
-            sent: Family::default(),
-            failed: Family::default(),
-            queued: Family::default(),
-            dropped: Family::default(),
-            throttled: Family::default(),
-            latency_seconds: Family::new_with_constructor(|| {
-                Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0])
-            }),
-        }
-    }
 }
 
 impl PipelineMetrics {
     /// Counts one decision.
     pub fn decision(&self, verdict: &'static str) {
         self.events.get_or_create(&VerdictLabel { verdict }).inc();
+    }
+
+    /// Adds the pipeline's series to a registry.
+    pub fn register(&self, r: &mut Registry) {
+        // Every verdict has a series from the start, at 0, so dashboards
+        // and alerts see it before the first such decision.
+        for v in [Verdict::Allowed, Verdict::Flagged, Verdict::Blocked] {
+            let _ = self.events.get_or_create(&VerdictLabel {
+                verdict: verdict_str(v),
+            });
+        }
+        r.register(
+            "events",
+            "Decisions written, by verdict",
+            self.events.clone(),
+        );
+        r.register(
+            "lifecycle_records",
+            "Records that were not decisions (lifecycle, gaps, notes)",
+            self.lifecycle.clone(),
+        );
+        r.register(
+            "kernel_dropped",
+            "Decisions the kernel could not report (ring buffer full), as reported so far",
+            self.kernel_dropped.clone(),
+        );
+        r.register(
+            "kernel_submitted",
+            "Decisions the kernel reported",
+            self.kernel_submitted.clone(),
+        );
+        r.register(
+            "ring_lag",
+            "Records waiting in the hand-off ring between the ring-buffer reader and the writer",
+            self.ring_lag.clone(),
+        );
+        r.register(
+            "undecodable",
+            "Ring-buffer records this build could not decode",
+            self.undecodable.clone(),
+        );
+        r.register(
+            "attached",
+            "1 while the kernel programs are attached",
+            self.attached.clone(),
+        );
+    }
+}
+
+/// Every component's counters, and the registry that holds them all
+/// (names prefixed `residency_`).
+pub struct Metrics {
+    pub pipeline: Arc<PipelineMetrics>,
+    pub sinks: Arc<SinkMetrics>,
+    pub registry: Arc<Registry>,
+}
+
+impl Metrics {
+    /// The pipeline's and the sinks' counters, and the store's `stats`,
+    /// in one registry.
+    #[must_use]
+    pub fn new(stats: &Arc<Stats>) -> Self {
+        let pipeline = Arc::new(PipelineMetrics::default());
+        let sinks = Arc::new(SinkMetrics::default());
+        let mut registry = Registry::with_prefix("residency");
+        pipeline.register(&mut registry);
+        sinks.register(&mut registry);
+        stats.register(&mut registry);
+        Metrics {
+            pipeline,
+            sinks,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names dashboards and alerts rely on (the API's own test checks
+    /// that it renders whatever the registry holds).
+    #[test]
+    fn metrics_name_what_they_count() {
+        let m = Metrics::new(&Arc::new(Stats::default()));
+        m.pipeline.decision("blocked");
+        m.pipeline.decision("blocked");
+        m.pipeline.kernel_dropped.set(3);
+        m.pipeline.attached.set(1);
+        let _ = m
+            .sinks
+            .sent
+            .get_or_create(&residency_siem::metrics::SinkLabel { sink: "soc".into() });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        for needle in [
+            "residency_events_total{verdict=\"blocked\"} 2",
+            "residency_events_total{verdict=\"allowed\"} 0",
+            "residency_events_total{verdict=\"flagged\"} 0",
+            "residency_lifecycle_records_total",
+            "residency_kernel_dropped 3",
+            "residency_kernel_submitted 0",
+            "residency_ring_lag 0",
+            "residency_undecodable_total 0",
+            "residency_attached 1",
+            "residency_sink_sent_total{sink=\"soc\"} 0",
+            "residency_store_records_total 0",
+            "residency_store_writable 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The pipeline: from the kernel's ring buffer to the sinks.
+//! The pipeline: from the kernel's ring buffer to the output and the
+//! evidence store.
 //!
 //! Two tasks, joined by a lock-free single-producer single-consumer ring
 //! (the `ringbuf` crate):
@@ -28,16 +29,17 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+use residency_evidence::Evidence;
+use residency_record::{
+    Index, Record, StartInfo, StopInfo, encode_flow_indexed, encode_line, verdict_str,
+};
+
 use crate::{
     config::Config,
-    enrich::{Clock, Enricher, Flow, Sources},
-    evidence::{Evidence, index::Index},
+    enrich::{self, Clock, Enricher, Sources},
     kernel::{CounterReader, DecodeError, Decoded, EventRing, Kernel, KernelCounters, KernelError},
     metrics::PipelineMetrics,
-    sinks::{
-        Record, StartInfo, StopInfo, ecs,
-        jsonl::{JsonLines, WriteError},
-    },
+    output::{JsonLines, WriteError},
 };
 
 /// Addresses whose `GeoIP` detail the writer keeps at hand.
@@ -164,7 +166,7 @@ pub async fn run(
     // The started record goes out before the reader runs, so it precedes
     // every decision in the stream.
     let mut buf = Vec::with_capacity(4096);
-    ecs::encode_line(&Record::Started(Box::new(start)), &mut buf).map_err(|e| WriteError {
+    encode_line(&Record::Started(Box::new(start)), &mut buf).map_err(|e| WriteError {
         name: "encoder".into(),
         source: e.into(),
     })?;
@@ -432,7 +434,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 match note {
                     Some(note) => {
                         output.metrics.lifecycle.inc();
-                        match ecs::encode_line(&note, &mut buf) {
+                        match encode_line(&note, &mut buf) {
                             Ok(()) => index.push(None),
                             Err(e) => error!("cannot encode a record: {e}"),
                         }
@@ -460,10 +462,10 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 break;
             };
             let record = match item {
-                Item::Event(ev) => match Flow::from_kernel(&ev, &clock) {
+                Item::Event(ev) => match enrich::decode(&ev, &clock) {
                     Ok(mut flow) => {
                         enricher.enrich(&mut flow);
-                        metrics.decision(ecs::verdict_str(flow.verdict));
+                        metrics.decision(verdict_str(flow.verdict));
                         Record::Flow(flow)
                     }
                     Err(e) => Record::Undecodable {
@@ -490,8 +492,8 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 metrics.lifecycle.inc();
             }
             let encoded = match &record {
-                Record::Flow(flow) => ecs::encode_flow_indexed(flow, &mut buf).map(Some),
-                other => ecs::encode_line(other, &mut buf).map(|()| None),
+                Record::Flow(flow) => encode_flow_indexed(flow, &mut buf).map(Some),
+                other => encode_line(other, &mut buf).map(|()| None),
             };
             match encoded {
                 Ok(i) => index.push(i),

@@ -2,13 +2,18 @@
 //! compiled into what the kernel applies (one policy per workload plus the
 //! default, the destination rules, the exceptions per policy, the process
 //! and uid selectors), and the same decision made in userspace, for
-//! `residency lookup`, `residency explain`, `residency test-policy`, and
-//! explanations in records.
+//! `residency lookup`, `residency explain` and `residency test-policy`;
+//! and, per generation, the [`PolicyView`] the records it decides are
+//! explained with ([`Versions`]).
 //!
 //! The kernel programs and [`decide`] must agree; the end-to-end tests hold
 //! them to it.
 
-use std::net::IpAddr;
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
 
 use geoip::CountryCode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -16,6 +21,7 @@ use residency_common::{
     Action, DestKind, DestRule, HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Policy, SELECTS_BY_COMM,
     SELECTS_BY_UID, Verdict,
 };
+use residency_record::policy::{ExceptionView, PolicyEntry, PolicyView, RuleView, WorkloadView};
 
 use crate::config::{Choice, Config, Exception, Mode, Rule, RuleKind};
 
@@ -146,26 +152,28 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
     }
 }
 
-/// How many configurations [`Versions`] keeps: records still in the ring
+/// How many generations [`Versions`] keeps: records still in the ring
 /// when this many reloads have happened since are left unexplained.
 pub const KEEP_GENERATIONS: usize = 16;
 
-/// The configurations behind the policy generations the kernel may still
-/// report, by generation: records are explained with the configuration that
-/// decided them, and carry its hash.
+/// The views of the policy generations the kernel may still report, by
+/// generation: records are explained with the policy that decided them,
+/// and carry its hash. A view is built once, when its generation is
+/// installed.
 #[derive(Debug, Default)]
 pub struct Versions {
-    by_generation: std::sync::RwLock<std::collections::BTreeMap<u32, std::sync::Arc<Config>>>,
+    by_generation: RwLock<BTreeMap<u32, Arc<PolicyView>>>,
 }
 
 impl Versions {
-    /// Records a configuration under the generation it is installed as.
-    pub fn add(&self, generation: u32, config: std::sync::Arc<Config>) {
+    /// Records the view of `config` under the generation it is installed
+    /// as.
+    pub fn add(&self, generation: u32, config: &Config) {
         let mut map = self
             .by_generation
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(generation, config);
+        map.insert(generation, Arc::new(view(config)));
         while map.len() > KEEP_GENERATIONS {
             let Some(&oldest) = map.keys().next() else {
                 break;
@@ -182,26 +190,67 @@ impl Versions {
             .remove(&generation);
     }
 
-    /// The configuration of a generation, exactly; `None` if it is not
-    /// held (better no explanation than a wrong one).
+    /// The view of a generation, exactly; `None` if it is not held (better
+    /// no explanation than a wrong one).
     #[must_use]
-    pub fn get(&self, generation: u32) -> Option<std::sync::Arc<Config>> {
+    pub fn get(&self, generation: u32) -> Option<Arc<PolicyView>> {
         self.by_generation
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&generation)
             .cloned()
     }
+}
 
-    /// The newest configuration.
-    #[must_use]
-    pub fn newest(&self) -> Option<std::sync::Arc<Config>> {
-        self.by_generation
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .next_back()
-            .cloned()
+/// What records say about `config`: the names, modes and hash, and what
+/// each policy allows under GDPR Chapter V (see [`PolicyView`]).
+#[must_use]
+pub fn view(config: &Config) -> PolicyView {
+    let names_dpf = |names: &[String]| names.iter().any(|n| n.eq_ignore_ascii_case("US-DPF"));
+    let default = PolicyEntry {
+        mode: config.mode.as_str(),
+        workload: None,
+        dpf: names_dpf(&config.policy.allowed_names),
+    };
+    let workloads = config.workloads.iter().map(|w| PolicyEntry {
+        mode: w.mode.as_str(),
+        workload: Some(WorkloadView {
+            name: w.name.clone(),
+            role: w.role.as_str(),
+            tenants: w.tenants.clone(),
+        }),
+        // A workload's data may go to the US under the DPF when one of its
+        // tenants allowed it.
+        dpf: config
+            .tenants
+            .iter()
+            .filter(|t| w.tenants.contains(&t.id))
+            .any(|t| names_dpf(&t.allowed_names)),
+    });
+    let mut rules = vec![RuleView {
+        name: "geoip".to_owned(),
+        exception: None,
+    }];
+    let ids = config
+        .rules
+        .iter()
+        .map(|r| r.id)
+        .chain(config.exceptions.iter().map(|e| e.id));
+    for id in 1..=ids.max().unwrap_or(0) {
+        let exception = config.exception(id);
+        rules.push(RuleView {
+            name: config.rule_name(id).unwrap_or("unknown").to_owned(),
+            exception: exception.map(|e| ExceptionView {
+                basis: e.basis.transfer_basis(),
+                justification: e.justification.clone(),
+                expires: e.expires,
+            }),
+        });
+    }
+    PolicyView {
+        hash: config.hash.clone(),
+        policies: std::iter::once(default).chain(workloads).collect(),
+        rules,
     }
 }
 

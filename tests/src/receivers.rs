@@ -1110,7 +1110,7 @@ mod tests {
         Uri,
         header::{AUTHORIZATION, HeaderName, HeaderValue},
     };
-    use residency_daemon::siem::transport::{HttpSender, TlsFiles, TransportError};
+    use residency_siem::transport::{HttpSender, TlsFiles, TransportError};
     use serde_json::{Value, json};
 
     use super::*;

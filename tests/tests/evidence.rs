@@ -80,7 +80,7 @@ fn store_kinds(state: &Path) -> anyhow::Result<Vec<(i64, String, Vec<u8>)>> {
         state.join("evidence.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
-    let dicts = residency_daemon::evidence::codec::Dicts::default();
+    let dicts = residency_evidence::codec::Dicts::default();
     let mut stmt = c.prepare("SELECT seq, kind, body, dict FROM records ORDER BY seq")?;
     let rows = stmt
         .query_map([], |r| {

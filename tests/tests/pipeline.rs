@@ -11,8 +11,8 @@ use std::{
 };
 
 use residency_tests::{
-    ClientOptions, Daemon, Listener, Op, TestCgroup, action, bpftool_attached, flows,
-    privileged_or_skip, run_client, workspace_bin,
+    ClientOptions, Daemon, Listener, Op, TestCgroup, action, bpftool_attached,
+    bpftool_attached_after_detach, flows, privileged_or_skip, run_client, workspace_bin,
 };
 use serde_json::Value;
 
@@ -284,7 +284,7 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
 
     // Stopped means detached: nothing left on the cgroup, and the same
     // forbidden connect now reaches the listener.
-    if let Some(progs) = bpftool_attached(&cg)? {
+    if let Some(progs) = bpftool_attached_after_detach(&cg, std::time::Duration::from_secs(2))? {
         assert!(
             progs.is_empty(),
             "programs left attached after stop: {progs:?}"

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use residency_daemon::siem::transport::{
+use residency_siem::transport::{
     SyslogProtocol, SyslogSender, TlsFiles, TransportError, client_tls,
 };
 use residency_tests::receivers::{Rsyslog, SyslogInput, rsyslog_or_skip};

@@ -526,7 +526,7 @@ receives = ["violations"]
 
 /// The daemon's `/metrics`, over its socket.
 fn metrics(daemon: &Daemon) -> anyhow::Result<String> {
-    use residency_daemon::api::client::{Client, Target};
+    use residency_api::client::{Client, Target};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -989,10 +989,12 @@ receives = ["violations"]
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    // The counter moves just after the line is written.
+    // The counters move just after the line is written, and after the
+    // dead sink's next attempt (it polls the chain every 100 ms).
     let mut metrics = metrics(&daemon)?;
     let waited = Instant::now();
-    while series(&metrics, "residency_sink_sent_total", "live") != Some(1)
+    while (series(&metrics, "residency_sink_sent_total", "live") != Some(1)
+        || series(&metrics, "residency_sink_failed_total", "dead") < Some(1))
         && waited.elapsed() < Duration::from_secs(2)
     {
         std::thread::sleep(Duration::from_millis(20));

@@ -3,9 +3,12 @@
 //! constants (the deny path compiled in or out, the wakeup threshold) and in
 //! map sizes, and the verifier judges each one on its own.
 
+use std::time::Duration;
+
 use residency_daemon::{config::Config, kernel};
 use residency_tests::{
-    TestCgroup, bpftool_attached, bpftool_xlated_bytes, cgroup2_mount, privileged_or_skip,
+    TestCgroup, bpftool_attached, bpftool_attached_after_detach, bpftool_xlated_bytes,
+    cgroup2_mount, privileged_or_skip,
 };
 
 const VARIANTS: &[(&str, &str)] = &[
@@ -60,7 +63,7 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
             );
         }
         drop(k);
-        if let Some(progs) = bpftool_attached(&cg)? {
+        if let Some(progs) = bpftool_attached_after_detach(&cg, Duration::from_secs(2))? {
             assert!(progs.is_empty(), "{name}: left attached: {progs:?}");
         }
     }

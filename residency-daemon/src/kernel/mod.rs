@@ -10,8 +10,9 @@
 //! as the last file descriptor to them closes: a daemon that crashes or is
 //! killed leaves nothing attached behind it.
 
-mod geo;
-mod policy;
+mod config;
+mod geo_maps;
+mod policy_maps;
 mod probe;
 mod ring;
 
@@ -27,8 +28,9 @@ use aya::{
     maps::{MapData, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
 };
-pub use geo::{GeoMaps, Installed};
-pub use policy::{GRACE, PolicyMaps};
+pub use config::{KernelConfig, RawKernel};
+pub use geo_maps::{GeoMaps, Installed};
+pub use policy_maps::{GRACE, PolicyMaps};
 pub use probe::{Features, probe};
 use residency_common::{Stat, names};
 pub use ring::{DecodeError, Decoded, EventRing, decode};

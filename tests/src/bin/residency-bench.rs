@@ -570,7 +570,7 @@ mod geoip_bench {
     use anyhow::{Context as _, ensure};
     use geoip::CountryCode;
     use ipnet::IpNet;
-    use residency_daemon::{config::Config, geo, kernel, policy};
+    use residency_daemon::{config::Config, geodb, kernel, policy};
     use residency_tests::{
         ClientOptions, Daemon, Listener, NetNs, Op, TestCgroup, privileged_or_skip, run_client,
     };
@@ -629,7 +629,7 @@ local_networks = ["10.0.0.0/8"]
         let mut prepared = None;
         let mut swap_ms = Vec::new();
         for _ in 0..3 {
-            let p = geo::prepare(db, None)?;
+            let p = geodb::prepare(db, None)?;
             prepare_ms.push(p.elapsed.as_secs_f64() * 1e3);
             let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
             let started = kernel::start(&config, &compiled, &[], target, None)?;
@@ -848,7 +848,7 @@ local_networks = ["10.0.0.0/8"]
         Ok((bytes, ms, grown))
     }
 
-    fn userspace_lookups(p: &geo::Prepared) -> anyhow::Result<Vec<(String, f64)>> {
+    fn userspace_lookups(p: &geodb::Prepared) -> anyhow::Result<Vec<(String, f64)>> {
         let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             rng ^= rng << 13;
@@ -894,14 +894,14 @@ local_networks = ["10.0.0.0/8"]
 
         // Enrichment: what the daemon does per event. Destinations recur, so
         // the working set is small: 4,096 addresses, looked up 2,000,000 times.
-        let generation = geo::Generation {
+        let generation = geodb::Generation {
             number: 1,
             version: std::sync::Arc::new(p.db.version().clone()),
             path: std::path::PathBuf::new(),
             db: p.db.clone(),
             asn: None,
         };
-        let mut cache = geo::DetailCache::new(65_536);
+        let mut cache = geodb::DetailCache::new(65_536);
         let working: Vec<IpAddr> = addrs.iter().take(4096).copied().collect();
         for a in &working {
             cache.get(&generation, *a);
@@ -921,7 +921,7 @@ local_networks = ["10.0.0.0/8"]
     /// The full database plus test ranges that exercise the deepest lookup
     /// paths: 127.0.0.1 sits in a split /24 (level 3), and the IPv6 test
     /// host in the trie.
-    pub fn bench_db_bytes(p: &geo::Prepared) -> anyhow::Result<Vec<u8>> {
+    pub fn bench_db_bytes(p: &geodb::Prepared) -> anyhow::Result<Vec<u8>> {
         let de: CountryCode = "DE".parse()?;
         let us: CountryCode = "US".parse()?;
         let networks =
@@ -940,7 +940,7 @@ local_networks = ["10.0.0.0/8"]
         )?)
     }
 
-    fn flatten_v4(p: &geo::Prepared) -> Vec<(IpNet, CountryCode)> {
+    fn flatten_v4(p: &geodb::Prepared) -> Vec<(IpNet, CountryCode)> {
         let tables = geoip::flatten(&p.db).map(|t| t.v4).unwrap_or_default();
         tables.into_iter().map(|(n, c)| (IpNet::V4(n), c)).collect()
     }
@@ -1110,7 +1110,7 @@ mod policy_bench {
     };
 
     use anyhow::{Context as _, ensure};
-    use residency_daemon::geo;
+    use residency_daemon::geodb;
     use residency_tests::{
         ClientOptions, Daemon, Listener, Op, TestCgroup, action, privileged_or_skip, run_client,
     };
@@ -1217,7 +1217,7 @@ mod policy_bench {
             "{} is missing: `cargo xtask geoip` fetches it",
             db.display()
         );
-        let prepared = geo::prepare(db, None)?;
+        let prepared = geodb::prepare(db, None)?;
         let bench_db = tempfile::Builder::new().suffix(".mmdb").tempfile()?;
         std::fs::write(
             bench_db.path(),

@@ -20,13 +20,9 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use residency_common::{DestKind, Hook, Verdict};
-use residency_daemon::{
-    config::{Config, EvidenceConfig},
-    enrich::{Decider, Flow, Transport},
-    evidence::{self, Evidence, Filter, Page, index::Index},
-    identity::ProcessInfo,
-    sinks::ecs,
-};
+use residency_daemon::config::Config;
+use residency_evidence::{self as evidence, Evidence, EvidenceConfig, Filter, Page};
+use residency_record::{Decider, Flow, Index, PolicyView, ProcessInfo, Transport};
 
 use super::write_section;
 
@@ -77,7 +73,7 @@ fn config() -> anyhow::Result<Config> {
 /// Writes flow `i` (of tenant `i % 50`, country `i / 50 % 20`) as the
 /// daemon's encoder does.
 pub struct Flows {
-    config: Arc<Config>,
+    policy: Arc<PolicyView>,
     process: Arc<ProcessInfo>,
     start_ns: i128,
 }
@@ -85,7 +81,7 @@ pub struct Flows {
 impl Flows {
     fn new() -> anyhow::Result<Self> {
         Ok(Flows {
-            config: Arc::new(config()?),
+            policy: Arc::new(residency_daemon::policy::view(&config()?)),
             process: Arc::new(ProcessInfo {
                 executable: Some("/usr/bin/python3.12".into()),
                 args: vec![
@@ -138,11 +134,11 @@ impl Flows {
             detail: None,
             policy: u16::try_from(tenant + 1)?,
             policy_gen: 1,
-            policy_config: Some(Decider(self.config.clone())),
+            policy_view: Some(Decider(self.policy.clone())),
         };
         // As the pipeline does: the line, and its columns from the same
         // document.
-        Ok(ecs::encode_flow_indexed(&flow, out)?)
+        Ok(residency_record::encode_flow_indexed(&flow, out)?)
     }
 
     /// Records `from..to` as one newline-terminated batch, with columns.
@@ -163,8 +159,8 @@ fn evidence_config(dir: &Path) -> EvidenceConfig {
         checkpoint_interval: Duration::from_mins(1),
         retention: None,
         max_bytes: None,
-        wal_limit: residency_daemon::evidence::WAL_LIMIT,
-        dict_samples: residency_daemon::evidence::codec::SAMPLES,
+        wal_limit: evidence::WAL_LIMIT,
+        dict_samples: evidence::codec::SAMPLES,
     }
 }
 
@@ -407,13 +403,9 @@ pub async fn queries_http(
     n: usize,
     numbers: &mut Numbers,
 ) -> anyhow::Result<()> {
-    use residency_daemon::{
-        api::{
-            self,
-            client::{Client, Target},
-        },
-        config::ApiConfig,
-        metrics::PipelineMetrics,
+    use residency_api::{
+        self as api, ApiConfig,
+        client::{Client, Target},
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let config = ApiConfig {
@@ -421,13 +413,15 @@ pub async fn queries_http(
         socket: None,
         token_file: dir.join("api.token"),
     };
+    let metrics = residency_daemon::metrics::Metrics::new(ev.stats());
     let serving = api::serve(
         &config,
         dir,
         api::ApiState {
             reader: ev.reader().clone(),
             evidence: ev.clone(),
-            pipeline: Arc::new(PipelineMetrics::default()),
+            metrics: metrics.registry.clone(),
+            attached: metrics.pipeline.attached.clone(),
         },
         stop_rx,
     )
@@ -498,8 +492,8 @@ pub fn latency(
     }
     let secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let client = residency_daemon::api::client::Client::new(
-        residency_daemon::api::client::Target::Socket(daemon.socket.clone()),
+    let client = residency_api::client::Client::new(
+        residency_api::client::Target::Socket(daemon.socket.clone()),
         None,
     );
     let reply = rt.block_on(client.request(hyper::Method::GET, "/metrics", None))?;

@@ -7,7 +7,7 @@
 use std::{fmt::Write as _, net::Ipv4Addr, path::Path, time::Instant};
 
 use anyhow::{Context as _, ensure};
-use residency_daemon::siem::{
+use residency_siem::{
     alert::{Alert, AlertKind},
     config::{Destination, Receives, SinkConfig, Tls},
     format::{self, Context, Format},
@@ -49,6 +49,7 @@ fn alert(seq: u64) -> Alert {
         seq,
         time,
         doc,
+        checkpoint: None,
         count: 1,
         span: None,
     }

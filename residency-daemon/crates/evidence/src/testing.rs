@@ -1,0 +1,43 @@
+//! Records for the tests of this crate and of the crates that read the
+//! store (the SIEM sinks, the API), without a daemon to make them.
+
+/// The time of the first sample flow, Unix nanoseconds.
+pub const T0: i64 = 1_795_000_000_000_000_000;
+
+/// Flow `i` (a millisecond after `T0` per `i`), shaped as the record
+/// crate's encoder writes it: the fields the store reads.
+///
+/// # Panics
+/// Never for the times these tests use.
+#[must_use]
+pub fn flow(i: u64, tenant: &str, country: &str, verdict: &str, ip: &str) -> String {
+    let ts = jiff::Timestamp::from_nanosecond(i128::from(T0) + i128::from(i) * 1_000_000)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    serde_json::json!({
+        "@timestamp": ts.to_string(),
+        "event": {"kind": "event", "action": "connect", "dataset": "residency.flow"},
+        "destination": {"ip": ip, "port": 443},
+        "rule": {"id": "0", "name": "geoip", "ruleset": "residency"},
+        "residency": {
+            "verdict": verdict,
+            "country": country,
+            "policy": {"generation": 1, "hash": "abc", "index": 1},
+            "workload": {"name": format!("{tenant}-llm"), "role": "llm"},
+            "tenants": [tenant],
+            "transfer_basis": if country == "DE" { "eea" } else { "none" },
+            "boot_ns": 1,
+        }
+    })
+    .to_string()
+}
+
+/// Records as newline-terminated lines, as the pipeline hands them over.
+#[must_use]
+pub fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(r.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}

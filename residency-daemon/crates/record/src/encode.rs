@@ -1,0 +1,690 @@
+//! The canonical encoding: each record as one line of Elastic Common Schema
+//! (ECS) JSON.
+//!
+//! These bytes are what the output file holds, what the evidence chain
+//! hashes and keeps, and what the API and the SIEM sinks read back
+//! ([`crate::view`]). Field names follow ECS where one exists
+//! (`destination.ip`, `process.pid`, `network.transport`, `rule.name`,
+//! ...); what ECS has no name for lives under `residency.*`. Flows are
+//! encoded through typed structs (this runs once per event); the rare
+//! lifecycle records use `serde_json::json!`.
+
+use std::fmt::Display;
+
+use residency_common::{DestKind, Hook, Verdict};
+use serde::{Serialize, Serializer};
+use serde_json::json;
+
+use crate::{
+    action::Lifecycle,
+    index::Index,
+    model::{Flow, ProcessInfo, Record, StartInfo, StopInfo, hook_str, kind_str, verdict_str},
+    policy::PolicyView,
+};
+
+/// Appends a flow as one line of JSON to `out` and returns the columns the
+/// evidence store indexes it by, taken from the same document, so the
+/// store need not parse the line back (`Index::of` would find the same;
+/// a test holds them equal).
+///
+/// # Errors
+/// Only if serialisation fails, which for these types means a bug.
+pub fn encode_flow_indexed(flow: &Flow, out: &mut Vec<u8>) -> serde_json::Result<Index> {
+    let doc = FlowDoc::new(flow);
+    serde_json::to_writer(&mut *out, &doc)?;
+    out.push(b'\n');
+    let r = &doc.residency;
+    Ok(Index {
+        ts: i64::try_from(doc.timestamp.as_nanosecond()).unwrap_or(i64::MAX),
+        kind: crate::index::FLOW.to_owned(),
+        verdict: Some(r.verdict.to_owned()),
+        workload: r.workload.as_ref().map(|w| w.name.to_owned()),
+        role: r.workload.as_ref().map(|w| w.role.to_owned()),
+        tenants: r.tenants.to_vec(),
+        country: r.country.map(str::to_owned),
+        dst_ip: Some(doc.destination.ip.to_string()),
+        dst_port: Some(doc.destination.port),
+        dst_name: None,
+        basis: Some(r.transfer_basis.to_owned()),
+        rule: Some(doc.rule.name.to_owned()),
+        policy: (!r.policy.hash.is_empty()).then(|| r.policy.hash.to_owned()),
+        boot_ns: Some(r.boot_ns),
+    })
+}
+
+/// Appends `record` as one line of JSON (with its newline) to `out`.
+///
+/// # Errors
+/// Only if serialisation fails, which for these types means a bug.
+pub fn encode_line(record: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    // Flows carry the kernel's time; the rest are stamped when written.
+    let now = jiff::Timestamp::now;
+    match record {
+        Record::Flow(flow) => serde_json::to_writer(&mut *out, &FlowDoc::new(flow))?,
+        Record::Started(info) => serde_json::to_writer(&mut *out, &started(info, now()))?,
+        Record::Stopped(info) => serde_json::to_writer(&mut *out, &stopped(info, now()))?,
+        Record::Lost { count, total } => serde_json::to_writer(
+            &mut *out,
+            &json!({
+                "@timestamp": now().to_string(),
+                "event": {
+                    "kind": Lifecycle::EventsLost.event_kind(),
+                    "action": Lifecycle::EventsLost.as_str(),
+                    "module": crate::MODULE,
+                    "dataset": crate::LIFECYCLE_DATASET,
+                },
+                "message": format!(
+                    "{count} decisions were made in the kernel but not reported: the ring \
+                     buffer was full ({total} lost since start)"
+                ),
+                "residency": { "lost": { "count": count, "total": total, "where": "kernel-ring-buffer" } },
+            }),
+        )?,
+        Record::Note(note) => serde_json::to_writer(
+            &mut *out,
+            &json!({
+                "@timestamp": now().to_string(),
+                "event": {
+                    "kind": note.action.event_kind(),
+                    "action": note.action.as_str(),
+                    "module": crate::MODULE,
+                    "dataset": crate::LIFECYCLE_DATASET,
+                },
+                "message": note.message,
+                "residency": note.fields,
+            }),
+        )?,
+        Record::Undecodable { reason } => serde_json::to_writer(
+            &mut *out,
+            &json!({
+                "@timestamp": now().to_string(),
+                "event": {
+                    "kind": Lifecycle::RecordUndecodable.event_kind(),
+                    "action": Lifecycle::RecordUndecodable.as_str(),
+                    "module": crate::MODULE,
+                    "dataset": crate::LIFECYCLE_DATASET,
+                },
+                "message": reason,
+            }),
+        )?,
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+fn started(info: &StartInfo, now: jiff::Timestamp) -> serde_json::Value {
+    json!({
+        "@timestamp": now.to_string(),
+        "event": {
+            "kind": Lifecycle::Started.event_kind(),
+            "action": Lifecycle::Started.as_str(),
+            "module": crate::MODULE,
+            "dataset": crate::LIFECYCLE_DATASET,
+        },
+        "message": format!("residency {} watching cgroup {} in {} mode", env!("CARGO_PKG_VERSION"), info.cgroup_path, info.mode),
+        "residency": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "cgroup": { "path": info.cgroup_path, "id": info.cgroup_id },
+            "mode": info.mode,
+            "may_block": info.may_block,
+            "kernel_release": info.kernel_release,
+            "ring_buffer_kib": info.ring_buffer_kib,
+            "deny_rules": info.deny_rules,
+            "config": info.config_source,
+            "geoip": { "version": info.geoip, "generation": info.geoip_generation },
+            "policy": { "allowed": info.allowed, "conditions": info.conditions },
+        },
+    })
+}
+
+fn stopped(info: &StopInfo, now: jiff::Timestamp) -> serde_json::Value {
+    json!({
+        "@timestamp": now.to_string(),
+        "event": {
+            "kind": Lifecycle::Stopped.event_kind(),
+            "action": Lifecycle::Stopped.as_str(),
+            "module": crate::MODULE,
+            "dataset": crate::LIFECYCLE_DATASET,
+        },
+        "residency": {
+            "counters": {
+                "kernel_submitted": info.kernel_submitted,
+                "kernel_dropped": info.kernel_dropped,
+                "received": info.received,
+                "undecodable": info.undecodable,
+                "process_records_dropped": info.process_dropped,
+            },
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct FlowDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: jiff::Timestamp,
+    event: EventFields,
+    network: Network,
+    destination: Destination<'a>,
+    process: Process<'a>,
+    user: Id<u32>,
+    group: Id<u32>,
+    rule: Rule<'a>,
+    residency: Residency<'a>,
+}
+
+#[derive(Serialize)]
+struct EventFields {
+    kind: &'static str,
+    category: [&'static str; 1],
+    #[serde(rename = "type")]
+    kind_type: [&'static str; 2],
+    action: &'static str,
+    outcome: &'static str,
+    module: &'static str,
+    dataset: &'static str,
+}
+
+#[derive(Serialize)]
+struct Network {
+    transport: &'static str,
+    #[serde(rename = "type")]
+    ip_type: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Serialize)]
+struct Destination<'a> {
+    ip: std::net::IpAddr,
+    port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geo: Option<Geo<'a>>,
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    autonomous_system: Option<As<'a>>,
+}
+
+#[derive(Serialize)]
+struct Geo<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country_iso_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continent_code: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct As<'a> {
+    number: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    organization: Option<AsOrg<'a>>,
+}
+
+#[derive(Serialize)]
+struct AsOrg<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Process<'a> {
+    pid: u32,
+    name: &'a str,
+    thread: Id<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_line: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<&'a [String]>,
+    /// Set when the command line was longer than residency keeps.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    args_truncated: bool,
+}
+
+#[derive(Serialize)]
+struct CgroupFields<'a> {
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+}
+
+/// `{"id": "<value>"}`: ECS ids are keywords (strings), even when they are
+/// numbers.
+struct Id<T>(T);
+
+impl<T: Display> Serialize for Id<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Id", 1)?;
+        st.serialize_field("id", &AsStr(&self.0))?;
+        st.end()
+    }
+}
+
+/// Serialises a `Display` value as a JSON string without allocating.
+struct AsStr<'a, T>(&'a T);
+
+impl<T: Display> Serialize for AsStr<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+#[derive(Serialize)]
+struct Rule<'a> {
+    id: AsStr<'a, u32>,
+    name: &'a str,
+    ruleset: &'static str,
+}
+
+#[derive(Serialize)]
+struct Residency<'a> {
+    verdict: &'static str,
+    hook: &'static str,
+    mode: &'a str,
+    /// What decided: geoip, unknown, denied, local, internal.
+    decided_by: &'static str,
+    /// The country the kernel judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geoip: Option<GeoIpUsed<'a>>,
+    policy: PolicyUsed<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload: Option<WorkloadFields<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tenants: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exception: Option<ExceptionFields<'a>>,
+    cgroup: CgroupFields<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    v4_mapped: bool,
+    /// Under what the data may go there: `eea` (no transfer under GDPR
+    /// Chapter V), `adequacy`, `dpf`, an exception's basis (`scc`, `bcr`,
+    /// `art49`), `local`, or `none`.
+    transfer_basis: &'static str,
+    boot_ns: u64,
+}
+
+/// Which configuration decided: its hash is the policy version.
+#[derive(Serialize)]
+struct PolicyUsed<'a> {
+    generation: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    hash: &'a str,
+    index: u16,
+}
+
+#[derive(Serialize)]
+struct WorkloadFields<'a> {
+    name: &'a str,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+struct ExceptionFields<'a> {
+    name: &'a str,
+    basis: &'static str,
+    justification: &'a str,
+    expires: jiff::Timestamp,
+}
+
+/// Which database decided: the version evidence must carry.
+#[derive(Serialize)]
+struct GeoIpUsed<'a> {
+    generation: u32,
+    database: &'a str,
+    build_epoch: u64,
+}
+
+impl<'a> FlowDoc<'a> {
+    #[expect(clippy::too_many_lines, reason = "one record, field by field")]
+    /// Explained with the policy that decided it, or not at all: another
+    /// policy's names would be wrong.
+    fn new(flow: &'a Flow) -> Self {
+        let view: Option<&'a PolicyView> = flow.policy_view.as_ref().map(|d| &*d.0);
+        let entry = view.and_then(|v| v.policy(flow.policy));
+        let workload = entry.and_then(|p| p.workload.as_ref());
+        let mode = entry
+            .or_else(|| view.and_then(|v| v.policy(0)))
+            .map_or("unknown", |p| p.mode);
+        let rule = view.and_then(|v| v.rule(flow.rule_id));
+        let exception = rule
+            .filter(|_| flow.dest_kind == DestKind::Exception)
+            .and_then(|r| Some((r.name.as_str(), r.exception.as_ref()?)));
+        let transfer_basis = match view {
+            Some(v) => v.transfer_basis(flow.policy, flow.dest_kind, flow.rule_id, flow.country),
+            None => crate::policy::basis_without_exception(flow.dest_kind, flow.country, false),
+        };
+        let (kind_type, outcome) = match flow.verdict {
+            Verdict::Blocked => (["connection", "denied"], "failure"),
+            Verdict::Allowed | Verdict::Flagged => (["connection", "allowed"], "success"),
+        };
+        FlowDoc {
+            timestamp: flow.time,
+            event: EventFields {
+                kind: "event",
+                category: ["network"],
+                kind_type,
+                action: match flow.hook {
+                    Hook::Connect4 | Hook::Connect6 => "connect",
+                    Hook::Sendmsg4 | Hook::Sendmsg6 => "sendmsg",
+                },
+                outcome,
+                module: crate::MODULE,
+                dataset: crate::FLOW_DATASET,
+            },
+            network: Network {
+                transport: flow.transport.as_str(),
+                ip_type: if flow.dest_ip.is_ipv4() {
+                    "ipv4"
+                } else {
+                    "ipv6"
+                },
+                direction: "egress",
+            },
+            destination: Destination {
+                ip: flow.dest_ip,
+                port: flow.dest_port,
+                geo: flow.detail.as_deref().and_then(|d| {
+                    let country = d.country.or(d.registered_country);
+                    (country.is_some() || d.continent.is_some()).then(|| Geo {
+                        country_iso_code: d
+                            .country
+                            .as_ref()
+                            .or(d.registered_country.as_ref())
+                            .map(geoip::CountryCode::as_str),
+                        continent_code: d.continent.as_deref(),
+                    })
+                }),
+                autonomous_system: flow.detail.as_deref().and_then(|d| {
+                    d.asn.map(|number| As {
+                        number,
+                        organization: d.as_org.as_deref().map(|name| AsOrg { name }),
+                    })
+                }),
+            },
+            process: Process {
+                pid: flow.pid,
+                name: &flow.process_name,
+                thread: Id(flow.tid),
+                executable: flow
+                    .process
+                    .as_deref()
+                    .and_then(|p| p.executable.as_deref()),
+                command_line: flow
+                    .process
+                    .as_deref()
+                    .filter(|p| !p.args.is_empty())
+                    .map(ProcessInfo::command_line),
+                args: flow
+                    .process
+                    .as_deref()
+                    .filter(|p| !p.args.is_empty())
+                    .map(|p| p.args.as_slice()),
+                args_truncated: flow.process.as_deref().is_some_and(|p| p.args_truncated),
+            },
+            user: Id(flow.uid),
+            group: Id(flow.gid),
+            rule: Rule {
+                id: AsStr(&flow.rule_id),
+                name: rule.map_or("unknown", |r| r.name.as_str()),
+                ruleset: "residency",
+            },
+            residency: Residency {
+                verdict: verdict_str(flow.verdict),
+                hook: hook_str(flow.hook),
+                mode,
+                decided_by: kind_str(flow.dest_kind),
+                country: flow.country.as_ref().map(geoip::CountryCode::as_str),
+                geoip: flow
+                    .geo_version
+                    .as_deref()
+                    .filter(|_| flow.geo_gen != 0)
+                    .map(|v| GeoIpUsed {
+                        generation: flow.geo_gen,
+                        database: &v.database_type,
+                        build_epoch: v.build_epoch,
+                    }),
+                policy: PolicyUsed {
+                    generation: flow.policy_gen,
+                    hash: view.map_or("", |v| v.hash.as_str()),
+                    index: flow.policy,
+                },
+                workload: workload.map(|w| WorkloadFields {
+                    name: &w.name,
+                    role: w.role,
+                }),
+                tenants: workload.map_or(&[], |w| w.tenants.as_slice()),
+                exception: exception.map(|(name, e)| ExceptionFields {
+                    name,
+                    basis: e.basis.as_str(),
+                    justification: &e.justification,
+                    expires: e.expires,
+                }),
+                cgroup: CgroupFields {
+                    id: flow.cgroup_id,
+                    path: flow.cgroup_path.as_deref(),
+                },
+                v4_mapped: flow.v4_mapped,
+                transfer_basis: transfer_basis.as_str(),
+                boot_ns: flow.boot_ns,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Decider, GeoDetail, Transport},
+        policy::{PolicyEntry, RuleView},
+    };
+
+    /// The view of a configuration in enforce mode with two deny rules,
+    /// `other` and `no-us-llm` (the daemon's tests check that its policy
+    /// module builds such views from configurations).
+    fn names() -> PolicyView {
+        let rule = |name: &str| RuleView {
+            name: name.into(),
+            exception: None,
+        };
+        PolicyView {
+            hash: "9f2c".into(),
+            policies: vec![PolicyEntry {
+                mode: "enforce",
+                workload: None,
+                dpf: false,
+            }],
+            rules: vec![rule("geoip"), rule("other"), rule("no-us-llm")],
+        }
+    }
+
+    fn flow() -> Flow {
+        Flow {
+            time: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            boot_ns: 5,
+            cgroup_id: 77,
+            cgroup_path: Some("/system.slice/crm.service".into()),
+            pid: 10,
+            tid: 11,
+            uid: 65534,
+            gid: 65533,
+            process_name: "py\"thon\n".to_owned(),
+            process: Some(std::sync::Arc::new(ProcessInfo {
+                executable: Some("/usr/bin/python3.12".into()),
+                args: vec![
+                    "python3".into(),
+                    "sync.py".into(),
+                    "--tenant".into(),
+                    "acme".into(),
+                ],
+                args_truncated: false,
+            })),
+            hook: Hook::Connect6,
+            transport: Transport::Tcp,
+            dest_ip: "2001:db8::1".parse().unwrap(),
+            dest_port: 443,
+            v4_mapped: false,
+            verdict: Verdict::Blocked,
+            rule_id: 2,
+            dest_kind: DestKind::Denied,
+            country: None,
+            geo_gen: 0,
+            geo_version: None,
+            detail: None,
+            policy: 0,
+            policy_gen: 1,
+            policy_view: Some(Decider(std::sync::Arc::new(names()))),
+        }
+    }
+
+    fn encode(r: &Record) -> serde_json::Value {
+        let mut out = Vec::new();
+        encode_line(r, &mut out).unwrap();
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(
+            out.split(|&b| b == b'\n').count() - 1,
+            1,
+            "one line per record"
+        );
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn the_index_taken_from_the_document_is_what_the_store_would_parse() {
+        let mut flows = vec![flow()];
+        let mut geo = flow();
+        geo.dest_ip = "198.51.100.9".parse().unwrap();
+        geo.dest_kind = DestKind::Geo;
+        geo.country = "US".parse().ok();
+        geo.verdict = Verdict::Flagged;
+        geo.time = jiff::Timestamp::from_nanosecond(1_800_000_000_123_456_789).unwrap();
+        flows.push(geo);
+        let mut no_config = flow();
+        no_config.policy_view = None;
+        flows.push(no_config);
+        for f in flows {
+            let mut out = Vec::new();
+            let index = encode_flow_indexed(&f, &mut out).unwrap();
+            let mut line = Vec::new();
+            encode_line(&Record::Flow(f), &mut line).unwrap();
+            assert_eq!(out, line, "the same bytes either way");
+            let parsed = Index::of(&line[..line.len() - 1]).unwrap();
+            assert_eq!(index, parsed);
+        }
+    }
+
+    #[test]
+    fn flow_uses_ecs_names() {
+        let v = encode(&Record::Flow(flow()));
+        assert_eq!(v["@timestamp"], "2027-01-15T08:00:00Z");
+        assert_eq!(v["destination"]["ip"], "2001:db8::1");
+        assert_eq!(v["destination"]["port"], 443);
+        assert_eq!(v["network"]["transport"], "tcp");
+        assert_eq!(v["network"]["type"], "ipv6");
+        assert_eq!(v["network"]["direction"], "egress");
+        assert_eq!(v["process"]["pid"], 10);
+        assert_eq!(v["process"]["thread"]["id"], "11");
+        assert_eq!(v["process"]["name"], "py\"thon\n", "escaped, not mangled");
+        assert_eq!(v["user"]["id"], "65534");
+        assert_eq!(v["group"]["id"], "65533");
+        assert_eq!(v["event"]["action"], "connect");
+        assert_eq!(v["event"]["outcome"], "failure");
+        assert_eq!(v["event"]["type"][1], "denied");
+        assert_eq!(v["rule"]["id"], "2");
+        assert_eq!(v["rule"]["name"], "no-us-llm");
+        assert_eq!(v["residency"]["verdict"], "blocked");
+        assert_eq!(v["residency"]["hook"], "connect6");
+        assert_eq!(v["residency"]["mode"], "enforce");
+        assert_eq!(v["residency"]["decided_by"], "denied");
+        assert!(v["residency"].get("v4_mapped").is_none());
+        assert!(v["destination"].get("geo").is_none());
+        assert_eq!(v["process"]["executable"], "/usr/bin/python3.12");
+        assert_eq!(
+            v["process"]["command_line"],
+            "python3 sync.py --tenant acme"
+        );
+        assert_eq!(v["process"]["args"][3], "acme");
+        assert!(v["process"].get("args_truncated").is_none());
+        assert_eq!(v["residency"]["cgroup"]["id"], 77);
+        assert_eq!(
+            v["residency"]["cgroup"]["path"],
+            "/system.slice/crm.service"
+        );
+
+        // A process gone before it could be identified: only the kernel's
+        // name, and nothing made up.
+        let mut gone = flow();
+        gone.process = None;
+        gone.cgroup_path = None;
+        let v = encode(&Record::Flow(gone));
+        assert!(v["process"].get("executable").is_none());
+        assert!(v["process"].get("command_line").is_none());
+        assert_eq!(v["process"]["name"], "py\"thon\n");
+        assert!(v["residency"]["cgroup"].get("path").is_none());
+
+        // A record whose configuration is no longer held is not explained
+        // with another one's names.
+        let mut orphan = flow();
+        orphan.policy_view = None;
+        let v = encode(&Record::Flow(orphan));
+        assert_eq!(v["rule"]["name"], "unknown");
+        assert_eq!(v["residency"]["mode"], "unknown");
+        assert!(v["residency"]["policy"].get("hash").is_none());
+        assert!(v["residency"].get("workload").is_none());
+        assert_eq!(v["residency"]["verdict"], "blocked", "the facts stay");
+    }
+
+    #[test]
+    fn geoip_detail_and_version() {
+        let mut f = flow();
+        f.dest_kind = DestKind::Geo;
+        f.rule_id = 0;
+        f.country = Some("US".parse().unwrap());
+        f.geo_gen = 4;
+        f.geo_version = Some(std::sync::Arc::new(geoip::DbVersion {
+            database_type: "GeoLite2-Country".into(),
+            build_epoch: 1_781_726_006,
+            ip_version: 6,
+            node_count: 9,
+        }));
+        f.detail = Some(std::sync::Arc::new(GeoDetail {
+            country: Some("US".parse().unwrap()),
+            registered_country: None,
+            continent: Some("NA".into()),
+            asn: Some(15169),
+            as_org: Some("Google LLC".into()),
+        }));
+        let v = encode(&Record::Flow(f));
+        assert_eq!(v["destination"]["geo"]["country_iso_code"], "US");
+        assert_eq!(v["destination"]["geo"]["continent_code"], "NA");
+        assert_eq!(v["destination"]["as"]["number"], 15169);
+        assert_eq!(v["destination"]["as"]["organization"]["name"], "Google LLC");
+        assert_eq!(v["residency"]["country"], "US");
+        assert_eq!(v["residency"]["decided_by"], "geoip");
+        assert_eq!(v["residency"]["geoip"]["generation"], 4);
+        assert_eq!(v["residency"]["geoip"]["database"], "GeoLite2-Country");
+        assert_eq!(v["residency"]["geoip"]["build_epoch"], 1_781_726_006);
+        assert_eq!(
+            v["rule"]["name"], "geoip",
+            "rule 0: the GeoIP tables decided"
+        );
+    }
+
+    #[test]
+    fn lifecycle_records() {
+        let v = encode(&Record::Lost { count: 3, total: 9 });
+        assert_eq!(v["event"]["action"], "events-lost");
+        assert_eq!(v["residency"]["lost"]["count"], 3);
+        assert_eq!(v["residency"]["lost"]["total"], 9);
+        let v = encode(&Record::Stopped(StopInfo {
+            kernel_submitted: 5,
+            kernel_dropped: 1,
+            received: 5,
+            undecodable: 0,
+            process_dropped: 2,
+        }));
+        assert_eq!(v["event"]["action"], "stopped");
+        assert_eq!(v["residency"]["counters"]["kernel_dropped"], 1);
+        assert_eq!(v["residency"]["counters"]["process_records_dropped"], 2);
+    }
+}

@@ -1,0 +1,240 @@
+//! The record model: what the pipeline hands on, in order, for every
+//! decision and every event of the daemon's own life.
+//!
+//! A [`Record`] is built in the daemon (the enrich stage makes [`Flow`]s
+//! from kernel records; other stages make [`Note`]s) and encoded once, by
+//! [`crate::encode`], into the canonical bytes that the output, the
+//! evidence chain, the API and the SIEM sinks all carry.
+
+use std::{net::IpAddr, sync::Arc};
+
+use geoip::{CountryCode, DbVersion};
+use residency_common::{DestKind, Hook, Verdict};
+
+use crate::{action::Lifecycle, policy::PolicyView};
+
+/// What the pipeline hands to its outputs, in order.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// The programs are attached; records after this one are decisions.
+    Started(Box<StartInfo>),
+    Flow(Flow),
+    /// The kernel made decisions it could not report (ring buffer full).
+    /// Losses are never silent: each one becomes a record.
+    Lost {
+        count: u64,
+        total: u64,
+    },
+    /// A ring-buffer record this build could not read.
+    Undecodable {
+        reason: String,
+    },
+    /// Something happened to the daemon or its evidence (a `GeoIP`
+    /// database loaded, a policy refused, a gap in the chain).
+    Note(Box<Note>),
+    /// The programs are detached and every decision they made is accounted
+    /// for above: reported, lost or undecodable.
+    Stopped(StopInfo),
+}
+
+impl Record {
+    /// A lifecycle note.
+    #[must_use]
+    pub fn note(action: Lifecycle, message: String, fields: serde_json::Value) -> Self {
+        Record::Note(Box::new(Note {
+            action,
+            message,
+            fields,
+        }))
+    }
+}
+
+/// A lifecycle note: `event.action` is `action`, `event.kind` follows
+/// from it ([`Lifecycle::event_kind`]).
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub action: Lifecycle,
+    pub message: String,
+    /// Goes under `residency.*`.
+    pub fields: serde_json::Value,
+}
+
+/// Facts about a run, for the `started` record.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    pub cgroup_path: String,
+    pub cgroup_id: u64,
+    pub mode: &'static str,
+    pub may_block: bool,
+    pub kernel_release: String,
+    pub ring_buffer_kib: u32,
+    pub deny_rules: usize,
+    pub config_source: String,
+    /// The `GeoIP` database in force, if any.
+    pub geoip: Option<String>,
+    pub geoip_generation: u32,
+    /// The countries the policy allows, as written.
+    pub allowed: Vec<String>,
+    /// Conditions attached to sets the policy names (US-DPF).
+    pub conditions: Vec<String>,
+}
+
+/// Totals for the `stopped` record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopInfo {
+    /// Decisions the kernel wrote to the ring buffer.
+    pub kernel_submitted: u64,
+    /// Decisions the kernel could not write (ring buffer full).
+    pub kernel_dropped: u64,
+    /// Records the daemon read from the ring buffer.
+    pub received: u64,
+    /// Of those, records it could not decode.
+    pub undecodable: u64,
+    /// Process records (exec, fork, exit) the kernel could not write: those
+    /// processes were named from `/proc` instead, where they still ran.
+    pub process_dropped: u64,
+}
+
+/// Transport protocol of the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Other,
+}
+
+impl Transport {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+            Transport::Other => "unknown",
+        }
+    }
+}
+
+/// The executable and command line of the process that made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The resolved path of its executable (`/proc/PID/exe`).
+    pub executable: Option<String>,
+    /// Its arguments, `argv[0]` first (the daemon keeps at most a page of
+    /// them).
+    pub args: Vec<String>,
+    /// Whether the command line was cut short.
+    pub args_truncated: bool,
+}
+
+impl ProcessInfo {
+    /// The arguments joined by spaces (ECS `process.command_line`).
+    #[must_use]
+    pub fn command_line(&self) -> String {
+        self.args.join(" ")
+    }
+}
+
+/// What the full `GeoIP` database says about a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GeoDetail {
+    pub country: Option<CountryCode>,
+    pub registered_country: Option<CountryCode>,
+    pub continent: Option<String>,
+    pub asn: Option<u32>,
+    pub as_org: Option<String>,
+}
+
+/// One outbound connection attempt or datagram, decided and explained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub time: jiff::Timestamp,
+    /// The kernel's `CLOCK_BOOTTIME` stamp, kept for ordering and latency.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    /// The cgroup's path under the cgroup2 mount, if it was still there.
+    pub cgroup_path: Option<Arc<str>>,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The thread's `comm`. Not necessarily UTF-8 in the kernel; invalid
+    /// bytes are replaced.
+    pub process_name: String,
+    /// Executable and command line, if the process still ran when the
+    /// record was enriched.
+    pub process: Option<Arc<ProcessInfo>>,
+    pub hook: Hook,
+    pub transport: Transport,
+    pub dest_ip: IpAddr,
+    pub dest_port: u16,
+    /// The program saw `::ffff:a.b.c.d` and judged it as `a.b.c.d`.
+    pub v4_mapped: bool,
+    pub verdict: Verdict,
+    pub rule_id: u32,
+    /// What decided: `GeoIP`, a rule, a local range.
+    pub dest_kind: DestKind,
+    /// The country the kernel judged (`GeoIP` or an internal network's
+    /// jurisdiction).
+    pub country: Option<CountryCode>,
+    /// Generation of the kernel's `GeoIP` tables that was consulted (0: none).
+    pub geo_gen: u32,
+    /// Version of the database behind that generation.
+    pub geo_version: Option<Arc<DbVersion>>,
+    /// What the full database says about the destination.
+    pub detail: Option<Arc<GeoDetail>>,
+    /// Index of the policy applied (0: the default policy).
+    pub policy: u16,
+    /// Generation of the policy maps that decided.
+    pub policy_gen: u32,
+    /// The policy of that generation, for names, modes and the hash
+    /// (`None` when it is no longer held: better no explanation than
+    /// another policy's).
+    pub policy_view: Option<Decider>,
+}
+
+/// The policy generation that decided a flow. Two flows are equal in this
+/// respect when the same loaded policy decided them.
+#[derive(Debug, Clone)]
+pub struct Decider(pub Arc<PolicyView>);
+
+impl PartialEq for Decider {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Decider {}
+
+/// The words a record uses for a verdict.
+#[must_use]
+pub fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allowed => "allowed",
+        Verdict::Flagged => "flagged",
+        Verdict::Blocked => "blocked",
+    }
+}
+
+/// What decided, as `residency.decided_by` says it.
+#[must_use]
+pub fn kind_str(k: DestKind) -> &'static str {
+    match k {
+        DestKind::Geo => "geoip",
+        DestKind::Unknown => "unknown",
+        DestKind::Denied => "denied",
+        DestKind::Local => "local",
+        DestKind::Internal => "internal",
+        DestKind::Exception => "exception",
+    }
+}
+
+/// The hook, as `residency.hook` says it.
+#[must_use]
+pub fn hook_str(h: Hook) -> &'static str {
+    match h {
+        Hook::Connect4 => "connect4",
+        Hook::Connect6 => "connect6",
+        Hook::Sendmsg4 => "sendmsg4",
+        Hook::Sendmsg6 => "sendmsg6",
+    }
+}

@@ -1,0 +1,81 @@
+//! `residency check`: validates a configuration file and summarises it,
+//! without loading anything into the kernel.
+
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
+
+use residency_daemon::config::{Config, RuleKind};
+
+use super::exit;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+pub fn execute(args: &Args) -> ExitCode {
+    let c = match Config::from_file(&args.config) {
+        Ok(c) => c,
+        Err(e) => return exit::config(&e),
+    };
+    if let Err(e) = c.check_enforce_interlock(c.kernel.cgroup.as_os_str().is_empty()) {
+        return exit::config(&e);
+    }
+    print!("{}", report(&c));
+    for w in c.warnings(jiff::Timestamp::now()) {
+        eprintln!("warning: {w}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// What a valid configuration does, in a few lines: mode, cgroup, what is
+/// allowed, the rules, each sink and what it receives, the tenants.
+fn report(c: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: valid: mode {}, cgroup /{}, allowed {}, unknown destinations: {}, \
+         {} deny rule(s), {} internal network rule(s)",
+        c.source,
+        c.mode.as_str(),
+        c.kernel.cgroup.display(),
+        c.policy.allowed_names.join(", "),
+        c.policy.unknown.as_str(),
+        c.deny_rules().count(),
+        c.rules
+            .iter()
+            .filter(|r| matches!(r.kind, RuleKind::Internal(_)))
+            .count(),
+    );
+    for sink in &c.sinks {
+        let r = sink.receives;
+        let takes: Vec<&str> = [
+            ("violations", r.violations),
+            ("flows", r.flows),
+            ("checkpoints", r.checkpoints),
+            ("gaps", r.gaps),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| *n)
+        .collect();
+        let _ = writeln!(
+            out,
+            "sink {}: {} ({}), receives {}",
+            sink.name,
+            sink.kind(),
+            sink.format,
+            takes.join(", ")
+        );
+    }
+    if !c.tenants.is_empty() || !c.workloads.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} tenant(s), {} workload(s), {} exception(s)",
+            c.tenants.len(),
+            c.workloads.len(),
+            c.exceptions.len()
+        );
+    }
+    out
+}

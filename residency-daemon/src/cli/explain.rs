@@ -1,0 +1,37 @@
+//! `residency explain`: the full chain of reasons for one workload and
+//! destination (a `lookup` of one address, as that workload).
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(short, long, env = "RESIDENCY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// GeoIP database (.mmdb) instead of the configured or found one.
+    #[arg(long, value_name = "FILE")]
+    geoip: Option<PathBuf>,
+    /// The workload, by name.
+    #[arg(long)]
+    workload: String,
+    /// The destination address.
+    #[arg(long)]
+    dest: IpAddr,
+    /// The destination port (shown; verdicts do not depend on it).
+    #[arg(long)]
+    port: Option<u16>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn execute(args: &Args) -> ExitCode {
+    if let Some(p) = args.port {
+        eprintln!("(port {p}: verdicts do not depend on the port)");
+    }
+    super::lookup::decide_and_print(
+        args.config.as_deref(),
+        args.geoip.as_deref(),
+        Some(&args.workload),
+        args.json,
+        &[args.dest],
+    )
+}

@@ -1,0 +1,145 @@
+//! `[kernel]`: which cgroup the programs attach to, and how the ring
+//! buffer between them and the daemon is sized and read.
+
+use std::{path::PathBuf, time::Duration};
+
+use residency_config::{ConfigError, Locator, Spanned};
+use serde::Deserialize;
+
+/// `[kernel]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKernel {
+    cgroup: Option<Spanned<String>>,
+    ring_buffer_kib: Option<Spanned<u32>>,
+    wakeup_kib: Option<Spanned<u32>>,
+    poll_interval_ms: Option<Spanned<u64>>,
+    stats_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    allow_enforce_at_root: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelConfig {
+    /// cgroup v2 directory to attach to, relative to the cgroup2 mount
+    /// (empty: the mount itself, i.e. every process on the host).
+    pub cgroup: PathBuf,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Waiting bytes at which the kernel wakes the reader.
+    pub wakeup_bytes: u64,
+    /// How often the reader drains the ring buffer without a wakeup.
+    pub poll_interval: Duration,
+    /// How often the kernel's drop counters are read.
+    pub stats_interval: Duration,
+    /// Safety interlock: a program that can block is attached to the cgroup2
+    /// root (every process on the host) only if this is set.
+    pub allow_enforce_at_root: bool,
+}
+
+const PAGE: u32 = 4096;
+
+const DEFAULT_RING_KIB: u32 = 1024;
+
+const MAX_RING_KIB: u32 = 1024 * 1024;
+
+const DEFAULT_POLL_MS: u64 = 10;
+
+const DEFAULT_STATS_MS: u64 = 1000;
+
+impl KernelConfig {
+    /// Validates `[kernel]`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the line and field of the first bad value.
+    pub fn validate(raw: &RawKernel, at: &Locator<'_>) -> Result<Self, ConfigError> {
+        let cgroup = match &raw.cgroup {
+            None => PathBuf::new(),
+            Some(s) => {
+                normalise_cgroup(s.get_ref()).map_err(|m| at.err(s.span(), "kernel.cgroup", &m))?
+            }
+        };
+
+        let ring_kib = raw
+            .ring_buffer_kib
+            .as_ref()
+            .map_or(DEFAULT_RING_KIB, |s| *s.get_ref());
+        if !(PAGE / 1024..=MAX_RING_KIB).contains(&ring_kib) || !ring_kib.is_power_of_two() {
+            let span = raw.ring_buffer_kib.as_ref().map(Spanned::span);
+            return Err(at.err_opt(
+                span,
+                "kernel.ring_buffer_kib",
+                &format!(
+                    "{ring_kib} is not a power of two between {} and {MAX_RING_KIB} (KiB)",
+                    PAGE / 1024
+                ),
+            ));
+        }
+        let ring_buffer_bytes = ring_kib * 1024;
+
+        let wakeup_bytes = match &raw.wakeup_kib {
+            // A quarter full: the reader wakes long before the ring overflows,
+            // and at most a few times per ring's worth of events.
+            None => u64::from(ring_buffer_bytes / 4),
+            Some(s) if *s.get_ref() > ring_kib => {
+                return Err(at.err(
+                    s.span(),
+                    "kernel.wakeup_kib",
+                    &format!(
+                        "{} is larger than the ring buffer ({ring_kib} KiB); \
+                         set it to {ring_kib} to rely on the poll timer alone",
+                        s.get_ref()
+                    ),
+                ));
+            }
+            Some(s) => u64::from(*s.get_ref()) * 1024,
+        };
+
+        let poll_ms = raw
+            .poll_interval_ms
+            .as_ref()
+            .map_or(DEFAULT_POLL_MS, |s| *s.get_ref());
+        if !(1..=10_000).contains(&poll_ms) {
+            return Err(at.err_opt(
+                raw.poll_interval_ms.as_ref().map(Spanned::span),
+                "kernel.poll_interval_ms",
+                &format!("{poll_ms} is outside 1..=10000"),
+            ));
+        }
+        let stats_ms = raw
+            .stats_interval_ms
+            .as_ref()
+            .map_or(DEFAULT_STATS_MS, |s| *s.get_ref());
+        if !(10..=60_000).contains(&stats_ms) {
+            return Err(at.err_opt(
+                raw.stats_interval_ms.as_ref().map(Spanned::span),
+                "kernel.stats_interval_ms",
+                &format!("{stats_ms} is outside 10..=60000"),
+            ));
+        }
+
+        Ok(KernelConfig {
+            cgroup,
+            ring_buffer_bytes,
+            wakeup_bytes,
+            poll_interval: Duration::from_millis(poll_ms),
+            stats_interval: Duration::from_millis(stats_ms),
+            allow_enforce_at_root: raw.allow_enforce_at_root,
+        })
+    }
+}
+
+/// A cgroup path relative to the cgroup2 mount: "/" or "" is the root,
+/// "/system.slice/x.service" and "system.slice/x.service" are the same.
+fn normalise_cgroup(path: &str) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if part == "." || part == ".." {
+            return Err(format!(
+                "\"{path}\" contains \"{part}\"; give the path from the cgroup2 mount, e.g. \"/system.slice\""
+            ));
+        }
+        out.push(part);
+    }
+    Ok(out)
+}
