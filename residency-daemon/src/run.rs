@@ -149,7 +149,8 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let geo = GeoStart::prepare(&config, &options).await?;
     let policy = PolicyStart::compile(config, &attach.mount);
     let started = kernel::start(
-        &policy.config,
+        &policy.config.kernel,
+        policy.config.may_block(),
         &policy.compiled,
         &policy.cgroups,
         attach.target.clone(),

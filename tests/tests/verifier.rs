@@ -41,9 +41,16 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
         let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
         assert!(!target.is_root, "tests attach only to their own cgroup");
         let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
-        let k = kernel::start(&config, &compiled, &[], target, None)
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
-            .kernel;
+        let k = kernel::start(
+            &config.kernel,
+            config.may_block(),
+            &compiled,
+            &[],
+            target,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+        .kernel;
         assert_eq!(k.attached.may_block, config.may_block(), "{name}");
         if let Some(progs) = bpftool_attached(&cg)? {
             let mut kinds: Vec<&str> = progs
@@ -90,7 +97,8 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
         let config = Config::from_toml(&format!("mode = \"{mode}\"\n{rules}"), mode)?;
         let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
         let k = kernel::start(
-            &config,
+            &config.kernel,
+            config.may_block(),
             &compiled,
             &[],
             kernel::CgroupTarget::resolve(&mount, &cg.path)?,

@@ -52,9 +52,11 @@ use rules::{RawDenyRule, RawInternal};
 use tenants::RawTenant;
 use workloads::RawWorkload;
 
+// The components' own sections, by their leaf modules (which depend on
+// nothing of the daemon's), not through the components themselves.
 use crate::{
-    geodb::{GeoIpConfig, RawGeoIp},
-    kernel::{KernelConfig, RawKernel},
+    geodb::config::{GeoIpConfig, RawGeoIp},
+    kernel::config::{KernelConfig, RawKernel},
     output::{Output, RawOutput},
 };
 

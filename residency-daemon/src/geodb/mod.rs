@@ -26,7 +26,7 @@ pub use config::{GeoIpConfig, RawGeoIp};
 
 use crate::trust::TrustError;
 
-mod config;
+pub mod config;
 
 /// Where databases are looked for when the configuration names none, in
 /// order: residency's own data directory (put the CC0 default there, e.g.

@@ -10,7 +10,7 @@
 //! as the last file descriptor to them closes: a daemon that crashes or is
 //! killed leaves nothing attached behind it.
 
-mod config;
+pub mod config;
 mod geo_maps;
 mod policy_maps;
 mod probe;
@@ -36,7 +36,7 @@ use residency_common::{Stat, names};
 pub use ring::{DecodeError, Decoded, EventRing, decode};
 use tracing::{debug, info, warn};
 
-use crate::{config::Config, policy::Compiled};
+use crate::policy::Compiled;
 
 /// The kernel object built by `build.rs`. Empty when the build machine had no
 /// eBPF toolchain.
@@ -383,7 +383,8 @@ pub struct Started {
 /// # Errors
 /// A [`KernelError`] that says in one line why it could not be done.
 pub fn start(
-    config: &Config,
+    settings: &KernelConfig,
+    may_block: bool,
     compiled: &Compiled,
     cgroups: &[(u64, u32)],
     target: CgroupTarget,
@@ -392,9 +393,8 @@ pub fn start(
     if OBJECT.is_empty() {
         return Err(KernelError::NotBuilt);
     }
-    let may_block = config.may_block();
     let may_block_flag = u8::from(may_block);
-    let wakeup_bytes = config.kernel.wakeup_bytes;
+    let wakeup_bytes = settings.wakeup_bytes;
     // Processes are tracked under the same cgroup the programs judge.
     let track_id = target.id;
     let track_level =
@@ -404,7 +404,7 @@ pub fn start(
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(names::TRACK_CGROUP_ID, &track_id, true)
         .override_global(names::TRACK_CGROUP_LEVEL, &track_level, true)
-        .map_max_entries(names::EVENTS, config.kernel.ring_buffer_bytes)
+        .map_max_entries(names::EVENTS, settings.ring_buffer_bytes)
         .load(OBJECT)
         .map_err(|e| KernelError::from_aya("loading the kernel object", e))?;
 
@@ -462,9 +462,8 @@ pub fn start(
     info!(
         cgroup = %target.path.display(),
         cgroup_id = target.id,
-        mode = config.mode.as_str(),
         may_block,
-        ring_kib = config.kernel.ring_buffer_bytes / 1024,
+        ring_kib = settings.ring_buffer_bytes / 1024,
         process_tracking = tracking.is_ok(),
         "programs attached"
     );

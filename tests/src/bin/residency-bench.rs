@@ -315,7 +315,15 @@ fn main() -> anyhow::Result<()> {
                     let _guard = runtime.enter();
                     let compiled =
                         residency_daemon::policy::compile(&config, jiff::Timestamp::now());
-                    let k = kernel::start(&config, &compiled, &[], target, None)?.kernel;
+                    let k = kernel::start(
+                        &config.kernel,
+                        config.may_block(),
+                        &compiled,
+                        &[],
+                        target,
+                        None,
+                    )?
+                    .kernel;
                     let drain = runtime.spawn(discard(k.events));
                     let t = storm(&cg, Op::Tcp(listener.tcp), connects)?;
                     let u = storm(&cg, Op::Udp(listener.udp), sends)?;
@@ -632,7 +640,14 @@ local_networks = ["10.0.0.0/8"]
             let p = geodb::prepare(db, None)?;
             prepare_ms.push(p.elapsed.as_secs_f64() * 1e3);
             let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
-            let started = kernel::start(&config, &compiled, &[], target, None)?;
+            let started = kernel::start(
+                &config.kernel,
+                config.may_block(),
+                &compiled,
+                &[],
+                target,
+                None,
+            )?;
             let (k, mut maps) = (started.kernel, started.geo);
             settle();
             let before = kernel_memory_now()?;
