@@ -327,7 +327,7 @@ async fn install(mut c: Control, config: Arc<Config>, action: Lifecycle) -> Cont
     let cgroups = workloads::assignments(&config, &all);
     let number = maps.next_generation();
     // Known before the switch: the first records of the new generation
-    // must already find their configuration.
+    // must already find their policy view.
     c.versions.add(number, &config);
     let started = std::time::Instant::now();
     let compiled_for_install = compiled.clone();

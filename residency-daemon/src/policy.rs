@@ -169,11 +169,13 @@ impl Versions {
     /// Records the view of `config` under the generation it is installed
     /// as.
     pub fn add(&self, generation: u32, config: &Config) {
+        // Built before the lock: the writer reads this map for every flow.
+        let view = Arc::new(view(config));
         let mut map = self
             .by_generation
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(generation, Arc::new(view(config)));
+        map.insert(generation, view);
         while map.len() > KEEP_GENERATIONS {
             let Some(&oldest) = map.keys().next() else {
                 break;

@@ -448,6 +448,7 @@ fn announce(
         warn!("policy.allowed names {set}, which holds only on a condition: {condition}");
     }
     StartInfo {
+        version: env!("CARGO_PKG_VERSION"),
         cgroup_path: attach.target.path.display().to_string(),
         cgroup_id: attach.target.id,
         mode: config.mode.as_str(),

@@ -27,7 +27,10 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::net::UnixListener;
 
-use super::{ApiError, errors::Problem, routes};
+use super::{
+    errors::{ApiError, Problem},
+    routes,
+};
 
 /// Shortest token accepted from a file an administrator wrote.
 const MIN_TOKEN: usize = 16;
@@ -223,7 +226,7 @@ fn create_token(path: &Path) -> io::Result<String> {
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(io::Error::other)?;
-    let token = crate::evidence::chain::hex(&bytes);
+    let token = residency_evidence::chain::hex(&bytes);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -197,12 +197,13 @@ impl Client {
             if nix::unistd::geteuid().is_root() && socket.exists() {
                 Target::Socket(socket.to_owned())
             } else {
-                let addr =
-                    std::fs::read_to_string(Path::new(DEFAULT_STATE_DIR).join(super::ADDR_FILE))
-                        .ok()
-                        .map(|a| a.trim().to_owned())
-                        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
-                        .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_API_PORT}"));
+                let addr = std::fs::read_to_string(
+                    Path::new(DEFAULT_STATE_DIR).join(crate::config::ADDR_FILE),
+                )
+                .ok()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+                .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_API_PORT}"));
                 Target::Tcp(addr)
             }
         };

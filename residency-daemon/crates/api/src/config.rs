@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_API_SOCKET: &str = "/run/residency/api.sock";
 /// The default API port on 127.0.0.1.
 pub const DEFAULT_API_PORT: u16 = 7470;
+/// The file in the state directory that names the bound TCP address.
+pub const ADDR_FILE: &str = "api.addr";
 
 /// `[api]` as written.
 #[derive(Debug, Default, Deserialize)]

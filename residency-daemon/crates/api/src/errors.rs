@@ -3,7 +3,10 @@
 //! field), with the status that says whose fault it was.
 //!
 //! axum's own rejections (path, query, body) are mapped here too, so that a
-//! client never has to parse two kinds of error.
+//! client never has to parse two kinds of error. [`ApiError`], beside
+//! them, is why the API could not start at all.
+
+use std::{io, net::SocketAddr, path::PathBuf};
 
 use axum::{
     Json,
@@ -14,7 +17,22 @@ use axum::{
 use serde::de::DeserializeOwned;
 use tracing::error;
 
-use crate::evidence::EvidenceError;
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("api.listen {addr}: port in use: set api.listen to a free address, or \"off\"")]
+    PortInUse { addr: SocketAddr },
+    #[error("api.listen {addr}: cannot listen: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("api.socket {}: {message}", path.display())]
+    Socket { path: PathBuf, message: String },
+    #[error("api.token_file {}: {message}", path.display())]
+    Token { path: PathBuf, message: String },
+    #[error("{}: cannot write the API address: {source}", path.display())]
+    AddrFile { path: PathBuf, source: io::Error },
+}
+
+use residency_evidence::EvidenceError;
 
 /// Largest request body the API reads (a note is at most 4 KiB).
 pub const MAX_BODY: usize = 16 * 1024;

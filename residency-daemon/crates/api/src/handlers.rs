@@ -16,13 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    Shared,
     auth::Caller,
     errors::{JsonBody, PathParam, Problem},
     params::{self, Query},
     routes::{OPENMETRICS, TAR},
+    state::Shared,
 };
-use crate::evidence::{EvidenceError, ViolationState, bundle, chain};
+use residency_evidence::{EvidenceError, ViolationState, bundle, chain};
 
 type S = State<Arc<Shared>>;
 

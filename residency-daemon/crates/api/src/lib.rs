@@ -29,6 +29,7 @@ mod handlers;
 pub mod openapi;
 pub mod params;
 pub mod routes;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -46,7 +47,6 @@ use axum::{
     extract::DefaultBodyLimit,
     routing::{MethodRouter, on},
 };
-use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::watch,
@@ -55,49 +55,11 @@ use tokio::{
 use tracing::{error, info};
 
 pub use auth::{Caller, Peer, load_or_create_token};
-pub use errors::Problem;
+pub use errors::{ApiError, Problem};
+pub use state::ApiState;
+use state::Shared;
 
-pub use config::{ApiConfig, DEFAULT_API_PORT, DEFAULT_API_SOCKET, RawApi};
-use residency_evidence as evidence;
-
-/// The file in the state directory that names the bound TCP address.
-pub const ADDR_FILE: &str = "api.addr";
-
-/// What the handlers read.
-#[derive(Clone)]
-pub struct ApiState {
-    /// Queries.
-    pub reader: evidence::Reader,
-    /// Violation transitions (recorded in the chain) and the store's stats.
-    pub evidence: evidence::Evidence,
-    /// What `/metrics` renders: every component's counters, registered
-    /// by the daemon that runs them.
-    pub metrics: Arc<Registry>,
-    /// 1 while the kernel programs are attached, for `/readyz`.
-    pub attached: Gauge,
-}
-
-/// What every handler shares: the state, and what is built once.
-struct Shared {
-    api: ApiState,
-    /// `/v1/openapi.json`, rendered.
-    openapi: Vec<u8>,
-}
-
-/// Why the API could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("api.listen {addr}: port in use: set api.listen to a free address, or \"off\"")]
-    PortInUse { addr: SocketAddr },
-    #[error("api.listen {addr}: cannot listen: {source}")]
-    Listen { addr: SocketAddr, source: io::Error },
-    #[error("api.socket {}: {message}", path.display())]
-    Socket { path: PathBuf, message: String },
-    #[error("api.token_file {}: {message}", path.display())]
-    Token { path: PathBuf, message: String },
-    #[error("{}: cannot write the API address: {source}", path.display())]
-    AddrFile { path: PathBuf, source: io::Error },
-}
+pub use config::{ADDR_FILE, ApiConfig, DEFAULT_API_PORT, DEFAULT_API_SOCKET, RawApi};
 
 /// The router for TCP clients: every route but the public ones needs
 /// `Authorization: Bearer <token>`.

@@ -11,7 +11,7 @@ use axum::http::Uri;
 use serde_json::{Value as Json, json};
 
 use super::errors::Problem;
-use crate::evidence::{
+use residency_evidence::{
     Filter, Order, Page, ViolationState,
     query::{DEFAULT_PAGE, MAX_PAGE, ViolationFilter},
 };

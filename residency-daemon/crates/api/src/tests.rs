@@ -31,10 +31,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    config::ApiConfig,
-    evidence::{Evidence, EvidenceConfig},
-};
+use residency_evidence::{Evidence, EvidenceConfig};
+
+use crate::config::ApiConfig;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const FLOWS: usize = 30;
@@ -57,7 +56,7 @@ impl Fixture {
             checkpoint_interval: Duration::from_hours(1),
             retention: None,
             max_bytes: None,
-            wal_limit: crate::evidence::WAL_LIMIT,
+            wal_limit: residency_evidence::WAL_LIMIT,
             dict_samples: 200,
         };
         let (evidence, _) = Evidence::open(&config).unwrap();

@@ -24,10 +24,10 @@
 //! field of its own.
 //!
 //! Inside the crate, dependencies point one way too: `clock`, `stats`,
-//! `schema`, `chain` and `codec` use nothing of the others; `indexer` uses
-//! those; `query` (the readers) uses those and the indexer's progress;
-//! `store` (the writer, which hands out readers) uses all of them; `verify`
-//! and `bundle` read through `query`.
+//! `schema` and `chain` use nothing of the others, `codec` only `clock`;
+//! `indexer` uses those; `query` (the readers) uses those and the
+//! indexer's progress; `store` (the writer, which hands out readers) uses
+//! all of them; `verify` and `bundle` read through `query`.
 #![forbid(unsafe_code)]
 
 pub mod bundle;

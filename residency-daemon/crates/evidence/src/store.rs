@@ -719,7 +719,7 @@ impl Writer {
                     error!("a record the store cannot index: {e}");
                     Index {
                         ts: now_ns(),
-                        kind: "unindexed".into(),
+                        kind: residency_record::index::UNINDEXED.into(),
                         ..Index::default()
                     }
                 });

@@ -385,7 +385,9 @@ fn content_and_index(seq: u64, body: &[u8], columns: &Columns) -> (Content, Opti
             }
             if derived.lifecycle() == Some(Lifecycle::EvidencePruned)
                 && let Ok(doc) = RecordView::parse(body)
-                && let Some(p) = doc.pruned()
+                // (Both fields, as the store writes them: a pruning
+                // record without them claims nothing.)
+                && let Some(p) = doc.pruned().filter(|p| !p.through_hash.is_empty())
             {
                 out.pruned = Some((p.through_seq, p.through_hash.clone()));
             }

@@ -22,6 +22,11 @@ use crate::{
     policy::PolicyView,
 };
 
+/// `event.action` of a flow from `connect()`.
+pub const CONNECT_ACTION: &str = "connect";
+/// `event.action` of a datagram from `sendmsg()`/`sendto()`.
+pub const SENDMSG_ACTION: &str = "sendmsg";
+
 /// Appends a flow as one line of JSON to `out` and returns the columns the
 /// evidence store indexes it by, taken from the same document, so the
 /// store need not parse the line back (`Index::of` would find the same;
@@ -121,9 +126,9 @@ fn started(info: &StartInfo, now: jiff::Timestamp) -> serde_json::Value {
             "module": crate::MODULE,
             "dataset": crate::LIFECYCLE_DATASET,
         },
-        "message": format!("residency {} watching cgroup {} in {} mode", env!("CARGO_PKG_VERSION"), info.cgroup_path, info.mode),
+        "message": format!("residency {} watching cgroup {} in {} mode", info.version, info.cgroup_path, info.mode),
         "residency": {
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": info.version,
             "cgroup": { "path": info.cgroup_path, "id": info.cgroup_id },
             "mode": info.mode,
             "may_block": info.may_block,
@@ -364,8 +369,8 @@ impl<'a> FlowDoc<'a> {
                 category: ["network"],
                 kind_type,
                 action: match flow.hook {
-                    Hook::Connect4 | Hook::Connect6 => "connect",
-                    Hook::Sendmsg4 | Hook::Sendmsg6 => "sendmsg",
+                    Hook::Connect4 | Hook::Connect6 => CONNECT_ACTION,
+                    Hook::Sendmsg4 | Hook::Sendmsg6 => SENDMSG_ACTION,
                 },
                 outcome,
                 module: crate::MODULE,

@@ -8,6 +8,9 @@ use crate::{action::Lifecycle, view::RecordView};
 
 /// The `kind` column of a flow; lifecycle records have their action.
 pub const FLOW: &str = "flow";
+/// The `kind` column of bytes the store kept but could not index (a bug:
+/// only the record crate's encoder writes records; `verify` names them).
+pub const UNINDEXED: &str = "unindexed";
 
 /// The searchable facts of one record.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -49,6 +52,10 @@ impl Index {
     /// # Errors
     /// If its `@timestamp` is not a time.
     pub fn from_view(r: &RecordView<'_>) -> Result<Self, String> {
+        // The view reads absent parts as empty; a record has these.
+        if r.event.action.is_empty() || r.event.dataset.is_empty() {
+            return Err("not a residency record: no event.action or event.dataset".into());
+        }
         let ts = r
             .timestamp
             .parse::<jiff::Timestamp>()
@@ -72,7 +79,7 @@ impl Index {
             workload: r.workload().map(str::to_owned),
             role: r.role().map(str::to_owned),
             tenants: r.tenants().map(str::to_owned).collect(),
-            country: res.country.as_deref().map(str::to_owned),
+            country: r.judged_country().map(str::to_owned),
             dst_ip: r.dst_ip().map(str::to_owned),
             dst_port: r.dst_port(),
             dst_name: r.dst_domain().map(str::to_owned),

@@ -62,6 +62,8 @@ pub struct Note {
 /// Facts about a run, for the `started` record.
 #[derive(Debug, Clone)]
 pub struct StartInfo {
+    /// The daemon's version.
+    pub version: &'static str,
     pub cgroup_path: String,
     pub cgroup_id: u64,
     pub mode: &'static str,

@@ -132,7 +132,12 @@ impl PolicyView {
         {
             return e.basis;
         }
-        let dpf = self.policy(policy).is_some_and(|p| p.dpf);
+        // A policy index the view does not hold is judged as the default
+        // policy, as its mode is.
+        let dpf = self
+            .policy(policy)
+            .or_else(|| self.policy(0))
+            .is_some_and(|p| p.dpf);
         basis_without_exception(kind, country, dpf)
     }
 }
@@ -245,7 +250,7 @@ mod tests {
         assert_eq!(
             v.transfer_basis(9, geo, 0, cc("US")),
             TransferBasis::None,
-            "a policy the view does not hold allows nothing"
+            "a policy the view does not hold is judged as the default"
         );
     }
 }

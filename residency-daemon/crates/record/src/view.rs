@@ -7,24 +7,30 @@
 //! and reads every field back); strings are borrowed from the bytes where
 //! they need no unescaping.
 //!
-//! Reading is lenient where the format may grow or a record is damaged:
-//! unknown fields are ignored and every field but `@timestamp`,
-//! `event.action` and `event.dataset` may be absent (it reads as empty),
-//! so a record written by a later build still reads, and one odd part of
-//! a record does not hide the rest.
+//! Reading is lenient where the format may grow: unknown fields are
+//! ignored and any field may be absent (it reads as empty), so a record
+//! written by a later build still reads. A field of the wrong type is not
+//! read past: [`RecordView::parse`] fails and [`RecordView::from_value`]
+//! reads nothing. The encoder never writes one; in the store only damage
+//! could, and `evidence verify` names damaged records by their hash first.
+//! [`crate::Index::of`] is the strict reader: it requires `@timestamp`,
+//! `event.action` and `event.dataset`.
 
 use std::borrow::Cow;
 
+use residency_common::Verdict;
 use serde::Deserialize;
 
 use crate::{
     FLOW_DATASET,
     action::Lifecycle,
+    model::verdict_str,
     notes::{EvidenceGap, Pruned, ViolationChange},
 };
 
 /// One record, read back.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct RecordView<'a> {
     #[serde(rename = "@timestamp", borrow)]
     pub timestamp: Cow<'a, str>,
@@ -48,6 +54,7 @@ pub struct RecordView<'a> {
 
 /// `event.*`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct EventView<'a> {
     /// `connect` or `sendmsg` for a flow; the [`Lifecycle`] action else.
     #[serde(borrow)]
@@ -238,13 +245,13 @@ impl<'a> RecordView<'a> {
     /// Reads a record's canonical bytes.
     ///
     /// # Errors
-    /// If they are not JSON with `@timestamp` and `event`.
+    /// If they are not a JSON object, or a field has the wrong type.
     pub fn parse(body: &'a [u8]) -> Result<Self, NotARecord> {
         serde_json::from_slice(body).map_err(|e| NotARecord(e.to_string()))
     }
 
     /// Reads a record already parsed as JSON (what the API returns, what a
-    /// SIEM alert holds); an object that is not a record reads as empty.
+    /// SIEM alert holds); a value that is not a record reads as empty.
     #[must_use]
     pub fn from_value(value: &'a serde_json::Value) -> Self {
         RecordView::deserialize(value).unwrap_or_default()
@@ -272,6 +279,12 @@ impl<'a> RecordView<'a> {
         self.event.action.parse().ok()
     }
 
+    /// A datagram (`sendmsg()`/`sendto()`) rather than a `connect()`?
+    #[must_use]
+    pub fn is_sendmsg(&self) -> bool {
+        self.event.action == crate::encode::SENDMSG_ACTION
+    }
+
     /// Does it say that events are missing ([`Lifecycle::is_gap`])?
     #[must_use]
     pub fn is_gap(&self) -> bool {
@@ -281,7 +294,11 @@ impl<'a> RecordView<'a> {
     /// A decision that breached policy (blocked or flagged)?
     #[must_use]
     pub fn is_violation(&self) -> bool {
-        self.is_flow() && matches!(self.verdict(), Some("blocked" | "flagged"))
+        self.is_flow()
+            && matches!(
+                self.verdict_kind(),
+                Some(Verdict::Blocked | Verdict::Flagged)
+            )
     }
 
     fn residency(&self) -> Option<&ResidencyView<'a>> {
@@ -294,20 +311,36 @@ impl<'a> RecordView<'a> {
         self.residency()?.verdict.as_deref()
     }
 
-    /// The destination country the policy judged, else the one the full
-    /// database gives (ISO 3166-1 alpha-2).
+    /// The verdict, as the kernel's enum (`None` for a word this build
+    /// does not know).
+    #[must_use]
+    pub fn verdict_kind(&self) -> Option<Verdict> {
+        let v = self.verdict()?;
+        [Verdict::Allowed, Verdict::Flagged, Verdict::Blocked]
+            .into_iter()
+            .find(|k| verdict_str(*k) == v)
+    }
+
+    /// The country the kernel judged (`GeoIP`, or an internal network's
+    /// jurisdiction); none for a destination a rule or exception decided,
+    /// or one without a country.
+    #[must_use]
+    pub fn judged_country(&self) -> Option<&str> {
+        self.residency()?.country.as_deref()
+    }
+
+    /// The destination country: the one the kernel judged, else the one
+    /// the full database gives (ISO 3166-1 alpha-2), for alerts.
     #[must_use]
     pub fn country(&self) -> Option<&str> {
-        self.residency()
-            .and_then(|r| r.country.as_deref())
-            .or_else(|| {
-                self.destination
-                    .as_ref()?
-                    .geo
-                    .as_ref()?
-                    .country_iso_code
-                    .as_deref()
-            })
+        self.judged_country().or_else(|| {
+            self.destination
+                .as_ref()?
+                .geo
+                .as_ref()?
+                .country_iso_code
+                .as_deref()
+        })
     }
 
     /// The tenants whose data the workload holds.
@@ -648,5 +681,9 @@ mod tests {
             "event": {"action": "dns-answer", "dataset": "residency.lifecycle"}});
         assert_eq!(RecordView::from_value(&v).lifecycle(), None);
         assert!(RecordView::parse(b"{\"event\": 1}").is_err());
+        assert!(
+            Index::of(b"{\"@timestamp\": \"2026-01-01T00:00:00Z\"}").is_err(),
+            "the columns need event.action and event.dataset"
+        );
     }
 }

@@ -14,6 +14,10 @@ use jiff::Timestamp;
 use residency_record::{CHECKPOINT_DATASET, MODULE, RecordView};
 use serde_json::Value;
 
+/// `event.action` of a checkpoint alert (a checkpoint is not a record of
+/// the chain, so it is not a [`residency_record::Lifecycle`]).
+pub const CHECKPOINT_ACTION: &str = "evidence-checkpoint";
+
 /// What an alert reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AlertKind {
@@ -140,7 +144,7 @@ impl Alert {
                 "kind": "event",
                 "category": ["configuration"],
                 "type": ["info"],
-                "action": "evidence-checkpoint",
+                "action": CHECKPOINT_ACTION,
                 "module": MODULE,
                 "dataset": CHECKPOINT_DATASET,
                 "sequence": c.seq,

@@ -158,15 +158,17 @@ impl SinkConfig {
 pub fn validate(raw: &[RawSink], at: &Locator<'_>) -> Result<Vec<SinkConfig>, ConfigError> {
     let mut out: Vec<SinkConfig> = Vec::new();
     for s in raw {
-        let sink = SinkConfig::validate(s, at)?;
-        if out.iter().any(|o| o.name == sink.name) {
+        // The name first (a repeated name is the first thing to fix), then
+        // the rest of the table.
+        let name = valid_name(s, at)?;
+        if out.iter().any(|o| o.name == name) {
             return Err(at.err(
                 s.name.span(),
                 "sink.name",
-                &format!("a sink named \"{}\" is already defined", sink.name),
+                &format!("a sink named \"{name}\" is already defined"),
             ));
         }
-        out.push(sink);
+        out.push(SinkConfig::validate(s, at)?);
     }
     Ok(out)
 }
@@ -178,19 +180,7 @@ impl SinkConfig {
     /// # Errors
     /// The first problem, with its line.
     pub fn validate(s: &RawSink, at: &Locator<'_>) -> Result<Self, ConfigError> {
-        let name = s.name.get_ref().clone();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(at.err(
-                s.name.span(),
-                "sink.name",
-                "must be 1-64 characters of a-z, 0-9 and '-' (it names the sink's metrics and cursor file)",
-            ));
-        }
+        let name = valid_name(s, at)?;
         let v = Fields { s, at, name: &name };
         let (destination, formats, default_format) = v.destination()?;
         v.no_stray_fields()?;
@@ -235,6 +225,24 @@ impl SinkConfig {
             retry_max: Duration::from_secs(retry_max),
         })
     }
+}
+
+/// The sink's name, if it is one a metric label and a file name can carry.
+fn valid_name(s: &RawSink, at: &Locator<'_>) -> Result<String, ConfigError> {
+    let name = s.name.get_ref();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(at.err(
+            s.name.span(),
+            "sink.name",
+            "must be 1-64 characters of a-z, 0-9 and '-' (it names the sink's metrics and cursor file)",
+        ));
+    }
+    Ok(name.clone())
 }
 
 /// One `[[sink]]` table under validation: its values, and errors that

@@ -182,7 +182,7 @@ mod tests {
         let time = Timestamp::from_second(1_795_000_000 + secs).unwrap();
         let doc = serde_json::json!({
             "@timestamp": time.to_string(),
-            "event": {"action": "connect", "dataset": "residency.flow"},
+            "event": {"dataset": "residency.flow"},
             "destination": {"ip": dst, "port": 443},
             "rule": {"id": "3"},
             "residency": {"verdict": "blocked", "workload": {"name": "crm"}},

@@ -98,7 +98,11 @@ pub fn cef(alert: &Alert, ctx: &Context) -> String {
                 "action",
                 Some(&*r.event.action).filter(|a| !a.is_empty()),
             );
-            ext.custom("cs2", "reason", r.gap().map(|g| g.reason.as_str()));
+            ext.custom(
+                "cs2",
+                "reason",
+                r.gap().map(|g| g.reason.as_str()).filter(|g| !g.is_empty()),
+            );
             if let Some(lost) = r.lost_count() {
                 ext.label("cn1", "lost");
                 ext.num("cn1", lost);

@@ -2,7 +2,7 @@
 //! Elasticsearch `_bulk` bodies.
 //!
 //! The evidence chain already holds each record as an ECS document
-//! (`sinks::ecs`), so the ECS format is that document, with what only the
+//! (`residency_record::encode`), so the ECS format is that document, with what only the
 //! alert knows added: `event.sequence` is the evidence sequence number, and
 //! `residency.alert` says which kind of alert this is and, when throttling
 //! folded repeats into it, how many and over which span. ECS has no field

@@ -26,6 +26,7 @@ use std::{
 };
 
 use jiff::{Timestamp, tz::TimeZone};
+use residency_common::Verdict;
 use residency_record::RecordView;
 
 use crate::alert::{Alert, AlertKind};
@@ -172,11 +173,11 @@ impl Level {
         match alert.kind {
             AlertKind::Checkpoint => Level::Notice,
             AlertKind::Gap => Level::Warning,
-            AlertKind::Flow | AlertKind::Violation => match r.verdict() {
-                Some("blocked") => Level::Error,
-                Some("flagged") => Level::Warning,
-                Some("allowed") => Level::Info,
-                _ => Level::Notice,
+            AlertKind::Flow | AlertKind::Violation => match r.verdict_kind() {
+                Some(Verdict::Blocked) => Level::Error,
+                Some(Verdict::Flagged) => Level::Warning,
+                Some(Verdict::Allowed) => Level::Info,
+                None => Level::Notice,
             },
         }
     }
@@ -297,7 +298,7 @@ pub(crate) mod fixtures {
         "2027-01-15T08:00:00.123456789Z".parse().unwrap()
     }
 
-    /// A flow document as `FlowDoc` writes it.
+    /// A flow document as the record crate's encoder writes it.
     pub fn flow_doc(verdict: &str, hook: &str, transport: &str, ip: &str) -> Value {
         let (kind_type, outcome) = if verdict == "blocked" {
             (["connection", "denied"], "failure")

@@ -47,10 +47,11 @@
 
 use serde_json::{Map, Value};
 
+use residency_common::Verdict;
 use residency_record::RecordView;
 
 use super::{Context, Level, PRODUCT, stable_id};
-use crate::alert::{Alert, AlertKind};
+use crate::alert::{Alert, AlertKind, CHECKPOINT_ACTION};
 
 /// The OCSF version of every event.
 pub const VERSION: &str = "1.8.0";
@@ -98,19 +99,19 @@ pub fn ocsf(alert: &Alert, ctx: &Context) -> Value {
 }
 
 fn network_activity(alert: &Alert, r: &RecordView<'_>, ctx: &Context) -> Value {
-    let verdict = r.verdict();
+    let verdict = r.verdict_kind();
     // events/network/network_activity.json activity_id.
-    let activity = if verdict == Some("blocked") {
+    let activity = if verdict == Some(Verdict::Blocked) {
         (5, "Refuse")
-    } else if r.event.action == "sendmsg" {
+    } else if r.is_sendmsg() {
         (6, "Traffic")
     } else {
         (1, "Open")
     };
     let status = match verdict {
-        Some("allowed" | "flagged") => (1, "Success"),
-        Some("blocked") => (2, "Failure"),
-        _ => (0, "Unknown"),
+        Some(Verdict::Allowed | Verdict::Flagged) => (1, "Success"),
+        Some(Verdict::Blocked) => (2, "Failure"),
+        None => (0, "Unknown"),
     };
     let process = process(r);
     let observables = observables(r, "");
@@ -169,7 +170,7 @@ fn detection_finding(alert: &Alert, r: &RecordView<'_>, ctx: &Context) -> Value 
         (1, "Create"),
         &["security_control"],
     )
-    .control(r.verdict())
+    .control(r.verdict_kind())
     .put("is_alert", true)
     // A policy match is certain, not a guess.
     .put("confidence_id", 3)
@@ -198,7 +199,7 @@ fn event_log_activity(alert: &Alert, r: &RecordView<'_>, ctx: &Context) -> Value
     let action = Some(&*r.event.action)
         .filter(|a| !a.is_empty())
         .unwrap_or(match alert.kind {
-            AlertKind::Checkpoint => "evidence-checkpoint",
+            AlertKind::Checkpoint => CHECKPOINT_ACTION,
             _ => "gap",
         });
     // The record's own `residency` part, passed on whole.
@@ -312,12 +313,12 @@ fn correlation_uid(alert: &Alert) -> String {
 impl Obj {
     /// The policy's decision as the `security_control` profile puts it
     /// (see the module documentation).
-    fn control(self, verdict: Option<&str>) -> Obj {
+    fn control(self, verdict: Option<Verdict>) -> Obj {
         let (action_id, action, disposition_id, disposition) = match verdict {
-            Some("allowed") => (1, "Allowed", 1, "Allowed"),
-            Some("flagged") => (3, "Observed", 15, "Detected"),
-            Some("blocked") => (2, "Denied", 2, "Blocked"),
-            _ => (0, "Unknown", 0, "Unknown"),
+            Some(Verdict::Allowed) => (1, "Allowed", 1, "Allowed"),
+            Some(Verdict::Flagged) => (3, "Observed", 15, "Detected"),
+            Some(Verdict::Blocked) => (2, "Denied", 2, "Blocked"),
+            None => (0, "Unknown", 0, "Unknown"),
         };
         self.put("action_id", action_id)
             .put("action", action)
@@ -327,8 +328,7 @@ impl Obj {
 }
 
 fn connection_info(r: &RecordView<'_>) -> Obj {
-    let v6 = r.network.as_ref().and_then(|n| n.ip_type.as_deref()) == Some("ipv6")
-        || r.dst_ip().is_some_and(|ip| ip.contains(':'));
+    let v6 = r.is_ipv6();
     let protocol_num = match r.transport() {
         Some("tcp") => Some(6),
         Some("udp") => Some(17),
