@@ -636,7 +636,7 @@ mod tests {
         );
         assert_eq!(r.command_line(), Some("sync --all"));
         assert_eq!(r.user_id(), Some("1000"));
-        assert_eq!(Index::from_view(&r).unwrap(), columns);
+        assert_eq!(Index::of(&line).unwrap(), columns);
     }
 
     #[test]
