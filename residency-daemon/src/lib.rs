@@ -27,9 +27,9 @@
 //! - [`trust`]: which files may decide policy when the daemon runs locked;
 //! - [`output`]: the JSON-lines output;
 //! - [`metrics`]: the pipeline's counters for `/metrics`;
-//! - [`lookup`]: decisions made in userspace for `lookup`, `explain` and
+//! - [`mod@lookup`]: decisions made in userspace for `lookup`, `explain` and
 //!   `test-policy`;
-//! - [`run`]: the daemon's life, start-up step by step, and shutdown.
+//! - [`mod@run`]: the daemon's life, start-up step by step, and shutdown.
 //!
 //! The binary, the tests and the benchmarks all call [`run::run`]. Only
 //! [`kernel`] has unsafe code (reading the ring buffer's records).

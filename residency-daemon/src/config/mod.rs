@@ -9,9 +9,9 @@
 //! ([`crate::geodb::GeoIpConfig`]) and the output `[output]`
 //! ([`crate::output::Output`]). This module parses the file, hands each
 //! component its part, and validates the policy itself, one section per
-//! file: `mode`, `[policy]` and `[[jurisdiction]]` ([`policy`]), the
-//! destination rules ([`rules`]), `[[tenant]]` ([`tenants`]),
-//! `[[workload]]` ([`workloads`]) and `[[exception]]` ([`exceptions`]).
+//! file: `mode`, `[policy]` and `[[jurisdiction]]` (`policy.rs`), the
+//! destination rules (`rules.rs`), `[[tenant]]` (`tenants.rs`),
+//! `[[workload]]` (`workloads.rs`) and `[[exception]]` (`exceptions.rs`).
 //!
 //! Every section is parsed into a raw form that mirrors the file (with
 //! `deny_unknown_fields`, so a misspelt key is an error, not a silently

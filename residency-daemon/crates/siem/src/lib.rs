@@ -12,7 +12,7 @@
 //!   violation, checkpoint or gap alert, read through the record crate's
 //!   typed view;
 //! - [`throttle`]: repeats of a violation folded into one count per window;
-//! - [`out`]: a batch encoded ([`format`]) and sent ([`transport`]);
+//! - [`out`]: a batch encoded ([`mod@format`]) and sent ([`transport`]);
 //! - [`metrics`]: what each sink counts, for `/metrics`.
 //!
 //! The crate sits above the evidence store (it reads the chain) and the
