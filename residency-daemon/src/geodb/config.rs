@@ -47,17 +47,14 @@ impl GeoIpConfig {
                 Some(s) => Ok(Some(PathBuf::from(s.get_ref()))),
             }
         };
-        let secs = raw
-            .check_interval_secs
-            .as_ref()
-            .map_or(DEFAULT_GEOIP_CHECK_SECS, |s| *s.get_ref());
-        if !(1..=86_400).contains(&secs) {
-            return Err(at.err_opt(
-                raw.check_interval_secs.as_ref().map(Spanned::span),
+        let secs = at
+            .ranged(
+                raw.check_interval_secs.as_ref(),
                 "geoip.check_interval_secs",
-                &format!("{secs} is outside 1..=86400"),
-            ));
-        }
+                Some(DEFAULT_GEOIP_CHECK_SECS),
+                1..=86_400,
+            )?
+            .unwrap_or(DEFAULT_GEOIP_CHECK_SECS);
         Ok(GeoIpConfig {
             database: path(&raw.database, "geoip.database")?,
             asn_database: path(&raw.asn_database, "geoip.asn_database")?,

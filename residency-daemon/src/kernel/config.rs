@@ -95,28 +95,22 @@ impl KernelConfig {
             Some(s) => u64::from(*s.get_ref()) * 1024,
         };
 
-        let poll_ms = raw
-            .poll_interval_ms
-            .as_ref()
-            .map_or(DEFAULT_POLL_MS, |s| *s.get_ref());
-        if !(1..=10_000).contains(&poll_ms) {
-            return Err(at.err_opt(
-                raw.poll_interval_ms.as_ref().map(Spanned::span),
+        let poll_ms = at
+            .ranged(
+                raw.poll_interval_ms.as_ref(),
                 "kernel.poll_interval_ms",
-                &format!("{poll_ms} is outside 1..=10000"),
-            ));
-        }
-        let stats_ms = raw
-            .stats_interval_ms
-            .as_ref()
-            .map_or(DEFAULT_STATS_MS, |s| *s.get_ref());
-        if !(10..=60_000).contains(&stats_ms) {
-            return Err(at.err_opt(
-                raw.stats_interval_ms.as_ref().map(Spanned::span),
+                Some(DEFAULT_POLL_MS),
+                1..=10_000,
+            )?
+            .unwrap_or(DEFAULT_POLL_MS);
+        let stats_ms = at
+            .ranged(
+                raw.stats_interval_ms.as_ref(),
                 "kernel.stats_interval_ms",
-                &format!("{stats_ms} is outside 10..=60000"),
-            ));
-        }
+                Some(DEFAULT_STATS_MS),
+                10..=60_000,
+            )?
+            .unwrap_or(DEFAULT_STATS_MS);
 
         Ok(KernelConfig {
             cgroup,
