@@ -1,6 +1,7 @@
 //! The typed read view: a record's canonical bytes read back.
 //!
-//! The evidence store derives its columns from it ([`crate::index`]), the
+//! The evidence store derives its columns from a narrow projection of it
+//! with the same field names ([`crate::index`], for speed), the
 //! SIEM sinks format alerts from it and the CLI prints tables from it, so
 //! that no reader names a record's fields by strings of its own. The
 //! fields mirror what [`crate::encode`] writes (a test here encodes records
