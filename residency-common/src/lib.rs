@@ -96,6 +96,38 @@ pub mod names {
     pub const EXEC: &str = "residency_exec";
     pub const FORK: &str = "residency_fork";
     pub const EXIT: &str = "residency_exit";
+
+    /// LRU hash: [`crate::NameKey`] (workload cgroup, address) ->
+    /// [`crate::NameEntry`], filled from the DNS answers the workload's
+    /// sockets receive, before the answer reaches the process.
+    pub const DNS_NAMES: &str = "DNS_NAMES";
+    /// Two slots -> hash of [`crate::PatternKey`] (a name suffix in DNS
+    /// wire format) -> pattern id.
+    pub const NAME_PATTERNS: &str = "NAME_PATTERNS";
+    /// Two slots -> hash of pattern id -> [`crate::NameClass`]: what the
+    /// catalog says of the names that pattern covers.
+    pub const NAME_CLASSES: &str = "NAME_CLASSES";
+    /// Two slots -> hash of [`crate::NameRuleKey`] (policy, pattern id) ->
+    /// [`crate::DestRule`]: deny rules and exceptions that name hosts.
+    pub const NAME_RULES: &str = "NAME_RULES";
+    /// Per-CPU scratch for building a [`crate::PatternKey`].
+    pub const NAME_SCRATCH: &str = "NAME_SCRATCH";
+    /// LRU hash: socket cookie -> [`crate::TlsPending`], TCP connections
+    /// whose first bytes (a TLS `ClientHello`) the egress program still
+    /// wants to see.
+    pub const TLS_PENDING: &str = "TLS_PENDING";
+    /// Load-time global (`.rodata`): 1 if names are tracked at all.
+    pub const NAMES_ENABLED: &str = "NAMES_ENABLED";
+    /// Load-time global (`.rodata`): 1 if TLS server names are captured.
+    pub const SNI_ENABLED: &str = "SNI_ENABLED";
+    /// Load-time global (`.rodata`): the least time, in ns, a name is kept
+    /// for an address (applications cache answers beyond their TTL).
+    pub const NAME_MIN_TTL_NS: &str = "NAME_MIN_TTL_NS";
+    /// Load-time global (`.rodata`): the most time, in ns, a name is kept.
+    pub const NAME_MAX_TTL_NS: &str = "NAME_MAX_TTL_NS";
+    /// The cgroup_skb programs: DNS answers in, TLS `ClientHello`s out.
+    pub const DNS_INGRESS: &str = "residency_dns";
+    pub const TLS_EGRESS: &str = "residency_tls";
 }
 
 /// Bytes of an `execve`'s arguments the kernel keeps (NUL-separated). Each
@@ -163,6 +195,10 @@ pub enum EventKind {
     Fork = 3,
     /// A [`ProcessEvent`]: a tracked process or thread ended.
     Exit = 4,
+    /// A [`DnsEvent`]: a DNS answer a watched socket received.
+    Dns = 5,
+    /// A [`TlsEvent`]: the first bytes a watched TCP connection sent.
+    Tls = 6,
 }
 
 /// Which kernel hook produced an event.
@@ -258,6 +294,15 @@ pub enum DestKind {
     /// An exception for the workload's policy (a transfer basis such as
     /// SCC), which allowed a destination the policy would not.
     Exception = 6,
+    /// The endpoint catalog: the name the process resolved has an entry,
+    /// judged by the provider's processing jurisdiction instead of `GeoIP`.
+    Catalog = 7,
+    /// The workload resolved this address from names that would be judged
+    /// differently: the policy's choice for ambiguous names applied.
+    Ambiguous = 8,
+    /// DNS over TLS (port 853) or a known DNS-over-HTTPS resolver: names
+    /// resolved there are invisible, a residency risk in itself.
+    ResolverBypass = 9,
 }
 
 impl DestKind {
@@ -270,6 +315,9 @@ impl DestKind {
             4 => Some(Self::Local),
             5 => Some(Self::Internal),
             6 => Some(Self::Exception),
+            7 => Some(Self::Catalog),
+            8 => Some(Self::Ambiguous),
+            9 => Some(Self::ResolverBypass),
             _ => None,
         }
     }
@@ -287,10 +335,14 @@ pub enum Stat {
     /// Process records ([`ExecEvent`], [`ProcessEvent`]) that found the ring
     /// buffer full: the daemon falls back to `/proc` for those processes.
     ProcessDropped = 2,
+    /// DNS answers and TLS bytes ([`DnsEvent`], [`TlsEvent`]) that found
+    /// the ring buffer full. The kernel's names still judged; only the
+    /// daemon's copy (for the records) is missing.
+    NamesDropped = 3,
 }
 
 /// Number of entries in the `STATS` array.
-pub const STAT_COUNT: u32 = 3;
+pub const STAT_COUNT: u32 = 4;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u8 = 2;
@@ -304,6 +356,12 @@ pub const IPPROTO_UDP: u8 = 17;
 /// Only connect6 sees such addresses: for UDP sends to a mapped address the
 /// kernel itself rewrites the destination and runs sendmsg4.
 pub const FLAG_V4_MAPPED: u8 = 1;
+/// `ConnectEvent::flags` bit: a rule that names hosts decided (a deny rule
+/// or an exception with `names`), not one that names addresses.
+pub const FLAG_BY_NAME: u8 = 2;
+/// `ConnectEvent::flags` bit: the program saw the first bytes of a
+/// `ClientHello` coming on this connection (`TLS_PENDING` armed).
+pub const FLAG_TLS_WATCHED: u8 = 4;
 
 /// Start of every record in the ring buffer.
 #[repr(C)]
@@ -362,7 +420,29 @@ pub struct ConnectEvent {
     pub comm: [u8; 16],
     /// Generation of the policy maps that decided (0: none loaded).
     pub policy_gen: u32,
+    /// The socket cookie, which links later [`TlsEvent`]s to this call.
+    pub cookie: u64,
+    /// Stamps ([`DnsEvent::boot_ns`]) of the DNS answers that named the
+    /// destination for this workload: the one that judged, and another one
+    /// still live for the same address (0: none).
+    pub name_stamp: u64,
+    pub name_stamp2: u64,
+    /// Pattern id of the most specific catalog or rule pattern the judged
+    /// name matched (0: none).
+    pub name_pattern: u32,
+    /// A `NAME_*` state: whether a name was known for the destination.
+    pub name_state: u8,
+    pub _pad: [u8; 3],
 }
+
+/// [`ConnectEvent::name_state`]: names are not tracked.
+pub const NAME_OFF: u8 = 0;
+/// No DNS answer this workload received named the address.
+pub const NAME_NONE: u8 = 1;
+/// A live answer named it.
+pub const NAME_FOUND: u8 = 2;
+/// Answers named it, but longer ago than their TTL (and the floor).
+pub const NAME_EXPIRED: u8 = 3;
 
 /// Destination rule stored in the `DEST_RULES` tries.
 #[repr(C)]
@@ -403,7 +483,12 @@ pub struct Policy {
     /// selectors at all, so that the programs skip those lookups when it
     /// has none. Kept in the generation's own maps, published with them.
     pub selectors: u8,
-    pub _pad: [u8; 4],
+    /// [`Action`] for an address this workload resolved from names that
+    /// would be judged differently (0 counts as flag).
+    pub ambiguous_action: u8,
+    /// [`Action`] for a DNS resolver bypass (DoT, known DoH resolvers).
+    pub bypass_action: u8,
+    pub _pad: [u8; 2],
 }
 
 /// [`Policy::exceptions`]: IPv4 exceptions exist for the policy.
@@ -463,6 +548,150 @@ pub type Ipv4Key = [u8; 4];
 /// LPM trie key data for IPv6 (network byte order).
 pub type Ipv6Key = [u8; 16];
 
+/// Bytes of a name suffix a [`PatternKey`] holds in DNS wire format (label
+/// lengths and labels, then the root's 0). Longer patterns are refused by
+/// the configuration.
+pub const PATTERN_BYTES: usize = 128;
+/// [`PatternKey::wildcard`]: the key is the suffix of a `*.` pattern.
+pub const PATTERN_WILDCARD: u8 = 1;
+/// Labels of a question name the DNS program walks (a name has at most 127).
+pub const DNS_MAX_LABELS: u32 = 128;
+/// Resource records of an answer the DNS program reads.
+pub const DNS_MAX_RECORDS: u32 = 64;
+/// Bytes of a DNS message copied to the daemon.
+pub const DNS_EVENT_BYTES: usize = 4096;
+/// Bytes of a TCP segment copied to the daemon for its `ClientHello`.
+pub const TLS_EVENT_BYTES: usize = 2048;
+/// Most bytes of a `ClientHello` followed across segments.
+pub const TLS_MAX_HELLO: u32 = 16 * 1024;
+/// Capacity of the pattern and class maps.
+pub const MAX_NAME_PATTERNS: u32 = 65_536;
+/// Capacity of the name-rule map.
+pub const MAX_NAME_RULES: u32 = 65_536;
+/// Connections waiting for their `ClientHello` at once.
+pub const TLS_PENDING_ENTRIES: u32 = 65_536;
+
+/// A name suffix as the DNS program looks it up: lower-case DNS wire
+/// format, zero-padded. `len` counts the bytes used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatternKey {
+    pub len: u8,
+    /// [`PATTERN_WILDCARD`] for `*.` patterns, 0 for exact names.
+    pub wildcard: u8,
+    /// Keeps `bytes` 8-byte aligned, so the programs can work on it a word
+    /// at a time.
+    pub _pad: [u8; 6],
+    pub bytes: [u8; PATTERN_BYTES],
+}
+
+/// What a pattern's names are judged by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameClass {
+    /// The catalog's processing jurisdiction as a country bitmap (as
+    /// [`Policy::allowed`]); all zero unless `kind` is [`CLASS_CATALOG`].
+    pub jurisdiction: [u64; COUNTRY_WORDS],
+    /// A `CLASS_*` kind.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// Pattern id of the catalog entry that gave `kind` (0: none).
+    pub endpoint: u32,
+}
+
+/// The pattern names no catalog entry: only rules use it; `GeoIP` judges.
+pub const CLASS_NONE: u8 = 0;
+/// A catalog entry with a known jurisdiction.
+pub const CLASS_CATALOG: u8 = 1;
+/// A catalog entry whose name does not fix the region, with no
+/// per-deployment setting: judged as an unknown destination.
+pub const CLASS_UNKNOWN: u8 = 2;
+/// A DNS-over-HTTPS resolver.
+pub const CLASS_RESOLVER: u8 = 3;
+
+/// Key of [`names::DNS_NAMES`]: the cgroup of the socket that received the
+/// answer, and an address it gave.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameKey {
+    pub cgroup_id: u64,
+    /// Network byte order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u32,
+    pub _pad: u32,
+}
+
+/// Up to two names for one address of one workload: the first, and the
+/// latest that matched another pattern (so that an address two names share
+/// can be seen as ambiguous).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameEntry {
+    /// [`DnsEvent::boot_ns`] of each answer (0: slot unused).
+    pub stamp: [u64; 2],
+    /// `CLOCK_BOOTTIME` ns after which each slot no longer names the address.
+    pub expires: [u64; 2],
+    /// Pattern id each answer's question matched (0: none).
+    pub pattern: [u32; 2],
+}
+
+/// Key of [`names::NAME_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameRuleKey {
+    pub policy: u32,
+    pub pattern: u32,
+}
+
+/// A connection whose `ClientHello` the egress program still follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsPending {
+    /// Payload bytes seen so far.
+    pub seen: u32,
+    /// Bytes of the TLS record(s) to follow (0: not known yet).
+    pub total: u32,
+}
+
+/// A DNS answer received by a socket of the watched cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub header: EventHeader,
+    /// The answer's stamp, also written into [`NameEntry::stamp`].
+    pub boot_ns: u64,
+    /// The receiving socket's cgroup.
+    pub cgroup_id: u64,
+    /// Pattern id the question matched (0: none).
+    pub pattern: u32,
+    /// Bytes of the DNS message (without a TCP length prefix).
+    pub msg_len: u32,
+    /// Of those, bytes copied into `msg`.
+    pub copied: u32,
+    /// Addresses the kernel put in [`names::DNS_NAMES`].
+    pub mapped: u16,
+    /// [`IPPROTO_UDP`] or [`IPPROTO_TCP`].
+    pub protocol: u8,
+    pub _pad: u8,
+    pub msg: [u8; DNS_EVENT_BYTES],
+}
+
+/// Payload bytes of a watched TCP connection, for its `ClientHello`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsEvent {
+    pub header: EventHeader,
+    pub boot_ns: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// Offset of these bytes in the connection's stream.
+    pub offset: u32,
+    /// Bytes copied into `data`.
+    pub len: u32,
+    pub data: [u8; TLS_EVENT_BYTES],
+}
+
 // Layout checks: a change here is a change of the kernel ABI between the two
 // halves and must be deliberate.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);
@@ -513,7 +742,15 @@ pub struct ProcessEvent {
 /// [`ProcessEvent::flags`] of an `Exit`: the last thread of the process.
 pub const EXIT_GROUP_DEAD: u32 = 1;
 
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<PatternKey>() == 8 + PATTERN_BYTES);
+const _: () = assert!(core::mem::size_of::<NameClass>() == 40);
+const _: () = assert!(core::mem::size_of::<NameKey>() == 32);
+const _: () = assert!(core::mem::size_of::<NameEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<NameRuleKey>() == 8);
+const _: () = assert!(core::mem::size_of::<TlsPending>() == 8);
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 40 + DNS_EVENT_BYTES);
+const _: () = assert!(core::mem::size_of::<TlsEvent>() == 40 + TLS_EVENT_BYTES);
 const _: () =
     assert!(core::mem::size_of::<ExecEvent>() == 32 + EXEC_FILENAME_BYTES + EXEC_ARGS_BYTES);
 const _: () = assert!(core::mem::size_of::<ExecArgs>() == 8 + EXEC_ARGS_BYTES);
@@ -543,4 +780,10 @@ mod user {
     unsafe impl aya::Pod for super::PolicyActive {}
     unsafe impl aya::Pod for super::CachedPolicy {}
     unsafe impl aya::Pod for super::ExecArgs {}
+    unsafe impl aya::Pod for super::PatternKey {}
+    unsafe impl aya::Pod for super::NameClass {}
+    unsafe impl aya::Pod for super::NameKey {}
+    unsafe impl aya::Pod for super::NameEntry {}
+    unsafe impl aya::Pod for super::NameRuleKey {}
+    unsafe impl aya::Pod for super::TlsPending {}
 }

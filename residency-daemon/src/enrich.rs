@@ -181,6 +181,8 @@ pub fn decode(ev: &ConnectEvent, clock: &Clock) -> Result<Flow, EnrichError> {
         policy: ev.policy,
         policy_gen: ev.policy_gen,
         policy_view: None,
+        name: None,
+        cookie: ev.cookie,
     })
 }
 

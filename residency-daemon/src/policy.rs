@@ -62,7 +62,9 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         enforce: u8::from(config.mode == Mode::Enforce),
         exceptions: 0,
         selectors: 0,
-        _pad: [0; 4],
+        ambiguous_action: action(config.names.ambiguous) as u8,
+        bypass_action: action(config.names.resolver_bypass) as u8,
+        _pad: [0; 2],
     }];
     let mut comm = Vec::new();
     let mut uid = Vec::new();
@@ -74,7 +76,9 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
             enforce: u8::from(w.mode == Mode::Enforce),
             exceptions: 0,
             selectors: 0,
-            _pad: [0; 4],
+            ambiguous_action: action(config.names.ambiguous) as u8,
+            bypass_action: action(config.names.resolver_bypass) as u8,
+            _pad: [0; 2],
         });
         if let Some(name) = w.selectors.comm() {
             let mut key = [0u8; 16];

@@ -150,6 +150,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let policy = PolicyStart::compile(config, &attach.mount);
     let started = kernel::start(
         &policy.config.kernel,
+        &policy.config.names,
         policy.config.may_block(),
         &policy.compiled,
         &policy.cgroups,

@@ -36,7 +36,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns,
         },
     },
     macros::{btf_map, cgroup_sock_addr, map},
@@ -45,15 +46,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 
+mod names;
 mod process;
 use residency_common::{
-    AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, CachedPolicy, ConnectEvent,
-    DestKind, DestRule, EventHeader, EventKind, ExceptionV4Key, ExceptionV6Key, FLAG_V4_MAPPED,
+    AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, CLASS_CATALOG, CLASS_RESOLVER,
+    CLASS_UNKNOWN, CachedPolicy, ConnectEvent, DestKind, DestRule, EventHeader, EventKind,
+    ExceptionV4Key, ExceptionV6Key, FLAG_BY_NAME, FLAG_TLS_WATCHED, FLAG_V4_MAPPED,
     GEO_GENERATIONS, GEO4_L1_ENTRIES, GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive,
     HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key,
     MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES,
-    MAX_PROCESS_POLICIES, NO_CGROUP_POLICY, POLICY_CACHE_ENTRIES, Policy, PolicyActive,
-    SELECTS_BY_COMM, SELECTS_BY_UID, STAT_COUNT, Stat, Verdict,
+    MAX_PROCESS_POLICIES, NAME_FOUND, NAME_OFF, NO_CGROUP_POLICY, NameClass, POLICY_CACHE_ENTRIES,
+    Policy, PolicyActive, SELECTS_BY_COMM, SELECTS_BY_UID, STAT_COUNT, Stat, TlsPending, Verdict,
 };
 
 /// Return values of a `sock_addr` program.
@@ -86,7 +89,7 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 // lookups are inlined by the verifier: the indirection costs nothing
 // measurable on the hot path.
 #[map(name = "POLICY_ACTIVE")]
-static POLICY_ACTIVE: Array<PolicyActive> = Array::with_max_entries(1, 0);
+pub(crate) static POLICY_ACTIVE: Array<PolicyActive> = Array::with_max_entries(1, 0);
 
 /// The walk up the cgroup tree, done once per cgroup: a process three levels
 /// below its workload's cgroup then costs one lookup, not a walk.
@@ -94,7 +97,7 @@ static POLICY_ACTIVE: Array<PolicyActive> = Array::with_max_entries(1, 0);
 static POLICY_CACHE: LruHashMap<u64, CachedPolicy> =
     LruHashMap::with_max_entries(POLICY_CACHE_ENTRIES, 0);
 
-type PolicySlots<M> = ArrayOfMaps<M, 2>;
+pub(crate) type PolicySlots<M> = ArrayOfMaps<M, 2>;
 
 #[btf_map]
 static POLICIES: PolicySlots<BtfArray<Policy, { MAX_POLICIES as usize }>> = ArrayOfMaps::new();
@@ -261,6 +264,16 @@ struct Finding {
     rule_id: u32,
     country: u16,
     geo_gen: u32,
+    /// `FLAG_BY_NAME` when a rule naming hosts decided.
+    flags: u8,
+}
+
+/// What the names this workload resolved say of the destination.
+struct NameFacts {
+    state: u8,
+    stamp: u64,
+    stamp2: u64,
+    pattern: u32,
 }
 
 /// The policy that applies to the calling process, and where it came from.
@@ -278,13 +291,16 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
         // so this does not happen; allow and report nothing.
         return ALLOW;
     };
-    let finding = classify(ctx, dest, &applied);
+    let (finding, names) = classify(ctx, dest, port_be, &applied);
+    let flags = flags | finding.flags | watch_tls(ctx, hook);
     let verdict = match finding.action {
         Action::Allow => Verdict::Allowed,
         Action::Block if may_block() && applied.policy.enforce != 0 => Verdict::Blocked,
         Action::Flag | Action::Block | Action::Judge => Verdict::Flagged,
     };
-    report(ctx, hook, dest, port_be, flags, verdict, &finding, &applied);
+    report(
+        ctx, hook, dest, port_be, flags, verdict, &finding, &names, &applied,
+    );
     if matches!(verdict, Verdict::Blocked) {
         DENY
     } else {
@@ -394,10 +410,17 @@ fn process_policy(slot: u32, selectors: u8) -> Option<u32> {
     None
 }
 
-/// Deny rules first; then the policy's exceptions; then internal networks
-/// and local ranges; then the `GeoIP` tables.
+/// DNS over TLS first (a resolver bypass); then deny rules, by address and
+/// by name; then the policy's exceptions, by name and by address; then
+/// internal networks and local ranges; then the endpoint catalog, by the
+/// name this workload resolved; then the `GeoIP` tables.
 #[inline(always)]
-fn classify(ctx: &SockAddrContext, dest: &Dest, applied: &Applied<'_>) -> Finding {
+fn classify(
+    ctx: &SockAddrContext,
+    dest: &Dest,
+    port_be: u32,
+    applied: &Applied<'_>,
+) -> (Finding, NameFacts) {
     let slot = applied.generation & 1;
     #[expect(clippy::cast_possible_truncation, reason = "at most MAX_POLICIES")]
     let index = (applied.index as u16).to_be_bytes();
@@ -436,38 +459,292 @@ fn classify(ctx: &SockAddrContext, dest: &Dest, applied: &Applied<'_>) -> Findin
         ),
     };
     let policy = applied.policy;
+    let names = lookup_names(dest, applied);
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port sits in the low 16 bits"
+    )]
+    let port = u16::from_be(port_be as u16);
+    if port == 853 {
+        return (
+            special(DestKind::ResolverBypass, policy.bypass_action, 0),
+            facts(&names),
+        );
+    }
     if let Some(rule) = rule
         && rule.kind == DestKind::Denied as u8
     {
-        return from_rule(ctx, &rule, DestKind::Denied, policy);
+        return (
+            from_rule(ctx, &rule, DestKind::Denied, policy),
+            facts(&names),
+        );
+    }
+    // Rules that name hosts: a deny for any live name wins; an exception
+    // holds only when it covers every live name.
+    let mut excepted = DestRule {
+        rule_id: 0,
+        action: 0,
+        kind: 0,
+        country: 0,
+    };
+    let mut all_excepted = names.state == NAME_FOUND;
+    let mut i = 0;
+    while i < 2 {
+        if names.live[i] {
+            match names::name_rule(slot, applied.index, names.pattern[i]) {
+                Some(r) if r.kind == DestKind::Denied as u8 => {
+                    let mut f = from_rule(ctx, &r, DestKind::Denied, policy);
+                    f.flags = FLAG_BY_NAME;
+                    return (f, facts_for(&names, i));
+                }
+                Some(r) => excepted = r,
+                None => all_excepted = false,
+            }
+        }
+        i += 1;
+    }
+    if all_excepted && excepted.rule_id != 0 {
+        let mut f = allowed_by(&excepted);
+        f.flags = FLAG_BY_NAME;
+        return (f, facts(&names));
     }
     if let Some(exc) = exception {
-        return Finding {
-            kind: DestKind::Exception,
-            action: Action::Allow,
-            rule_id: exc.rule_id,
-            country: exc.country,
-            geo_gen: 0,
-        };
+        return (allowed_by(&exc), facts(&names));
     }
     if let Some(rule) = rule {
-        let kind = kind_of(rule.kind);
-        return from_rule(ctx, &rule, kind, policy);
+        if rule.kind == DestKind::ResolverBypass as u8 {
+            if port == 443 {
+                return (
+                    special(DestKind::ResolverBypass, policy.bypass_action, rule.rule_id),
+                    facts(&names),
+                );
+            }
+        } else {
+            let kind = kind_of(rule.kind);
+            return (from_rule(ctx, &rule, kind, policy), facts(&names));
+        }
     }
-    let (country, geo_gen) = match dest {
-        Dest::V4(a) => geo_v4(u32::from_be_bytes(*a)),
-        Dest::V6(a) => geo_v6(a),
+    by_name_or_geo(dest, slot, policy, &names)
+}
+
+/// The catalog's judgement of the live names, or `GeoIP`'s. (No `Option`s
+/// of structs here: LLVM may copy the undefined payload of a `None`, and
+/// the verifier refuses a read of an uninitialised register.)
+#[inline(always)]
+fn by_name_or_geo(
+    dest: &Dest,
+    slot: u32,
+    policy: &Policy,
+    names: &names::Names,
+) -> (Finding, NameFacts) {
+    let mut geo = Geo {
+        country: 0,
+        generation: 0,
+        known: false,
     };
+    if names.live[0] && names.live[1] {
+        let a = judge_name(dest, policy, slot, names.pattern[0], &mut geo);
+        let b = judge_name(dest, policy, slot, names.pattern[1], &mut geo);
+        if a.action != b.action {
+            // Two names for one address, judged differently: which one the
+            // process meant cannot be known here.
+            let mut f = special(DestKind::Ambiguous, policy.ambiguous_action, 0);
+            f.country = geo.country;
+            f.geo_gen = geo.generation;
+            return (f, facts(names));
+        }
+        return (b, facts_for(names, 1));
+    }
+    if names.live[1] {
+        let f = judge_name(dest, policy, slot, names.pattern[1], &mut geo);
+        return (f, facts_for(names, 1));
+    }
+    if names.live[0] {
+        let f = judge_name(dest, policy, slot, names.pattern[0], &mut geo);
+        return (f, facts_for(names, 0));
+    }
+    let f = judge_name(dest, policy, slot, 0, &mut geo);
+    (f, facts(names))
+}
+
+/// The `GeoIP` answer for a destination, looked up at most once.
+struct Geo {
+    country: u16,
+    generation: u32,
+    known: bool,
+}
+
+/// One name's judgement: by its catalog entry, or by `GeoIP` when the
+/// catalog has none (or no name is known: pattern 0).
+#[inline(always)]
+fn judge_name(dest: &Dest, policy: &Policy, slot: u32, pattern: u32, geo: &mut Geo) -> Finding {
+    if let Some(c) = names::class_of(slot, pattern) {
+        if c.kind == CLASS_CATALOG {
+            return Finding {
+                kind: DestKind::Catalog,
+                action: judge_set(policy, &c.jurisdiction),
+                rule_id: 0,
+                country: 0,
+                geo_gen: 0,
+                flags: 0,
+            };
+        }
+        if c.kind == CLASS_UNKNOWN {
+            return Finding {
+                kind: DestKind::Catalog,
+                action: judge(policy, 0),
+                rule_id: 0,
+                country: 0,
+                geo_gen: 0,
+                flags: 0,
+            };
+        }
+        if c.kind == CLASS_RESOLVER {
+            return special(DestKind::ResolverBypass, policy.bypass_action, 0);
+        }
+    }
+    if !geo.known {
+        let (country, generation) = match dest {
+            Dest::V4(a) => geo_v4(u32::from_be_bytes(*a)),
+            Dest::V6(a) => geo_v6(a),
+        };
+        *geo = Geo {
+            country,
+            generation,
+            known: true,
+        };
+    }
     Finding {
-        kind: if country == 0 {
+        kind: if geo.country == 0 {
             DestKind::Unknown
         } else {
             DestKind::Geo
         },
-        action: judge(policy, country),
+        action: judge(policy, geo.country),
         rule_id: 0,
-        country,
-        geo_gen,
+        country: geo.country,
+        geo_gen: geo.generation,
+        flags: 0,
+    }
+}
+
+/// A jurisdiction (a set of countries) against a policy: allowed only when
+/// every country in it is.
+#[inline(always)]
+fn judge_set(policy: &Policy, set: &[u64; residency_common::COUNTRY_WORDS]) -> Action {
+    let outside = (set[0] & !policy.allowed[0])
+        | (set[1] & !policy.allowed[1])
+        | (set[2] & !policy.allowed[2])
+        | (set[3] & !policy.allowed[3]);
+    if outside == 0 {
+        Action::Allow
+    } else {
+        Action::Block
+    }
+}
+
+/// A finding for a policy-wide choice (ambiguous names, resolver bypass).
+#[inline(always)]
+fn special(kind: DestKind, choice: u8, rule_id: u32) -> Finding {
+    Finding {
+        kind,
+        action: match choice {
+            a if a == Action::Allow as u8 => Action::Allow,
+            a if a == Action::Block as u8 => Action::Block,
+            _ => Action::Flag,
+        },
+        rule_id,
+        country: 0,
+        geo_gen: 0,
+        flags: 0,
+    }
+}
+
+#[inline(always)]
+fn allowed_by(exc: &DestRule) -> Finding {
+    Finding {
+        kind: DestKind::Exception,
+        action: Action::Allow,
+        rule_id: exc.rule_id,
+        country: exc.country,
+        geo_gen: 0,
+        flags: 0,
+    }
+}
+
+#[inline(always)]
+fn lookup_names(dest: &Dest, applied: &Applied<'_>) -> names::Names {
+    if !names::names_enabled() {
+        return names::Names {
+            state: NAME_OFF,
+            stamp: [0; 2],
+            pattern: [0; 2],
+            live: [false; 2],
+        };
+    }
+    // SAFETY: a helper call without pointer arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    match dest {
+        Dest::V4(a) => names::names_for(
+            applied.cgroup_id,
+            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            AF_INET,
+            now,
+        ),
+        Dest::V6(a) => names::names_for(applied.cgroup_id, *a, AF_INET6, now),
+    }
+}
+
+/// The names for the record, the one in slot `judged` first.
+#[inline(always)]
+fn facts_for(names: &names::Names, judged: usize) -> NameFacts {
+    let other = 1 - (judged & 1);
+    NameFacts {
+        state: names.state,
+        stamp: if judged == 0 {
+            names.stamp[0]
+        } else {
+            names.stamp[1]
+        },
+        stamp2: if names.live[other] {
+            names.stamp[other]
+        } else {
+            0
+        },
+        pattern: if judged == 0 {
+            names.pattern[0]
+        } else {
+            names.pattern[1]
+        },
+    }
+}
+
+/// The names for the record, the newest live one first.
+#[inline(always)]
+fn facts(names: &names::Names) -> NameFacts {
+    if names.live[1] {
+        facts_for(names, 1)
+    } else {
+        facts_for(names, 0)
+    }
+}
+
+/// Arms the TLS egress program for a TCP connect, when it runs.
+#[inline(always)]
+fn watch_tls(ctx: &SockAddrContext, hook: Hook) -> u8 {
+    if !names::sni_enabled() || !matches!(hook, Hook::Connect4 | Hook::Connect6) {
+        return 0;
+    }
+    if protocol(ctx.sock_addr) != IPPROTO_TCP {
+        return 0;
+    }
+    // SAFETY: a helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let pending = TlsPending { seen: 0, total: 0 };
+    if names::TLS_PENDING.insert(cookie, pending, 0).is_ok() {
+        FLAG_TLS_WATCHED
+    } else {
+        0
     }
 }
 
@@ -483,6 +760,7 @@ fn from_rule(ctx: &SockAddrContext, rule: &DestRule, kind: DestKind, policy: &Po
         rule_id: rule.rule_id,
         country: rule.country,
         geo_gen: 0,
+        flags: 0,
     }
 }
 
@@ -635,6 +913,7 @@ fn report(
     flags: u8,
     verdict: Verdict,
     finding: &Finding,
+    names: &NameFacts,
     applied: &Applied<'_>,
 ) {
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
@@ -683,6 +962,13 @@ fn report(
         daddr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         policy_gen: applied.generation,
+        // SAFETY: a helper call on the program's own context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+        name_stamp: names.stamp,
+        name_stamp2: names.stamp2,
+        name_pattern: names.pattern,
+        name_state: names.state,
+        _pad: [0; 3],
     });
     let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes() {
         BPF_RB_FORCE_WAKEUP
@@ -694,7 +980,7 @@ fn report(
 }
 
 #[inline(always)]
-fn wakeup_bytes() -> u64 {
+pub(crate) fn wakeup_bytes() -> u64 {
     // SAFETY: see `may_block`.
     unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) }
 }

@@ -25,6 +25,14 @@ const VARIANTS: &[(&str, &str)] = &[
         "smallest ring, wakeup on every record",
         "[kernel]\nring_buffer_kib = 4\nwakeup_kib = 0\n",
     ),
+    (
+        "enforce without name tracking",
+        "mode = \"enforce\"\n[names]\ntrack = false\n",
+    ),
+    (
+        "names without TLS server names, smallest name map",
+        "[names]\nsni = false\nmax_entries = 1024\n",
+    ),
 ];
 
 #[test]
@@ -43,6 +51,7 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
         let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
         let k = kernel::start(
             &config.kernel,
+            &config.names,
             config.may_block(),
             &compiled,
             &[],
@@ -58,16 +67,22 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
                 .map(|p| p.split(':').next().unwrap_or(""))
                 .collect();
             kinds.sort_unstable();
-            assert_eq!(
-                kinds,
-                [
-                    "cgroup_inet4_connect",
-                    "cgroup_inet6_connect",
-                    "cgroup_udp4_sendmsg",
-                    "cgroup_udp6_sendmsg"
-                ],
-                "{name}: {progs:?}"
-            );
+            // The name programs (DNS answers in, TLS hellos out) come with
+            // name tracking, which is on unless a variant turns it off.
+            let mut want = vec![
+                "cgroup_inet4_connect",
+                "cgroup_inet6_connect",
+                "cgroup_udp4_sendmsg",
+                "cgroup_udp6_sendmsg",
+            ];
+            if config.names.track {
+                want.push("cgroup_inet_ingress");
+            }
+            if config.names.sni {
+                want.push("cgroup_inet_egress");
+            }
+            want.sort_unstable();
+            assert_eq!(kinds, want, "{name}: {progs:?}");
         }
         drop(k);
         if let Some(progs) = bpftool_attached_after_detach(&cg, Duration::from_secs(2))? {
@@ -98,6 +113,7 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
         let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
         let k = kernel::start(
             &config.kernel,
+            &config.names,
             config.may_block(),
             &compiled,
             &[],
@@ -105,10 +121,14 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
             None,
         )?
         .kernel;
-        let Some(s) = bpftool_xlated_bytes(&cg)? else {
+        let Some(mut s) = bpftool_xlated_bytes(&cg)? else {
             eprintln!("SKIPPED monitor_mode_programs_have_no_deny_path: bpftool is not installed");
             return Ok(());
         };
+        // The name programs never deny, in either mode.
+        s.retain(|(hook, _)| {
+            !hook.starts_with("cgroup_inet_ingress") && !hook.starts_with("cgroup_inet_egress")
+        });
         drop(k);
         sizes.push(s);
     }

@@ -23,6 +23,7 @@
 //! [`crate::policy`]; nothing reads the raw form after validation.
 
 mod exceptions;
+mod names;
 mod policy;
 mod rules;
 mod tenants;
@@ -41,6 +42,7 @@ use residency_siem::{RawSink, SinkConfig};
 use serde::Deserialize;
 
 pub use exceptions::{Basis, Exception};
+pub use names::NamesConfig;
 pub use policy::{Choice, Mode, PolicyConfig};
 pub use rules::{DEFAULT_LOCAL_NETWORKS, Rule, RuleKind};
 pub use tenants::Tenant;
@@ -97,6 +99,8 @@ struct RawConfig {
     exception: Vec<RawException>,
     #[serde(default)]
     sink: Vec<RawSink>,
+    #[serde(default)]
+    names: names::RawNames,
 }
 
 /// The validated configuration.
@@ -115,6 +119,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     pub geoip: GeoIpConfig,
     pub policy: PolicyConfig,
+    /// Name tracking: DNS answers and TLS server names (`[names]`).
+    pub names: NamesConfig,
     /// Built-in and custom jurisdiction sets.
     pub sets: Sets,
     /// Destination rules, checked before the `GeoIP` tables: deny rules,
@@ -171,6 +177,7 @@ impl Config {
         let api = ApiConfig::validate(&raw.api, &evidence.directory, &at)?;
         let sinks = residency_siem::config::validate(&raw.sink, &at)?;
         let geoip = GeoIpConfig::validate(&raw.geoip, &at)?;
+        let names = names::validate_names(&raw.names, &at)?;
         // ...and the policy is validated here, section by section.
         let sets = policy::validate_sets(&raw.jurisdiction, &at)?;
         let policy = policy::validate_policy(&raw.policy, &sets, &at)?;
@@ -202,6 +209,7 @@ impl Config {
             sinks,
             geoip,
             policy,
+            names,
             sets,
             rules,
             tenants,

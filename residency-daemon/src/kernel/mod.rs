@@ -26,7 +26,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, TracePoint,
+    },
 };
 pub use config::{KernelConfig, RawKernel};
 pub use geo_maps::{GeoMaps, Installed};
@@ -36,7 +38,7 @@ use residency_common::{Stat, names};
 pub use ring::{DecodeError, Decoded, EventRing, decode};
 use tracing::{debug, info, warn};
 
-use crate::policy::Compiled;
+use crate::{config::NamesConfig, policy::Compiled};
 
 /// The kernel object built by `build.rs`. Empty when the build machine had no
 /// eBPF toolchain.
@@ -384,6 +386,7 @@ pub struct Started {
 /// A [`KernelError`] that says in one line why it could not be done.
 pub fn start(
     settings: &KernelConfig,
+    name_tracking: &NamesConfig,
     may_block: bool,
     compiled: &Compiled,
     cgroups: &[(u64, u32)],
@@ -399,8 +402,17 @@ pub fn start(
     let track_id = target.id;
     let track_level =
         u32::try_from(target.name.split('/').filter(|c| !c.is_empty()).count()).unwrap_or(u32::MAX);
+    let names_flag = u8::from(name_tracking.track);
+    let sni_flag = u8::from(name_tracking.track && name_tracking.sni);
+    let min_ttl_ns = name_tracking.min_ttl_secs.saturating_mul(1_000_000_000);
+    let max_ttl_ns = name_tracking.max_ttl_secs.saturating_mul(1_000_000_000);
     let mut ebpf = EbpfLoader::new()
         .override_global(names::MAY_BLOCK, &may_block_flag, true)
+        .override_global(names::NAMES_ENABLED, &names_flag, true)
+        .override_global(names::SNI_ENABLED, &sni_flag, true)
+        .override_global(names::NAME_MIN_TTL_NS, &min_ttl_ns, true)
+        .override_global(names::NAME_MAX_TTL_NS, &max_ttl_ns, true)
+        .map_max_entries(names::DNS_NAMES, name_tracking.max_entries)
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(names::TRACK_CGROUP_ID, &track_id, true)
         .override_global(names::TRACK_CGROUP_LEVEL, &track_level, true)
@@ -452,6 +464,36 @@ pub fn start(
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|e| KernelError::from_program(name, "attaching", e))?;
         debug!(program = name, cgroup = %target.path.display(), "attached");
+    }
+
+    // The name programs never drop a packet (they return 1 whatever they
+    // find). DNS answers first: a name must be in place before the
+    // TLS program can report a connection made with it.
+    if name_tracking.track {
+        let skb = [
+            (names::DNS_INGRESS, CgroupSkbAttachType::Ingress),
+            (names::TLS_EGRESS, CgroupSkbAttachType::Egress),
+        ];
+        for (name, attach) in skb {
+            if name == names::TLS_EGRESS && !name_tracking.sni {
+                continue;
+            }
+            let program: &mut CgroupSkb = ebpf
+                .program_mut(name)
+                .ok_or_else(|| KernelError::Aya {
+                    doing: format!("finding program {name}"),
+                    source: "not in the kernel object".into(),
+                })?
+                .try_into()
+                .map_err(|e| KernelError::from_program(name, "preparing", e))?;
+            program
+                .load()
+                .map_err(|e| KernelError::from_program(name, "loading", e))?;
+            program
+                .attach(&cgroup, attach, CgroupAttachMode::Single)
+                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+            debug!(program = name, cgroup = %target.path.display(), "attached");
+        }
     }
 
     let events = ring::EventRing::new(take_map(&mut ebpf, names::EVENTS)?)?;

@@ -7,7 +7,9 @@
 use std::{io, os::fd::AsRawFd as _};
 
 use aya::maps::{Map, MapData, RingBuf};
-use residency_common::{ConnectEvent, EventHeader, EventKind, ExecEvent, ProcessEvent};
+use residency_common::{
+    ConnectEvent, DnsEvent, EventHeader, EventKind, ExecEvent, ProcessEvent, TlsEvent,
+};
 use tokio::io::unix::AsyncFd;
 
 use super::KernelError;
@@ -87,6 +89,35 @@ pub enum Decoded {
     Exec(Box<ExecEvent>),
     Fork(ProcessEvent),
     Exit(ProcessEvent),
+    /// A DNS answer a watched socket received.
+    Dns(Box<DnsAnswerBytes>),
+    /// First payload bytes of a watched TCP connection.
+    Tls(Box<TlsBytes>),
+}
+
+/// A [`DnsEvent`] with only the bytes the kernel copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsAnswerBytes {
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    /// Pattern id the kernel matched (0: none).
+    pub pattern: u32,
+    /// The whole message's length; `msg` may hold less.
+    pub msg_len: u32,
+    /// Addresses the kernel mapped to the name.
+    pub mapped: u16,
+    pub tcp: bool,
+    pub msg: Vec<u8>,
+}
+
+/// A [`TlsEvent`] with only the bytes the kernel copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsBytes {
+    pub boot_ns: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub offset: u32,
+    pub data: Vec<u8>,
 }
 
 /// Decodes one ring-buffer record: the header names the kind, and the size
@@ -106,6 +137,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         k if k == EventKind::Fork as u32 || k == EventKind::Exit as u32 => {
             size_of::<ProcessEvent>()
         }
+        k if k == EventKind::Dns as u32 => size_of::<DnsEvent>(),
+        k if k == EventKind::Tls as u32 => size_of::<TlsEvent>(),
         _ => {
             return Err(DecodeError::UnknownKind {
                 kind: header.kind,
@@ -132,6 +165,37 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             )),
             k if k == EventKind::Fork as u32 => {
                 Decoded::Fork(bytes.as_ptr().cast::<ProcessEvent>().read_unaligned())
+            }
+            k if k == EventKind::Dns as u32 => {
+                let p = bytes.as_ptr().cast::<DnsEvent>();
+                let field = |f: *const u64| f.read_unaligned();
+                let at = core::mem::offset_of!(DnsEvent, msg);
+                let n = (std::ptr::addr_of!((*p).copied).read_unaligned() as usize)
+                    .min(residency_common::DNS_EVENT_BYTES);
+                Decoded::Dns(Box::new(DnsAnswerBytes {
+                    boot_ns: field(std::ptr::addr_of!((*p).boot_ns)),
+                    cgroup_id: field(std::ptr::addr_of!((*p).cgroup_id)),
+                    pattern: std::ptr::addr_of!((*p).pattern).read_unaligned(),
+                    msg_len: std::ptr::addr_of!((*p).msg_len).read_unaligned(),
+                    mapped: std::ptr::addr_of!((*p).mapped).read_unaligned(),
+                    tcp: std::ptr::addr_of!((*p).protocol).read_unaligned()
+                        == residency_common::IPPROTO_TCP,
+                    msg: bytes[at..at + n].to_vec(),
+                }))
+            }
+            k if k == EventKind::Tls as u32 => {
+                let p = bytes.as_ptr().cast::<TlsEvent>();
+                let field = |f: *const u64| f.read_unaligned();
+                let at = core::mem::offset_of!(TlsEvent, data);
+                let n = (std::ptr::addr_of!((*p).len).read_unaligned() as usize)
+                    .min(residency_common::TLS_EVENT_BYTES);
+                Decoded::Tls(Box::new(TlsBytes {
+                    boot_ns: field(std::ptr::addr_of!((*p).boot_ns)),
+                    cookie: field(std::ptr::addr_of!((*p).cookie)),
+                    cgroup_id: field(std::ptr::addr_of!((*p).cgroup_id)),
+                    offset: std::ptr::addr_of!((*p).offset).read_unaligned(),
+                    data: bytes[at..at + n].to_vec(),
+                }))
             }
             _ => Decoded::Exit(bytes.as_ptr().cast::<ProcessEvent>().read_unaligned()),
         }

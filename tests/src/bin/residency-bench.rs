@@ -317,6 +317,7 @@ fn main() -> anyhow::Result<()> {
                         residency_daemon::policy::compile(&config, jiff::Timestamp::now());
                     let k = kernel::start(
                         &config.kernel,
+                        &config.names,
                         config.may_block(),
                         &compiled,
                         &[],
@@ -642,6 +643,7 @@ local_networks = ["10.0.0.0/8"]
             let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
             let started = kernel::start(
                 &config.kernel,
+                &config.names,
                 config.may_block(),
                 &compiled,
                 &[],

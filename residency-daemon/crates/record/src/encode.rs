@@ -174,7 +174,49 @@ struct FlowDoc<'a> {
     user: Id<u32>,
     group: Id<u32>,
     rule: Rule<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Tls<'a>>,
     residency: Residency<'a>,
+}
+
+/// ECS `tls.client.server_name`.
+#[derive(Serialize)]
+struct Tls<'a> {
+    client: TlsClient<'a>,
+}
+
+#[derive(Serialize)]
+struct TlsClient<'a> {
+    server_name: &'a str,
+}
+
+/// `residency.name`: how the name is known and what the catalog says.
+#[derive(Serialize)]
+struct NameFields<'a> {
+    source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    cnames: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    also: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<EndpointFields<'a>>,
+}
+
+/// `residency.name.endpoint`: the catalog entry, with its source.
+#[derive(Serialize)]
+struct EndpointFields<'a> {
+    id: &'a str,
+    pattern: &'a str,
+    provider: &'a str,
+    service: &'a str,
+    jurisdiction: &'a [String],
+    determines_region: bool,
+    source: &'a str,
+    origin: &'static str,
 }
 
 #[derive(Serialize)]
@@ -201,6 +243,9 @@ struct Network {
 struct Destination<'a> {
     ip: std::net::IpAddr,
     port: u16,
+    /// The name the process resolved (ECS `destination.domain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domain: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     geo: Option<Geo<'a>>,
     #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
@@ -301,6 +346,8 @@ struct Residency<'a> {
     cgroup: CgroupFields<'a>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     v4_mapped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<NameFields<'a>>,
     /// Under what the data may go there: `eea` (no transfer under GDPR
     /// Chapter V), `adequacy`, `dpf`, an exception's basis (`scc`, `bcr`,
     /// `art49`), `local`, or `none`.
@@ -354,9 +401,20 @@ impl<'a> FlowDoc<'a> {
         let exception = rule
             .filter(|_| flow.dest_kind == DestKind::Exception)
             .and_then(|r| Some((r.name.as_str(), r.exception.as_ref()?)));
-        let transfer_basis = match view {
-            Some(v) => v.transfer_basis(flow.policy, flow.dest_kind, flow.rule_id, flow.country),
-            None => crate::policy::basis_without_exception(flow.dest_kind, flow.country, false),
+        let name = flow.name.as_deref();
+        let endpoint = name.and_then(|n| n.endpoint.as_deref());
+        let dpf = entry.is_some_and(|p| p.dpf);
+        let transfer_basis = match (flow.dest_kind, endpoint) {
+            (DestKind::Catalog, Some(e)) => basis_of_set(&e.countries, dpf),
+            (DestKind::Catalog | DestKind::Ambiguous | DestKind::ResolverBypass, _) => {
+                crate::policy::TransferBasis::None
+            }
+            _ => match view {
+                Some(v) => {
+                    v.transfer_basis(flow.policy, flow.dest_kind, flow.rule_id, flow.country)
+                }
+                None => crate::policy::basis_without_exception(flow.dest_kind, flow.country, false),
+            },
         };
         let (kind_type, outcome) = match flow.verdict {
             Verdict::Blocked => (["connection", "denied"], "failure"),
@@ -388,6 +446,7 @@ impl<'a> FlowDoc<'a> {
             destination: Destination {
                 ip: flow.dest_ip,
                 port: flow.dest_port,
+                domain: name.and_then(|n| n.name.as_deref()),
                 geo: flow.detail.as_deref().and_then(|d| {
                     let country = d.country.or(d.registered_country);
                     (country.is_some() || d.continent.is_some()).then(|| Geo {
@@ -428,6 +487,9 @@ impl<'a> FlowDoc<'a> {
             },
             user: Id(flow.uid),
             group: Id(flow.gid),
+            tls: name.and_then(|n| n.sni.as_deref()).map(|server_name| Tls {
+                client: TlsClient { server_name },
+            }),
             rule: Rule {
                 id: AsStr(&flow.rule_id),
                 name: rule.map_or("unknown", |r| r.name.as_str()),
@@ -469,11 +531,50 @@ impl<'a> FlowDoc<'a> {
                     path: flow.cgroup_path.as_deref(),
                 },
                 v4_mapped: flow.v4_mapped,
+                name: name.map(|n| NameFields {
+                    source: n.source.as_str(),
+                    value: n.name.as_deref(),
+                    cnames: &n.cnames,
+                    also: &n.also,
+                    reason: n.reason,
+                    endpoint: endpoint.map(|e| EndpointFields {
+                        id: &e.id,
+                        pattern: &e.pattern,
+                        provider: &e.provider,
+                        service: &e.service,
+                        jurisdiction: &e.jurisdiction,
+                        determines_region: e.determines_region,
+                        source: &e.source,
+                        origin: e.origin,
+                    }),
+                }),
                 transfer_basis: transfer_basis.as_str(),
                 boot_ns: flow.boot_ns,
             },
         }
     }
+}
+
+/// The basis of a transfer to a jurisdiction of several countries: the
+/// weakest of its countries' (a set within the EEA is `eea`; one that
+/// reaches an adequacy country is `adequacy`; any country without a basis
+/// leaves none).
+fn basis_of_set(countries: &[geoip::CountryCode], dpf: bool) -> crate::policy::TransferBasis {
+    use crate::policy::TransferBasis as B;
+    if countries.is_empty() {
+        return B::None;
+    }
+    let mut weakest = B::Eea;
+    for c in countries {
+        match crate::policy::basis_without_exception(DestKind::Geo, Some(*c), dpf) {
+            B::Eea => {}
+            B::Adequacy if weakest == B::Eea => weakest = B::Adequacy,
+            B::Dpf if matches!(weakest, B::Eea | B::Adequacy) => weakest = B::Dpf,
+            B::Adequacy | B::Dpf => {}
+            _ => return B::None,
+        }
+    }
+    weakest
 }
 
 #[cfg(test)]
@@ -539,6 +640,8 @@ mod tests {
             policy: 0,
             policy_gen: 1,
             policy_view: Some(Decider(std::sync::Arc::new(names()))),
+            name: None,
+            cookie: 0,
         }
     }
 

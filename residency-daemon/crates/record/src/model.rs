@@ -192,6 +192,90 @@ pub struct Flow {
     /// (`None` when it is no longer held: better no explanation than
     /// another policy's).
     pub policy_view: Option<Decider>,
+    /// The host name behind the destination, as far as it can be known
+    /// (`None` when name tracking is off).
+    pub name: Option<Box<DestName>>,
+    /// The socket cookie: links a connection's later TLS record to it.
+    pub cookie: u64,
+}
+
+/// How a destination's name is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    /// A DNS answer this workload received for the address.
+    Dns,
+    /// The server name of the connection's TLS `ClientHello`.
+    Sni,
+    /// Not known; [`DestName::reason`] says why.
+    None,
+}
+
+impl NameSource {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameSource::Dns => "dns",
+            NameSource::Sni => "sni",
+            NameSource::None => "none",
+        }
+    }
+}
+
+/// The host name behind a destination, and what the endpoint catalog says
+/// of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestName {
+    /// The name the process asked for (the DNS question), lower-case,
+    /// without a trailing dot.
+    pub name: Option<String>,
+    pub source: NameSource,
+    /// The CNAME chain from the name to the address's owner, in order.
+    pub cnames: Vec<String>,
+    /// Other names this workload resolved to the same address, still live.
+    pub also: Vec<String>,
+    /// The catalog entry of the name (whether or not it decided).
+    pub endpoint: Option<Arc<EndpointInfo>>,
+    /// Why the name is not known, when it is not.
+    pub reason: Option<&'static str>,
+    /// The TLS server name (`ClientHello` SNI), on TLS records.
+    pub sni: Option<String>,
+}
+
+impl DestName {
+    /// A destination whose name is not known, and why.
+    #[must_use]
+    pub fn unknown(reason: &'static str) -> Self {
+        DestName {
+            name: None,
+            source: NameSource::None,
+            cnames: Vec::new(),
+            also: Vec::new(),
+            endpoint: None,
+            reason: Some(reason),
+            sni: None,
+        }
+    }
+}
+
+/// An endpoint catalog entry, as a record cites it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub id: String,
+    /// The pattern that matched (`eu.api.openai.com`, `*.openai.azure.com`).
+    pub pattern: String,
+    pub provider: String,
+    pub service: String,
+    /// Where the provider says it processes data: countries and set names
+    /// as written, or `GLOBAL` / `UNKNOWN`.
+    pub jurisdiction: Vec<String>,
+    /// The jurisdiction's countries (empty for `GLOBAL` and `UNKNOWN`).
+    pub countries: Vec<geoip::CountryCode>,
+    /// Whether the name alone fixes where data is processed.
+    pub determines_region: bool,
+    /// The provider's documentation the entry rests on.
+    pub source: String,
+    /// `built-in`, `config` or `deployment`.
+    pub origin: &'static str,
 }
 
 /// The policy generation that decided a flow. Two flows are equal in this
@@ -227,6 +311,9 @@ pub fn kind_str(k: DestKind) -> &'static str {
         DestKind::Local => "local",
         DestKind::Internal => "internal",
         DestKind::Exception => "exception",
+        DestKind::Catalog => "catalog",
+        DestKind::Ambiguous => "ambiguous",
+        DestKind::ResolverBypass => "resolver-bypass",
     }
 }
 

@@ -596,6 +596,8 @@ mod tests {
             policy: 1,
             policy_gen: 3,
             policy_view: Some(Decider(Arc::new(view))),
+            name: None,
+            cookie: 0,
         }
     }
 

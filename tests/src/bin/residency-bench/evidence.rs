@@ -135,6 +135,8 @@ impl Flows {
             policy: u16::try_from(tenant + 1)?,
             policy_gen: 1,
             policy_view: Some(Decider(self.policy.clone())),
+            name: None,
+            cookie: 0,
         };
         // As the pipeline does: the line, and its columns from the same
         // document.
