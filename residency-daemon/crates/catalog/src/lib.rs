@@ -18,6 +18,38 @@
 //!
 //! The crate knows nothing of the kernel or of aya; it depends only on
 //! `geoip` for country codes and jurisdiction sets.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//!
+//! use geoip::Sets;
+//! use residency_catalog::{Catalog, Judgement, JurisdictionSpec, RawEndpoint};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Section {
+//!     endpoint: Vec<RawEndpoint>,
+//!     deployments: BTreeMap<String, JurisdictionSpec>,
+//! }
+//! let section: Section = toml::from_str(r#"
+//!     [[endpoint]]
+//!     id = "acme-llm"
+//!     pattern = "llm.acme.example"
+//!     jurisdiction = ["EEA", "CH"]
+//!     source = "Acme DPA, annex 2"
+//!
+//!     [deployments]
+//!     "acme-eu.openai.azure.com" = "EU"
+//! "#)?;
+//! let sets = Sets::new();
+//! let catalog = Catalog::with(true, &section.endpoint, &section.deployments, &sets)?;
+//! let eu = sets.resolve("EU")?;
+//! let judge = |name: &str| catalog.lookup(name).map(|e| e.judge(&eu));
+//! assert_eq!(judge("acme-eu.openai.azure.com"), Some(Judgement::Allowed));
+//! assert!(matches!(judge("other.openai.azure.com"), Some(Judgement::Unknown(_))));
+//! assert!(matches!(judge("api.openai.com"), Some(Judgement::Violation { .. })));
+//! assert_eq!(judge("example.org"), None); // GeoIP decides
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 
 mod catalog;
