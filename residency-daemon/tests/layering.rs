@@ -1,8 +1,9 @@
 //! The workspace's layering, checked against what cargo resolves: the
 //! daemon's stages are library crates whose dependencies point one way
-//! (common and geoip, then config and record, then evidence, then SIEM and
-//! API, then the daemon), no library crate depends on the daemon, and the
-//! SIEM and API crates (and everything below them) build without aya.
+//! (common and geoip, then config, then record and the endpoint catalog,
+//! then evidence, then SIEM and API, then the daemon), no library crate
+//! depends on the daemon, and the stage crates (and everything below them)
+//! build without aya.
 //!
 //! Runs `cargo metadata` and `cargo tree` offline (both read the lock file
 //! and the manifests; nothing is built).
@@ -18,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("geoip", 1),
     ("residency-config", 1),
     ("residency-record", 2),
+    ("residency-catalog", 2),
     ("residency-evidence", 3),
     ("residency-siem", 4),
     ("residency-api", 4),
@@ -28,6 +30,7 @@ const LAYERS: &[(&str, u8)] = &[
 /// The library crates of the daemon's stages.
 const STAGES: &[&str] = &[
     "residency-config",
+    "residency-catalog",
     "residency-record",
     "residency-evidence",
     "residency-siem",
