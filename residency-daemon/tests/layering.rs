@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("residency-common", 0),
     ("geoip", 1),
     ("residency-config", 1),
+    ("residency-names", 1),
     ("residency-record", 2),
     ("residency-evidence", 3),
     ("residency-siem", 4),
@@ -28,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
 /// The library crates of the daemon's stages.
 const STAGES: &[&str] = &[
     "residency-config",
+    "residency-names",
     "residency-record",
     "residency-evidence",
     "residency-siem",
