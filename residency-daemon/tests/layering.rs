@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("residency-common", 0),
     ("geoip", 1),
     ("residency-config", 1),
+    ("residency-names", 1),
     ("residency-record", 2),
     ("residency-catalog", 2),
     ("residency-evidence", 3),
@@ -31,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
 const STAGES: &[&str] = &[
     "residency-config",
     "residency-catalog",
+    "residency-names",
     "residency-record",
     "residency-evidence",
     "residency-siem",
