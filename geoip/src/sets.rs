@@ -116,8 +116,6 @@ pub struct BuiltinSet {
     /// The legal source, for explanations and audits.
     pub source: &'static str,
     pub countries: &'static [&'static str],
-    /// When membership alone is not a transfer basis, what else is needed.
-    pub condition: Option<&'static str>,
 }
 
 /// EU member states (Treaty on European Union, Art. 52; 27 since 2020-02-01),
@@ -145,7 +143,8 @@ pub const EEA_EFTA: &[&str] = &["IS", "LI", "NO"];
 /// Japan (2019/419), Jersey (2008/393/EC), New Zealand (2013/65/EU),
 /// Republic of Korea (2022/254), Switzerland (2000/518/EC), Uruguay
 /// (2012/484/EU), United Kingdom (2021/1772, renewed until 2031-12-27), and
-/// Brazil (2026). The United States is not here: see [`US_DPF`].
+/// Brazil (2026). The United States is not here: see [`US_DPF`]. Some of
+/// these decisions cover only some recipients: see [`CONDITIONS`].
 pub const ADEQUACY: &[&str] = &[
     "AD", "AR", "CA", "FO", "GG", "IL", "IM", "JP", "JE", "NZ", "KR", "CH", "UY", "GB", "BR",
 ];
@@ -163,7 +162,6 @@ pub const BUILTIN: &[BuiltinSet] = &[
         description: "EU member states and the EU territories with their own ISO codes",
         source: "TEU Art. 52; TFEU Art. 349, 355",
         countries: EU,
-        condition: None,
     },
     BuiltinSet {
         name: "EEA",
@@ -174,25 +172,105 @@ pub const BUILTIN: &[BuiltinSet] = &[
             "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "GF",
             "GP", "MQ", "RE", "YT", "MF", "AX", "IS", "LI", "NO",
         ],
-        condition: None,
     },
     BuiltinSet {
         name: "ADEQUACY",
         description: "countries with a GDPR Art. 45 adequacy decision (without the US)",
         source: "GDPR Art. 45 adequacy decisions",
         countries: ADEQUACY,
-        condition: Some("Canada: commercial organisations subject to PIPEDA only"),
     },
     BuiltinSet {
         name: "US-DPF",
         description: "the United States, for recipients certified under the Data Privacy Framework",
         source: "Commission Implementing Decision (EU) 2023/1795",
         countries: US_DPF,
-        condition: Some(
-            "only for recipients certified under the EU-U.S. Data Privacy Framework; keep a per-vendor certification record",
-        ),
     },
 ];
+
+/// A limit on one country's transfer basis: the decision that makes the
+/// country a destination covers only some recipients or some processing.
+///
+/// A condition belongs to the country and to the basis, not to the words
+/// a configuration uses: Canada's adequacy covers only PIPEDA whether a
+/// policy allows `ADEQUACY`, `CA` or a custom set holding CA. The kernel
+/// cannot tell recipients apart, so a condition is never enforced; it is
+/// cited wherever the basis is (explanations, flow records, the `started`
+/// record), for the operator to keep the evidence it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Condition {
+    /// ISO 3166-1 alpha-2.
+    pub country: &'static str,
+    /// The built-in set whose basis it limits (`ADEQUACY`, `US-DPF`).
+    pub set: &'static str,
+    /// What the basis covers, or leaves out.
+    pub text: &'static str,
+    /// The decision that says so.
+    pub decision: &'static str,
+}
+
+impl fmt::Display for Condition {
+    /// `CA: commercial organisations subject to PIPEDA only (Decision 2002/2/EC)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} ({})", self.country, self.text, self.decision)
+    }
+}
+
+/// The countries whose basis holds only on a condition, from the operative
+/// article of each decision. The other countries of [`ADEQUACY`] are
+/// unconditional here: Israel's decision (2011/61/EU, Art. 1) covers
+/// automated transfers, which every transfer this daemon sees is; the
+/// United Kingdom's first decision (2021/1772, Art. 1(2)) left out data
+/// transferred for immigration control, a purpose the kernel cannot see and
+/// the renewed decision may have changed, so it is not modelled.
+pub const CONDITIONS: &[Condition] = &[
+    // Art. 1: recipients subject to the Personal Information Protection
+    // and Electronic Documents Act, which governs organisations in the
+    // course of commercial activities.
+    Condition {
+        country: "CA",
+        set: "ADEQUACY",
+        text: "commercial organisations subject to PIPEDA only",
+        decision: "Decision 2002/2/EC",
+    },
+    // Art. 1: personal information handling business operators subject to
+    // the APPI with the Supplementary Rules (Annex I); recital 10 leaves
+    // the public sector out.
+    Condition {
+        country: "JP",
+        set: "ADEQUACY",
+        text: "business operators subject to the APPI and its Supplementary Rules only, not the public sector",
+        decision: "Decision (EU) 2019/419",
+    },
+    // Entities subject to the Personal Information Protection Act; the
+    // decision leaves out personal credit information processed by
+    // entities the Financial Services Commission supervises, religious
+    // organisations' missionary activities and political parties'
+    // nomination of candidates.
+    Condition {
+        country: "KR",
+        set: "ADEQUACY",
+        text: "not personal credit information processed by recipients the Financial Services Commission supervises, nor religious organisations' missionary work or political parties' nominations",
+        decision: "Decision (EU) 2022/254",
+    },
+    // Art. 1: organisations in the Data Privacy Framework List.
+    Condition {
+        country: "US",
+        set: "US-DPF",
+        text: "recipients certified under the EU-U.S. Data Privacy Framework only; keep a per-vendor certification record",
+        decision: "Decision (EU) 2023/1795",
+    },
+];
+
+/// The condition on `country`'s basis through the built-in set `set` (any
+/// case), if that basis holds only on one: CA through `ADEQUACY` has
+/// PIPEDA's, GB through `ADEQUACY` none, the US through `US-DPF` the
+/// Data Privacy Framework's.
+#[must_use]
+pub fn condition(country: CountryCode, set: &str) -> Option<&'static Condition> {
+    CONDITIONS
+        .iter()
+        .find(|c| c.country == country.as_str() && c.set.eq_ignore_ascii_case(set))
+}
 
 /// A set name or country code that configuration used but nothing defines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -285,21 +363,6 @@ impl Sets {
             .ok_or_else(|| SetError::Unknown(name.to_owned()))
     }
 
-    /// The conditions attached to the built-in sets among `names`, with
-    /// the countries each covers (e.g. US-DPF: the US only for certified
-    /// recipients).
-    #[must_use]
-    pub fn conditions(names: &[impl AsRef<str>]) -> Vec<(&'static str, CountrySet, &'static str)> {
-        names
-            .iter()
-            .filter_map(|n| builtin(n.as_ref()))
-            .filter_map(|b| {
-                let set = b.countries.iter().filter_map(|c| c.parse().ok()).collect();
-                b.condition.map(|c| (b.name, set, c))
-            })
-            .collect()
-    }
-
     /// The union of several names.
     ///
     /// # Errors
@@ -353,7 +416,39 @@ mod tests {
             sets.resolve("US-DPF").unwrap().iter().collect::<Vec<_>>(),
             [cc("US")]
         );
-        assert!(builtin("us-dpf").unwrap().condition.is_some());
+    }
+
+    #[test]
+    fn conditions_belong_to_their_country() {
+        assert_eq!(condition(cc("GB"), "ADEQUACY"), None, "GB is unconditional");
+        assert_eq!(condition(cc("CH"), "adequacy"), None);
+        let ca = condition(cc("CA"), "adequacy").unwrap();
+        assert!(ca.text.contains("PIPEDA") && ca.decision.contains("2002/2/EC"));
+        assert_eq!(
+            ca.to_string(),
+            "CA: commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+        );
+        let us = condition(cc("US"), "US-DPF").unwrap();
+        assert!(us.text.contains("Data Privacy Framework") && us.decision.contains("2023/1795"));
+        assert_eq!(
+            condition(cc("US"), "ADEQUACY"),
+            None,
+            "the US has no adequacy of its own"
+        );
+        assert_eq!(condition(cc("CA"), "US-DPF"), None);
+        let sets = Sets::new();
+        for c in CONDITIONS {
+            let set = sets.resolve(c.set).unwrap();
+            assert!(set.contains(cc(c.country)), "{c}: not in {}", c.set);
+        }
+        let conditional: Vec<&str> = sets
+            .resolve("ADEQUACY")
+            .unwrap()
+            .iter()
+            .filter_map(|c| condition(c, "ADEQUACY"))
+            .map(|c| c.country)
+            .collect();
+        assert_eq!(conditional, ["CA", "JP", "KR"]);
     }
 
     #[test]

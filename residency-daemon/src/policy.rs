@@ -472,18 +472,41 @@ fn judge(
     };
     if allowed.contains(c) {
         reasons.push(format!("{c} is allowed ({names})"));
-        for (set, countries, condition) in geoip::Sets::conditions(&sets) {
-            if countries.contains(c) {
-                reasons.push(format!(
-                    "through {set}, which holds only on a condition: {condition}"
-                ));
-            }
+        if let Some(reason) = condition_text(c, &sets) {
+            reasons.push(reason);
         }
         Action::Allow
     } else {
         reasons.push(format!("{c} is not allowed ({names})"));
         Action::Block
     }
+}
+
+/// The condition `c`'s transfer basis holds on, if any, as the records
+/// cite it: the basis is the one a flow record names ([`PolicyView`]),
+/// which depends on the country and on whether `names` name `US-DPF`, not
+/// on whether they name `CA` or `ADEQUACY`. GB has none; CA has PIPEDA's;
+/// the US through `US-DPF` the Data Privacy Framework's, and without it
+/// no basis at all, which is said too.
+fn condition_text(c: CountryCode, names: &[String]) -> Option<String> {
+    use residency_record::TransferBasis;
+    let dpf = names.iter().any(|n| n.eq_ignore_ascii_case("US-DPF"));
+    // An internal network's jurisdiction has the basis of its country, as
+    // a GeoIP destination does.
+    let basis = residency_record::policy::basis_without_exception(DestKind::Geo, Some(c), dpf);
+    if let Some(condition) = basis.condition(Some(c)) {
+        return Some(format!(
+            "the transfer basis for {c} ({}) holds only on a condition: {} ({})",
+            basis.as_str(),
+            condition.text,
+            condition.decision
+        ));
+    }
+    let dpf_only = geoip::sets::condition(c, "US-DPF").filter(|_| basis == TransferBasis::None)?;
+    Some(format!(
+        "{c} has no transfer basis here: it has one only through {}, which holds only on a condition: {} ({})",
+        dpf_only.set, dpf_only.text, dpf_only.decision
+    ))
 }
 
 #[cfg(test)]
@@ -617,29 +640,81 @@ destinations = ["203.0.113.0/24"]
         assert!(k.rules_v6.iter().any(|(n, _)| n.to_string() == "fe80::/10"));
     }
 
+    /// The reasons that cite a condition, for a destination in `country`
+    /// under `allowed`.
+    fn conditions_cited(allowed: &str, country: &str) -> Vec<String> {
+        let c = config(&BASE.replace("allowed = [\"EEA\"]", &format!("allowed = {allowed}")));
+        let d = decide(&c, 0, "198.51.100.1".parse().unwrap(), NOW, |_| {
+            Some(cc(country))
+        });
+        assert_eq!(d.verdict, Verdict::Allowed, "{:?}", d.reasons);
+        d.reasons
+            .into_iter()
+            .filter(|r| r.contains("condition"))
+            .collect()
+    }
+
     #[test]
-    fn conditional_sets_say_their_condition() {
-        let c = config(&BASE.replace("allowed = [\"EEA\"]", "allowed = [\"EEA\", \"US-DPF\"]"));
-        assert_eq!(c.policy.conditions.len(), 1);
-        let d = decide(&c, 0, "198.51.100.1".parse().unwrap(), NOW, |_| {
-            Some(cc("US"))
-        });
-        assert_eq!(d.verdict, Verdict::Allowed);
-        assert!(
-            d.reasons
-                .iter()
-                .any(|r| r.contains("US-DPF") && r.contains("Data Privacy Framework")),
-            "{:?}",
-            d.reasons
+    fn a_condition_is_cited_for_its_country_only() {
+        let adequacy = r#"["EEA", "ADEQUACY"]"#;
+        assert_eq!(
+            conditions_cited(adequacy, "GB"),
+            Vec::<String>::new(),
+            "GB's adequacy is unconditional"
         );
-        let d = decide(&c, 0, "198.51.100.1".parse().unwrap(), NOW, |_| {
-            Some(cc("DE"))
-        });
+        assert_eq!(conditions_cited(adequacy, "DE"), Vec::<String>::new());
+        assert_eq!(
+            conditions_cited(adequacy, "CA"),
+            [
+                "the transfer basis for CA (adequacy) holds only on a condition: \
+              commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+            ]
+        );
+        assert_eq!(
+            conditions_cited(r#"["EEA", "CA"]"#, "CA"),
+            conditions_cited(adequacy, "CA"),
+            "the same basis, however the policy spells it"
+        );
+        let dpf = r#"["EEA", "US-DPF"]"#;
+        let us = conditions_cited(dpf, "US");
         assert!(
-            !d.reasons
+            us.len() == 1
+                && us[0].starts_with("the transfer basis for US (dpf) holds only on a condition: ")
+                && us[0].contains("Data Privacy Framework")
+                && us[0].ends_with("(Decision (EU) 2023/1795)"),
+            "{us:?}"
+        );
+        assert_eq!(conditions_cited(dpf, "DE"), Vec::<String>::new());
+        let us = conditions_cited(r#"["EEA", "US"]"#, "US");
+        assert!(
+            us.len() == 1 && us[0].starts_with("US has no transfer basis here"),
+            "{us:?}"
+        );
+    }
+
+    #[test]
+    fn the_policy_lists_the_conditions_of_the_countries_it_allows() {
+        let listed = |allowed: &str| -> Vec<String> {
+            config(&BASE.replace("allowed = [\"EEA\"]", &format!("allowed = {allowed}")))
+                .policy
+                .conditions
                 .iter()
-                .any(|r| r.contains("holds only on a condition")),
-            "only for the US"
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(listed(r#"["EEA"]"#), Vec::<String>::new());
+        let both = listed(r#"["EEA", "ADEQUACY", "US-DPF"]"#);
+        let countries: Vec<&str> = both.iter().map(|c| &c[..2]).collect();
+        assert_eq!(countries, ["CA", "JP", "KR", "US"], "{both:?}");
+        assert_eq!(
+            both[0],
+            "CA: commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+        );
+        assert_eq!(listed(r#"["GB", "CA"]"#), [both[0].clone()]);
+        assert_eq!(
+            listed(r#"["US"]"#),
+            Vec::<String>::new(),
+            "the US without US-DPF has no basis, so no condition"
         );
     }
 

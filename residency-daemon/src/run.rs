@@ -445,8 +445,11 @@ fn announce(
     for w in config.warnings(jiff::Timestamp::now()) {
         warn!("{w}");
     }
-    for (set, _, condition) in &config.policy.conditions {
-        warn!("policy.allowed names {set}, which holds only on a condition: {condition}");
+    for condition in &config.policy.conditions {
+        warn!(
+            "policy.allowed allows {}, whose transfer basis ({}) holds only on a condition: {} ({})",
+            condition.country, condition.set, condition.text, condition.decision
+        );
     }
     StartInfo {
         version: env!("CARGO_PKG_VERSION"),
@@ -465,7 +468,7 @@ fn announce(
             .policy
             .conditions
             .iter()
-            .map(|(set, _, c)| format!("{set}: {c}"))
+            .map(ToString::to_string)
             .collect(),
     }
 }

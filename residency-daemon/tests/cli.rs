@@ -229,6 +229,65 @@ fn lookup_explains_each_verdict() {
 }
 
 #[test]
+fn lookup_cites_a_condition_for_its_country_only() {
+    use geoip::testdb::{Entry, Layout, write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.mmdb");
+    write(
+        &db,
+        Layout::GeoIp2,
+        "Test-Country",
+        1_800_000_000,
+        &[
+            Entry::country("81.2.69.0/24", "GB"),
+            Entry::country("198.51.100.0/24", "CA"),
+            Entry::country("203.0.113.0/24", "US"),
+        ],
+    );
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "mode = \"enforce\"\n[kernel]\ncgroup = \"/w\"\n[policy]\n\
+         allowed = [\"EEA\", \"ADEQUACY\", \"US-DPF\"]\n",
+    )
+    .unwrap();
+    let lookup = |ip: &str| {
+        let out = residency()
+            .args(["lookup", "--config"])
+            .arg(&config)
+            .arg("--geoip")
+            .arg(&db)
+            .arg(ip)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let gb = lookup("81.2.69.142");
+    assert!(gb.contains("GB is allowed"), "{gb}");
+    assert!(!gb.contains("condition") && !gb.contains("PIPEDA"), "{gb}");
+    let ca = lookup("198.51.100.7");
+    assert!(
+        ca.contains(
+            "the transfer basis for CA (adequacy) holds only on a condition: \
+             commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+        ),
+        "{ca}"
+    );
+    let us = lookup("203.0.113.7");
+    assert!(
+        us.contains("the transfer basis for US (dpf) holds only on a condition")
+            && us.contains("Data Privacy Framework")
+            && !us.contains("PIPEDA"),
+        "{us}"
+    );
+}
+
+#[test]
 fn lookup_with_a_broken_database_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("broken.mmdb");

@@ -3,7 +3,7 @@
 //! destinations) and the named sets of countries every policy is written
 //! in.
 
-use geoip::{CountrySet, Sets};
+use geoip::{CountrySet, Sets, sets::Condition};
 use residency_config::{ConfigError, Locator, Spanned};
 use serde::Deserialize;
 
@@ -75,9 +75,12 @@ pub struct PolicyConfig {
     /// The names the set was written with (sets and countries), for
     /// explanations.
     pub allowed_names: Vec<String>,
-    /// Built-in sets named in `allowed` that hold only on a condition
-    /// (US-DPF): set name, its countries, the condition.
-    pub conditions: Vec<(&'static str, CountrySet, &'static str)>,
+    /// The conditions on the transfer bases of the countries `allowed`
+    /// holds, one per country in code order (CA's PIPEDA; the US's Data
+    /// Privacy Framework when `US-DPF` is named): the basis is the one
+    /// flow records name, so a country named by its code (`CA`) carries
+    /// the same condition as through `ADEQUACY`.
+    pub conditions: Vec<&'static Condition>,
     /// Destinations the `GeoIP` data has no country for.
     pub unknown: Choice,
     /// Loopback, private, link-local and multicast destinations.
@@ -151,9 +154,26 @@ pub(super) fn validate_policy(
     };
     Ok(PolicyConfig {
         allowed,
-        conditions: Sets::conditions(&allowed_names),
+        conditions: conditions(&allowed, &allowed_names),
         allowed_names,
         unknown: raw.unknown.unwrap_or(Choice::Flag),
         local: raw.local.unwrap_or(Choice::Allow),
     })
+}
+
+/// The conditions on the bases of the countries in `allowed` (written as
+/// `names`), by the basis a flow record would name for each.
+fn conditions(allowed: &CountrySet, names: &[String]) -> Vec<&'static Condition> {
+    let dpf = names.iter().any(|n| n.eq_ignore_ascii_case("US-DPF"));
+    allowed
+        .iter()
+        .filter_map(|c| {
+            residency_record::policy::basis_without_exception(
+                residency_common::DestKind::Geo,
+                Some(c),
+                dpf,
+            )
+            .condition(Some(c))
+        })
+        .collect()
 }

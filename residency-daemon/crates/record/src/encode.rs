@@ -11,6 +11,7 @@
 
 use std::fmt::Display;
 
+use geoip::sets::Condition;
 use residency_common::{DestKind, Hook, Verdict};
 use serde::{Serialize, Serializer};
 use serde_json::json;
@@ -352,7 +353,23 @@ struct Residency<'a> {
     /// Chapter V), `adequacy`, `dpf`, an exception's basis (`scc`, `bcr`,
     /// `art49`), `local`, or `none`.
     transfer_basis: &'static str,
+    /// What that basis is limited to for this country, with the decision
+    /// that says so (`geoip::sets::CONDITIONS`): absent when the basis is
+    /// unconditional there (GB, the EEA, an SCC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer_condition: Option<Cited>,
     boot_ns: u64,
+}
+
+/// A condition as a flow record cites it: `commercial organisations
+/// subject to PIPEDA only (Decision 2002/2/EC)` (the record names the
+/// country already).
+struct Cited(&'static Condition);
+
+impl Serialize for Cited {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{} ({})", self.0.text, self.0.decision))
+    }
 }
 
 /// Which configuration decided: its hash is the policy version.
@@ -549,6 +566,7 @@ impl<'a> FlowDoc<'a> {
                     }),
                 }),
                 transfer_basis: transfer_basis.as_str(),
+                transfer_condition: transfer_basis.condition(flow.country).map(Cited),
                 boot_ns: flow.boot_ns,
             },
         }
@@ -775,6 +793,52 @@ mod tests {
         assert_eq!(
             v["rule"]["name"], "geoip",
             "rule 0: the GeoIP tables decided"
+        );
+    }
+
+    /// A flow the `GeoIP` tables allowed to `country`, under a policy that
+    /// names `US-DPF` or not.
+    fn allowed_to(country: &str, dpf: bool) -> serde_json::Value {
+        let mut f = flow();
+        f.dest_kind = DestKind::Geo;
+        f.rule_id = 0;
+        f.verdict = Verdict::Allowed;
+        f.country = country.parse().ok();
+        let mut view = names();
+        view.policies[0].dpf = dpf;
+        f.policy_view = Some(Decider(std::sync::Arc::new(view)));
+        encode(&Record::Flow(f))
+    }
+
+    #[test]
+    fn a_condition_is_cited_only_for_its_country() {
+        let gb = allowed_to("GB", false);
+        assert_eq!(gb["residency"]["transfer_basis"], "adequacy");
+        assert!(
+            gb["residency"].get("transfer_condition").is_none(),
+            "GB's adequacy is unconditional: {gb}"
+        );
+        let ca = allowed_to("CA", false);
+        assert_eq!(ca["residency"]["transfer_basis"], "adequacy");
+        assert_eq!(
+            ca["residency"]["transfer_condition"],
+            "commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+        );
+        let us = allowed_to("US", true);
+        assert_eq!(us["residency"]["transfer_basis"], "dpf");
+        let cited = us["residency"]["transfer_condition"].as_str().unwrap();
+        assert!(
+            cited.contains("Data Privacy Framework")
+                && cited.ends_with("(Decision (EU) 2023/1795)"),
+            "{cited}"
+        );
+        let de = allowed_to("DE", true);
+        assert!(de["residency"].get("transfer_condition").is_none());
+        let us = allowed_to("US", false);
+        assert_eq!(us["residency"]["transfer_basis"], "none");
+        assert!(
+            us["residency"].get("transfer_condition").is_none(),
+            "no basis, nothing to qualify"
         );
     }
 

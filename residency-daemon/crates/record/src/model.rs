@@ -77,7 +77,9 @@ pub struct StartInfo {
     pub geoip_generation: u32,
     /// The countries the policy allows, as written.
     pub allowed: Vec<String>,
-    /// Conditions attached to sets the policy names (US-DPF).
+    /// The conditions on the bases of the countries the policy allows,
+    /// one per country: `CA: commercial organisations subject to PIPEDA
+    /// only (Decision 2002/2/EC)` (`geoip::sets::Condition`'s display).
     pub conditions: Vec<String>,
 }
 

@@ -9,7 +9,7 @@
 
 use std::sync::LazyLock;
 
-use geoip::{CountryCode, country::MAX_INDEX};
+use geoip::{CountryCode, country::MAX_INDEX, sets::Condition};
 use residency_common::DestKind;
 
 /// The legal basis a transfer relied on (GDPR Art. 44-49), as records and
@@ -50,6 +50,21 @@ impl TransferBasis {
             TransferBasis::Local => "local",
             TransferBasis::None => "none",
         }
+    }
+
+    /// The condition on which this basis holds for `country`, if it holds
+    /// only on one (`geoip::sets::CONDITIONS`): adequacy for Canada only
+    /// for organisations subject to PIPEDA, the DPF only for certified
+    /// recipients; none for the United Kingdom, the EEA or an SCC. It
+    /// follows the basis and the country, however the policy named them.
+    #[must_use]
+    pub fn condition(self, country: Option<CountryCode>) -> Option<&'static Condition> {
+        let set = match self {
+            TransferBasis::Adequacy => "ADEQUACY",
+            TransferBasis::Dpf => "US-DPF",
+            _ => return None,
+        };
+        geoip::sets::condition(country?, set)
     }
 }
 
@@ -251,6 +266,34 @@ mod tests {
             v.transfer_basis(9, geo, 0, cc("US")),
             TransferBasis::None,
             "a policy the view does not hold is judged as the default"
+        );
+    }
+
+    #[test]
+    fn conditions_follow_the_basis_and_the_country() {
+        let v = view();
+        let geo = DestKind::Geo;
+        let condition = |policy, country: &str| {
+            v.transfer_basis(policy, geo, 0, cc(country))
+                .condition(cc(country))
+                .map(|c| c.decision)
+        };
+        assert_eq!(condition(0, "GB"), None, "GB's adequacy is unconditional");
+        assert_eq!(condition(0, "DE"), None);
+        assert_eq!(condition(0, "CA"), Some("Decision 2002/2/EC"));
+        assert_eq!(condition(1, "US"), Some("Decision (EU) 2023/1795"));
+        assert_eq!(condition(0, "US"), None, "no basis, so no condition");
+        assert_eq!(
+            TransferBasis::Scc.condition(cc("CA")),
+            None,
+            "an SCC does not rely on the adequacy decision"
+        );
+        assert_eq!(
+            TransferBasis::Adequacy
+                .condition(cc("CA"))
+                .map(|c| c.country),
+            Some("CA"),
+            "an exception on the basis of adequacy keeps its condition"
         );
     }
 }

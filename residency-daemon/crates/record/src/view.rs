@@ -174,6 +174,9 @@ pub struct ResidencyView<'a> {
     pub tenants: Vec<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub transfer_basis: Option<Cow<'a, str>>,
+    /// What the basis is limited to for this country, with its decision.
+    #[serde(default, borrow)]
+    pub transfer_condition: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub policy: Option<PolicyRef<'a>>,
     #[serde(default)]
@@ -373,6 +376,14 @@ impl<'a> RecordView<'a> {
     #[must_use]
     pub fn transfer_basis(&self) -> Option<&str> {
         self.residency()?.transfer_basis.as_deref()
+    }
+
+    /// The condition on the transfer basis for this country, with the
+    /// decision that sets it (Canada's adequacy: PIPEDA only); `None`
+    /// where the basis is unconditional.
+    #[must_use]
+    pub fn transfer_condition(&self) -> Option<&str> {
+        self.residency()?.transfer_condition.as_deref()
     }
 
     /// The policy version (configuration hash) that decided.
@@ -619,6 +630,7 @@ mod tests {
             (Some("crm-sync"), Some("crm-sync"))
         );
         assert_eq!(r.transfer_basis(), Some("scc"));
+        assert_eq!(r.transfer_condition(), None, "an SCC has no condition");
         assert_eq!(r.policy_hash(), Some("c0ffee"));
         assert_eq!(r.boot_ns(), Some(99));
         assert_eq!(r.rule(), (Some("1"), Some("hubspot-us")));
@@ -639,6 +651,23 @@ mod tests {
         );
         assert_eq!(r.command_line(), Some("sync --all"));
         assert_eq!(r.user_id(), Some("1000"));
+        assert_eq!(Index::of(&line).unwrap(), columns);
+    }
+
+    #[test]
+    fn a_transfer_condition_reads_back() {
+        let mut f = flow();
+        f.dest_kind = DestKind::Geo;
+        f.rule_id = 0;
+        f.country = "CA".parse().ok();
+        let mut line = Vec::new();
+        let columns = encode_flow_indexed(&f, &mut line).unwrap();
+        let r = RecordView::parse(&line).unwrap();
+        assert_eq!(r.transfer_basis(), Some("adequacy"));
+        assert_eq!(
+            r.transfer_condition(),
+            Some("commercial organisations subject to PIPEDA only (Decision 2002/2/EC)")
+        );
         assert_eq!(Index::of(&line).unwrap(), columns);
     }
 

@@ -458,7 +458,8 @@ fn unmapped(alert: &Alert, r: &RecordView<'_>) -> Obj {
         .obj("workload", workload)
         .obj("rule", Obj::new().opt("id", rule_id).opt("name", rule_name))
         .opt("policy_hash", r.policy_hash())
-        .opt("transfer_basis", r.transfer_basis());
+        .opt("transfer_basis", r.transfer_basis())
+        .opt("transfer_condition", r.transfer_condition());
     Obj::new().obj("residency", residency)
 }
 
@@ -834,6 +835,26 @@ mod tests {
             assert_eq!(validate(&event), Vec::<String>::new(), "{event:#}");
             assert!(event.get("device").is_none());
         }
+    }
+
+    #[test]
+    fn a_transfer_condition_is_passed_on() {
+        let ctx = ctx();
+        let get = |a: &Alert| ocsf(a, &ctx);
+        let none = get(&fixtures::allowed_tcp());
+        assert!(
+            none["unmapped"]["residency"]
+                .get("transfer_condition")
+                .is_none()
+        );
+        let mut ca = fixtures::allowed_tcp();
+        ca.doc["residency"]["transfer_basis"] = json!("adequacy");
+        ca.doc["residency"]["transfer_condition"] =
+            json!("commercial organisations subject to PIPEDA only (Decision 2002/2/EC)");
+        assert_eq!(
+            get(&ca)["unmapped"]["residency"]["transfer_condition"],
+            "commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+        );
     }
 
     #[test]

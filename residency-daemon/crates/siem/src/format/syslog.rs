@@ -51,7 +51,7 @@ pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 ///
 /// | alert               | parameters                                                        |
 /// |---------------------|-------------------------------------------------------------------|
-/// | flow, violation     | `seq verdict mode country tenant* role workload ruleId rule dst dport domain proto pid process exe policy basis` |
+/// | flow, violation     | `seq verdict mode country tenant* role workload ruleId rule dst dport domain proto pid process exe policy basis condition` |
 /// | throttled (count>1) | also `count first last`                                           |
 /// | checkpoint          | `seq head keyId signature reason`                                 |
 /// | gap                 | `seq action reason afterSeq lost`                                 |
@@ -178,6 +178,7 @@ fn flow_params(alert: &Alert, r: &RecordView<'_>, out: &mut Vec<u8>) {
     opt(out, "exe", exe);
     opt(out, "policy", r.policy_hash());
     opt(out, "basis", r.transfer_basis());
+    opt(out, "condition", r.transfer_condition());
     if alert.count > 1 {
         param_u64(out, "count", alert.count);
         if let Some((first, last)) = alert.span {
@@ -419,6 +420,22 @@ mod tests {
             .collect();
         assert_eq!(got, expect);
         assert_eq!(p.msg, [BOM, a.summary().as_bytes()].concat());
+
+        // A basis that holds only on a condition says which, last.
+        let mut ca = fixtures::flagged();
+        ca.doc["residency"]["transfer_basis"] = serde_json::json!("adequacy");
+        ca.doc["residency"]["transfer_condition"] = serde_json::json!(
+            "commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+        );
+        let m = rfc5424(&ca, &ctx(), 4, ca.summary().as_bytes());
+        let p = parse(&m).unwrap();
+        assert_eq!(
+            p.params().last().map(|(n, v)| (n.as_str(), v.as_str())),
+            Some((
+                "condition",
+                "commercial organisations subject to PIPEDA only (Decision 2002/2/EC)"
+            ))
+        );
     }
 
     #[test]
