@@ -37,6 +37,8 @@ pub struct Sources {
     pub versions: Arc<Versions>,
     /// The cgroup tree.
     pub tree: SharedTree,
+    /// How long names hold and how many are kept.
+    pub names: crate::config::NamesConfig,
 }
 
 /// The writer's caches in front of [`Sources`].
@@ -45,17 +47,50 @@ pub struct Enricher {
     details: DetailCache,
     processes: Processes,
     cgroups: CgroupPaths,
+    names: crate::naming::Namer,
 }
 
 impl Enricher {
-    /// `details`: how many `GeoIP` lookups to remember.
+    /// `details`: how many `GeoIP` lookups to remember; `names`: the
+    /// name settings (how long a name holds, how many are kept).
     #[must_use]
     pub fn new(sources: Sources, details: usize) -> Self {
+        let names = sources.names;
         Enricher {
             cgroups: CgroupPaths::new(sources.tree.clone()),
             sources,
             details: DetailCache::new(details),
             processes: Processes::default(),
+            names: crate::naming::Namer::new(
+                names.min_ttl_secs,
+                usize::try_from(names.max_entries).unwrap_or(usize::MAX),
+            ),
+        }
+    }
+
+    /// The name behind a flow, as the kernel judged it (`ev` is the
+    /// kernel's record of the flow).
+    pub fn name(&mut self, flow: &mut Flow, ev: &ConnectEvent) {
+        let catalog = self.sources.versions.catalog(flow.policy_gen);
+        self.names.name_flow(flow, ev, catalog.as_deref());
+    }
+
+    /// A DNS answer or TLS bytes from the kernel; a TLS server name gives
+    /// a record.
+    pub fn observe_names(
+        &mut self,
+        record: &crate::kernel::Decoded,
+    ) -> Option<residency_record::Record> {
+        match record {
+            crate::kernel::Decoded::Dns(answer) => {
+                self.names.answer(answer);
+                None
+            }
+            crate::kernel::Decoded::Tls(bytes) => {
+                let catalog = self.sources.versions.latest_catalog();
+                self.names.tls(bytes, catalog.as_deref())
+            }
+            _ => None,
         }
     }
 
@@ -232,6 +267,12 @@ mod tests {
             daddr,
             comm: *b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0",
             policy_gen: 1,
+            cookie: 0,
+            name_stamp: 0,
+            name_stamp2: 0,
+            name_pattern: 0,
+            name_state: 0,
+            _pad: [0; 3],
         }
     }
 

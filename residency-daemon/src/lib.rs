@@ -42,6 +42,8 @@ pub mod identity;
 pub mod kernel;
 pub mod lookup;
 pub mod metrics;
+pub mod names;
+pub mod naming;
 pub mod output;
 pub mod pipeline;
 pub mod policy;

@@ -465,6 +465,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 Item::Event(ev) => match enrich::decode(&ev, &clock) {
                     Ok(mut flow) => {
                         enricher.enrich(&mut flow);
+                        enricher.name(&mut flow, &ev);
                         metrics.decision(verdict_str(flow.verdict));
                         Record::Flow(flow)
                     }
@@ -474,7 +475,10 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 },
                 Item::Process(p) => {
                     enricher.observe(&p);
-                    continue;
+                    match enricher.observe_names(&p) {
+                        Some(record) => record,
+                        None => continue,
+                    }
                 }
                 Item::Undecodable(e) => {
                     metrics.undecodable.inc();

@@ -42,6 +42,8 @@ pub struct Compiled {
     pub uid: Vec<(u32, u32)>,
     /// Exceptions left out because they had expired.
     pub expired: Vec<String>,
+    /// The catalog and the rules that name hosts.
+    pub names: crate::names::CompiledNames,
 }
 
 fn action(c: Choice) -> Action {
@@ -153,6 +155,7 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         comm,
         uid,
         expired,
+        names: crate::names::compile(config, now),
     }
 }
 
@@ -167,6 +170,8 @@ pub const KEEP_GENERATIONS: usize = 16;
 #[derive(Debug, Default)]
 pub struct Versions {
     by_generation: RwLock<BTreeMap<u32, Arc<PolicyView>>>,
+    /// The endpoint catalog of each generation, for the names on records.
+    catalogs: RwLock<BTreeMap<u32, Arc<residency_catalog::Catalog>>>,
 }
 
 impl Versions {
@@ -186,11 +191,48 @@ impl Versions {
             };
             map.remove(&oldest);
         }
+        drop(map);
+        let mut catalogs = self
+            .catalogs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        catalogs.insert(generation, config.catalog.clone());
+        while catalogs.len() > KEEP_GENERATIONS {
+            let Some(&oldest) = catalogs.keys().next() else {
+                break;
+            };
+            catalogs.remove(&oldest);
+        }
+    }
+
+    /// The catalog of the newest generation held.
+    #[must_use]
+    pub fn latest_catalog(&self) -> Option<Arc<residency_catalog::Catalog>> {
+        self.catalogs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .next_back()
+            .cloned()
+    }
+
+    /// The endpoint catalog of a generation, exactly.
+    #[must_use]
+    pub fn catalog(&self, generation: u32) -> Option<Arc<residency_catalog::Catalog>> {
+        self.catalogs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&generation)
+            .cloned()
     }
 
     /// Forgets a generation whose install failed.
     pub fn remove(&self, generation: u32) {
         self.by_generation
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&generation);
+        self.catalogs
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&generation);

@@ -158,6 +158,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         geo.prepared.as_ref().map(|p| (&p.v4, &p.v6[..])),
     )?;
     let start = announce(&attach, &policy, &geo, &started, &notes);
+    let names_config = policy.config.names;
     let geo_registry = geo.registry.clone();
     let kernel = spawn_watchers(started, &options, &attach, &policy, geo, &signals, notes);
     let result = pipeline::run(
@@ -174,6 +175,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             registry: geo_registry,
             versions: policy.versions,
             tree: policy.tree,
+            names: names_config,
         },
         notes_rx,
         signals.stop.clone(),

@@ -23,13 +23,16 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the end-to-end tests use: bpftool independently checks
 /// what is attached to a cgroup; iproute2 makes the test hosts' network
 /// namespaces; rsyslog, with its TLS driver (gtls), is the real syslog
-/// receiver of the SIEM sink tests (UDP, TCP and TLS).
+/// receiver of the SIEM sink tests (UDP, TCP and TLS); dnsmasq answers the
+/// DNS queries of the name tests.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("rsyslogd", "rsyslog"),
     // A plugin, not a command: found under the multiarch directory.
     ("/usr/lib/*/rsyslog/lmnsd_gtls.so", "rsyslog-gnutls"),
+    // The real DNS server of the name tests (the binary only, no service).
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// The default GeoIP data: the CC0 geo-whois-asn-country database, as the

@@ -53,7 +53,11 @@ impl Basis {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawException {
     name: Spanned<String>,
-    destinations: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    destinations: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Host names: exact or `*.` suffixes.
+    #[serde(default)]
+    names: Option<Spanned<Vec<Spanned<String>>>>,
     basis: Basis,
     justification: Spanned<String>,
     expires: Spanned<String>,
@@ -72,6 +76,8 @@ pub struct Exception {
     pub id: u32,
     pub name: String,
     pub destinations: Vec<IpNet>,
+    /// Host names it allows, judged by the name the workload resolved.
+    pub names: Vec<residency_catalog::Pattern>,
     pub basis: Basis,
     pub justification: String,
     pub expires: jiff::Timestamp,
@@ -154,16 +160,27 @@ pub(super) fn validate_exceptions(
         // Within one exception a prefix is listed once; across exceptions
         // only once per workload (the kernel keys exceptions by policy), so
         // two tenants' exceptions may name the same SIEM.
-        let destinations = rule_destinations(
-            &e.destinations,
-            &field,
-            &mut std::collections::HashMap::new(),
-            at,
-        )?;
+        let names = super::rules::rule_names(e.names.as_ref(), &field, at)?;
+        let destinations = match &e.destinations {
+            Some(list) if !(list.get_ref().is_empty() && !names.is_empty()) => {
+                rule_destinations(list, &field, &mut std::collections::HashMap::new(), at)?
+            }
+            Some(_) => Vec::new(),
+            None if names.is_empty() => {
+                return Err(at.err(
+                    e.name.span(),
+                    &field,
+                    "names no destinations and no names; give `destinations` (CIDRs) or \
+                     `names` (host names such as \"api.example.com\"), or both",
+                ));
+            }
+            None => Vec::new(),
+        };
         let exception = Exception {
             id: first_id.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)),
             name: name.to_owned(),
             destinations,
+            names,
             basis: e.basis,
             justification: e.justification.get_ref().trim().to_owned(),
             expires,
@@ -184,7 +201,11 @@ pub(super) fn validate_exceptions(
                 .enumerate()
                 .find(|(_, n)| other.destinations.contains(n))
             {
-                let span = e.destinations.get_ref().get(j).map_or(0..0, Spanned::span);
+                let span = e
+                    .destinations
+                    .as_ref()
+                    .and_then(|d| d.get_ref().get(j))
+                    .map_or(0..0, Spanned::span);
                 return Err(at.err(
                     span,
                     &format!("{field}.destinations[{j}]"),

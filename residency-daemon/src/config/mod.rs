@@ -101,6 +101,10 @@ struct RawConfig {
     sink: Vec<RawSink>,
     #[serde(default)]
     names: names::RawNames,
+    #[serde(default)]
+    catalog: names::RawCatalog,
+    #[serde(default)]
+    endpoint: Vec<residency_config::Spanned<residency_catalog::RawEndpoint>>,
 }
 
 /// The validated configuration.
@@ -121,6 +125,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Name tracking: DNS answers and TLS server names (`[names]`).
     pub names: NamesConfig,
+    /// Where providers process data, by host name: built in, plus
+    /// `[[endpoint]]` and `[catalog.deployments]`.
+    pub catalog: std::sync::Arc<residency_catalog::Catalog>,
     /// Built-in and custom jurisdiction sets.
     pub sets: Sets,
     /// Destination rules, checked before the `GeoIP` tables: deny rules,
@@ -182,6 +189,12 @@ impl Config {
         let sets = policy::validate_sets(&raw.jurisdiction, &at)?;
         let policy = policy::validate_policy(&raw.policy, &sets, &at)?;
         let rules = rules::validate_rules(&raw, &at)?;
+        let catalog = std::sync::Arc::new(names::validate_catalog(
+            &raw.catalog,
+            &raw.endpoint,
+            &sets,
+            &at,
+        )?);
         let tenants = tenants::validate_tenants(&raw, &policy, &sets, &at)?;
         let workloads = workloads::validate_workloads(&raw, &tenants, &at)?;
         let exceptions = exceptions::validate_exceptions(
@@ -210,6 +223,7 @@ impl Config {
             geoip,
             policy,
             names,
+            catalog,
             sets,
             rules,
             tenants,

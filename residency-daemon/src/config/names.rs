@@ -2,10 +2,55 @@
 //! names of watched workloads, how long a name holds for an address, and
 //! what an ambiguous name or a resolver bypass is judged as.
 
+use std::collections::BTreeMap;
+
+use residency_catalog::{Catalog, CatalogError, JurisdictionSpec, RawEndpoint};
 use residency_config::{ConfigError, Locator, Spanned};
 use serde::Deserialize;
 
 use super::Choice;
+
+/// `[catalog]` as written: whether the built-in entries are used, and
+/// per-deployment settings for names that do not fix their region.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCatalog {
+    builtin: Option<bool>,
+    #[serde(default)]
+    deployments: BTreeMap<String, JurisdictionSpec>,
+}
+
+/// The endpoint catalog: built in, then `[[endpoint]]` entries and
+/// `[catalog.deployments]` from the configuration.
+pub(super) fn validate_catalog(
+    raw: &RawCatalog,
+    endpoints: &[Spanned<RawEndpoint>],
+    sets: &geoip::Sets,
+    at: &Locator<'_>,
+) -> Result<Catalog, ConfigError> {
+    let plain: Vec<RawEndpoint> = endpoints.iter().map(|e| e.get_ref().clone()).collect();
+    Catalog::with(raw.builtin.unwrap_or(true), &plain, &raw.deployments, sets).map_err(|e| match &e
+    {
+        CatalogError::Endpoint { index, field, .. }
+            if matches!(
+                e,
+                CatalogError::Endpoint {
+                    origin: residency_catalog::Origin::Config,
+                    ..
+                }
+            ) =>
+        {
+            let span = endpoints.get(*index).map(Spanned::span);
+            at.err_opt(span, &format!("endpoint[{index}].{field}"), &e.to_string())
+        }
+        CatalogError::Deployment { name, .. } => at.err_opt(
+            None,
+            &format!("catalog.deployments.\"{name}\""),
+            &e.to_string(),
+        ),
+        _ => at.err_opt(None, "catalog", &e.to_string()),
+    })
+}
 
 /// `[names]` as written.
 #[derive(Debug, Default, Deserialize)]

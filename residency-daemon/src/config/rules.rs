@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use geoip::CountryCode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use residency_catalog::Pattern;
 use residency_config::{ConfigError, Locator, Spanned};
 use serde::Deserialize;
 
@@ -15,7 +16,11 @@ use super::{Config, Exception, RawConfig};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDenyRule {
     name: Spanned<String>,
-    destinations: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    destinations: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Host names: exact (`api.example.com`) or `*.` suffixes.
+    #[serde(default)]
+    names: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     description: String,
 }
@@ -41,6 +46,9 @@ pub struct Rule {
     /// the IPv4 prefixes they stand for (the kernel judges `::ffff:a.b.c.d`
     /// as IPv4, so a mapped prefix would otherwise never match).
     pub destinations: Vec<IpNet>,
+    /// Host names the rule covers (deny rules only): judged by the name
+    /// the workload resolved for the address it connects to.
+    pub names: Vec<Pattern>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +121,22 @@ pub(super) fn validate_rules(raw: &RawConfig, at: &Locator<'_>) -> Result<Vec<Ru
     let mut seen: std::collections::HashMap<IpNet, String> = std::collections::HashMap::new();
     for (i, rule) in raw.deny.iter().enumerate() {
         let field = format!("deny[{i}]");
-        let destinations = rule_destinations(&rule.destinations, &field, &mut seen, at)?;
+        let names = rule_names(rule.names.as_ref(), &field, at)?;
+        let destinations = match &rule.destinations {
+            Some(list) if !(list.get_ref().is_empty() && !names.is_empty()) => {
+                rule_destinations(list, &field, &mut seen, at)?
+            }
+            Some(_) => Vec::new(),
+            None if names.is_empty() => {
+                return Err(at.err(
+                    rule.name.span(),
+                    &field,
+                    "names no destinations and no names; give `destinations` (CIDRs) or \
+                     `names` (host names such as \"*.openai.com\"), or both",
+                ));
+            }
+            None => Vec::new(),
+        };
         push_rule(
             &mut rules,
             &rule.name,
@@ -123,6 +146,9 @@ pub(super) fn validate_rules(raw: &RawConfig, at: &Locator<'_>) -> Result<Vec<Ru
             destinations,
             at,
         )?;
+        if let Some(last) = rules.last_mut() {
+            last.names = names;
+        }
     }
     for (i, net) in raw.internal.iter().enumerate() {
         let field = format!("internal[{i}]");
@@ -177,6 +203,7 @@ pub(super) fn validate_rules(raw: &RawConfig, at: &Locator<'_>) -> Result<Vec<Ru
             description: "loopback, private, link-local and multicast ranges".to_owned(),
             kind: RuleKind::Local,
             destinations: local,
+            names: Vec::new(),
         });
     }
 
@@ -225,8 +252,43 @@ fn push_rule(
         description: description.to_owned(),
         kind,
         destinations,
+        names: Vec::new(),
     });
     Ok(())
+}
+
+/// `names = [...]` of a deny rule or an exception: host name patterns,
+/// exact or `*.` suffixes, each at most once.
+pub(super) fn rule_names(
+    list: Option<&Spanned<Vec<Spanned<String>>>>,
+    field: &str,
+    at: &Locator<'_>,
+) -> Result<Vec<Pattern>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<Pattern> = Vec::new();
+    for (j, name) in list.get_ref().iter().enumerate() {
+        let here = format!("{field}.names[{j}]");
+        let pattern = Pattern::parse(name.get_ref()).map_err(|e| {
+            at.err(
+                name.span(),
+                &here,
+                &format!(
+                    "{e}; expected a host name such as \"api.example.com\" or \"*.example.com\""
+                ),
+            )
+        })?;
+        if out.contains(&pattern) {
+            return Err(at.err(
+                name.span(),
+                &here,
+                &format!("\"{pattern}\" is listed twice"),
+            ));
+        }
+        out.push(pattern);
+    }
+    Ok(out)
 }
 
 pub(super) fn rule_destinations(
@@ -272,7 +334,7 @@ pub(super) fn parse_cidr(text: &str) -> Result<IpNet, String> {
     } else {
         let addr: IpAddr = text.parse().map_err(|_| {
             let hint = if text.contains('.') && text.chars().any(|c| c.is_ascii_alphabetic()) {
-                " (host names are not supported yet: give the service's addresses)"
+                " (host names go in `names`, e.g. names = [\"*.example.com\"])"
             } else {
                 ""
             };

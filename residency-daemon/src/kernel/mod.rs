@@ -35,7 +35,7 @@ pub use geo_maps::{GeoMaps, Installed};
 pub use policy_maps::{GRACE, PolicyMaps};
 pub use probe::{Features, probe};
 use residency_common::{Stat, names};
-pub use ring::{DecodeError, Decoded, EventRing, decode};
+pub use ring::{DecodeError, Decoded, DnsAnswerBytes, EventRing, TlsBytes, decode};
 use tracing::{debug, info, warn};
 
 use crate::{config::NamesConfig, policy::Compiled};

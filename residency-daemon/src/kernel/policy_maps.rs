@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use residency_common::{
     BPF_F_NO_PREALLOC, DestRule, ExceptionV4Key, ExceptionV6Key, Ipv4Key, Ipv6Key,
-    MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES, MAX_PROCESS_POLICIES,
-    Policy, PolicyActive, names,
+    MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_NAME_PATTERNS, MAX_NAME_RULES,
+    MAX_POLICIES, MAX_PROCESS_POLICIES, NameClass, NameRuleKey, PatternKey, Policy, PolicyActive,
+    names,
 };
 
 use super::KernelError;
@@ -36,6 +37,9 @@ type Rules4 = LpmTrie<MapData, Ipv4Key, DestRule>;
 type Rules6 = LpmTrie<MapData, Ipv6Key, DestRule>;
 type Exc4 = LpmTrie<MapData, ExceptionV4Key, DestRule>;
 type Exc6 = LpmTrie<MapData, ExceptionV6Key, DestRule>;
+type Patterns = HashMap<MapData, PatternKey, u32>;
+type Classes = HashMap<MapData, u32, NameClass>;
+type NameRules = HashMap<MapData, NameRuleKey, DestRule>;
 
 /// The outer maps, owned by whoever swaps policies.
 pub struct PolicyMaps {
@@ -48,6 +52,9 @@ pub struct PolicyMaps {
     rules6: ArrayOfMaps<MapData, Rules6>,
     exc4: ArrayOfMaps<MapData, Exc4>,
     exc6: ArrayOfMaps<MapData, Exc6>,
+    patterns: ArrayOfMaps<MapData, Patterns>,
+    classes: ArrayOfMaps<MapData, Classes>,
+    name_rules: ArrayOfMaps<MapData, NameRules>,
     generation: u32,
     /// The cgroup map of the generation in force, for adding cgroups that
     /// appear later.
@@ -81,6 +88,9 @@ impl PolicyMaps {
             rules6: outer!(names::DEST_RULES_V6, "opening DEST_RULES_V6"),
             exc4: outer!(names::EXCEPTIONS_V4, "opening EXCEPTIONS_V4"),
             exc6: outer!(names::EXCEPTIONS_V6, "opening EXCEPTIONS_V6"),
+            patterns: outer!(names::NAME_PATTERNS, "opening NAME_PATTERNS"),
+            classes: outer!(names::NAME_CLASSES, "opening NAME_CLASSES"),
+            name_rules: outer!(names::NAME_RULES, "opening NAME_RULES"),
             generation: 0,
             live_cgroups: None,
             switched_at: None,
@@ -110,7 +120,7 @@ impl PolicyMaps {
     /// If the kernel refuses a map.
     #[expect(
         clippy::too_many_lines,
-        reason = "eight maps built and published in turn"
+        reason = "eleven maps built and published in turn"
     )]
     pub fn install(
         &mut self,
@@ -189,6 +199,27 @@ impl PolicyMaps {
             exc6.insert(&Key::new(16 + u32::from(n.prefix_len()), key), *r, 0)
                 .map_err(map_err("filling the IPv6 exceptions"))?;
         }
+        let mut patterns: Patterns = HashMap::create(MAX_NAME_PATTERNS, BPF_F_NO_PREALLOC)
+            .map_err(map_err("creating the name patterns"))?;
+        for (key, id) in &compiled.names.patterns {
+            patterns
+                .insert(key, id, 0)
+                .map_err(map_err("filling the name patterns"))?;
+        }
+        let mut classes: Classes = HashMap::create(MAX_NAME_PATTERNS, BPF_F_NO_PREALLOC)
+            .map_err(map_err("creating the name classes"))?;
+        for (id, class) in &compiled.names.classes {
+            classes
+                .insert(id, class, 0)
+                .map_err(map_err("filling the name classes"))?;
+        }
+        let mut name_rules: NameRules = HashMap::create(MAX_NAME_RULES, BPF_F_NO_PREALLOC)
+            .map_err(map_err("creating the name rules"))?;
+        for (key, rule) in &compiled.names.rules {
+            name_rules
+                .insert(key, rule, 0)
+                .map_err(map_err("filling the name rules"))?;
+        }
 
         // The slot about to be written was in force until the last switch;
         // give programs that read it then time to finish.
@@ -222,6 +253,15 @@ impl PolicyMaps {
         self.exc6
             .set(slot, &exc6, 0)
             .map_err(map_err("publishing the IPv6 exceptions"))?;
+        self.patterns
+            .set(slot, &patterns, 0)
+            .map_err(map_err("publishing the name patterns"))?;
+        self.classes
+            .set(slot, &classes, 0)
+            .map_err(map_err("publishing the name classes"))?;
+        self.name_rules
+            .set(slot, &name_rules, 0)
+            .map_err(map_err("publishing the name rules"))?;
         self.active
             .set(
                 0,

@@ -234,6 +234,12 @@ mod tests {
             daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
             policy_gen: 1,
+            cookie: 0,
+            name_stamp: 0,
+            name_stamp2: 0,
+            name_pattern: 0,
+            name_state: 0,
+            _pad: [0; 3],
         }
     }
 

@@ -38,11 +38,15 @@ pub enum Lifecycle {
     ViolationAcknowledged,
     /// Someone resolved a violation.
     ViolationResolved,
+    /// A watched connection's TLS `ClientHello` named a server: the
+    /// connection's flow record (same socket cookie) gains its SNI; a
+    /// server name judged differently from the resolved name is flagged.
+    TlsServerName,
 }
 
 impl Lifecycle {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Lifecycle; 14] = [
+    pub const ALL: [Lifecycle; 15] = [
         Lifecycle::Started,
         Lifecycle::Stopped,
         Lifecycle::EventsLost,
@@ -57,6 +61,7 @@ impl Lifecycle {
         Lifecycle::SinkGap,
         Lifecycle::ViolationAcknowledged,
         Lifecycle::ViolationResolved,
+        Lifecycle::TlsServerName,
     ];
 
     /// The `event.action` text.
@@ -77,6 +82,7 @@ impl Lifecycle {
             Lifecycle::SinkGap => "sink-gap",
             Lifecycle::ViolationAcknowledged => "violation-acknowledged",
             Lifecycle::ViolationResolved => "violation-resolved",
+            Lifecycle::TlsServerName => "tls-server-name",
         }
     }
 
@@ -110,6 +116,7 @@ impl Lifecycle {
             | Lifecycle::EvidencePruned
             | Lifecycle::ViolationAcknowledged
             | Lifecycle::ViolationResolved => "state",
+            Lifecycle::TlsServerName => "event",
         }
     }
 }
