@@ -433,6 +433,20 @@ pub fn decide(
             (kind, judge(config, index, c, &mut reasons), 0, c)
         }
     };
+    conclude(config, index, act, kind, rule_id, country, reasons)
+}
+
+/// The verdict for an action under the workload's mode, with its reason.
+fn conclude(
+    config: &Config,
+    index: u16,
+    act: Action,
+    kind: DestKind,
+    rule_id: u32,
+    country: Option<CountryCode>,
+    mut reasons: Vec<String>,
+) -> Decision {
+    let workload = config.workload_of(index);
     let mode = workload.map_or(config.mode, |w| w.mode);
     let verdict = match act {
         Action::Allow => Verdict::Allowed,
@@ -458,6 +472,136 @@ pub fn decide(
         country,
         reasons,
     }
+}
+
+/// Decides about a host name for the process under policy `index` as the
+/// kernel would once the workload resolved it: deny rules and exceptions
+/// that name hosts, then the endpoint catalog (the most specific entry).
+/// A name without either is judged by `GeoIP` on the addresses it
+/// resolves to, which this offline decision does not look up: the error
+/// says so.
+///
+/// # Errors
+/// The sentence that says why the name alone decides nothing.
+pub fn decide_name(
+    config: &Config,
+    index: u16,
+    name: &str,
+    now: jiff::Timestamp,
+) -> Result<Decision, String> {
+    let workload = config.workload_of(index);
+    let mut reasons = Vec::new();
+    match workload {
+        Some(w) => reasons.push(format!(
+            "workload \"{}\" ({}) serves tenant(s) {}: allowed {}; mode {}",
+            w.name,
+            w.role.as_str(),
+            w.tenants.join(", "),
+            allowed_text(config, w),
+            w.mode.as_str()
+        )),
+        None => reasons.push("no workload: the default policy ([policy]) applies".to_owned()),
+    }
+    let covers = |p: &residency_catalog::Pattern| p.matches(name);
+    if let Some(rule) = config
+        .deny_rules()
+        .find(|r| r.names.iter().any(covers))
+    {
+        reasons.push(format!("{name} is named by deny rule \"{}\"", rule.name));
+        return Ok(conclude(
+            config,
+            index,
+            Action::Block,
+            DestKind::Denied,
+            rule.id,
+            None,
+            reasons,
+        ));
+    }
+    if let Some(w) = workload
+        && let Some(e) = config
+            .exceptions
+            .iter()
+            .find(|e| e.in_force(now) && e.applies_to(w) && e.names.iter().any(covers))
+    {
+        reasons.push(format!(
+            "{name} is allowed by exception \"{}\" (basis: {}; {}; expires {})",
+            e.name,
+            e.basis.as_str(),
+            e.justification,
+            e.expires
+        ));
+        return Ok(conclude(
+            config,
+            index,
+            Action::Allow,
+            DestKind::Exception,
+            e.id,
+            None,
+            reasons,
+        ));
+    }
+    if let Some(r) = config.catalog.resolver_for_name(name) {
+        reasons.push(format!(
+            "{name} is a DNS-over-HTTPS resolver ({}): names resolved there are invisible; \
+             names.resolver_bypass = \"{}\"",
+            r.provider,
+            config.names.resolver_bypass.as_str()
+        ));
+        return Ok(conclude(
+            config,
+            index,
+            action(config.names.resolver_bypass),
+            DestKind::ResolverBypass,
+            0,
+            None,
+            reasons,
+        ));
+    }
+    let Some(e) = config.catalog.lookup(name) else {
+        return Err(format!(
+            "no catalog entry or rule names {name}: flows to it are judged by GeoIP on the \
+             addresses it resolves to (run `residency lookup ADDRESS` for those)"
+        ));
+    };
+    reasons.push(format!(
+        "{name} matches catalog entry \"{}\" ({}, {}; pattern {}): processing in {} \
+         (scope {}, confidence {}; source: {})",
+        e.id,
+        e.provider,
+        e.service,
+        e.pattern,
+        e.jurisdiction,
+        e.scope.as_str(),
+        e.confidence.as_str(),
+        e.source
+    ));
+    let allowed = workload.map_or(config.policy.allowed, |w| w.allowed);
+    let act = match e.judge(&allowed) {
+        residency_catalog::Judgement::Allowed => {
+            reasons.push(format!("{} lies within what the policy allows", e.jurisdiction));
+            Action::Allow
+        }
+        residency_catalog::Judgement::Violation { outside } => {
+            let list: Vec<String> = outside.iter().take(8).map(|c| c.to_string()).collect();
+            let more = if outside.iter().count() > 8 { ", ..." } else { "" };
+            reasons.push(format!(
+                "the jurisdiction reaches beyond what the policy allows ({}{more})",
+                list.join(", ")
+            ));
+            Action::Block
+        }
+        residency_catalog::Judgement::Unknown(why) => {
+            let unknown = workload.map_or(config.policy.unknown, |w| w.unknown);
+            reasons.push(format!(
+                "{why}; judged as an unknown destination: \"{}\" (for example \
+                 \"{name}\" = \"EU\")",
+                unknown.as_str()
+            ));
+            action(unknown)
+        }
+    };
+    Ok(conclude(config, index, act, DestKind::Catalog, 0, None, reasons))
 }
 
 fn exception_text(ip: IpAddr, net: &IpNet, e: &Exception) -> String {

@@ -1,7 +1,7 @@
 //! `residency explain`: the full chain of reasons for one workload and
 //! destination (a `lookup` of one address, as that workload).
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,9 +13,10 @@ pub struct Args {
     /// The workload, by name.
     #[arg(long)]
     workload: String,
-    /// The destination address.
-    #[arg(long)]
-    dest: IpAddr,
+    /// The destination: an address, or a host name (judged by the
+    /// endpoint catalog and the rules that name hosts).
+    #[arg(long, value_name = "IP|NAME")]
+    dest: String,
     /// The destination port (shown; verdicts do not depend on it).
     #[arg(long)]
     port: Option<u16>,
@@ -27,11 +28,18 @@ pub fn execute(args: &Args) -> ExitCode {
     if let Some(p) = args.port {
         eprintln!("(port {p}: verdicts do not depend on the port)");
     }
+    let dest = match super::lookup::Target::parse(&args.dest) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("residency explain: {e}");
+            return ExitCode::from(64);
+        }
+    };
     super::lookup::decide_and_print(
         args.config.as_deref(),
         args.geoip.as_deref(),
         Some(&args.workload),
         args.json,
-        &[args.dest],
+        &[dest],
     )
 }

@@ -528,7 +528,7 @@ fn each_kind_of_exception_mistake_is_named() {
             )
             .replace("198.51.100.0/24", "siem.example.com"),
             "exception[0].destinations[0]",
-            "host names are not supported yet",
+            "host names go in `names`",
         ),
         (
             exc(
