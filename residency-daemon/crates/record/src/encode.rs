@@ -595,10 +595,9 @@ fn basis_of_set(countries: &[geoip::CountryCode], dpf: bool) -> crate::policy::T
     let mut weakest = B::Eea;
     for c in countries {
         match crate::policy::basis_without_exception(DestKind::Geo, Some(*c), dpf) {
-            B::Eea => {}
             B::Adequacy if weakest == B::Eea => weakest = B::Adequacy,
             B::Dpf if matches!(weakest, B::Eea | B::Adequacy) => weakest = B::Dpf,
-            B::Adequacy | B::Dpf => {}
+            B::Eea | B::Adequacy | B::Dpf => {}
             _ => return B::None,
         }
     }
