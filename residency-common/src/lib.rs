@@ -125,7 +125,7 @@ pub mod names {
     pub const NAME_MIN_TTL_NS: &str = "NAME_MIN_TTL_NS";
     /// Load-time global (`.rodata`): the most time, in ns, a name is kept.
     pub const NAME_MAX_TTL_NS: &str = "NAME_MAX_TTL_NS";
-    /// The cgroup_skb programs: DNS answers in, TLS `ClientHello`s out.
+    /// The `cgroup_skb` programs: DNS answers in, TLS `ClientHello`s out.
     pub const DNS_INGRESS: &str = "residency_dns";
     pub const TLS_EGRESS: &str = "residency_tls";
 }
@@ -486,7 +486,7 @@ pub struct Policy {
     /// [`Action`] for an address this workload resolved from names that
     /// would be judged differently (0 counts as flag).
     pub ambiguous_action: u8,
-    /// [`Action`] for a DNS resolver bypass (DoT, known DoH resolvers).
+    /// [`Action`] for a DNS resolver bypass (`DoT`, known `DoH` resolvers).
     pub bypass_action: u8,
     pub _pad: [u8; 2],
 }

@@ -613,6 +613,7 @@ pub fn flows_table(items: &[Value]) -> String {
                     tenants.join(",")
                 },
                 endpoint_of(r.dst_ip(), r.dst_port()),
+                dash(r.dst_domain()),
                 dash(r.country()),
                 dash(r.rule().1),
             ]
@@ -626,6 +627,7 @@ pub fn flows_table(items: &[Value]) -> String {
             "WORKLOAD",
             "TENANTS",
             "DESTINATION",
+            "NAME",
             "COUNTRY",
             "RULE",
         ],

@@ -257,12 +257,14 @@ fn schemas() -> Value {
         },
         "TransferRow": {
             "type": "object",
-            "required": ["transfer_basis", "flows", "allowed", "flagged", "blocked", "first_seen", "last_seen"],
+            "required": ["transfer_basis", "provider", "flows", "allowed", "flagged", "blocked", "first_seen", "last_seen"],
             "properties": {
                 "tenant": text,
                 "role": text,
                 "country": text,
                 "transfer_basis": { "type": "string", "description": "eea, adequacy, dpf, scc, bcr, art49, local or none" },
+                "provider": { "type": "string", "description": "The provider of the destination's endpoint catalog entry, or unlisted" },
+                "service": { "type": "string", "description": "The service of that entry (absent for unlisted)" },
                 "flows": count,
                 "allowed": count,
                 "flagged": count,

@@ -224,6 +224,12 @@ pub const DST_NAME: Param = Param {
     kind: Kind::Text,
     description: "Only this destination host name (when one was recorded).",
 };
+pub const PROVIDER: Param = Param {
+    name: "provider",
+    kind: Kind::Text,
+    description: "Only transfers to this provider, as the endpoint catalog names it (`unlisted`: \
+                  destinations the catalog does not list, or whose name is not known).",
+};
 pub const STATE: Param = Param {
     name: "state",
     kind: Kind::State,
@@ -265,7 +271,7 @@ pub const VIOLATIONS: &[Param] = &[
     ORDER,
 ];
 /// `GET /v1/transfers/summary`.
-pub const TRANSFERS: &[Param] = &[FROM, TO, TENANT, ROLE, COUNTRY, VERDICT];
+pub const TRANSFERS: &[Param] = &[FROM, TO, TENANT, ROLE, COUNTRY, VERDICT, PROVIDER];
 /// `GET /v1/evidence/export`.
 pub const EXPORT: &[Param] = &[FROM, TO];
 
@@ -356,6 +362,7 @@ impl Query {
                 _ => None,
             },
             dst_name: self.text("dst_name"),
+            provider: self.text("provider"),
         }
     }
 

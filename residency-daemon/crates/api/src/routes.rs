@@ -362,9 +362,12 @@ pub static ROUTES: &[Route] = &[
         endpoint: Endpoint::Transfers,
         public: false,
         tag: "flows",
-        summary: "The data-flow map: tenant x role x country x transfer basis, counted",
+        summary: "The data-flow map: tenant x role x country x transfer basis x provider and \
+                  service, counted",
         description: "Time bounds apply per UTC day. `verdict` keeps the rows with at least one \
-                      flow of that verdict.",
+                      flow of that verdict. `provider` and `service` come from the endpoint \
+                      catalog entry of the destination's name; flows to destinations the \
+                      catalog does not list count under provider `unlisted`, without a service.",
         path_params: &[],
         query: params::TRANSFERS,
         body: None,

@@ -357,6 +357,79 @@ async fn filters_select_what_they_name() {
     assert_eq!(sum(&de), 10);
 }
 
+/// Flow `i` ([`flow_line`]) to `domain`, which the endpoint catalog lists
+/// under `provider` (or does not list: `None`).
+fn named_line(i: usize, domain: &str, provider: Option<&str>) -> String {
+    let mut v: Value = serde_json::from_str(&flow_line(i)).unwrap();
+    v["destination"]["domain"] = domain.into();
+    v["residency"]["name"] = json!({ "source": "dns", "value": domain });
+    if let Some(p) = provider {
+        v["residency"]["name"]["endpoint"] = json!({
+            "id": "x", "pattern": domain, "provider": p, "service": "API",
+            "jurisdiction": ["EEA"], "determines_region": true,
+            "source": "https://example.com", "origin": "built-in",
+        });
+    }
+    format!("{v}\n")
+}
+
+#[tokio::test]
+async fn names_filter_flows_and_providers_break_the_summary_down() {
+    let f = Fixture::empty();
+    f.append(&[
+        named_line(1, "eu.api.openai.com", Some("OpenAI")),
+        named_line(4, "eu.api.openai.com", Some("OpenAI")),
+        named_line(7, "db.example", None),
+        flow_line(10),
+    ])
+    .await;
+    let r = f.tcp();
+    let page = get_ok(&r, "/v1/flows?dst_name=eu.api.openai.com").await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{page}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i["record"]["destination"]["domain"] == "eu.api.openai.com")
+    );
+    assert_eq!(
+        get_ok(&r, "/v1/flows?dst_name=nowhere.example").await["items"],
+        json!([])
+    );
+
+    let summary = get_ok(&r, "/v1/transfers/summary").await;
+    let by = |provider: &str| -> u64 {
+        summary["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["provider"] == provider)
+            .map(|row| row["flows"].as_u64().unwrap())
+            .sum()
+    };
+    // Flows 1 and 7 carry acme and globex: counted once per tenant.
+    assert_eq!((by("OpenAI"), by("unlisted")), (3, 3), "{summary}");
+    assert!(
+        summary["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| (row["provider"] == "unlisted") == row.get("service").is_none()),
+        "{summary}"
+    );
+    let openai = get_ok(&r, "/v1/transfers/summary?provider=OpenAI").await;
+    assert!(
+        openai["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["provider"] == "OpenAI" && row["service"] == "API"),
+        "{openai}"
+    );
+    let unlisted = get_ok(&r, "/v1/transfers/summary?provider=unlisted&tenant=globex").await;
+    assert_eq!(unlisted["items"][0]["flows"], 1, "{unlisted}");
+}
+
 #[tokio::test]
 #[expect(clippy::too_many_lines, reason = "tables of bad requests")]
 async fn bad_input_is_a_4xx_json_error_naming_what_was_wrong() {
@@ -1141,7 +1214,12 @@ fn tables_are_aligned() {
     let items: Vec<Value> = [0, 2, 4]
         .iter()
         .map(|i| {
-            json!({ "seq": 10 + i, "hash": "00", "record": serde_json::from_str::<Value>(&flow_line(*i)).unwrap() })
+            let line = if *i == 4 {
+                named_line(*i, "eu.api.openai.com", Some("OpenAI"))
+            } else {
+                flow_line(*i)
+            };
+            json!({ "seq": 10 + i, "hash": "00", "record": serde_json::from_str::<Value>(&line).unwrap() })
         })
         .collect();
     let t = client::flows_table(&items);
@@ -1152,6 +1230,9 @@ fn tables_are_aligned() {
     let col = lines[0].find("DESTINATION").unwrap();
     assert!(lines[1][col..].starts_with("203.0.113.7:443"), "{t}");
     assert!(lines[2][col..].starts_with("[2001:db8::9]:443"), "{t}");
+    let name = lines[0].find("NAME").unwrap();
+    assert!(lines[1][name..].starts_with("- "), "{t}");
+    assert!(lines[3][name..].starts_with("eu.api.openai.com"), "{t}");
     assert!(lines[1].contains("2026-11-22 10:00:00"), "{t}");
     assert!(lines.iter().all(|l| !l.ends_with(' ')));
 

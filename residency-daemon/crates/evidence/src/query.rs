@@ -40,6 +40,9 @@ pub struct Filter {
     pub verdict: Option<String>,
     pub dst_ip: Option<IpAddr>,
     pub dst_name: Option<String>,
+    /// The provider of the destination's catalog entry (`unlisted`: none).
+    /// The transfer summary only: flows are not indexed by it.
+    pub provider: Option<String>,
 }
 
 /// Newest first (the default) or oldest first.
@@ -203,6 +206,12 @@ pub struct TransferRow {
     /// `eea` (no transfer under GDPR), `adequacy`, `dpf`, `scc`, `bcr`,
     /// `art49`, `local`, or `none`.
     pub transfer_basis: String,
+    /// The provider of the destination's catalog entry
+    /// (`residency.name.endpoint.provider`), or [`UNLISTED`].
+    pub provider: String,
+    /// Its service; absent when the entry names none, or there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub flows: u64,
     pub allowed: u64,
     pub flagged: u64,
@@ -210,6 +219,10 @@ pub struct TransferRow {
     pub first_seen: jiff::Timestamp,
     pub last_seen: jiff::Timestamp,
 }
+
+/// The provider of transfers to destinations the endpoint catalog does
+/// not list (or whose name is not known).
+pub const UNLISTED: &str = "unlisted";
 
 /// A signed checkpoint.
 #[derive(Debug, Clone, Serialize)]
@@ -405,8 +418,8 @@ impl Reader {
         self.with(|c| violation_by_id(c, id))
     }
 
-    /// The data-flow map: tenant x role x country x basis, counted. Time
-    /// bounds apply per UTC day.
+    /// The data-flow map: tenant x role x country x basis x the catalog's
+    /// provider and service, counted. Time bounds apply per UTC day.
     ///
     /// # Errors
     /// If the database cannot be read.
@@ -1036,9 +1049,18 @@ fn transfers(c: &Connection, f: &Filter) -> Result<Vec<TransferRow>, EvidenceErr
         };
         w.sql.push(format!("{col} > 0"));
     }
+    if let Some(v) = &f.provider {
+        let v = if v == UNLISTED {
+            String::new()
+        } else {
+            v.clone()
+        };
+        w.add("provider = ?", v);
+    }
     let sql = format!(
-        "SELECT tenant, role, country, basis, sum(allowed), sum(flagged), sum(blocked), min(first_ts), max(last_ts)
-         FROM transfers{} GROUP BY tenant, role, country, basis ORDER BY tenant, role, country, basis",
+        "SELECT tenant, role, country, basis, sum(allowed), sum(flagged), sum(blocked), min(first_ts), max(last_ts), provider, service
+         FROM transfers{} GROUP BY tenant, role, country, basis, provider, service
+         ORDER BY tenant, role, country, basis, provider, service",
         w.clause()
     );
     let mut stmt = c.prepare_cached(&sql)?;
@@ -1053,6 +1075,8 @@ fn transfers(c: &Connection, f: &Filter) -> Result<Vec<TransferRow>, EvidenceErr
             role: some(r.get(1)?),
             country: some(r.get(2)?),
             transfer_basis: some(r.get(3)?).unwrap_or_else(|| "none".to_owned()),
+            provider: some(r.get(9)?).unwrap_or_else(|| UNLISTED.to_owned()),
+            service: some(r.get(10)?),
             flows: allowed + flagged + blocked,
             allowed,
             flagged,

@@ -10,14 +10,15 @@
 //! Everything but `records` is derived state that can be rebuilt from the
 //! chain: the index file (delete it and it is rebuilt at start),
 //! `violations` (their lifecycle; every transition is also a record),
-//! `transfers` (per-day counts for the data-flow map), `policies` (each
+//! `transfers` (per-day counts for the data-flow map, by tenant, role,
+//! country, basis and the catalog's provider and service), `policies` (each
 //! configuration's text, from its `policy-loaded` record) and `checkpoints`
 //! (signatures over the chain head).
 
 use rusqlite::Connection;
 
 /// Bumped when the layout changes; a store of another format is refused.
-pub const FORMAT: i64 = 2;
+pub const FORMAT: i64 = 3;
 
 /// Settings of every connection: WAL so that readers never block the
 /// writer, `synchronous = NORMAL` (a commit survives a crash of the process;
@@ -107,12 +108,14 @@ CREATE TABLE IF NOT EXISTS transfers (
     role     TEXT NOT NULL,
     country  TEXT NOT NULL,
     basis    TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    service  TEXT NOT NULL,
     allowed  INTEGER NOT NULL,
     flagged  INTEGER NOT NULL,
     blocked  INTEGER NOT NULL,
     first_ts INTEGER NOT NULL,
     last_ts  INTEGER NOT NULL,
-    PRIMARY KEY (day, tenant, role, country, basis)
+    PRIMARY KEY (day, tenant, role, country, basis, provider, service)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS policies (
@@ -194,17 +197,67 @@ pub fn create(conn: &Connection) -> Result<(), String> {
         }
         Some(FORMAT) => Ok(()),
         // Format 1 kept every body as it was: add the dictionary column
-        // (NULL: stored as is) and table.
-        Some(1) => conn
-            .execute_batch(
+        // (NULL: stored as is) and table, then go on as format 2.
+        Some(1) => {
+            conn.execute_batch(
                 "BEGIN;
                  ALTER TABLE records ADD COLUMN dict INTEGER;
                  UPDATE meta SET value = 2 WHERE key = 'format';
                  COMMIT;",
             )
-            .map_err(|e| format!("upgrading the store from format 1: {e}")),
+            .map_err(|e| format!("upgrading the store from format 1: {e}"))?;
+            upgrade_from_2(conn)
+        }
+        Some(2) => upgrade_from_2(conn),
         Some(other) => Err(format!(
             "the store has format {other}; this build reads format {FORMAT}"
         )),
     }
+}
+
+/// Format 2 counted transfers without the destination's catalog entry:
+/// the table gains `provider` and `service` in its key. Its rows count
+/// under none (empty), which is exact: no build that wrote format 2 named
+/// catalog entries in its records (and `verify` would say otherwise, since
+/// it counts again from the bodies).
+fn upgrade_from_2(conn: &Connection) -> Result<(), String> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE transfers RENAME TO transfers_2;
+         CREATE TABLE transfers (
+             day      INTEGER NOT NULL,
+             tenant   TEXT NOT NULL,
+             role     TEXT NOT NULL,
+             country  TEXT NOT NULL,
+             basis    TEXT NOT NULL,
+             provider TEXT NOT NULL,
+             service  TEXT NOT NULL,
+             allowed  INTEGER NOT NULL,
+             flagged  INTEGER NOT NULL,
+             blocked  INTEGER NOT NULL,
+             first_ts INTEGER NOT NULL,
+             last_ts  INTEGER NOT NULL,
+             PRIMARY KEY (day, tenant, role, country, basis, provider, service)
+         ) WITHOUT ROWID;
+         INSERT INTO transfers
+             SELECT day, tenant, role, country, basis, '', '', allowed, flagged, blocked, first_ts, last_ts
+             FROM transfers_2;
+         DROP TABLE transfers_2;
+         UPDATE meta SET value = 3 WHERE key = 'format';
+         COMMIT;",
+    )
+    .map_err(|e| format!("upgrading the store from format 2: {e}"))
+}
+
+/// The columns of `transfers` that name the catalog entry, as a `SELECT`
+/// list: `provider, service`, or two empty strings in a store of format 1
+/// or 2 that is read as it is (`verify`, before a daemon upgrades it).
+///
+/// # Errors
+/// If the database cannot be read.
+pub fn transfer_endpoint_columns(conn: &Connection) -> rusqlite::Result<&'static str> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = 'provider'")?
+        .exists([])?;
+    Ok(if has { "provider, service" } else { "'', ''" })
 }

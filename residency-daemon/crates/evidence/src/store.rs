@@ -401,6 +401,9 @@ struct TransferKey {
     role: String,
     country: String,
     basis: String,
+    /// The catalog entry's provider and service; empty: none.
+    provider: String,
+    service: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1190,6 +1193,8 @@ fn count_transfer(transfers: &mut HashMap<TransferKey, TransferCount>, i: &Index
             role: i.role.clone().unwrap_or_default(),
             country: i.country.clone().unwrap_or_default(),
             basis: i.basis.clone().unwrap_or_default(),
+            provider: i.provider.clone().unwrap_or_default(),
+            service: i.service.clone().unwrap_or_default(),
         };
         let c = transfers.entry(key).or_insert(TransferCount {
             allowed: 0,
@@ -1213,9 +1218,9 @@ fn upsert_transfers(
     transfers: &HashMap<TransferKey, TransferCount>,
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO transfers (day, tenant, role, country, basis, allowed, flagged, blocked, first_ts, last_ts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT(day, tenant, role, country, basis) DO UPDATE SET
+        "INSERT INTO transfers (day, tenant, role, country, basis, provider, service, allowed, flagged, blocked, first_ts, last_ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT(day, tenant, role, country, basis, provider, service) DO UPDATE SET
            allowed = allowed + excluded.allowed,
            flagged = flagged + excluded.flagged,
            blocked = blocked + excluded.blocked,
@@ -1224,8 +1229,8 @@ fn upsert_transfers(
     )?;
     for (k, c) in transfers {
         stmt.execute(params![
-            k.day, k.tenant, k.role, k.country, k.basis, c.allowed, c.flagged, c.blocked, c.first,
-            c.last
+            k.day, k.tenant, k.role, k.country, k.basis, k.provider, k.service, c.allowed,
+            c.flagged, c.blocked, c.first, c.last
         ])?;
     }
     Ok(())

@@ -31,6 +31,34 @@ pub fn flow(i: u64, tenant: &str, country: &str, verdict: &str, ip: &str) -> Str
     .to_string()
 }
 
+/// Flow `i` to `domain`, which the endpoint catalog lists under
+/// `provider` and `service` (`residency.name.endpoint`).
+///
+/// # Panics
+/// Never: [`flow`] writes an object.
+#[must_use]
+pub fn named_flow(i: u64, tenant: &str, domain: &str, provider: &str, service: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&flow(i, tenant, "DE", "allowed", "192.0.2.80")).unwrap_or_default();
+    v["destination"]["domain"] = domain.into();
+    v["residency"]["decided_by"] = "catalog".into();
+    v["residency"]["name"] = serde_json::json!({
+        "source": "dns",
+        "value": domain,
+        "endpoint": {
+            "id": format!("{provider}-{service}"),
+            "pattern": domain,
+            "provider": provider,
+            "service": service,
+            "jurisdiction": ["EEA"],
+            "determines_region": true,
+            "source": "https://example.com/docs",
+            "origin": "built-in",
+        },
+    });
+    v.to_string()
+}
+
 /// Records as newline-terminated lines, as the pipeline hands them over.
 #[must_use]
 pub fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::{
     Evidence, EvidenceConfig, Filter, Order, Page, ViolationState, bundle, chain,
     query::ViolationFilter,
-    testing::{T0, flow, lines},
+    testing::{T0, flow, lines, named_flow},
     verify,
 };
 
@@ -308,6 +308,117 @@ async fn transfers_summarise_tenant_role_country_and_basis() {
     assert_eq!((us.flows, us.blocked), (100, 100));
     assert_eq!(us.transfer_basis, "none");
     assert!(get("acme", "US").is_none());
+}
+
+#[tokio::test]
+async fn transfers_break_down_by_the_catalog_provider_and_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(lines([
+        named_flow(0, "acme", "eu.api.openai.com", "OpenAI", "API (EU)"),
+        named_flow(1, "acme", "eu.api.openai.com", "OpenAI", "API (EU)"),
+        named_flow(2, "acme", "api.mistral.ai", "Mistral", "API"),
+        flow(3, "acme", "DE", "allowed", "192.0.2.1"),
+    ]))
+    .await
+    .unwrap();
+    ev.checkpoint().await.unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let r = ev.reader();
+    let rows = r.transfers(&Filter::default()).unwrap();
+    let by: Vec<(&str, Option<&str>, u64)> = rows
+        .iter()
+        .map(|r| (r.provider.as_str(), r.service.as_deref(), r.flows))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("unlisted", None, 1),
+            ("Mistral", Some("API"), 1),
+            ("OpenAI", Some("API (EU)"), 2),
+        ]
+    );
+    let only = |p: &str| {
+        r.transfers(&Filter {
+            provider: Some(p.into()),
+            ..Filter::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|r| r.flows)
+        .sum::<u64>()
+    };
+    assert_eq!(
+        (only("OpenAI"), only("unlisted"), only("Nobody")),
+        (2, 1, 0)
+    );
+    // The name is a flow filter (an indexed column).
+    let named = r
+        .flows(
+            &Filter {
+                dst_name: Some("eu.api.openai.com".into()),
+                ..Filter::default()
+            },
+            &Page::default(),
+        )
+        .unwrap();
+    assert_eq!(named.items.len(), 2);
+    ev.close().await.unwrap();
+    let v = verify_dir(dir.path());
+    assert!(v.ok(), "{:?}", v.faults);
+    // An edit to the breakdown is caught.
+    db(dir.path())
+        .execute(
+            "UPDATE transfers SET provider = 'Other' WHERE provider = 'Mistral'",
+            [],
+        )
+        .unwrap();
+    assert!(first_fault(dir.path()).contains("transfer"));
+}
+
+#[tokio::test]
+async fn a_format_2_store_gains_the_catalog_columns_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(flows_from(0, 20)).await.unwrap();
+    ev.close().await.unwrap();
+    // Format 2 keyed transfers without provider and service.
+    db(dir.path())
+        .execute_batch(
+            "ALTER TABLE transfers RENAME TO t3;
+             CREATE TABLE transfers (day INTEGER NOT NULL, tenant TEXT NOT NULL, role TEXT NOT NULL,
+                 country TEXT NOT NULL, basis TEXT NOT NULL, allowed INTEGER NOT NULL,
+                 flagged INTEGER NOT NULL, blocked INTEGER NOT NULL, first_ts INTEGER NOT NULL,
+                 last_ts INTEGER NOT NULL, PRIMARY KEY (day, tenant, role, country, basis)) WITHOUT ROWID;
+             INSERT INTO transfers SELECT day, tenant, role, country, basis, allowed, flagged, blocked, first_ts, last_ts FROM t3;
+             DROP TABLE t3;
+             UPDATE meta SET value = 2 WHERE key = 'format';",
+        )
+        .unwrap();
+    // `evidence verify` reads it as it is.
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(lines([named_flow(
+        20,
+        "acme",
+        "api.mistral.ai",
+        "Mistral",
+        "API",
+    )]))
+    .await
+    .unwrap();
+    ev.close().await.unwrap();
+    let rows = ev.reader().transfers(&Filter::default()).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.flows).sum::<u64>(),
+        21,
+        "the old counts are kept"
+    );
+    assert!(rows.iter().any(|r| r.provider == "Mistral"));
+    assert!(rows.iter().any(|r| r.provider == "unlisted"));
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
 }
 
 #[tokio::test]

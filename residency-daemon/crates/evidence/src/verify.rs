@@ -397,12 +397,20 @@ fn content_and_index(seq: u64, body: &[u8], columns: &Columns) -> (Content, Opti
 }
 
 /// (day, tenant, role, country, basis).
-type TransferKey = (i64, String, String, String, String);
+/// Day, tenant, role, country, basis, provider, service.
+type TransferKey = (i64, String, String, String, String, String, String);
 
-fn transfer_hash(day: i64, tenant: &str, role: &str, country: &str, basis: &str) -> u64 {
+fn transfer_hash(
+    day: i64,
+    tenant: &str,
+    role: &str,
+    country: &str,
+    basis: &str,
+    (provider, service): (&str, &str),
+) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (day, tenant, role, country, basis).hash(&mut h);
+    (day, tenant, role, country, basis, provider, service).hash(&mut h);
     h.finish()
 }
 
@@ -540,8 +548,12 @@ impl Rebuilt {
         let role = i.role.as_deref().unwrap_or_default();
         let country = i.country.as_deref().unwrap_or_default();
         let basis = i.basis.as_deref().unwrap_or_default();
+        let endpoint = (
+            i.provider.as_deref().unwrap_or_default(),
+            i.service.as_deref().unwrap_or_default(),
+        );
         for t in tenants {
-            let h = transfer_hash(day, t, role, country, basis);
+            let h = transfer_hash(day, t, role, country, basis, endpoint);
             let (_, c) = self.transfers.entry(h).or_insert_with(|| {
                 (
                     (
@@ -550,6 +562,8 @@ impl Rebuilt {
                         role.to_owned(),
                         country.to_owned(),
                         basis.to_owned(),
+                        endpoint.0.to_owned(),
+                        endpoint.1.to_owned(),
                     ),
                     [0, 0, 0, i.ts, i.ts],
                 )
@@ -623,17 +637,26 @@ impl Rebuilt {
             v.fault(None, what);
         }
         // Transfers.
-        let mut stmt = conn.prepare(
-            "SELECT day, tenant, role, country, basis, allowed, flagged, blocked, first_ts, last_ts FROM transfers",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT day, tenant, role, country, basis, {}, allowed, flagged, blocked, first_ts, last_ts FROM transfers",
+            crate::schema::transfer_endpoint_columns(conn)?
+        ))?;
         let mut rows = stmt.query([])?;
         let mut n = 0usize;
         let mut bad = None;
         while let Some(r) = rows.next()? {
             n += 1;
-            let key: TransferKey = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-            let got = [r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?];
-            let h = transfer_hash(key.0, &key.1, &key.2, &key.3, &key.4);
+            let key: TransferKey = (
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            );
+            let got = [r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?];
+            let h = transfer_hash(key.0, &key.1, &key.2, &key.3, &key.4, (&key.5, &key.6));
             if self.transfers.get(&h) != Some(&(key.clone(), got)) {
                 bad = Some(format!(
                     "the transfer counts for tenant \"{}\", country \"{}\", basis \"{}\" do not match the chain",

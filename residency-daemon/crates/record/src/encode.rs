@@ -50,7 +50,17 @@ pub fn encode_flow_indexed(flow: &Flow, out: &mut Vec<u8>) -> serde_json::Result
         country: r.country.map(str::to_owned),
         dst_ip: Some(doc.destination.ip.to_string()),
         dst_port: Some(doc.destination.port),
-        dst_name: None,
+        dst_name: doc.destination.domain.map(str::to_owned),
+        provider: r
+            .name
+            .as_ref()
+            .and_then(|n| n.endpoint.as_ref())
+            .map(|e| e.provider.to_owned()),
+        service: r
+            .name
+            .as_ref()
+            .and_then(|n| n.endpoint.as_ref())
+            .map(|e| e.service.to_owned()),
         basis: Some(r.transfer_basis.to_owned()),
         rule: Some(doc.rule.name.to_owned()),
         policy: (!r.policy.hash.is_empty()).then(|| r.policy.hash.to_owned()),
@@ -585,10 +595,9 @@ fn basis_of_set(countries: &[geoip::CountryCode], dpf: bool) -> crate::policy::T
     let mut weakest = B::Eea;
     for c in countries {
         match crate::policy::basis_without_exception(DestKind::Geo, Some(*c), dpf) {
-            B::Eea => {}
             B::Adequacy if weakest == B::Eea => weakest = B::Adequacy,
             B::Dpf if matches!(weakest, B::Eea | B::Adequacy) => weakest = B::Dpf,
-            B::Adequacy | B::Dpf => {}
+            B::Eea | B::Adequacy | B::Dpf => {}
             _ => return B::None,
         }
     }

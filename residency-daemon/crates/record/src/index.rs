@@ -55,6 +55,24 @@ struct ResidencyColumns<'a> {
     policy: Option<PolicyColumns<'a>>,
     #[serde(default)]
     boot_ns: Option<u64>,
+    #[serde(default, borrow)]
+    name: Option<NameColumns<'a>>,
+}
+
+/// `residency.name.*`, as far as the columns go.
+#[derive(Debug, Default, Deserialize)]
+struct NameColumns<'a> {
+    #[serde(default, borrow)]
+    endpoint: Option<EndpointColumns<'a>>,
+}
+
+/// `residency.name.endpoint.*`, as far as the columns go.
+#[derive(Debug, Default, Deserialize)]
+struct EndpointColumns<'a> {
+    #[serde(default, borrow)]
+    provider: Cow<'a, str>,
+    #[serde(default, borrow)]
+    service: Cow<'a, str>,
 }
 
 /// `residency.policy.*`, as far as the columns go.
@@ -124,6 +142,11 @@ pub struct Index {
     pub policy: Option<String>,
     /// `CLOCK_BOOTTIME` of the kernel's decision, for latency.
     pub boot_ns: Option<u64>,
+    /// The provider and the service of the destination's catalog entry
+    /// (`residency.name.endpoint`): the transfer summary counts by them.
+    /// Not columns of `records`; derived again by `verify`.
+    pub provider: Option<String>,
+    pub service: Option<String>,
 }
 
 impl Index {
@@ -167,6 +190,7 @@ impl Index {
         };
         let owned = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_owned);
         let dest = r.destination.as_ref();
+        let endpoint = res.name.as_ref().and_then(|n| n.endpoint.as_ref());
         Ok(Index {
             ts,
             kind: FLOW.to_owned(),
@@ -182,6 +206,8 @@ impl Index {
             rule: r.rule.as_ref().and_then(|x| owned(&x.name)),
             policy,
             boot_ns: res.boot_ns,
+            provider: endpoint.map(|e| e.provider.clone().into_owned()),
+            service: endpoint.map(|e| e.service.clone().into_owned()),
         })
     }
 

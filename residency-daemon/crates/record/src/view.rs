@@ -50,7 +50,26 @@ pub struct RecordView<'a> {
     #[serde(default, borrow)]
     pub rule: Option<RuleView<'a>>,
     #[serde(default, borrow)]
+    pub tls: Option<TlsView<'a>>,
+    #[serde(default, borrow)]
     pub residency: Option<ResidencyView<'a>>,
+}
+
+/// `tls.*` (ECS): what the connection's `ClientHello` said.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsView<'a> {
+    #[serde(default, borrow)]
+    pub client: Option<TlsClientView<'a>>,
+}
+
+/// `tls.client.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsClientView<'a> {
+    /// The server name (SNI) the client asked for.
+    #[serde(default, borrow)]
+    pub server_name: Option<Cow<'a, str>>,
 }
 
 /// `event.*`.
@@ -190,6 +209,61 @@ pub struct ResidencyView<'a> {
     /// `violation-acknowledged` and `violation-resolved` records.
     #[serde(default)]
     pub violation: Option<ViolationChange>,
+    /// What decided: `geoip`, `catalog`, `ambiguous`, `resolver-bypass`, ...
+    #[serde(default, borrow)]
+    pub decided_by: Option<Cow<'a, str>>,
+    /// The destination's host name and its catalog entry (flows, when
+    /// name tracking is on).
+    #[serde(default, borrow)]
+    pub name: Option<DestNameView<'a>>,
+}
+
+/// `residency.name.*`: how the destination's name is known.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DestNameView<'a> {
+    /// `dns`, `sni` or `none`.
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    /// The name (also `destination.domain`).
+    #[serde(default, borrow)]
+    pub value: Option<Cow<'a, str>>,
+    /// The CNAME chain from the name to the address, in order.
+    #[serde(default, borrow)]
+    pub cnames: Vec<Cow<'a, str>>,
+    /// Other live names of the workload for the same address.
+    #[serde(default, borrow)]
+    pub also: Vec<Cow<'a, str>>,
+    /// Why no name is known.
+    #[serde(default, borrow)]
+    pub reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub endpoint: Option<EndpointView<'a>>,
+}
+
+/// `residency.name.endpoint.*`: the catalog entry of the name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointView<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// The pattern that matched.
+    #[serde(borrow)]
+    pub pattern: Cow<'a, str>,
+    #[serde(borrow)]
+    pub provider: Cow<'a, str>,
+    #[serde(borrow)]
+    pub service: Cow<'a, str>,
+    /// Countries and set names as written, or `GLOBAL` / `UNKNOWN`.
+    #[serde(borrow)]
+    pub jurisdiction: Vec<Cow<'a, str>>,
+    pub determines_region: bool,
+    /// The provider's documentation the entry rests on.
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    /// `built-in`, `config` or `deployment`.
+    #[serde(borrow)]
+    pub origin: Cow<'a, str>,
 }
 
 /// `residency.workload.*`.
@@ -423,10 +497,111 @@ impl<'a> RecordView<'a> {
         self.destination.as_ref()?.port
     }
 
-    /// Destination name, where DNS gave one.
+    /// Destination name, where DNS (or the TLS server name) gave one
+    /// (ECS `destination.domain`).
     #[must_use]
     pub fn dst_domain(&self) -> Option<&str> {
-        self.destination.as_ref()?.domain.as_deref()
+        self.destination
+            .as_ref()?
+            .domain
+            .as_deref()
+            .filter(|d| !d.is_empty())
+    }
+
+    /// [`Self::dst_domain`], by the name the API and the formats use.
+    #[must_use]
+    pub fn domain(&self) -> Option<&str> {
+        self.dst_domain()
+    }
+
+    /// The TLS server name (`ClientHello` SNI), on TLS records (ECS
+    /// `tls.client.server_name`).
+    #[must_use]
+    pub fn server_name(&self) -> Option<&str> {
+        self.tls
+            .as_ref()?
+            .client
+            .as_ref()?
+            .server_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+    }
+
+    /// What decided (`residency.decided_by`).
+    #[must_use]
+    pub fn decided_by(&self) -> Option<&str> {
+        self.residency()?.decided_by.as_deref()
+    }
+
+    /// `residency.name`, whole.
+    #[must_use]
+    pub fn dest_name(&self) -> Option<&DestNameView<'a>> {
+        self.residency()?.name.as_ref()
+    }
+
+    /// How the name is known: `dns`, `sni` or `none`.
+    #[must_use]
+    pub fn name_source(&self) -> Option<&str> {
+        Some(&*self.dest_name()?.source).filter(|s| !s.is_empty())
+    }
+
+    /// Why no name is known, when none is.
+    #[must_use]
+    pub fn name_reason(&self) -> Option<&str> {
+        self.dest_name()?.reason.as_deref()
+    }
+
+    /// The CNAME chain from the name to the address.
+    pub fn cnames(&self) -> impl Iterator<Item = &str> {
+        self.dest_name()
+            .into_iter()
+            .flat_map(|n| n.cnames.iter().map(AsRef::as_ref))
+    }
+
+    /// Other live names of the workload for the same address: when there
+    /// are any, which one the connection was for is ambiguous.
+    pub fn also_names(&self) -> impl Iterator<Item = &str> {
+        self.dest_name()
+            .into_iter()
+            .flat_map(|n| n.also.iter().map(AsRef::as_ref))
+    }
+
+    /// The catalog entry of the name.
+    #[must_use]
+    pub fn endpoint(&self) -> Option<&EndpointView<'a>> {
+        self.dest_name()?.endpoint.as_ref()
+    }
+
+    /// The catalog entry's id.
+    #[must_use]
+    pub fn endpoint_id(&self) -> Option<&str> {
+        Some(&*self.endpoint()?.id).filter(|s| !s.is_empty())
+    }
+
+    /// The provider, per the catalog (`OpenAI`).
+    #[must_use]
+    pub fn provider(&self) -> Option<&str> {
+        Some(&*self.endpoint()?.provider).filter(|s| !s.is_empty())
+    }
+
+    /// The provider's service, per the catalog (`API (EU data residency)`).
+    #[must_use]
+    pub fn service(&self) -> Option<&str> {
+        Some(&*self.endpoint()?.service).filter(|s| !s.is_empty())
+    }
+
+    /// The documentation the catalog entry rests on.
+    #[must_use]
+    pub fn endpoint_source(&self) -> Option<&str> {
+        Some(&*self.endpoint()?.source).filter(|s| !s.is_empty())
+    }
+
+    /// Where the provider says it processes data, as the catalog writes
+    /// it.
+    pub fn endpoint_jurisdiction(&self) -> impl Iterator<Item = &str> {
+        self.endpoint()
+            .into_iter()
+            .flat_map(|e| e.jurisdiction.iter().map(AsRef::as_ref))
     }
 
     /// The destination's autonomous system: number and organisation.
@@ -533,6 +708,7 @@ mod tests {
     use crate::{
         Decider, EvidenceGap, Flow, GeoDetail, Index, PolicyView, ProcessInfo, Record, Transport,
         encode_flow_indexed, encode_line,
+        model::{DestName, EndpointInfo, NameSource},
         policy::{ExceptionView, PolicyEntry, RuleView as Rule, TransferBasis, WorkloadView},
     };
 
@@ -640,6 +816,11 @@ mod tests {
         );
         assert_eq!(r.dst_domain(), None);
         assert_eq!(
+            (r.server_name(), r.name_source(), r.provider()),
+            (None, None, None)
+        );
+        assert_eq!(r.decided_by(), Some("exception"));
+        assert_eq!(
             r.autonomous_system(),
             Some((64_500, Some("Example \\ Org")))
         );
@@ -651,6 +832,83 @@ mod tests {
         );
         assert_eq!(r.command_line(), Some("sync --all"));
         assert_eq!(r.user_id(), Some("1000"));
+        assert_eq!(Index::of(&line).unwrap(), columns);
+    }
+
+    #[test]
+    fn a_name_and_its_catalog_entry_read_back() {
+        let mut f = flow();
+        f.dest_kind = DestKind::Catalog;
+        f.rule_id = 0;
+        f.country = None;
+        f.name = Some(Box::new(DestName {
+            name: Some("eu.api.openai.com".into()),
+            source: NameSource::Dns,
+            cnames: vec!["eu.api.openai.com.cdn.example".into()],
+            also: vec!["other.example".into()],
+            endpoint: Some(Arc::new(EndpointInfo {
+                id: "openai-api-eu".into(),
+                pattern: "eu.api.openai.com".into(),
+                provider: "OpenAI".into(),
+                service: "API (EU data residency)".into(),
+                jurisdiction: vec!["EEA".into(), "CH".into()],
+                countries: vec!["DE".parse().unwrap(), "CH".parse().unwrap()],
+                determines_region: true,
+                source: "https://example.com/docs".into(),
+                origin: "built-in",
+            })),
+            reason: None,
+            sni: Some("eu.api.openai.com".into()),
+        }));
+        let mut line = Vec::new();
+        let columns = encode_flow_indexed(&f, &mut line).unwrap();
+        let r = RecordView::parse(&line).unwrap();
+        assert_eq!(r.domain(), Some("eu.api.openai.com"));
+        assert_eq!(r.dst_domain(), r.domain());
+        assert_eq!(r.server_name(), Some("eu.api.openai.com"));
+        assert_eq!(r.decided_by(), Some("catalog"));
+        assert_eq!(r.name_source(), Some("dns"));
+        assert_eq!(r.name_reason(), None);
+        assert_eq!(
+            r.cnames().collect::<Vec<_>>(),
+            ["eu.api.openai.com.cdn.example"]
+        );
+        assert_eq!(r.also_names().collect::<Vec<_>>(), ["other.example"]);
+        assert_eq!(r.endpoint_id(), Some("openai-api-eu"));
+        assert_eq!(r.provider(), Some("OpenAI"));
+        assert_eq!(r.service(), Some("API (EU data residency)"));
+        assert_eq!(r.endpoint_source(), Some("https://example.com/docs"));
+        assert_eq!(r.endpoint_jurisdiction().collect::<Vec<_>>(), ["EEA", "CH"]);
+        let e = r.endpoint().unwrap();
+        assert_eq!(
+            (&*e.pattern, e.determines_region, &*e.origin),
+            ("eu.api.openai.com", true, "built-in")
+        );
+        assert_eq!(columns.dst_name.as_deref(), Some("eu.api.openai.com"));
+        assert_eq!(columns.provider.as_deref(), Some("OpenAI"));
+        assert_eq!(columns.service.as_deref(), Some("API (EU data residency)"));
+        assert_eq!(Index::of(&line).unwrap(), columns);
+
+        // A name that is not known says why, and nothing else.
+        f.name = Some(Box::new(DestName::unknown("no-dns-answer")));
+        f.dest_kind = DestKind::Unknown;
+        let mut line = Vec::new();
+        let columns = encode_flow_indexed(&f, &mut line).unwrap();
+        let r = RecordView::parse(&line).unwrap();
+        assert_eq!(
+            (
+                r.domain(),
+                r.server_name(),
+                r.name_source(),
+                r.name_reason()
+            ),
+            (None, None, Some("none"), Some("no-dns-answer"))
+        );
+        assert_eq!(
+            (r.provider(), r.service(), r.endpoint_id()),
+            (None, None, None)
+        );
+        assert_eq!(r.also_names().count(), 0);
         assert_eq!(Index::of(&line).unwrap(), columns);
     }
 

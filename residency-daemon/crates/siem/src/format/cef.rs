@@ -23,7 +23,8 @@
 //! | `act`                  | `allowed`, `flagged` or `blocked`       |                 |                      |
 //! | `dst` / `c6a3`         | destination IPv4 / IPv6 (`c6a3Label=Destination IPv6 Address`) | | |
 //! | `dpt`                  | destination port                        |                 |                      |
-//! | `dhost`                | destination name (from DNS)             |                 |                      |
+//! | `dhost`                | destination name (`destination.domain`) |                 |                      |
+//! | `destinationServiceName` | the catalog entry's service           |                 |                      |
 //! | `proto`                | `TCP` or `UDP`                          |                 |                      |
 //! | `spid`, `sproc`        | process id and name                     |                 |                      |
 //! | `suid`                 | the process's user id                   |                 |                      |
@@ -42,6 +43,22 @@
 //!
 //! `dst` is an IPv4 field in CEF; IPv6 destinations go in `c6a3`, which
 //! `ArcSight` uses for the destination's IPv6 address.
+//!
+//! The extension dictionary has no key for a TLS server name, a cloud
+//! provider or a catalog entry, and a flow already fills all six custom
+//! strings and both flex strings. (`requestClientApplication` is the user
+//! agent and `requestUrl` a URL: neither means the server name.) So these
+//! go in custom extensions, which the CEF standard allows where no
+//! dictionary key fits, named `VendornameProductnameExplanatoryKeyName`;
+//! `ArcSight` keeps them as "Additional Data", other receivers as extra
+//! keys. Each is there only when the record has a value:
+//!
+//! | key                            | flow, violation                              |
+//! |--------------------------------|----------------------------------------------|
+//! | `ResidencyResidencyServerName` | the TLS server name (`tls.client.server_name`) |
+//! | `ResidencyResidencyNameSource` | how the name is known: `dns`, `sni`, `none`  |
+//! | `ResidencyResidencyProvider`   | the catalog entry's provider                 |
+//! | `ResidencyResidencyEndpoint`   | the catalog entry's id                       |
 
 use std::fmt::Write as _;
 
@@ -132,6 +149,19 @@ fn flow(alert: &Alert, r: &RecordView<'_>, ext: &mut Extension<'_>) {
     }
     if let Some(d) = r.dst_domain() {
         ext.str("dhost", d);
+    }
+    if let Some(s) = r.service() {
+        ext.str("destinationServiceName", s);
+    }
+    for (key, v) in [
+        ("ResidencyResidencyServerName", r.server_name()),
+        ("ResidencyResidencyNameSource", r.name_source()),
+        ("ResidencyResidencyProvider", r.provider()),
+        ("ResidencyResidencyEndpoint", r.endpoint_id()),
+    ] {
+        if let Some(v) = v {
+            ext.str(key, v);
+        }
     }
     match r.transport() {
         Some("tcp") => ext.str("proto", "TCP"),
@@ -394,6 +424,40 @@ mod tests {
     }
 
     #[test]
+    fn a_named_flow_cites_its_name_and_catalog_entry() {
+        let (_, ext) = parse(&cef(&fixtures::catalog(), &ctx())).unwrap();
+        let get = |k: &str| ext.get(k).map(String::as_str);
+        assert_eq!(get("dhost"), Some("eu.api.openai.com"));
+        assert_eq!(
+            get("destinationServiceName"),
+            Some("API (EU data residency)")
+        );
+        assert_eq!(
+            get("ResidencyResidencyServerName"),
+            Some("eu.api.openai.com")
+        );
+        assert_eq!(get("ResidencyResidencyNameSource"), Some("dns"));
+        assert_eq!(get("ResidencyResidencyProvider"), Some("OpenAI"));
+        assert_eq!(get("ResidencyResidencyEndpoint"), Some("openai-api-eu"));
+
+        for a in [fixtures::bare(), fixtures::nameless()] {
+            let (_, ext) = parse(&cef(&a, &ctx())).unwrap();
+            for k in [
+                "dhost",
+                "destinationServiceName",
+                "ResidencyResidencyServerName",
+                "ResidencyResidencyProvider",
+                "ResidencyResidencyEndpoint",
+            ] {
+                assert_eq!(ext.get(k), None, "{k} without a name");
+            }
+            assert!(ext.values().all(|v| !v.is_empty()), "{ext:?}");
+        }
+        let (_, ext) = parse(&cef(&fixtures::nameless(), &ctx())).unwrap();
+        assert_eq!(ext["ResidencyResidencyNameSource"], "none");
+    }
+
+    #[test]
     fn severities_signatures_and_kinds() {
         for (a, sev, sig) in [
             (fixtures::allowed_tcp(), "1", "2"),
@@ -454,6 +518,13 @@ mod tests {
         assert_eq!(h[5], a.summary().replace(['\n', '\r'], " "));
         assert_eq!(ext["sproc"], HOSTILE);
         assert_eq!(ext["dhost"], a.record().dst_domain().unwrap());
+        assert_eq!(
+            ext["ResidencyResidencyServerName"],
+            a.record().server_name().unwrap()
+        );
+        assert_eq!(ext["ResidencyResidencyProvider"], HOSTILE);
+        assert_eq!(ext["ResidencyResidencyEndpoint"], HOSTILE);
+        assert_eq!(ext["destinationServiceName"], HOSTILE);
         assert_eq!(custom(&ext, "rule"), Some(HOSTILE));
         assert_eq!(custom(&ext, "role"), Some(HOSTILE));
         assert_eq!(custom(&ext, "workload"), Some(HOSTILE));

@@ -434,6 +434,51 @@ pub(crate) mod fixtures {
         alert(AlertKind::Flow, 16, doc)
     }
 
+    /// An allowed flow the endpoint catalog decided: a name from DNS,
+    /// the TLS server name, another live name for the address, and the
+    /// catalog entry.
+    pub fn catalog() -> Alert {
+        let mut doc = flow_doc("allowed", "connect4", "tcp", "198.51.100.20");
+        let d = doc.as_object_mut().unwrap();
+        d["destination"]["domain"] = "eu.api.openai.com".into();
+        d.insert(
+            "tls".into(),
+            json!({ "client": { "server_name": "eu.api.openai.com" } }),
+        );
+        let r = d["residency"].as_object_mut().unwrap();
+        r.remove("country");
+        r["decided_by"] = "catalog".into();
+        r["transfer_basis"] = "eea".into();
+        r.insert(
+            "name".into(),
+            json!({
+                "source": "dns",
+                "value": "eu.api.openai.com",
+                "cnames": ["eu.api.openai.com.cdn.example"],
+                "also": ["chat.example"],
+                "endpoint": {
+                    "id": "openai-api-eu",
+                    "pattern": "eu.api.openai.com",
+                    "provider": "OpenAI",
+                    "service": "API (EU data residency)",
+                    "jurisdiction": ["EEA", "CH"],
+                    "determines_region": true,
+                    "source": "https://developers.openai.com/api/docs/guides/data-residency",
+                    "origin": "built-in",
+                },
+            }),
+        );
+        alert(AlertKind::Flow, 20, doc)
+    }
+
+    /// A flow whose name is not known, and why.
+    pub fn nameless() -> Alert {
+        let mut a = bare();
+        a.seq = 21;
+        a.doc["residency"]["name"] = json!({ "source": "none", "reason": "no-dns-answer" });
+        a
+    }
+
     pub fn throttled() -> Alert {
         let mut a = blocked();
         a.seq = 17;
@@ -489,6 +534,20 @@ pub(crate) mod fixtures {
         d["residency"]["tenants"] = json!([HOSTILE, "plain", ""]);
         d["residency"]["policy"]["hash"] = HOSTILE.into();
         d["residency"]["country"] = "U\"S".into();
+        d.insert(
+            "tls".into(),
+            json!({ "client": { "server_name": format!("{HOSTILE}.sni") } }),
+        );
+        d["residency"]["name"] = json!({
+            "source": "sni",
+            "value": format!("{HOSTILE}.example"),
+            "also": [HOSTILE],
+            "endpoint": {
+                "id": HOSTILE, "pattern": HOSTILE, "provider": HOSTILE, "service": HOSTILE,
+                "jurisdiction": [HOSTILE], "determines_region": false, "source": HOSTILE,
+                "origin": "config",
+            },
+        });
         alert(AlertKind::Violation, 19, doc)
     }
 
@@ -502,6 +561,8 @@ pub(crate) mod fixtures {
             udp_sendmsg(),
             ipv6(),
             bare(),
+            catalog(),
+            nameless(),
             throttled(),
             checkpoint(),
             gap(),

@@ -36,6 +36,15 @@
 //! - `unmapped.residency`: what OCSF has no attribute for (tenants,
 //!   workload, role, rule, policy hash, mode, transfer basis, verdict).
 //!
+//! The destination's name is `dst_endpoint.hostname` (with a Hostname
+//! observable) and its catalog entry's service `dst_endpoint.svc_name`;
+//! the rest of `residency.name` (how the name is known, the TLS server
+//! name, other names of the address, the catalog entry) is in
+//! `unmapped.residency.name`. The TLS server name is not OCSF's `tls.sni`:
+//! the `tls` object requires `version`, the negotiated protocol version,
+//! and residency sees only the client's `ClientHello`, not what was
+//! negotiated.
+//!
 //! The evidence sequence number is not `metadata.sequence`: that is an
 //! `integer_t`, which some OCSF stores hold in 32 bits.
 //!
@@ -352,6 +361,7 @@ fn dst_endpoint(r: &RecordView<'_>) -> Obj {
         .opt("ip", r.dst_ip())
         .opt("port", r.dst_port())
         .opt("hostname", r.dst_domain())
+        .opt("svc_name", r.service())
         .obj("location", Obj::new().opt("country", r.country()))
         .obj("autonomous_system", autonomous_system)
 }
@@ -459,8 +469,39 @@ fn unmapped(alert: &Alert, r: &RecordView<'_>) -> Obj {
         .obj("rule", Obj::new().opt("id", rule_id).opt("name", rule_name))
         .opt("policy_hash", r.policy_hash())
         .opt("transfer_basis", r.transfer_basis())
-        .opt("transfer_condition", r.transfer_condition());
+        .opt("transfer_condition", r.transfer_condition())
+        .opt("decided_by", r.decided_by())
+        .obj("name", name(r));
     Obj::new().obj("residency", residency)
+}
+
+/// `residency.name` as far as OCSF has no place for it.
+fn name(r: &RecordView<'_>) -> Obj {
+    fn list(v: Vec<&str>) -> Option<Vec<&str>> {
+        (!v.is_empty()).then_some(v)
+    }
+    let endpoint = Obj::new()
+        .opt("id", r.endpoint_id())
+        .opt("provider", r.provider())
+        .opt("service", r.service())
+        .opt("jurisdiction", list(r.endpoint_jurisdiction().collect()))
+        .opt(
+            "determines_region",
+            r.endpoint().map(|e| e.determines_region),
+        )
+        .opt("source", r.endpoint_source())
+        .opt(
+            "origin",
+            r.endpoint().map(|e| &*e.origin).filter(|o| !o.is_empty()),
+        );
+    Obj::new()
+        .opt("source", r.name_source())
+        .opt("value", r.dst_domain())
+        .opt("server_name", r.server_name())
+        .opt("reason", r.name_reason())
+        .opt("cnames", list(r.cnames().collect()))
+        .opt("also", list(r.also_names().collect()))
+        .obj("endpoint", endpoint)
 }
 
 /// A JSON object under construction; empty objects are left out, since
@@ -838,6 +879,50 @@ mod tests {
     }
 
     #[test]
+    fn a_named_flow_cites_its_name_and_catalog_entry() {
+        let v = ocsf(&fixtures::catalog(), &ctx());
+        assert!(validate(&v).is_empty(), "{:#?}", validate(&v));
+        assert_eq!(v["dst_endpoint"]["hostname"], "eu.api.openai.com");
+        assert_eq!(v["dst_endpoint"]["svc_name"], "API (EU data residency)");
+        assert!(v.get("tls").is_none(), "tls needs the negotiated version");
+        assert!(v["observables"].as_array().unwrap().iter().any(|o| {
+            o["name"] == "dst_endpoint.hostname" && o["value"] == "eu.api.openai.com"
+        }));
+        let r = &v["unmapped"]["residency"];
+        assert_eq!(r["decided_by"], "catalog");
+        assert_eq!(
+            r["name"],
+            json!({
+                "source": "dns",
+                "value": "eu.api.openai.com",
+                "server_name": "eu.api.openai.com",
+                "cnames": ["eu.api.openai.com.cdn.example"],
+                "also": ["chat.example"],
+                "endpoint": {
+                    "id": "openai-api-eu",
+                    "provider": "OpenAI",
+                    "service": "API (EU data residency)",
+                    "jurisdiction": ["EEA", "CH"],
+                    "determines_region": true,
+                    "source": "https://developers.openai.com/api/docs/guides/data-residency",
+                    "origin": "built-in",
+                },
+            })
+        );
+
+        let v = ocsf(&fixtures::bare(), &ctx());
+        assert!(v["dst_endpoint"].get("hostname").is_none());
+        assert!(v["dst_endpoint"].get("svc_name").is_none());
+        assert!(v["unmapped"]["residency"].get("name").is_none());
+        let v = ocsf(&fixtures::nameless(), &ctx());
+        assert!(v["dst_endpoint"].get("hostname").is_none());
+        assert_eq!(
+            v["unmapped"]["residency"]["name"],
+            json!({ "source": "none", "reason": "no-dns-answer" })
+        );
+    }
+
+    #[test]
     fn a_transfer_condition_is_passed_on() {
         let ctx = ctx();
         let get = |a: &Alert| ocsf(a, &ctx);
@@ -1073,5 +1158,8 @@ mod tests {
         assert_eq!(r["workload"]["name"], HOSTILE);
         assert_eq!(r["workload"]["role"], HOSTILE);
         assert_eq!(r["country"], "U\"S");
+        assert_eq!(e["dst_endpoint"]["svc_name"], HOSTILE);
+        assert_eq!(r["name"]["endpoint"]["provider"], HOSTILE);
+        assert_eq!(r["name"]["server_name"], a.record().server_name().unwrap());
     }
 }

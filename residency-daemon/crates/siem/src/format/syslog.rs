@@ -51,10 +51,17 @@ pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 ///
 /// | alert               | parameters                                                        |
 /// |---------------------|-------------------------------------------------------------------|
-/// | flow, violation     | `seq verdict mode country tenant* role workload ruleId rule dst dport domain proto pid process exe policy basis condition` |
+/// | flow, violation     | `seq verdict mode country tenant* role workload ruleId rule dst dport domain sni nameSource nameReason also* endpoint provider service catalogSource proto pid process exe policy basis condition` |
 /// | throttled (count>1) | also `count first last`                                           |
 /// | checkpoint          | `seq head keyId signature reason`                                 |
 /// | gap                 | `seq action reason afterSeq lost`                                 |
+///
+/// `domain` is the name the process resolved (`destination.domain`), `sni`
+/// the TLS server name; `nameSource` says how the name is known (`dns`,
+/// `sni`, or `none` with `nameReason`), `also` repeats for each other live
+/// name of the address (the name is then ambiguous), and `endpoint`,
+/// `provider`, `service` and `catalogSource` (the documentation the entry
+/// rests on) cite the endpoint catalog entry of the name.
 ///
 /// `tenant` repeats, once per tenant, as §6.3.3 allows. Values are UTF-8,
 /// with `"`, `\` and `]` escaped by a backslash (§6.3.3).
@@ -169,6 +176,16 @@ fn flow_params(alert: &Alert, r: &RecordView<'_>, out: &mut Vec<u8>) {
         param_u64(out, "dport", u64::from(p));
     }
     opt(out, "domain", r.dst_domain());
+    opt(out, "sni", r.server_name());
+    opt(out, "nameSource", r.name_source());
+    opt(out, "nameReason", r.name_reason());
+    for name in r.also_names() {
+        param(out, "also", name);
+    }
+    opt(out, "endpoint", r.endpoint_id());
+    opt(out, "provider", r.provider());
+    opt(out, "service", r.service());
+    opt(out, "catalogSource", r.endpoint_source());
     opt(out, "proto", r.transport());
     let (pid, process, exe) = r.process();
     if let Some(pid) = pid {
@@ -439,6 +456,71 @@ mod tests {
     }
 
     #[test]
+    fn a_named_flow_cites_its_name_and_catalog_entry() {
+        let p = parse(&rfc5424(&fixtures::catalog(), &ctx(), 1, b"")).unwrap();
+        let names = [
+            "domain",
+            "sni",
+            "nameSource",
+            "also",
+            "endpoint",
+            "provider",
+            "service",
+            "catalogSource",
+        ];
+        let got: Vec<(&str, &str)> = p
+            .params()
+            .iter()
+            .filter(|(n, _)| names.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("domain", "eu.api.openai.com"),
+                ("sni", "eu.api.openai.com"),
+                ("nameSource", "dns"),
+                ("also", "chat.example"),
+                ("endpoint", "openai-api-eu"),
+                ("provider", "OpenAI"),
+                ("service", "API (EU data residency)"),
+                (
+                    "catalogSource",
+                    "https://developers.openai.com/api/docs/guides/data-residency"
+                ),
+            ]
+        );
+        assert_eq!(p.get("nameReason"), None);
+
+        // No name: why, and nothing empty.
+        let p = parse(&rfc5424(&fixtures::nameless(), &ctx(), 1, b"")).unwrap();
+        assert_eq!(p.get("nameSource"), Some("none"));
+        assert_eq!(p.get("nameReason"), Some("no-dns-answer"));
+        // No name tracking at all: none of the parameters.
+        let p = parse(&rfc5424(&fixtures::bare(), &ctx(), 1, b"")).unwrap();
+        for a in [fixtures::bare(), fixtures::nameless()] {
+            let p2 = parse(&rfc5424(&a, &ctx(), 1, b"")).unwrap();
+            for (n, v) in p2.params() {
+                assert!(!v.is_empty(), "{n} is empty");
+                assert!(
+                    ![
+                        "domain",
+                        "sni",
+                        "also",
+                        "endpoint",
+                        "provider",
+                        "service",
+                        "catalogSource"
+                    ]
+                    .contains(&n.as_str()),
+                    "{n} without a name"
+                );
+            }
+        }
+        assert_eq!(p.get("nameSource"), None);
+    }
+
+    #[test]
     fn severities_and_message_ids_per_kind() {
         for (a, sev, msgid) in [
             (fixtures::allowed_tcp(), 6, "flow"),
@@ -495,6 +577,12 @@ mod tests {
         assert_eq!(p.get("process"), Some(HOSTILE));
         assert_eq!(p.get("exe"), a.record().process().2);
         assert_eq!(p.get("domain"), a.record().dst_domain());
+        assert_eq!(p.get("sni"), a.record().server_name());
+        assert_eq!(p.all("also"), [HOSTILE]);
+        assert_eq!(p.get("endpoint"), Some(HOSTILE));
+        assert_eq!(p.get("provider"), Some(HOSTILE));
+        assert_eq!(p.get("service"), Some(HOSTILE));
+        assert_eq!(p.get("catalogSource"), Some(HOSTILE));
         assert_eq!(p.get("rule"), Some(HOSTILE));
         assert_eq!(p.get("ruleId"), Some(HOSTILE));
         assert_eq!(p.get("workload"), Some(HOSTILE));
