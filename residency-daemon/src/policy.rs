@@ -503,10 +503,7 @@ pub fn decide_name(
         None => reasons.push("no workload: the default policy ([policy]) applies".to_owned()),
     }
     let covers = |p: &residency_catalog::Pattern| p.matches(name);
-    if let Some(rule) = config
-        .deny_rules()
-        .find(|r| r.names.iter().any(covers))
-    {
+    if let Some(rule) = config.deny_rules().find(|r| r.names.iter().any(covers)) {
         reasons.push(format!("{name} is named by deny rule \"{}\"", rule.name));
         return Ok(conclude(
             config,
@@ -579,12 +576,19 @@ pub fn decide_name(
     let allowed = workload.map_or(config.policy.allowed, |w| w.allowed);
     let act = match e.judge(&allowed) {
         residency_catalog::Judgement::Allowed => {
-            reasons.push(format!("{} lies within what the policy allows", e.jurisdiction));
+            reasons.push(format!(
+                "{} lies within what the policy allows",
+                e.jurisdiction
+            ));
             Action::Allow
         }
         residency_catalog::Judgement::Violation { outside } => {
             let list: Vec<String> = outside.iter().take(8).map(|c| c.to_string()).collect();
-            let more = if outside.iter().count() > 8 { ", ..." } else { "" };
+            let more = if outside.iter().count() > 8 {
+                ", ..."
+            } else {
+                ""
+            };
             reasons.push(format!(
                 "the jurisdiction reaches beyond what the policy allows ({}{more})",
                 list.join(", ")
@@ -601,7 +605,15 @@ pub fn decide_name(
             action(unknown)
         }
     };
-    Ok(conclude(config, index, act, DestKind::Catalog, 0, None, reasons))
+    Ok(conclude(
+        config,
+        index,
+        act,
+        DestKind::Catalog,
+        0,
+        None,
+        reasons,
+    ))
 }
 
 fn exception_text(ip: IpAddr, net: &IpNet, e: &Exception) -> String {

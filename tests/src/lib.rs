@@ -491,10 +491,23 @@ pub fn flows(records: &[Value]) -> Vec<&Value> {
 }
 
 /// One operation of the test client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Tcp(SocketAddr),
     Udp(SocketAddr),
+    /// A DNS query for `name` (`{i}`: the pass number) to `server`:53 and
+    /// its answer, timed.
+    Dns {
+        name: String,
+        server: IpAddr,
+    },
+    /// A DNS query, then a timed TCP connect to the answer's address on
+    /// `port`.
+    DnsTcp {
+        name: String,
+        server: IpAddr,
+        port: u16,
+    },
 }
 
 impl std::fmt::Display for Op {
@@ -502,6 +515,8 @@ impl std::fmt::Display for Op {
         match self {
             Op::Tcp(a) => write!(f, "tcp:{a}"),
             Op::Udp(a) => write!(f, "udp:{a}"),
+            Op::Dns { name, server } => write!(f, "dns:{name}@{server}"),
+            Op::DnsTcp { name, server, port } => write!(f, "dnstcp:{name}@{server}:{port}"),
         }
     }
 }
@@ -554,9 +569,12 @@ pub fn run_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Val
 /// If an address is neither loopback nor a test host, or it cannot start.
 pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Child> {
     for op in ops {
-        let (Op::Tcp(a) | Op::Udp(a)) = op;
+        let a = match op {
+            Op::Tcp(a) | Op::Udp(a) => a.ip(),
+            Op::Dns { server, .. } | Op::DnsTcp { server, .. } => *server,
+        };
         ensure!(
-            is_loopback(a.ip()) || is_test_host(a.ip()),
+            is_loopback(a) || is_test_host(a),
             "test traffic must stay on loopback or the test hosts: {a}"
         );
     }
@@ -954,5 +972,91 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// A real DNS server for the name tests and benchmarks: dnsmasq from
+/// Debian, in the foreground, on a loopback address of the test's choosing
+/// (port 53), answering only from the records it is given. Stopped by its
+/// pid on drop.
+pub struct Dnsmasq {
+    child: Child,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq on `listen`:53 with `hosts` (an /etc/hosts-style
+    /// list) and `extra` configuration lines, and waits until it answers.
+    /// `None` (with a message) when dnsmasq is not installed outside CI.
+    ///
+    /// # Errors
+    /// In CI when dnsmasq is missing; when it exits or does not answer.
+    pub fn start(
+        dir: &Path,
+        listen: &str,
+        hosts: &str,
+        extra: &str,
+    ) -> anyhow::Result<Option<Self>> {
+        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists());
+        let Some(bin) = bin else {
+            if std::env::var_os("CI").is_some() {
+                bail!("dnsmasq is missing; `cargo xtask test` installs dnsmasq-base");
+            }
+            eprintln!("SKIPPED: dnsmasq is not installed (cargo xtask test installs it)");
+            return Ok(None);
+        };
+        let hosts_file = dir.join("dnsmasq.hosts");
+        fs::write(&hosts_file, hosts)?;
+        let conf = format!(
+            "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={listen}\nport=53\n\
+             local-ttl=300\naddn-hosts={hosts}\n{extra}",
+            hosts = hosts_file.display()
+        );
+        let conf_file = dir.join("dnsmasq.conf");
+        fs::write(&conf_file, conf)?;
+        let child = Command::new(bin)
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", conf_file.display()))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+            .arg("--user=root")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting dnsmasq")?;
+        let mut d = Dnsmasq { child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        probe.set_read_timeout(Some(Duration::from_millis(200)))?;
+        // Any answer will do: the server is up.
+        let query = [
+            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1,
+        ];
+        loop {
+            let _ = probe.send_to(&query, (listen, 53));
+            let mut buf = [0u8; 512];
+            if probe.recv(&mut buf).is_ok() {
+                return Ok(Some(d));
+            }
+            if let Some(status) = d.child.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = d.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                bail!("dnsmasq exited ({status}): {err}");
+            }
+            ensure!(Instant::now() < deadline, "dnsmasq did not answer in 20 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        // Only the process this guard started, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -20,45 +20,25 @@ use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use geoip::testdb::{Entry, Layout, write};
-use residency_tests::{Daemon, Listener, TestCgroup, flows, privileged_or_skip};
+use residency_tests::{Daemon, Dnsmasq, Listener, TestCgroup, flows, privileged_or_skip};
 use serde_json::Value;
 
 const DNS: &str = "127.53.0.1";
 const HOSTILE_DNS: &str = "127.53.0.2";
 const RACE_NAMES: u8 = 100;
 
-/// The DNS server: dnsmasq in the foreground, stopped by its pid.
-struct Dnsmasq {
-    child: Child,
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        // Only the process this test started, by its pid.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn dnsmasq(dir: &Path) -> anyhow::Result<Option<Dnsmasq>> {
-    let Ok(bin) = which("dnsmasq") else {
-        if std::env::var_os("CI").is_some() {
-            bail!("dnsmasq is missing; `cargo xtask test` installs dnsmasq-base");
-        }
-        eprintln!("SKIPPED names tests: dnsmasq is not installed (cargo xtask test installs it)");
-        return Ok(None);
-    };
     let mut hosts = String::new();
     // 40 addresses for one name: more than a 512-byte UDP answer holds, so
     // glibc (which sends no EDNS) gets a truncated answer and asks over TCP.
@@ -68,12 +48,11 @@ fn dnsmasq(dir: &Path) -> anyhow::Result<Option<Dnsmasq>> {
     for i in 1..=RACE_NAMES {
         hosts.push_str(&format!("127.0.2.{i} r{i}.race.example\n"));
     }
-    let hosts_file = dir.join("hosts");
-    std::fs::write(&hosts_file, hosts)?;
-    let conf = format!(
-        "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={DNS}\nport=53\n\
-         local-ttl=300\nlog-facility=-\naddn-hosts={hosts}\n\
-         host-record=eu.api.openai.com,127.0.0.40,::1\n\
+    Dnsmasq::start(
+        dir,
+        DNS,
+        &hosts,
+        "host-record=eu.api.openai.com,127.0.0.40,::1\n\
          host-record=api.openai.com,127.0.0.20\n\
          cname=api-eu1.hubapi.com,edge.hubspot-cdn.example\n\
          host-record=edge.hubspot-cdn.example,127.0.0.41\n\
@@ -81,68 +60,7 @@ fn dnsmasq(dir: &Path) -> anyhow::Result<Option<Dnsmasq>> {
          host-record=eu-llm.example,127.0.0.43\n\
          host-record=us-llm.example,127.0.0.43\n\
          host-record=tls-eu.example,127.0.0.45\n",
-        hosts = hosts_file.display()
-    );
-    let conf_file = dir.join("dnsmasq.conf");
-    std::fs::write(&conf_file, conf)?;
-    let child = Command::new(bin)
-        .arg("--keep-in-foreground")
-        .arg(format!("--conf-file={}", conf_file.display()))
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-        .arg("--user=root")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting dnsmasq")?;
-    let mut d = Dnsmasq { child };
-    // Ready when it answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if query_a(DNS, "plain.example").is_ok() {
-            return Ok(Some(d));
-        }
-        if let Some(status) = d.child.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = d.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            bail!("dnsmasq exited ({status}): {err}");
-        }
-        ensure!(Instant::now() < deadline, "dnsmasq did not answer in 10 s");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn which(cmd: &str) -> anyhow::Result<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = Path::new(dir).join(cmd);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    bail!("{cmd} not found")
-}
-
-/// A plain A query from the test process (outside the watched cgroup).
-fn query_a(server: &str, name: &str) -> anyhow::Result<Vec<u8>> {
-    let s = UdpSocket::bind("127.0.0.1:0")?;
-    s.set_read_timeout(Some(Duration::from_millis(300)))?;
-    s.send_to(&query(0x1234, name), (server, 53))?;
-    let mut buf = [0u8; 1500];
-    let (n, _) = s.recv_from(&mut buf)?;
-    Ok(buf[..n].to_vec())
-}
-
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(u8::try_from(label.len()).unwrap_or(0));
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
+    )
 }
 
 /// A DNS "server" that answers every query with hostile messages: pointer

@@ -732,7 +732,7 @@ throttle_secs = 2
         out.display()
     );
     let daemon = s.start(&sinks)?;
-    s.blocked(&[Op::Tcp(s.us.tcp); 50])?;
+    s.blocked(&vec![Op::Tcp(s.us.tcp); 50])?;
     // The first at once; the count when the window closes.
     let start = Instant::now();
     let lines = loop {

@@ -126,6 +126,14 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Name tracking: connect() right after a DNS answer (dnsmasq) with and
+    /// without the name programs, DNS answers per second with no name
+    /// lost, and the kernel name map at 100,000 names.
+    Names {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Process tracking: what the exec, fork and exit tracepoints cost a
     /// process starting inside the watched cgroup and one outside it.
     Process {
@@ -201,6 +209,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Process { args },
         } => bench(&root, "process", &args),
+        Cmd::Bench {
+            which: Bench::Names { args },
+        } => bench(&root, "names", &args),
         Cmd::Bench {
             which: Bench::Siem { args },
         } => bench(&root, "siem", &args),

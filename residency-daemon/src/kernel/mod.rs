@@ -272,6 +272,9 @@ pub struct KernelCounters {
     pub dropped: u64,
     /// Process records (exec, fork, exit) that found the ring buffer full.
     pub process_dropped: u64,
+    /// DNS answers and TLS bytes that found the ring buffer full (the
+    /// kernel still judged by those names; only the records lack them).
+    pub names_dropped: u64,
 }
 
 /// Reads the kernel's per-CPU counters.
@@ -296,6 +299,7 @@ impl CounterReader {
             submitted: sum(Stat::Submitted)?,
             dropped: sum(Stat::Dropped)?,
             process_dropped: sum(Stat::ProcessDropped)?,
+            names_dropped: sum(Stat::NamesDropped)?,
         })
     }
 }

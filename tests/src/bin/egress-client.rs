@@ -15,7 +15,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use nix::{
     errno::Errno,
@@ -49,7 +49,11 @@ struct Args {
     /// Report latency percentiles per operation.
     #[arg(long)]
     timing: bool,
-    /// Operations: tcp:ADDR:PORT or udp:ADDR:PORT (IPv6 in brackets).
+    /// Operations: tcp:ADDR:PORT or udp:ADDR:PORT (IPv6 in brackets);
+    /// dns:NAME@SERVER (a DNS query and its answer, timed); or
+    /// dnstcp:NAME@SERVER:PORT (a DNS query, then a timed connect to the
+    /// answer's IPv4 address on PORT). `{i}` in NAME is the pass number,
+    /// so that every pass asks for another name.
     #[arg(required = true)]
     ops: Vec<String>,
 }
@@ -57,6 +61,15 @@ struct Args {
 enum Op {
     Tcp(SocketAddr),
     Udp(SocketAddr),
+    Dns {
+        name: String,
+        server: SocketAddr,
+    },
+    DnsTcp {
+        name: String,
+        server: SocketAddr,
+        port: u16,
+    },
 }
 
 struct Stats {
@@ -105,6 +118,11 @@ fn main() -> anyhow::Result<()> {
         None,
     )?;
 
+    // DNS queries go out on one socket; answers are read with a timeout.
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    dns.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let mut query_id = 0u16;
+
     let started = Instant::now();
     let deadline = args
         .duration_ms
@@ -129,6 +147,30 @@ fn main() -> anyhow::Result<()> {
                     let t = Instant::now();
                     let r = sendto(fd.as_raw_fd(), b"r", &dest, MsgFlags::empty()).map(|_| ());
                     (r, elapsed_ns(t))
+                }
+                Op::Dns { name, server } => {
+                    query_id = query_id.wrapping_add(1);
+                    let t = Instant::now();
+                    let r = resolve(
+                        &dns,
+                        *server,
+                        &name.replace("{i}", &pass.to_string()),
+                        query_id,
+                    )
+                    .map(|_| ());
+                    (r, elapsed_ns(t))
+                }
+                Op::DnsTcp { name, server, port } => {
+                    query_id = query_id.wrapping_add(1);
+                    match resolve(
+                        &dns,
+                        *server,
+                        &name.replace("{i}", &pass.to_string()),
+                        query_id,
+                    ) {
+                        Ok(ip) => tcp_connect(SocketAddr::new(ip.into(), *port))?,
+                        Err(e) => (Err(e), 0),
+                    }
                 }
             };
             match result {
@@ -212,7 +254,58 @@ fn tcp_connect(addr: SocketAddr) -> anyhow::Result<(Result<(), Errno>, u64)> {
     Ok((r, ns))
 }
 
+/// One A query and its answer: the answer's last IPv4 address, which must
+/// be loopback (this client sends nowhere else).
+fn resolve(
+    sock: &std::net::UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    id: u16,
+) -> Result<std::net::Ipv4Addr, Errno> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap_or(0));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, server)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+        if n < 16 || buf[..2] != id.to_be_bytes() {
+            continue; // a late answer to an earlier query
+        }
+        let ip = std::net::Ipv4Addr::new(buf[n - 4], buf[n - 3], buf[n - 2], buf[n - 1]);
+        return if ip.is_loopback() {
+            Ok(ip)
+        } else {
+            Err(Errno::EADDRNOTAVAIL)
+        };
+    }
+}
+
 fn parse_op(s: &str) -> anyhow::Result<Op> {
+    if let Some(rest) = s.strip_prefix("dns:").or_else(|| s.strip_prefix("dnstcp:")) {
+        let (name, at) = rest.split_once('@').context("expected NAME@SERVER")?;
+        let (server, port) = if s.starts_with("dnstcp:") {
+            let (ip, port) = at.rsplit_once(':').context("expected NAME@SERVER:PORT")?;
+            (ip, Some(port.parse::<u16>().context("bad port")?))
+        } else {
+            (at, None)
+        };
+        let ip: std::net::IpAddr = server.parse().context("bad DNS server address")?;
+        ensure!(ip.is_loopback(), "{s}: the DNS server must be on loopback");
+        let server = SocketAddr::new(ip, 53);
+        let name = name.to_owned();
+        return Ok(match port {
+            Some(port) => Op::DnsTcp { name, server, port },
+            None => Op::Dns { name, server },
+        });
+    }
     let (kind, addr) = s
         .split_once(':')
         .context("expected tcp:ADDR:PORT or udp:ADDR:PORT")?;

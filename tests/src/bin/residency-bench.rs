@@ -146,6 +146,24 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Name tracking: connect() right after a DNS answer with the name
+    /// programs and without, DNS answers per second with no name lost, and
+    /// the kernel name map's memory at 100,000 names and its bound.
+    Names {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Connects (each after its own DNS answer) per case per round.
+        #[arg(long, default_value_t = 10_000)]
+        connects: u64,
+        /// DNS queries in the answers-per-second case.
+        #[arg(long, default_value_t = 50_000)]
+        answers: u64,
+        /// Distinct names that fill the kernel name map.
+        #[arg(long, default_value_t = 100_000)]
+        fill: u32,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Latency of connect and sendto without programs, with programs, with the daemon.
     Connect {
         /// Rounds of the three cases.
@@ -214,6 +232,8 @@ destinations = ["192.0.2.0/24", "2001:db8::/32"]
 
 #[path = "residency-bench/evidence.rs"]
 mod evidence_bench;
+#[path = "residency-bench/names.rs"]
+mod names_bench;
 #[path = "residency-bench/siem.rs"]
 mod siem_bench;
 
@@ -268,6 +288,18 @@ fn main() -> anyhow::Result<()> {
             spawns,
             write,
         } => return process_bench::run(rounds, spawns, write.as_deref()),
+        BenchCmd::Names {
+            rounds,
+            connects,
+            answers,
+            fill,
+            write,
+        } => {
+            if !privileged_or_skip("residency-bench names") {
+                bail!("needs root");
+            }
+            return names_bench::run(rounds, connects, answers, fill, write.as_deref());
+        }
         BenchCmd::Siem {
             alerts,
             rounds,
