@@ -113,8 +113,7 @@ pub mod names {
     /// Per-CPU scratch for building a [`crate::PatternKey`].
     pub const NAME_SCRATCH: &str = "NAME_SCRATCH";
     /// LRU hash: socket cookie -> [`crate::TlsPending`], TCP connections
-    /// whose first bytes (a TLS `ClientHello`) the egress program still
-    /// wants to see.
+    /// whose TLS `ClientHello` continues past the segment that began it.
     pub const TLS_PENDING: &str = "TLS_PENDING";
     /// Load-time global (`.rodata`): 1 if names are tracked at all.
     pub const NAMES_ENABLED: &str = "NAMES_ENABLED";
@@ -359,8 +358,8 @@ pub const FLAG_V4_MAPPED: u8 = 1;
 /// `ConnectEvent::flags` bit: a rule that names hosts decided (a deny rule
 /// or an exception with `names`), not one that names addresses.
 pub const FLAG_BY_NAME: u8 = 2;
-/// `ConnectEvent::flags` bit: the program saw the first bytes of a
-/// `ClientHello` coming on this connection (`TLS_PENDING` armed).
+/// `ConnectEvent::flags` bit: a TCP connect whose `ClientHello`, if it
+/// sends one, the egress program reports.
 pub const FLAG_TLS_WATCHED: u8 = 4;
 
 /// Start of every record in the ring buffer.
@@ -654,7 +653,9 @@ pub struct TlsPending {
     pub total: u32,
 }
 
-/// A DNS answer received by a socket of the watched cgroup.
+/// A DNS answer received by a socket of the watched cgroup. In the ring
+/// the record ends after `copied` bytes of `msg`: its header's size is
+/// `offset_of!(DnsEvent, msg) + copied`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsEvent {

@@ -267,6 +267,27 @@ mod tests {
     }
 
     #[test]
+    fn known_doh_resolvers_are_a_bypass_on_their_addresses_unless_a_rule_names_them() {
+        let cfg = config("");
+        let c = crate::policy::compile(&cfg, jiff::Timestamp::now());
+        let google: ipnet::Ipv4Net = "8.8.8.8/32".parse().unwrap();
+        let (_, rule) = c
+            .rules_v4
+            .iter()
+            .find(|(n, _)| *n == google)
+            .expect("8.8.8.8 is a known DoH resolver");
+        assert_eq!(rule.kind, DestKind::ResolverBypass as u8);
+        // A configured rule for the address keeps it.
+        let cfg = config("[[internal]]\nname = \"lab\"\ndestinations = [\"8.8.8.0/24\"]\njurisdiction = \"DE\"\n");
+        let c = crate::policy::compile(&cfg, jiff::Timestamp::now());
+        assert!(!c.rules_v4.iter().any(|(n, _)| *n == google));
+        // No name tracking, no bypass entries.
+        let cfg = config("[names]\ntrack = false\n");
+        let c = crate::policy::compile(&cfg, jiff::Timestamp::now());
+        assert!(c.rules_v4.iter().all(|(_, r)| r.kind != DestKind::ResolverBypass as u8));
+    }
+
+    #[test]
     fn rules_need_destinations_or_names() {
         let err = Config::from_toml("[[deny]]\nname = \"x\"\n", "t").unwrap_err();
         assert!(

@@ -110,6 +110,29 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
             }
         }
     }
+    // Known DNS-over-HTTPS resolvers, by address: a connection to one on
+    // port 443 is a resolver bypass (the kernel applies these entries on
+    // that port only). An address a rule of the configuration already
+    // covers keeps that rule.
+    if config.names.track {
+        let bypass = DestRule {
+            rule_id: 0,
+            action: action(config.names.resolver_bypass) as u8,
+            kind: DestKind::ResolverBypass as u8,
+            country: 0,
+        };
+        for addr in config.catalog.resolvers().iter().flat_map(|r| &r.addresses) {
+            match IpNet::from(*addr) {
+                IpNet::V4(n) if !rules_v4.iter().any(|(r, _): &(Ipv4Net, _)| r.contains(&n)) => {
+                    rules_v4.push((n, bypass));
+                }
+                IpNet::V6(n) if !rules_v6.iter().any(|(r, _): &(Ipv6Net, _)| r.contains(&n)) => {
+                    rules_v6.push((n, bypass));
+                }
+                _ => {}
+            }
+        }
+    }
     let mut exceptions_v4 = Vec::new();
     let mut exceptions_v6 = Vec::new();
     let mut expired = Vec::new();

@@ -56,7 +56,7 @@ use residency_common::{
     HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key,
     MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES,
     MAX_PROCESS_POLICIES, NAME_FOUND, NAME_OFF, NO_CGROUP_POLICY, POLICY_CACHE_ENTRIES, Policy,
-    PolicyActive, SELECTS_BY_COMM, SELECTS_BY_UID, STAT_COUNT, Stat, TlsPending, Verdict,
+    PolicyActive, SELECTS_BY_COMM, SELECTS_BY_UID, STAT_COUNT, Stat, Verdict,
 };
 
 /// Return values of a `sock_addr` program.
@@ -729,19 +729,14 @@ fn facts(names: &names::Names) -> NameFacts {
     }
 }
 
-/// Arms the TLS egress program for a TCP connect, when it runs.
+/// Marks a TCP connect whose `ClientHello` the egress program will report
+/// (the daemon keeps the flow for it). No map is written here.
 #[inline(always)]
 fn watch_tls(ctx: &SockAddrContext, hook: Hook) -> u8 {
-    if !names::sni_enabled() || !matches!(hook, Hook::Connect4 | Hook::Connect6) {
-        return 0;
-    }
-    if protocol(ctx.sock_addr) != IPPROTO_TCP {
-        return 0;
-    }
-    // SAFETY: a helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let pending = TlsPending { seen: 0, total: 0 };
-    if names::TLS_PENDING.insert(cookie, pending, 0).is_ok() {
+    if names::sni_enabled()
+        && matches!(hook, Hook::Connect4 | Hook::Connect6)
+        && protocol(ctx.sock_addr) == IPPROTO_TCP
+    {
         FLAG_TLS_WATCHED
     } else {
         0

@@ -11,9 +11,9 @@
 //!   before `recvmsg()` returns: a `connect()` a microsecond later finds it.
 //!   It then copies the message to the daemon, which parses it in full for
 //!   the records (the kernel parse is only what the verdict needs).
-//! - `residency_tls` (cgroup_skb egress) copies the first payload bytes of
-//!   the TCP connections that connect4/6 armed in `TLS_PENDING`, so that the
-//!   daemon can read the `ClientHello`'s server name, across segments.
+//! - `residency_tls` (cgroup_skb egress) copies TCP segments that start a
+//!   TLS `ClientHello` (and, through `TLS_PENDING`, the segments that
+//!   continue one), so that the daemon can read its server name.
 //!
 //! Neither program ever drops a packet: both return 1 whatever they find.
 //! Every read is bounds-checked by `bpf_skb_load_bytes`; every loop has a
@@ -170,6 +170,13 @@ fn active_slot() -> Option<u32> {
 }
 
 fn on_answer(ctx: &SkBuffContext) -> Option<()> {
+    // A connected socket whose peer is not on port 53 (a TCP connection to
+    // a web service, say) gets no DNS answer: skip it before parsing.
+    // Unconnected UDP sockets have no peer (0) and are parsed.
+    let peer = ctx.skb.remote_port();
+    if peer != 0 && peer != u32::from(53u16.to_be()) {
+        return None;
+    }
     let (payload, proto, sport, _) = transport(ctx)?;
     if sport != 53 {
         return None;
@@ -275,9 +282,17 @@ fn on_answer(ctx: &SkBuffContext) -> Option<()> {
     let mapped = walk.mapped as u16;
     // SAFETY: the per-CPU value from above, now sent whole.
     unsafe {
+        // Only the bytes copied go into the ring: a typical answer makes a
+        // record of about 150 bytes, not 4 KiB, so the reader is woken no
+        // more often than for decisions. 1..=DNS_EVENT_BYTES, in a form the
+        // verifier can see (`black_box` keeps LLVM from dropping the mask).
+        let copied = (core::hint::black_box((*ev).copied).wrapping_sub(1)
+            & (DNS_EVENT_BYTES as u32 - 1))
+            + 1;
+        let head = core::mem::offset_of!(DnsEvent, msg) as u32;
         (*ev).header = EventHeader {
             kind: EventKind::Dns as u32,
-            size: size_of::<DnsEvent>() as u32,
+            size: head + copied,
         };
         (*ev).boot_ns = stamp;
         (*ev).cgroup_id = cgroup_id;
@@ -291,7 +306,8 @@ fn on_answer(ctx: &SkBuffContext) -> Option<()> {
         } else {
             BPF_RB_NO_WAKEUP
         };
-        if EVENTS.output::<DnsEvent>(&*ev, u64::from(flags)).is_err() {
+        let record = core::slice::from_raw_parts(ev.cast::<u8>(), (head + copied) as usize);
+        if EVENTS.output::<[u8]>(record, u64::from(flags)).is_err() {
             count(Stat::NamesDropped);
         }
     }
@@ -546,28 +562,30 @@ pub fn residency_tls(ctx: SkBuffContext) -> i32 {
 }
 
 fn on_egress(ctx: &SkBuffContext) -> Option<()> {
-    // SAFETY: a helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    let pending = TLS_PENDING.get_ptr_mut(cookie)?;
     let (payload, proto, _, _) = transport(ctx)?;
     if proto != IPPROTO_TCP {
         return None;
     }
     let plen = ctx.len().checked_sub(payload)?;
     if plen == 0 {
-        return None;
+        return None; // SYN, ACK, FIN: no payload
     }
-    // SAFETY: a map value, valid while the program runs.
-    let pending = unsafe { &mut *pending };
-    if pending.seen == 0 {
-        // A TLS handshake record: type 22, version 3.x, then its length.
-        let head: [u8; 5] = load(ctx, payload)?;
-        if head[0] != 22 || head[1] != 3 {
-            let _ = TLS_PENDING.remove(cookie);
-            return None;
+    // SAFETY: a helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    // The start of a TLS handshake record that holds a ClientHello: type
+    // 22, version 3.x, the record's length, handshake type 1. No state is
+    // kept per connection until one is seen, so connect() pays nothing.
+    let head: Option<[u8; 6]> = load(ctx, payload);
+    let (offset, total, pending) = match head {
+        Some(h) if h[0] == 22 && h[1] == 3 && h[5] == 1 => (0, 5 + be16([h[3], h[4]]), false),
+        _ => {
+            // A ClientHello longer than its first segment (post-quantum key
+            // shares make them ~1.8 KB) continues in the next ones.
+            // SAFETY: the map is read only through helpers; copied out.
+            let st = unsafe { TLS_PENDING.get(cookie) }.copied()?;
+            (st.seen, st.total, true)
         }
-        pending.total = 5 + be16([head[3], head[4]]);
-    }
+    };
     let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
         count(Stat::NamesDropped);
         let _ = TLS_PENDING.remove(cookie);
@@ -584,10 +602,10 @@ fn on_egress(ctx: &SkBuffContext) -> Option<()> {
         (*ev).boot_ns = bpf_ktime_get_boot_ns();
         (*ev).cookie = cookie;
         (*ev).cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
-        (*ev).offset = pending.seen;
+        (*ev).offset = offset;
         // 1..=TLS_EVENT_BYTES in a form the verifier can see (`copied`
-        // is at least 1: the segment has payload).
-        // `black_box` keeps LLVM from folding the mask away as redundant.
+        // is at least 1: the segment has payload). `black_box` keeps LLVM
+        // from folding the mask away as redundant.
         let n = (core::hint::black_box(copied).wrapping_sub(1) & (TLS_EVENT_BYTES as u32 - 1)) + 1;
         let ok = bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
@@ -598,8 +616,14 @@ fn on_egress(ctx: &SkBuffContext) -> Option<()> {
         (*ev).len = if ok { n } else { 0 };
     }
     submit(entry);
-    pending.seen += plen;
-    if pending.seen >= pending.total || pending.seen >= TLS_MAX_HELLO {
+    let seen = offset.saturating_add(plen);
+    let more = seen < total && seen < TLS_MAX_HELLO;
+    // (A pointer to the entry is not kept across the ring calls above: the
+    // verifier would lose its type where LLVM merges it with the no-entry
+    // path.)
+    if more {
+        let _ = TLS_PENDING.insert(cookie, TlsPending { seen, total }, 0);
+    } else if pending {
         let _ = TLS_PENDING.remove(cookie);
     }
     Some(())

@@ -190,6 +190,13 @@ for op in ops:
             s.close()
             results.append({"name": name, "addr": addr, "result": res, "connect_ns": gap})
         out.append({"race": results})
+    elif kind == "sleep":
+        time.sleep(op["secs"])
+    elif kind == "curl":
+        import subprocess
+        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "3",
+                            "http://%s:%d/" % (op["name"], op["port"])])
+        out.append({"curl": op["name"], "exit": r.returncode})
     elif kind == "hostile":
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.settimeout(0.3)
@@ -252,6 +259,11 @@ poll_interval_ms = 5
 allowed = ["EEA"]
 # Loopback stands in for the world here; the DNS servers are local.
 local_networks = ["127.53.0.0/16", "10.0.0.0/8"]
+
+[names]
+# Names hold for 3 s (dnsmasq's TTL is 300 s): the test checks expiry.
+min_ttl_secs = 3
+max_ttl_secs = 3
 
 [[tenant]]
 id = "acme"
@@ -380,11 +392,31 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         {"op": "resolve", "name": "tls-eu.example", "port": tls.tcp.port(), "sni": "api.openai.com"},
         {"op": "connect", "addr": "127.0.0.34", "port": port},
         {"op": "connect", "addr": "127.0.0.44", "port": 853},
+        {"op": "curl", "name": "plain.example", "port": port + 2},
         {"op": "hostile", "server": HOSTILE_DNS, "name": "eu-llm.example", "rounds": 5},
         {"op": "race", "server": DNS, "port": port,
          "names": (1..=RACE_NAMES).map(|i| format!("r{i}.race.example")).collect::<Vec<_>>()},
     ]);
     let out = client(&app, &resolv, &script, &ops)?;
+    // Another cgroup connects to an address the first one resolved: names
+    // are never borrowed from another workload's lookups.
+    let other = cg.child("other")?;
+    client(
+        &other,
+        &resolv,
+        &script,
+        &serde_json::json!([{"op": "connect", "addr": "127.0.0.40", "port": port + 3}]),
+    )?;
+    // After the names' time (3 s), the same address has no live name.
+    client(
+        &app,
+        &resolv,
+        &script,
+        &serde_json::json!([
+            {"op": "sleep", "secs": 3.5},
+            {"op": "connect", "addr": "127.0.0.40", "port": port + 4},
+        ]),
+    )?;
     stop.store(true, Ordering::Relaxed);
     let _ = hostile.join();
     let result = |name: &str| -> anyhow::Result<&Value> {
@@ -509,6 +541,24 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         let f = find(&format!("127.0.2.{i}"), port)?;
         assert_eq!(f["destination"]["domain"], format!("r{i}.race.example"));
     }
+    // curl resolved through getaddrinfo too.
+    let curl = find("127.0.0.33", port + 2)?;
+    assert_eq!(curl["process"]["name"], "curl");
+    assert_eq!(curl["destination"]["domain"], "plain.example");
+    // Not borrowed across workloads.
+    let borrowed = find("127.0.0.40", port + 3)?;
+    assert!(borrowed["destination"].get("domain").is_none(), "{borrowed}");
+    assert_eq!(borrowed["residency"]["name"]["source"], "none");
+    assert_eq!(borrowed["residency"]["decided_by"], "geoip");
+    // Expired: older than the name's TTL (clamped to 3 s).
+    let expired = find("127.0.0.40", port + 4)?;
+    assert!(
+        expired["residency"]["name"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("older than their TTL")),
+        "{expired}"
+    );
+    assert_eq!(expired["residency"]["decided_by"], "geoip");
     // The hostile answers crashed nothing: the daemon ran to a clean stop
     // with every decision accounted for.
     let stopped = records

@@ -137,7 +137,19 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         k if k == EventKind::Fork as u32 || k == EventKind::Exit as u32 => {
             size_of::<ProcessEvent>()
         }
-        k if k == EventKind::Dns as u32 => size_of::<DnsEvent>(),
+        // Variable: the header and the bytes of the message copied.
+        k if k == EventKind::Dns as u32 => {
+            let head = core::mem::offset_of!(DnsEvent, msg);
+            let size = header.size as usize;
+            if size <= head || size > size_of::<DnsEvent>() {
+                return Err(DecodeError::Size {
+                    kind: header.kind,
+                    got: bytes.len(),
+                    want: size_of::<DnsEvent>(),
+                });
+            }
+            size
+        }
         k if k == EventKind::Tls as u32 => size_of::<TlsEvent>(),
         _ => {
             return Err(DecodeError::UnknownKind {
@@ -171,7 +183,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 let field = |f: *const u64| f.read_unaligned();
                 let at = core::mem::offset_of!(DnsEvent, msg);
                 let n = (std::ptr::addr_of!((*p).copied).read_unaligned() as usize)
-                    .min(residency_common::DNS_EVENT_BYTES);
+                    .min(want - at);
                 Decoded::Dns(Box::new(DnsAnswerBytes {
                     boot_ns: field(std::ptr::addr_of!((*p).boot_ns)),
                     cgroup_id: field(std::ptr::addr_of!((*p).cgroup_id)),

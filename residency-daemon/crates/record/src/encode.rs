@@ -359,6 +359,10 @@ struct Residency<'a> {
     v4_mapped: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<NameFields<'a>>,
+    /// The socket cookie, which a later `tls-server-name` record of the
+    /// same connection carries too (0: not known, left out).
+    #[serde(skip_serializing_if = "is_zero")]
+    socket_cookie: u64,
     /// Under what the data may go there: `eea` (no transfer under GDPR
     /// Chapter V), `adequacy`, `dpf`, an exception's basis (`scc`, `bcr`,
     /// `art49`), `local`, or `none`.
@@ -575,12 +579,18 @@ impl<'a> FlowDoc<'a> {
                         origin: e.origin,
                     }),
                 }),
+                socket_cookie: flow.cookie,
                 transfer_basis: transfer_basis.as_str(),
                 transfer_condition: transfer_basis.condition(flow.country).map(Cited),
                 boot_ns: flow.boot_ns,
             },
         }
     }
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The basis of a transfer to a jurisdiction of several countries: the
