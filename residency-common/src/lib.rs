@@ -494,6 +494,9 @@ pub struct Policy {
 pub const HAS_EXCEPTIONS_V4: u8 = 1;
 /// [`Policy::exceptions`]: IPv6 exceptions exist for the policy.
 pub const HAS_EXCEPTIONS_V6: u8 = 2;
+/// [`Policy::exceptions`]: deny rules or exceptions that name hosts apply
+/// to the policy (`NAME_RULES` holds entries for it).
+pub const HAS_NAME_RULES: u8 = 4;
 
 /// Which generation of the policy maps is in force (0: none loaded).
 #[repr(C)]

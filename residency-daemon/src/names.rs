@@ -278,13 +278,19 @@ mod tests {
             .expect("8.8.8.8 is a known DoH resolver");
         assert_eq!(rule.kind, DestKind::ResolverBypass as u8);
         // A configured rule for the address keeps it.
-        let cfg = config("[[internal]]\nname = \"lab\"\ndestinations = [\"8.8.8.0/24\"]\njurisdiction = \"DE\"\n");
+        let cfg = config(
+            "[[internal]]\nname = \"lab\"\ndestinations = [\"8.8.8.0/24\"]\njurisdiction = \"DE\"\n",
+        );
         let c = crate::policy::compile(&cfg, jiff::Timestamp::now());
         assert!(!c.rules_v4.iter().any(|(n, _)| *n == google));
         // No name tracking, no bypass entries.
         let cfg = config("[names]\ntrack = false\n");
         let c = crate::policy::compile(&cfg, jiff::Timestamp::now());
-        assert!(c.rules_v4.iter().all(|(_, r)| r.kind != DestKind::ResolverBypass as u8));
+        assert!(
+            c.rules_v4
+                .iter()
+                .all(|(_, r)| r.kind != DestKind::ResolverBypass as u8)
+        );
     }
 
     #[test]

@@ -169,6 +169,15 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
             }
         }
     }
+    let names = crate::names::compile(config, now);
+    for (key, _) in &names.rules {
+        if let Some(p) = usize::try_from(key.policy)
+            .ok()
+            .and_then(|i| policies.get_mut(i))
+        {
+            p.exceptions |= residency_common::HAS_NAME_RULES;
+        }
+    }
     Compiled {
         policies,
         rules_v4,
@@ -178,7 +187,7 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         comm,
         uid,
         expired,
-        names: crate::names::compile(config, now),
+        names,
     }
 }
 

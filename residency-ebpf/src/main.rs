@@ -53,8 +53,8 @@ use residency_common::{
     CLASS_UNKNOWN, CachedPolicy, ConnectEvent, DestKind, DestRule, EventHeader, EventKind,
     ExceptionV4Key, ExceptionV6Key, FLAG_BY_NAME, FLAG_TLS_WATCHED, FLAG_V4_MAPPED,
     GEO_GENERATIONS, GEO4_L1_ENTRIES, GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive,
-    HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key,
-    MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES,
+    HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, HAS_NAME_RULES, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key,
+    Ipv6Key, MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES,
     MAX_PROCESS_POLICIES, NAME_FOUND, NAME_OFF, NO_CGROUP_POLICY, POLICY_CACHE_ENTRIES, Policy,
     PolicyActive, SELECTS_BY_COMM, SELECTS_BY_UID, STAT_COUNT, Stat, Verdict,
 };
@@ -487,9 +487,9 @@ fn classify(
         kind: 0,
         country: 0,
     };
-    let mut all_excepted = names.state == NAME_FOUND;
+    let mut all_excepted = names.state == NAME_FOUND && has & HAS_NAME_RULES != 0;
     let mut i = 0;
-    while i < 2 {
+    while i < 2 && has & HAS_NAME_RULES != 0 {
         if names.live[i] {
             match names::name_rule(slot, applied.index, names.pattern[i]) {
                 Some(r) if r.kind == DestKind::Denied as u8 => {

@@ -561,7 +561,55 @@ pub fn residency_tls(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// The TCP payload length of an outgoing segment, read from the headers in
+/// the linear area with direct packet access (no helper calls): the common
+/// SYN and ACK segments are passed over for a few loads. `None` when the
+/// headers are not all in the linear area; `Some(0)` for anything but TCP.
+#[inline(always)]
+fn tcp_payload_fast(ctx: &SkBuffContext) -> Option<usize> {
+    let skb = ctx.skb.skb;
+    // SAFETY: reads of the program's own context.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if start + 40 > end {
+        return None;
+    }
+    let p = start as *const u8;
+    // SAFETY: each read below is within [start, end), checked above or
+    // just before it.
+    unsafe {
+        let b0 = *p;
+        let (l4, total, proto) = match b0 >> 4 {
+            4 => (
+                usize::from(b0 & 0xf) * 4,
+                usize::from(u16::from_be_bytes([*p.add(2), *p.add(3)])),
+                *p.add(9),
+            ),
+            6 => (
+                40,
+                40 + usize::from(u16::from_be_bytes([*p.add(4), *p.add(5)])),
+                *p.add(6),
+            ),
+            _ => return None,
+        };
+        if proto != IPPROTO_TCP {
+            return Some(0);
+        }
+        if l4 < 20 {
+            return None;
+        }
+        let off = start + l4 + 12;
+        if off + 1 > end {
+            return None;
+        }
+        let doff = usize::from(*(off as *const u8) >> 4) * 4;
+        Some(total.saturating_sub(l4 + doff))
+    }
+}
+
 fn on_egress(ctx: &SkBuffContext) -> Option<()> {
+    if tcp_payload_fast(ctx) == Some(0) {
+        return None; // SYN, ACK, FIN, or not TCP
+    }
     let (payload, proto, _, _) = transport(ctx)?;
     if proto != IPPROTO_TCP {
         return None;

@@ -1053,6 +1053,14 @@ impl Dnsmasq {
     }
 }
 
+impl Dnsmasq {
+    /// Its process id (to pin it to a CPU in benchmarks).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         // Only the process this guard started, by its pid.

@@ -59,7 +59,9 @@ fn dnsmasq(dir: &Path) -> anyhow::Result<Option<Dnsmasq>> {
          host-record=plain.example,127.0.0.33\n\
          host-record=eu-llm.example,127.0.0.43\n\
          host-record=us-llm.example,127.0.0.43\n\
-         host-record=tls-eu.example,127.0.0.45\n",
+         host-record=tls-eu.example,127.0.0.45\n\
+         host-record=x.denied.example,127.0.0.21\n\
+         host-record=scc.example,127.0.0.35\n",
     )
 }
 
@@ -277,6 +279,20 @@ role = "llm"
 tenants = ["acme"]
 cgroup = ["{root}/app"]
 
+# Rules that name hosts: a deny for a German address, an exception for a
+# US one.
+[[deny]]
+name = "no-denied-example"
+names = ["*.denied.example"]
+
+[[exception]]
+name = "scc-example"
+names = ["scc.example"]
+basis = "scc"
+justification = "SCC 2021/914 module 2 with Example Inc."
+expires = "2099-01-01"
+tenants = ["acme"]
+
 [[endpoint]]
 id = "test-eu-llm"
 pattern = "eu-llm.example"
@@ -393,6 +409,8 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         {"op": "connect", "addr": "127.0.0.34", "port": port},
         {"op": "connect", "addr": "127.0.0.44", "port": 853},
         {"op": "curl", "name": "plain.example", "port": port + 2},
+        {"op": "resolve", "name": "x.denied.example", "port": port},
+        {"op": "resolve", "name": "scc.example", "port": port},
         {"op": "hostile", "server": HOSTILE_DNS, "name": "eu-llm.example", "rounds": 5},
         {"op": "race", "server": DNS, "port": port,
          "names": (1..=RACE_NAMES).map(|i| format!("r{i}.race.example")).collect::<Vec<_>>()},
@@ -541,13 +559,25 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         let f = find(&format!("127.0.2.{i}"), port)?;
         assert_eq!(f["destination"]["domain"], format!("r{i}.race.example"));
     }
+    // Rules that name hosts, in the kernel.
+    assert_eq!(result("x.denied.example")?["result"], "EPERM", "{out:?}");
+    assert_ne!(result("scc.example")?["result"], "EPERM", "{out:?}");
+    let denied = find("127.0.0.21", port)?;
+    assert_eq!(denied["residency"]["decided_by"], "denied");
+    assert_eq!(denied["rule"]["name"], "no-denied-example");
+    let excepted = find("127.0.0.35", port)?;
+    assert_eq!(excepted["residency"]["decided_by"], "exception");
+    assert_eq!(excepted["residency"]["exception"]["name"], "scc-example");
     // curl resolved through getaddrinfo too.
     let curl = find("127.0.0.33", port + 2)?;
     assert_eq!(curl["process"]["name"], "curl");
     assert_eq!(curl["destination"]["domain"], "plain.example");
     // Not borrowed across workloads.
     let borrowed = find("127.0.0.40", port + 3)?;
-    assert!(borrowed["destination"].get("domain").is_none(), "{borrowed}");
+    assert!(
+        borrowed["destination"].get("domain").is_none(),
+        "{borrowed}"
+    );
     assert_eq!(borrowed["residency"]["name"]["source"], "none");
     assert_eq!(borrowed["residency"]["decided_by"], "geoip");
     // Expired: older than the name's TTL (clamped to 3 s).

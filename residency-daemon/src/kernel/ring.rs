@@ -182,8 +182,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 let p = bytes.as_ptr().cast::<DnsEvent>();
                 let field = |f: *const u64| f.read_unaligned();
                 let at = core::mem::offset_of!(DnsEvent, msg);
-                let n = (std::ptr::addr_of!((*p).copied).read_unaligned() as usize)
-                    .min(want - at);
+                let n = (std::ptr::addr_of!((*p).copied).read_unaligned() as usize).min(want - at);
                 Decoded::Dns(Box::new(DnsAnswerBytes {
                     boot_ns: field(std::ptr::addr_of!((*p).boot_ns)),
                     cgroup_id: field(std::ptr::addr_of!((*p).cgroup_id)),
@@ -337,5 +336,45 @@ mod tests {
             decode(&bytes_of(&ev)),
             Err(DecodeError::Size { .. })
         ));
+    }
+
+    /// A DNS record as the kernel writes it: the header, then only the
+    /// bytes of the message it copied.
+    fn dns_record(msg: &[u8], size_delta: i64) -> Vec<u8> {
+        let head = core::mem::offset_of!(residency_common::DnsEvent, msg);
+        let size = u32::try_from(i64::try_from(head + msg.len()).unwrap() + size_delta).unwrap();
+        let mut b = Vec::new();
+        b.extend_from_slice(&(EventKind::Dns as u32).to_ne_bytes());
+        b.extend_from_slice(&size.to_ne_bytes());
+        b.extend_from_slice(&77u64.to_ne_bytes()); // boot_ns
+        b.extend_from_slice(&5u64.to_ne_bytes()); // cgroup
+        b.extend_from_slice(&9u32.to_ne_bytes()); // pattern
+        b.extend_from_slice(&u32::try_from(msg.len() + 100).unwrap().to_ne_bytes()); // msg_len
+        b.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_ne_bytes()); // copied
+        b.extend_from_slice(&3u16.to_ne_bytes()); // mapped
+        b.push(residency_common::IPPROTO_UDP);
+        b.push(0);
+        assert_eq!(b.len(), head);
+        b.extend_from_slice(msg);
+        b
+    }
+
+    #[test]
+    fn dns_records_are_as_long_as_their_message() {
+        let msg = b"\x12\x34\x81\x80 an answer";
+        let Ok(Decoded::Dns(d)) = decode(&dns_record(msg, 0)) else {
+            panic!("not a DNS record");
+        };
+        assert_eq!(
+            (d.boot_ns, d.cgroup_id, d.pattern, d.mapped, d.tcp),
+            (77, 5, 9, 3, false)
+        );
+        assert_eq!(d.msg, msg);
+        // A size that is not the record's, or past the largest record, is
+        // refused rather than read past.
+        assert!(decode(&dns_record(msg, 1)).is_err());
+        assert!(decode(&dns_record(msg, -100)).is_err());
+        let huge = vec![0u8; residency_common::DNS_EVENT_BYTES + 1];
+        assert!(decode(&dns_record(&huge, 0)).is_err());
     }
 }
