@@ -32,6 +32,21 @@ pub struct CompiledNames {
     pub rules: Vec<(NameRuleKey, DestRule)>,
 }
 
+impl CompiledNames {
+    /// Marks the policies that name rules apply to, so that the kernel
+    /// looks `NAME_RULES` up only for those.
+    pub fn mark_policies(&self, policies: &mut [residency_common::Policy]) {
+        for (key, _) in &self.rules {
+            if let Some(p) = usize::try_from(key.policy)
+                .ok()
+                .and_then(|i| policies.get_mut(i))
+            {
+                p.exceptions |= residency_common::HAS_NAME_RULES;
+            }
+        }
+    }
+}
+
 /// The kernel's key for a pattern.
 #[must_use]
 pub fn pattern_key(p: &Pattern) -> PatternKey {
@@ -262,6 +277,16 @@ mod tests {
         assert!(
             rule("api.hubapi.com", 0).is_none(),
             "exceptions are per workload"
+        );
+        // Both policies have name rules (the deny rule), and say so.
+        let compiled = crate::policy::compile(&cfg, jiff::Timestamp::now());
+        for p in &compiled.policies {
+            assert_ne!(p.exceptions & residency_common::HAS_NAME_RULES, 0);
+        }
+        let plain = crate::policy::compile(&config(""), jiff::Timestamp::now());
+        assert_eq!(
+            plain.policies[0].exceptions & residency_common::HAS_NAME_RULES,
+            0
         );
         assert!(rule("api-eu1.hubapi.com", 1).is_none());
     }

@@ -119,27 +119,24 @@ impl Namer {
                         .map(|c| vec![c.name.clone()])
                         .unwrap_or_default()
                 };
-                match found {
-                    Some((name, chain)) => {
-                        let endpoint = catalog.and_then(|c| c.lookup(&name)).map(endpoint_info);
-                        DestName {
-                            endpoint,
-                            cnames: chain.into_iter().skip(1).collect(),
-                            also,
-                            name: Some(name),
-                            source: NameSource::Dns,
-                            reason: None,
-                            sni: None,
-                        }
+                if let Some((name, chain)) = found {
+                    let endpoint = catalog.and_then(|c| c.lookup(&name)).map(endpoint_info);
+                    DestName {
+                        endpoint,
+                        cnames: chain.into_iter().skip(1).collect(),
+                        also,
+                        name: Some(name),
+                        source: NameSource::Dns,
+                        reason: None,
+                        sni: None,
                     }
-                    None => {
-                        let mut n = DestName::unknown(MISSED);
-                        n.endpoint = catalog
-                            .and_then(|c| c.by_pattern_id(ev.name_pattern))
-                            .map(endpoint_info);
-                        n.also = also;
-                        n
-                    }
+                } else {
+                    let mut n = DestName::unknown(MISSED);
+                    n.endpoint = catalog
+                        .and_then(|c| c.by_pattern_id(ev.name_pattern))
+                        .map(endpoint_info);
+                    n.also = also;
+                    n
                 }
             }
             // Names are not tracked.

@@ -58,30 +58,26 @@ fn action(c: Choice) -> Action {
 /// `now`.
 #[must_use]
 pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
-    let mut policies = vec![Policy {
-        allowed: config.policy.allowed.0,
-        unknown_action: action(config.policy.unknown) as u8,
-        enforce: u8::from(config.mode == Mode::Enforce),
+    let policy = |allowed: geoip::CountrySet, unknown: Choice, mode: Mode| Policy {
+        allowed: allowed.0,
+        unknown_action: action(unknown) as u8,
+        enforce: u8::from(mode == Mode::Enforce),
         exceptions: 0,
         selectors: 0,
         ambiguous_action: action(config.names.ambiguous) as u8,
         bypass_action: action(config.names.resolver_bypass) as u8,
         _pad: [0; 2],
-    }];
+    };
+    let mut policies = vec![policy(
+        config.policy.allowed,
+        config.policy.unknown,
+        config.mode,
+    )];
     let mut comm = Vec::new();
     let mut uid = Vec::new();
     for (i, w) in config.workloads.iter().enumerate() {
         let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        policies.push(Policy {
-            allowed: w.allowed.0,
-            unknown_action: action(w.unknown) as u8,
-            enforce: u8::from(w.mode == Mode::Enforce),
-            exceptions: 0,
-            selectors: 0,
-            ambiguous_action: action(config.names.ambiguous) as u8,
-            bypass_action: action(config.names.resolver_bypass) as u8,
-            _pad: [0; 2],
-        });
+        policies.push(policy(w.allowed, w.unknown, w.mode));
         if let Some(name) = w.selectors.comm() {
             let mut key = [0u8; 16];
             let bytes = name.as_bytes();
@@ -110,29 +106,7 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
             }
         }
     }
-    // Known DNS-over-HTTPS resolvers, by address: a connection to one on
-    // port 443 is a resolver bypass (the kernel applies these entries on
-    // that port only). An address a rule of the configuration already
-    // covers keeps that rule.
-    if config.names.track {
-        let bypass = DestRule {
-            rule_id: 0,
-            action: action(config.names.resolver_bypass) as u8,
-            kind: DestKind::ResolverBypass as u8,
-            country: 0,
-        };
-        for addr in config.catalog.resolvers().iter().flat_map(|r| &r.addresses) {
-            match IpNet::from(*addr) {
-                IpNet::V4(n) if !rules_v4.iter().any(|(r, _): &(Ipv4Net, _)| r.contains(&n)) => {
-                    rules_v4.push((n, bypass));
-                }
-                IpNet::V6(n) if !rules_v6.iter().any(|(r, _): &(Ipv6Net, _)| r.contains(&n)) => {
-                    rules_v6.push((n, bypass));
-                }
-                _ => {}
-            }
-        }
-    }
+    resolver_rules(config, &mut rules_v4, &mut rules_v6);
     let mut exceptions_v4 = Vec::new();
     let mut exceptions_v6 = Vec::new();
     let mut expired = Vec::new();
@@ -170,14 +144,7 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         }
     }
     let names = crate::names::compile(config, now);
-    for (key, _) in &names.rules {
-        if let Some(p) = usize::try_from(key.policy)
-            .ok()
-            .and_then(|i| policies.get_mut(i))
-        {
-            p.exceptions |= residency_common::HAS_NAME_RULES;
-        }
-    }
+    names.mark_policies(&mut policies);
     Compiled {
         policies,
         rules_v4,
@@ -188,6 +155,37 @@ pub fn compile(config: &Config, now: jiff::Timestamp) -> Compiled {
         uid,
         expired,
         names,
+    }
+}
+
+/// Known DNS-over-HTTPS resolvers, by address: a connection to one on
+/// port 443 is a resolver bypass (the kernel applies these entries on that
+/// port only). An address a rule of the configuration already covers
+/// keeps that rule.
+fn resolver_rules(
+    config: &Config,
+    rules_v4: &mut Vec<(Ipv4Net, DestRule)>,
+    rules_v6: &mut Vec<(Ipv6Net, DestRule)>,
+) {
+    if !config.names.track {
+        return;
+    }
+    let bypass = DestRule {
+        rule_id: 0,
+        action: action(config.names.resolver_bypass) as u8,
+        kind: DestKind::ResolverBypass as u8,
+        country: 0,
+    };
+    for addr in config.catalog.resolvers().iter().flat_map(|r| &r.addresses) {
+        match IpNet::from(*addr) {
+            IpNet::V4(n) if !rules_v4.iter().any(|(r, _)| r.contains(&n)) => {
+                rules_v4.push((n, bypass));
+            }
+            IpNet::V6(n) if !rules_v6.iter().any(|(r, _)| r.contains(&n)) => {
+                rules_v6.push((n, bypass));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -377,10 +375,6 @@ pub struct Decision {
 /// default policy) as the kernel would, with the exceptions in force at
 /// `now`. `geo` gives the country the kernel's tables hold for an address
 /// (the flattened tables, not the full database, so both see the same data).
-#[expect(
-    clippy::too_many_lines,
-    reason = "the kernel's decision, step by step, with a reason for each"
-)]
 pub fn decide(
     config: &Config,
     index: u16,
@@ -506,6 +500,10 @@ fn conclude(
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the kernel's order, step by step, with a reason for each"
+)]
 /// Decides about a host name for the process under policy `index` as the
 /// kernel would once the workload resolved it: deny rules and exceptions
 /// that name hosts, then the endpoint catalog (the most specific entry).

@@ -433,6 +433,10 @@ extern "C" fn match_suffix(_i: u64, _ctx: *mut c_void) -> i64 {
         key.wildcard = if w.first != 0 { 0 } else { PATTERN_WILDCARD };
         key._pad = [0; 6];
         // SAFETY: the inner map is read only through helpers.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "the key stays in per-CPU map memory: by value it would be copied to the stack"
+        )]
         if let Some(&id) = unsafe { patterns.get(&*key) } {
             w.pattern = id;
             return 1;
@@ -540,7 +544,7 @@ fn remember(key: &NameKey, stamp: u64, expires: u64, pattern: u32) {
     };
     // A full map evicts the least recently used name; a failed insert only
     // means this address is judged by GeoIP, with the reason on the record.
-    let _ = DNS_NAMES.insert(key, &entry, 0);
+    let _ = DNS_NAMES.insert(key, entry, 0);
 }
 
 #[inline(always)]
@@ -702,7 +706,7 @@ pub(crate) fn names_for(cgroup_id: u64, addr: [u8; 16], family: u8, now: u64) ->
         _pad: 0,
     };
     // SAFETY: the map is read only through helpers; the entry is copied.
-    let Some(e) = (unsafe { DNS_NAMES.get(&key) }).copied() else {
+    let Some(e) = (unsafe { DNS_NAMES.get(key) }).copied() else {
         return names;
     };
     names.live = [

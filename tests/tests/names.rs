@@ -17,6 +17,7 @@
 //! answer named, and hostile DNS packets that change nothing.
 
 use std::{
+    fmt::Write as _,
     io::Write as _,
     net::{IpAddr, Ipv4Addr, UdpSocket},
     path::{Path, PathBuf},
@@ -43,10 +44,10 @@ fn dnsmasq(dir: &Path) -> anyhow::Result<Option<Dnsmasq>> {
     // 40 addresses for one name: more than a 512-byte UDP answer holds, so
     // glibc (which sends no EDNS) gets a truncated answer and asks over TCP.
     for i in 1..=40 {
-        hosts.push_str(&format!("127.0.1.{i} big.example\n"));
+        let _ = writeln!(hosts, "127.0.1.{i} big.example");
     }
     for i in 1..=RACE_NAMES {
-        hosts.push_str(&format!("127.0.2.{i} r{i}.race.example\n"));
+        let _ = writeln!(hosts, "127.0.2.{i} r{i}.race.example");
     }
     Dnsmasq::start(
         dir,
@@ -70,19 +71,19 @@ fn dnsmasq(dir: &Path) -> anyhow::Result<Option<Dnsmasq>> {
 /// allows through pointers. The client must receive them (they reach its
 /// socket through the kernel program), and nothing may change.
 fn hostile_server(stop: Arc<AtomicBool>) -> anyhow::Result<thread::JoinHandle<()>> {
-    let s = UdpSocket::bind((HOSTILE_DNS, 53))?;
-    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let sock = UdpSocket::bind((HOSTILE_DNS, 53))?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     Ok(thread::spawn(move || {
         let mut buf = [0u8; 512];
         while !stop.load(Ordering::Relaxed) {
-            let Ok((n, from)) = s.recv_from(&mut buf) else {
+            let Ok((len, from)) = sock.recv_from(&mut buf) else {
                 continue;
             };
-            if n < 12 {
+            if len < 12 {
                 continue;
             }
             let id = [buf[0], buf[1]];
-            let q = &buf[12..n];
+            let q = &buf[12..len];
             let head = |an: u16| {
                 let mut h = vec![id[0], id[1], 0x81, 0x80, 0, 1];
                 h.extend_from_slice(&an.to_be_bytes());
@@ -91,35 +92,35 @@ fn hostile_server(stop: Arc<AtomicBool>) -> anyhow::Result<thread::JoinHandle<()
             };
             let mut answers: Vec<Vec<u8>> = Vec::new();
             // An answer whose owner name points at itself.
-            let mut a = head(1);
-            a.extend_from_slice(q);
-            let at = u16::try_from(a.len()).unwrap_or(0) | 0xc000;
-            a.extend_from_slice(&at.to_be_bytes());
-            a.extend_from_slice(&[0, 1, 0, 1, 0, 0, 1, 0, 0, 4, 127, 0, 0, 36]);
-            answers.push(a);
+            let mut self_loop = head(1);
+            self_loop.extend_from_slice(q);
+            let at = u16::try_from(self_loop.len()).unwrap_or(0) | 0xc000;
+            self_loop.extend_from_slice(&at.to_be_bytes());
+            self_loop.extend_from_slice(&[0, 1, 0, 1, 0, 0, 1, 0, 0, 4, 127, 0, 0, 36]);
+            answers.push(self_loop);
             // Two pointers pointing at each other.
-            let mut b = head(1);
-            b.extend_from_slice(q);
-            let p = u16::try_from(b.len()).unwrap_or(0);
-            b.extend_from_slice(&((p + 2) | 0xc000).to_be_bytes());
-            b.extend_from_slice(&(p | 0xc000).to_be_bytes());
-            answers.push(b);
+            let mut pair = head(1);
+            pair.extend_from_slice(q);
+            let at = u16::try_from(pair.len()).unwrap_or(0);
+            pair.extend_from_slice(&((at + 2) | 0xc000).to_be_bytes());
+            pair.extend_from_slice(&(at | 0xc000).to_be_bytes());
+            answers.push(pair);
             // 65535 answers claimed, an rdlength past the end.
-            let mut c = head(65535);
-            c.extend_from_slice(q);
-            c.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0, 0xff, 0xff, 127]);
-            answers.push(c);
+            let mut liar = head(65535);
+            liar.extend_from_slice(q);
+            liar.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0, 0xff, 0xff, 127]);
+            answers.push(liar);
             // A label length past the end of the message.
-            let mut d = head(1);
-            d.extend_from_slice(q);
-            d.extend_from_slice(&[63, b'x']);
-            answers.push(d);
+            let mut past_end = head(1);
+            past_end.extend_from_slice(q);
+            past_end.extend_from_slice(&[63, b'x']);
+            answers.push(past_end);
             // Garbage with the response bit set.
             answers.push(vec![
                 id[0], id[1], 0x81, 0x80, 0, 1, 0xff, 0xff, 0, 0, 0, 0, 0xc0,
             ]);
             for m in answers {
-                let _ = s.send_to(&m, from);
+                let _ = sock.send_to(&m, from);
             }
         }
     }))
@@ -337,7 +338,7 @@ source = "test fixture"
 }
 
 /// A database that places 127.0.0.16/28 in DE and the rest of the test
-/// addresses (and ::1) in the US.
+/// addresses (and `::1`) in the US.
 fn db(dir: &Path) -> PathBuf {
     let db = dir.join("c.mmdb");
     write(

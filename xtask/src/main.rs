@@ -126,7 +126,7 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Name tracking: connect() right after a DNS answer (dnsmasq) with and
+    /// Name tracking: `connect()` right after a DNS answer (dnsmasq) with and
     /// without the name programs, DNS answers per second with no name
     /// lost, and the kernel name map at 100,000 names.
     Names {

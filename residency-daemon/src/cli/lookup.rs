@@ -119,7 +119,7 @@ pub fn decide_and_print(
             let endpoint = config
                 .catalog
                 .lookup(name)
-                .map(|e| residency_daemon::naming::endpoint_info(e));
+                .map(residency_daemon::naming::endpoint_info);
             if json {
                 println!("{}", name_json(name, &decided, endpoint.as_deref()));
             } else {

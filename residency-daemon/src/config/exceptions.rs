@@ -6,7 +6,7 @@ use residency_config::{ConfigError, Locator, Spanned};
 use residency_record::TransferBasis;
 use serde::Deserialize;
 
-use super::{RawConfig, Role, Tenant, Workload, rules::rule_destinations};
+use super::{RawConfig, Role, Tenant, Workload};
 
 /// The legal basis of a transfer an exception allows (GDPR Chapter V).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -161,21 +161,14 @@ pub(super) fn validate_exceptions(
         // only once per workload (the kernel keys exceptions by policy), so
         // two tenants' exceptions may name the same SIEM.
         let names = super::rules::rule_names(e.names.as_ref(), &field, at)?;
-        let destinations = match &e.destinations {
-            Some(list) if !(list.get_ref().is_empty() && !names.is_empty()) => {
-                rule_destinations(list, &field, &mut std::collections::HashMap::new(), at)?
-            }
-            Some(_) => Vec::new(),
-            None if names.is_empty() => {
-                return Err(at.err(
-                    e.name.span(),
-                    &field,
-                    "names no destinations and no names; give `destinations` (CIDRs) or \
-                     `names` (host names such as \"api.example.com\"), or both",
-                ));
-            }
-            None => Vec::new(),
-        };
+        let destinations = super::rules::targets(
+            e.destinations.as_ref(),
+            &names,
+            &e.name,
+            &field,
+            &mut std::collections::HashMap::new(),
+            at,
+        )?;
         let exception = Exception {
             id: first_id.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)),
             name: name.to_owned(),

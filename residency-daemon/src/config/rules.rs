@@ -122,21 +122,14 @@ pub(super) fn validate_rules(raw: &RawConfig, at: &Locator<'_>) -> Result<Vec<Ru
     for (i, rule) in raw.deny.iter().enumerate() {
         let field = format!("deny[{i}]");
         let names = rule_names(rule.names.as_ref(), &field, at)?;
-        let destinations = match &rule.destinations {
-            Some(list) if !(list.get_ref().is_empty() && !names.is_empty()) => {
-                rule_destinations(list, &field, &mut seen, at)?
-            }
-            Some(_) => Vec::new(),
-            None if names.is_empty() => {
-                return Err(at.err(
-                    rule.name.span(),
-                    &field,
-                    "names no destinations and no names; give `destinations` (CIDRs) or \
-                     `names` (host names such as \"*.openai.com\"), or both",
-                ));
-            }
-            None => Vec::new(),
-        };
+        let destinations = targets(
+            rule.destinations.as_ref(),
+            &names,
+            &rule.name,
+            &field,
+            &mut seen,
+            at,
+        )?;
         push_rule(
             &mut rules,
             &rule.name,
@@ -255,6 +248,30 @@ fn push_rule(
         names: Vec::new(),
     });
     Ok(())
+}
+
+/// What a deny rule or an exception covers by address: its `destinations`,
+/// which may be left out (or empty) when it names hosts instead.
+pub(super) fn targets(
+    destinations: Option<&Spanned<Vec<Spanned<String>>>>,
+    names: &[Pattern],
+    name: &Spanned<String>,
+    field: &str,
+    seen: &mut std::collections::HashMap<IpNet, String>,
+    at: &Locator<'_>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    match destinations {
+        Some(list) if !list.get_ref().is_empty() || names.is_empty() => {
+            rule_destinations(list, field, seen, at)
+        }
+        _ if !names.is_empty() => Ok(Vec::new()),
+        _ => Err(at.err(
+            name.span(),
+            field,
+            "names no destinations and no names; give `destinations` (CIDRs) or `names` \
+             (host names such as \"*.openai.com\"), or both",
+        )),
+    }
 }
 
 /// `names = [...]` of a deny rule or an exception: host name patterns,

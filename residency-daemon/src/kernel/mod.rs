@@ -470,35 +470,7 @@ pub fn start(
         debug!(program = name, cgroup = %target.path.display(), "attached");
     }
 
-    // The name programs never drop a packet (they return 1 whatever they
-    // find). DNS answers first: a name must be in place before the
-    // TLS program can report a connection made with it.
-    if name_tracking.track {
-        let skb = [
-            (names::DNS_INGRESS, CgroupSkbAttachType::Ingress),
-            (names::TLS_EGRESS, CgroupSkbAttachType::Egress),
-        ];
-        for (name, attach) in skb {
-            if name == names::TLS_EGRESS && !name_tracking.sni {
-                continue;
-            }
-            let program: &mut CgroupSkb = ebpf
-                .program_mut(name)
-                .ok_or_else(|| KernelError::Aya {
-                    doing: format!("finding program {name}"),
-                    source: "not in the kernel object".into(),
-                })?
-                .try_into()
-                .map_err(|e| KernelError::from_program(name, "preparing", e))?;
-            program
-                .load()
-                .map_err(|e| KernelError::from_program(name, "loading", e))?;
-            program
-                .attach(&cgroup, attach, CgroupAttachMode::Single)
-                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-            debug!(program = name, cgroup = %target.path.display(), "attached");
-        }
-    }
+    attach_name_programs(&mut ebpf, &cgroup, name_tracking, &target)?;
 
     let events = ring::EventRing::new(take_map(&mut ebpf, names::EVENTS)?)?;
     let stats: PerCpuArray<MapData, u64> =
@@ -538,6 +510,44 @@ pub fn start(
         geo_installed: installed,
         policy_generation,
     })
+}
+
+/// The name programs, when names are tracked: DNS answers in, TLS hellos
+/// out. They never drop a packet (they return 1 whatever they find).
+fn attach_name_programs(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    name_tracking: &NamesConfig,
+    target: &CgroupTarget,
+) -> Result<(), KernelError> {
+    if !name_tracking.track {
+        return Ok(());
+    }
+    let skb = [
+        (names::DNS_INGRESS, CgroupSkbAttachType::Ingress),
+        (names::TLS_EGRESS, CgroupSkbAttachType::Egress),
+    ];
+    for (name, attach) in skb {
+        if name == names::TLS_EGRESS && !name_tracking.sni {
+            continue;
+        }
+        let program: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or_else(|| KernelError::Aya {
+                doing: format!("finding program {name}"),
+                source: "not in the kernel object".into(),
+            })?
+            .try_into()
+            .map_err(|e| KernelError::from_program(name, "preparing", e))?;
+        program
+            .load()
+            .map_err(|e| KernelError::from_program(name, "loading", e))?;
+        program
+            .attach(cgroup, attach, CgroupAttachMode::Single)
+            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+        debug!(program = name, cgroup = %target.path.display(), "attached");
+    }
+    Ok(())
 }
 
 /// Loads and attaches the exec, fork and exit tracepoints

@@ -95,6 +95,46 @@ pub enum Decoded {
     Tls(Box<TlsBytes>),
 }
 
+/// `N` bytes at `at` (within the checked size: the callers read fields of
+/// the header, which the size check covers).
+fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(b) = bytes.get(at..at + N) {
+        out.copy_from_slice(b);
+    }
+    out
+}
+
+fn dns_answer(bytes: &[u8], size: usize) -> DnsAnswerBytes {
+    use core::mem::offset_of;
+    let at = offset_of!(DnsEvent, msg);
+    let copied = u32::from_ne_bytes(field(bytes, offset_of!(DnsEvent, copied))) as usize;
+    let n = copied.min(size - at);
+    DnsAnswerBytes {
+        boot_ns: u64::from_ne_bytes(field(bytes, offset_of!(DnsEvent, boot_ns))),
+        cgroup_id: u64::from_ne_bytes(field(bytes, offset_of!(DnsEvent, cgroup_id))),
+        pattern: u32::from_ne_bytes(field(bytes, offset_of!(DnsEvent, pattern))),
+        msg_len: u32::from_ne_bytes(field(bytes, offset_of!(DnsEvent, msg_len))),
+        mapped: u16::from_ne_bytes(field(bytes, offset_of!(DnsEvent, mapped))),
+        tcp: field::<1>(bytes, offset_of!(DnsEvent, protocol))[0] == residency_common::IPPROTO_TCP,
+        msg: bytes[at..at + n].to_vec(),
+    }
+}
+
+fn tls_bytes(bytes: &[u8]) -> TlsBytes {
+    use core::mem::offset_of;
+    let at = offset_of!(TlsEvent, data);
+    let n = (u32::from_ne_bytes(field(bytes, offset_of!(TlsEvent, len))) as usize)
+        .min(residency_common::TLS_EVENT_BYTES);
+    TlsBytes {
+        boot_ns: u64::from_ne_bytes(field(bytes, offset_of!(TlsEvent, boot_ns))),
+        cookie: u64::from_ne_bytes(field(bytes, offset_of!(TlsEvent, cookie))),
+        cgroup_id: u64::from_ne_bytes(field(bytes, offset_of!(TlsEvent, cgroup_id))),
+        offset: u32::from_ne_bytes(field(bytes, offset_of!(TlsEvent, offset))),
+        data: bytes[at..at + n].to_vec(),
+    }
+}
+
 /// A [`DnsEvent`] with only the bytes the kernel copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsAnswerBytes {
@@ -178,36 +218,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             k if k == EventKind::Fork as u32 => {
                 Decoded::Fork(bytes.as_ptr().cast::<ProcessEvent>().read_unaligned())
             }
-            k if k == EventKind::Dns as u32 => {
-                let p = bytes.as_ptr().cast::<DnsEvent>();
-                let field = |f: *const u64| f.read_unaligned();
-                let at = core::mem::offset_of!(DnsEvent, msg);
-                let n = (std::ptr::addr_of!((*p).copied).read_unaligned() as usize).min(want - at);
-                Decoded::Dns(Box::new(DnsAnswerBytes {
-                    boot_ns: field(std::ptr::addr_of!((*p).boot_ns)),
-                    cgroup_id: field(std::ptr::addr_of!((*p).cgroup_id)),
-                    pattern: std::ptr::addr_of!((*p).pattern).read_unaligned(),
-                    msg_len: std::ptr::addr_of!((*p).msg_len).read_unaligned(),
-                    mapped: std::ptr::addr_of!((*p).mapped).read_unaligned(),
-                    tcp: std::ptr::addr_of!((*p).protocol).read_unaligned()
-                        == residency_common::IPPROTO_TCP,
-                    msg: bytes[at..at + n].to_vec(),
-                }))
-            }
-            k if k == EventKind::Tls as u32 => {
-                let p = bytes.as_ptr().cast::<TlsEvent>();
-                let field = |f: *const u64| f.read_unaligned();
-                let at = core::mem::offset_of!(TlsEvent, data);
-                let n = (std::ptr::addr_of!((*p).len).read_unaligned() as usize)
-                    .min(residency_common::TLS_EVENT_BYTES);
-                Decoded::Tls(Box::new(TlsBytes {
-                    boot_ns: field(std::ptr::addr_of!((*p).boot_ns)),
-                    cookie: field(std::ptr::addr_of!((*p).cookie)),
-                    cgroup_id: field(std::ptr::addr_of!((*p).cgroup_id)),
-                    offset: std::ptr::addr_of!((*p).offset).read_unaligned(),
-                    data: bytes[at..at + n].to_vec(),
-                }))
-            }
+            k if k == EventKind::Dns as u32 => Decoded::Dns(Box::new(dns_answer(bytes, want))),
+            k if k == EventKind::Tls as u32 => Decoded::Tls(Box::new(tls_bytes(bytes))),
             _ => Decoded::Exit(bytes.as_ptr().cast::<ProcessEvent>().read_unaligned()),
         }
     })

@@ -104,24 +104,7 @@ fn main() -> anyhow::Result<()> {
             nanos: Vec::new(),
         })
         .collect();
-    // One UDP socket per family, reused: sendto() is what is measured.
-    let udp4 = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::empty(),
-        None,
-    )?;
-    let udp6 = socket(
-        AddressFamily::Inet6,
-        SockType::Datagram,
-        SockFlag::empty(),
-        None,
-    )?;
-
-    // DNS queries go out on one socket; answers are read with a timeout.
-    let dns = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    dns.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    let mut query_id = 0u16;
+    let mut sockets = Sockets::new()?;
 
     let started = Instant::now();
     let deadline = args
@@ -139,40 +122,7 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_micros(args.interval_us));
         }
         for (op, st) in ops.iter().zip(stats.iter_mut()) {
-            let (result, nanos) = match op {
-                Op::Tcp(addr) => tcp_connect(*addr)?,
-                Op::Udp(addr) => {
-                    let fd = if addr.is_ipv4() { &udp4 } else { &udp6 };
-                    let dest = SockaddrStorage::from(*addr);
-                    let t = Instant::now();
-                    let r = sendto(fd.as_raw_fd(), b"r", &dest, MsgFlags::empty()).map(|_| ());
-                    (r, elapsed_ns(t))
-                }
-                Op::Dns { name, server } => {
-                    query_id = query_id.wrapping_add(1);
-                    let t = Instant::now();
-                    let r = resolve(
-                        &dns,
-                        *server,
-                        &name.replace("{i}", &pass.to_string()),
-                        query_id,
-                    )
-                    .map(|_| ());
-                    (r, elapsed_ns(t))
-                }
-                Op::DnsTcp { name, server, port } => {
-                    query_id = query_id.wrapping_add(1);
-                    match resolve(
-                        &dns,
-                        *server,
-                        &name.replace("{i}", &pass.to_string()),
-                        query_id,
-                    ) {
-                        Ok(ip) => tcp_connect(SocketAddr::new(ip.into(), *port))?,
-                        Err(e) => (Err(e), 0),
-                    }
-                }
-            };
+            let (result, nanos) = sockets.run(op, pass)?;
             match result {
                 Ok(()) => st.ok += 1,
                 Err(e) => *st.errors.entry(format!("{e:?}")).or_default() += 1,
@@ -194,6 +144,63 @@ fn main() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// The sockets the operations reuse.
+struct Sockets {
+    /// One UDP socket per family: `sendto()` is what is measured.
+    udp4: OwnedFd,
+    udp6: OwnedFd,
+    /// DNS queries go out on one socket; answers are read with a timeout.
+    dns: std::net::UdpSocket,
+    query_id: u16,
+}
+
+impl Sockets {
+    fn new() -> anyhow::Result<Self> {
+        let udp = |family| socket(family, SockType::Datagram, SockFlag::empty(), None);
+        let dns = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        dns.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        Ok(Sockets {
+            udp4: udp(AddressFamily::Inet)?,
+            udp6: udp(AddressFamily::Inet6)?,
+            dns,
+            query_id: 0,
+        })
+    }
+
+    /// One operation: its result and the nanoseconds of the timed call.
+    fn run(&mut self, op: &Op, pass: u64) -> anyhow::Result<(Result<(), Errno>, u64)> {
+        Ok(match op {
+            Op::Tcp(addr) => tcp_connect(*addr)?,
+            Op::Udp(addr) => {
+                let fd = if addr.is_ipv4() {
+                    &self.udp4
+                } else {
+                    &self.udp6
+                };
+                let dest = SockaddrStorage::from(*addr);
+                let t = Instant::now();
+                let r = sendto(fd.as_raw_fd(), b"r", &dest, MsgFlags::empty()).map(|_| ());
+                (r, elapsed_ns(t))
+            }
+            Op::Dns { name, server } => {
+                self.query_id = self.query_id.wrapping_add(1);
+                let name = name.replace("{i}", &pass.to_string());
+                let t = Instant::now();
+                let r = resolve(&self.dns, *server, &name, self.query_id).map(|_| ());
+                (r, elapsed_ns(t))
+            }
+            Op::DnsTcp { name, server, port } => {
+                self.query_id = self.query_id.wrapping_add(1);
+                let name = name.replace("{i}", &pass.to_string());
+                match resolve(&self.dns, *server, &name, self.query_id) {
+                    Ok(ip) => tcp_connect(SocketAddr::new(ip.into(), *port))?,
+                    Err(e) => (Err(e), 0),
+                }
+            }
+        })
+    }
 }
 
 /// Per-operation results, with latency percentiles when timed.

@@ -146,7 +146,7 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
-    /// Name tracking: connect() right after a DNS answer with the name
+    /// Name tracking: `connect()` right after a DNS answer with the name
     /// programs and without, DNS answers per second with no name lost, and
     /// the kernel name map's memory at 100,000 names and its bound.
     Names {

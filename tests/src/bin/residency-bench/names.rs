@@ -23,6 +23,9 @@ use super::{median, write_section};
 
 const DNS: &str = "127.53.0.1";
 
+/// The machine's CPUs, read before this thread is pinned to one of them.
+static CPUS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn config(track: bool, sni: bool, max_entries: u32) -> String {
     format!(
         "mode = \"monitor\"\n[policy]\nallowed = [\"EEA\"]\nlocal_networks = [\"127.53.0.0/16\"]\n\
@@ -34,7 +37,7 @@ fn config(track: bool, sni: bool, max_entries: u32) -> String {
 
 /// The kernel side alone, with a reader that counts DNS records.
 struct Attached {
-    attached: kernel::Attached,
+    programs: kernel::Attached,
     counters: kernel::CounterReader,
     dns_records: std::sync::Arc<std::sync::atomic::AtomicU64>,
     reader: tokio::task::JoinHandle<()>,
@@ -43,7 +46,7 @@ struct Attached {
 impl Attached {
     fn detach(self) {
         self.reader.abort();
-        drop(self.attached);
+        drop(self.programs);
     }
 }
 
@@ -91,7 +94,7 @@ fn attach(
         }
     });
     Ok(Attached {
-        attached: k.attached,
+        programs: k.attached,
         counters: k.counters,
         dns_records,
         reader,
@@ -174,7 +177,7 @@ pub fn run(
     );
     let dir = tempfile::tempdir()?;
     let mut hosts = String::with_capacity(usize::try_from(fill).unwrap_or(0) * 32);
-    for i in 0..fill {
+    for i in 1..=fill {
         let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 64, 0, 0)) + i);
         let _ = writeln!(hosts, "{a} n{i}.fill.example");
     }
@@ -191,6 +194,7 @@ pub fn run(
     // scheduler happens to wake it dominates the variance. The DNS server
     // gets CPU 0 and the client (started from this thread) the last CPU.
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    CPUS.store(cpus, std::sync::atomic::Ordering::Relaxed);
     if cpus > 1 {
         let pin = |pid: i32, cpu: usize| {
             let mut set = nix::sched::CpuSet::new();
@@ -283,7 +287,7 @@ pub fn run(
             server,
         };
         // Passes count from 1: n1 .. n<fill>.
-        client(&fill_op, u64::from(fill - 1))?;
+        client(&fill_op, u64::from(fill))?;
         let (found, memlock) = name_map()?;
         memory.push((max_entries, found, memlock));
         a.detach();
@@ -312,7 +316,7 @@ fn render(
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let cpus = CPUS.load(std::sync::atomic::Ordering::Relaxed);
     let mut out = String::new();
     let _ = writeln!(
         out,
