@@ -25,6 +25,28 @@ pub enum LookupError {
     UnknownWorkload { name: String, known: String },
 }
 
+/// The policy index of a workload by name (`None`: the default policy, 0).
+///
+/// # Errors
+/// [`LookupError::UnknownWorkload`], listing the workloads there are.
+pub fn workload_index(config: &Config, workload: Option<&str>) -> Result<u16, LookupError> {
+    let Some(name) = workload else {
+        return Ok(0);
+    };
+    config
+        .workload(name)
+        .map(|(i, _)| i)
+        .ok_or_else(|| LookupError::UnknownWorkload {
+            name: name.to_owned(),
+            known: config
+                .workloads
+                .iter()
+                .map(|w| w.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 /// What `residency lookup` says about one address.
 #[derive(Debug, Clone)]
 pub struct LookupReport {
@@ -107,20 +129,7 @@ impl<'a> Lookup<'a> {
         ips: &[std::net::IpAddr],
     ) -> Result<Vec<LookupReport>, LookupError> {
         let config = self.config;
-        let index = match workload {
-            None => 0,
-            Some(name) => config.workload(name).map(|(i, _)| i).ok_or_else(|| {
-                LookupError::UnknownWorkload {
-                    name: name.to_owned(),
-                    known: config
-                        .workloads
-                        .iter()
-                        .map(|w| w.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-            })?,
-        };
+        let index = workload_index(config, workload)?;
         let mut cache = geodb::DetailCache::new(ips.len());
         Ok(ips
             .iter()

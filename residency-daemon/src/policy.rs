@@ -384,18 +384,7 @@ pub fn decide(
 ) -> Decision {
     let ip = geoip::db::canonical(ip);
     let workload = config.workload_of(index);
-    let mut reasons = Vec::new();
-    match workload {
-        Some(w) => reasons.push(format!(
-            "workload \"{}\" ({}) serves tenant(s) {}: allowed {}; mode {}",
-            w.name,
-            w.role.as_str(),
-            w.tenants.join(", "),
-            allowed_text(config, w),
-            w.mode.as_str()
-        )),
-        None => reasons.push("no workload: the default policy ([policy]) applies".to_owned()),
-    }
+    let mut reasons = vec![workload_text(config, workload)];
     let rule = config
         .rules
         .iter()
@@ -520,18 +509,7 @@ pub fn decide_name(
     now: jiff::Timestamp,
 ) -> Result<Decision, String> {
     let workload = config.workload_of(index);
-    let mut reasons = Vec::new();
-    match workload {
-        Some(w) => reasons.push(format!(
-            "workload \"{}\" ({}) serves tenant(s) {}: allowed {}; mode {}",
-            w.name,
-            w.role.as_str(),
-            w.tenants.join(", "),
-            allowed_text(config, w),
-            w.mode.as_str()
-        )),
-        None => reasons.push("no workload: the default policy ([policy]) applies".to_owned()),
-    }
+    let mut reasons = vec![workload_text(config, workload)];
     let covers = |p: &residency_catalog::Pattern| p.matches(name);
     if let Some(rule) = config.deny_rules().find(|r| r.names.iter().any(covers)) {
         reasons.push(format!("{name} is named by deny rule \"{}\"", rule.name));
@@ -654,6 +632,21 @@ fn exception_text(ip: IpAddr, net: &IpNet, e: &Exception) -> String {
         e.justification,
         e.expires
     )
+}
+
+/// The first reason: whose policy applies.
+fn workload_text(config: &Config, workload: Option<&crate::config::Workload>) -> String {
+    match workload {
+        Some(w) => format!(
+            "workload \"{}\" ({}) serves tenant(s) {}: allowed {}; mode {}",
+            w.name,
+            w.role.as_str(),
+            w.tenants.join(", "),
+            allowed_text(config, w),
+            w.mode.as_str()
+        ),
+        None => "no workload: the default policy ([policy]) applies".to_owned(),
+    }
 }
 
 fn allowed_text(config: &Config, w: &crate::config::Workload) -> String {

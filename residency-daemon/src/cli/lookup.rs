@@ -95,22 +95,9 @@ pub fn decide_and_print(
         Ok(c) => c,
         Err(e) => return exit::config(&e),
     };
-    let index = match workload {
-        None => 0,
-        Some(name) => match config.workload(name) {
-            Some((i, _)) => i,
-            None => {
-                return exit::lookup(&residency_daemon::LookupError::UnknownWorkload {
-                    name: name.to_owned(),
-                    known: config
-                        .workloads
-                        .iter()
-                        .map(|w| w.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-        },
+    let index = match residency_daemon::lookup::workload_index(&config, workload) {
+        Ok(i) => i,
+        Err(e) => return exit::lookup(&e),
     };
     for t in targets {
         if let Target::Name(name) = t {

@@ -449,14 +449,7 @@ pub fn start(
         source: e,
     })?;
     for name in names::PROGRAMS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| KernelError::Aya {
-                doing: format!("finding program {name}"),
-                source: "not in the kernel object".into(),
-            })?
-            .try_into()
-            .map_err(|e| KernelError::from_program(name, "preparing", e))?;
+        let program: &mut CgroupSockAddr = find_program(&mut ebpf, name)?;
         program
             .load()
             .map_err(|e| KernelError::from_program(name, "loading", e))?;
@@ -531,14 +524,7 @@ fn attach_name_programs(
         if name == names::TLS_EGRESS && !name_tracking.sni {
             continue;
         }
-        let program: &mut CgroupSkb = ebpf
-            .program_mut(name)
-            .ok_or_else(|| KernelError::Aya {
-                doing: format!("finding program {name}"),
-                source: "not in the kernel object".into(),
-            })?
-            .try_into()
-            .map_err(|e| KernelError::from_program(name, "preparing", e))?;
+        let program: &mut CgroupSkb = find_program(ebpf, name)?;
         program
             .load()
             .map_err(|e| KernelError::from_program(name, "loading", e))?;
@@ -555,14 +541,7 @@ fn attach_name_programs(
 fn track_processes(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     ensure_tracefs()?;
     for (name, category, tracepoint) in names::PROCESS_PROGRAMS {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| KernelError::Aya {
-                doing: format!("finding program {name}"),
-                source: "not in the kernel object".into(),
-            })?
-            .try_into()
-            .map_err(|e| KernelError::from_program(name, "preparing", e))?;
+        let program: &mut TracePoint = find_program(ebpf, name)?;
         program
             .load()
             .map_err(|e| KernelError::from_program(name, "loading", e))?;
@@ -596,6 +575,20 @@ fn ensure_tracefs() -> Result<(), KernelError> {
     })?;
     info!(at = %at.display(), "mounted tracefs for the process tracepoints");
     Ok(())
+}
+
+/// A program of the kernel object, as its type.
+fn find_program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| KernelError::Aya {
+            doing: format!("finding program {name}"),
+            source: "not in the kernel object".into(),
+        })?
+        .try_into()
+        .map_err(|e| KernelError::from_program(name, "preparing", e))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> {
