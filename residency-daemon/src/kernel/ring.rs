@@ -181,7 +181,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         k if k == EventKind::Dns as u32 => {
             let head = core::mem::offset_of!(DnsEvent, msg);
             let size = header.size as usize;
-            if size <= head || size > size_of::<DnsEvent>() {
+            let copied =
+                u32::from_ne_bytes(field(bytes, core::mem::offset_of!(DnsEvent, copied))) as usize;
+            if size <= head || size > size_of::<DnsEvent>() || head + copied != size {
                 return Err(DecodeError::Size {
                     kind: header.kind,
                     got: bytes.len(),
@@ -385,7 +387,10 @@ mod tests {
         // A size that is not the record's, or past the largest record, is
         // refused rather than read past.
         assert!(decode(&dns_record(msg, 1)).is_err());
-        assert!(decode(&dns_record(msg, -100)).is_err());
+        assert!(
+            decode(&dns_record(msg, -5)).is_err(),
+            "size and copied disagree"
+        );
         let huge = vec![0u8; residency_common::DNS_EVENT_BYTES + 1];
         assert!(decode(&dns_record(&huge, 0)).is_err());
     }
