@@ -319,6 +319,34 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_endpoint_or_deployment_is_named_with_its_line() {
+        let err = Config::from_toml(
+            "[[endpoint]]\nid = \"x\"\npattern = \"api.example.com\"\njurisdiction = [\"DE\"]\n",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(1), "{err}");
+        assert!(err.to_string().contains("source"), "{err}");
+        let err = Config::from_toml(
+            "[catalog.deployments]\n\"nothing-covers.example\" = \"EU\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("no catalog entry covers it"),
+            "{err}"
+        );
+        let ok = Config::from_toml(
+            "[catalog.deployments]\n\"acme-eu.openai.azure.com\" = \"EU\"\n",
+            "t",
+        )
+        .unwrap();
+        let e = ok.catalog.lookup("acme-eu.openai.azure.com").unwrap();
+        assert!(e.determines_region);
+        assert_eq!(e.jurisdiction.to_string(), "EU");
+    }
+
+    #[test]
     fn rules_need_destinations_or_names() {
         let err = Config::from_toml("[[deny]]\nname = \"x\"\n", "t").unwrap_err();
         assert!(

@@ -173,8 +173,10 @@ fn on_answer(ctx: &SkBuffContext) -> Option<()> {
     // A connected socket whose peer is not on port 53 (a TCP connection to
     // a web service, say) gets no DNS answer: skip it before parsing.
     // Unconnected UDP sockets have no peer (0) and are parsed.
+    // The kernel hands `remote_port` over in network byte order, shifted
+    // into the upper half on little-endian machines; either half will do.
     let peer = ctx.skb.remote_port();
-    if peer != 0 && peer != u32::from(53u16.to_be()) {
+    if peer != 0 && (peer | (peer >> 16)) & 0xffff != u32::from(53u16.to_be()) {
         return None;
     }
     let (payload, proto, sport, _) = transport(ctx)?;

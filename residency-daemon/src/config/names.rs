@@ -29,17 +29,23 @@ pub(super) fn validate_catalog(
     at: &Locator<'_>,
 ) -> Result<Catalog, ConfigError> {
     let plain: Vec<RawEndpoint> = endpoints.iter().map(|e| e.get_ref().clone()).collect();
-    Catalog::with(raw.builtin.unwrap_or(true), &plain, &raw.deployments, sets).map_err(|e| match &e
-    {
-        CatalogError::Endpoint { index, field, .. }
-            if matches!(
-                e,
-                CatalogError::Endpoint {
-                    origin: residency_catalog::Origin::Config,
-                    ..
-                }
-            ) =>
-        {
+    Catalog::with(raw.builtin.unwrap_or(true), &plain, &raw.deployments, sets)
+        .map_err(|e| catalog_error(&e, endpoints, at))
+}
+
+/// A catalog error at the line of the entry it is about.
+fn catalog_error(
+    e: &CatalogError,
+    endpoints: &[Spanned<RawEndpoint>],
+    at: &Locator<'_>,
+) -> ConfigError {
+    match e {
+        CatalogError::Endpoint {
+            origin: residency_catalog::Origin::Config,
+            index,
+            field,
+            ..
+        } => {
             let span = endpoints.get(*index).map(Spanned::span);
             at.err_opt(span, &format!("endpoint[{index}].{field}"), &e.to_string())
         }
@@ -49,7 +55,7 @@ pub(super) fn validate_catalog(
             &e.to_string(),
         ),
         _ => at.err_opt(None, "catalog", &e.to_string()),
-    })
+    }
 }
 
 /// `[names]` as written.
