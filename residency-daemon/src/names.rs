@@ -90,11 +90,7 @@ fn all_patterns(config: &Config) -> BTreeMap<u32, Pattern> {
 /// pattern for: `p`'s own, or the most specific entry that covers it.
 #[must_use]
 pub fn endpoint_for<'a>(catalog: &'a Catalog, p: &Pattern) -> Option<&'a Endpoint> {
-    catalog
-        .endpoints()
-        .iter()
-        .filter(|e| e.pattern == *p || e.pattern.covers(p))
-        .max_by_key(|e| e.pattern.specificity())
+    catalog.covering(p)
 }
 
 fn is_resolver(catalog: &Catalog, p: &Pattern) -> bool {

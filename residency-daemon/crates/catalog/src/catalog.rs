@@ -277,6 +277,14 @@ impl Catalog {
         self.index.lookup(name).map(|at| &self.endpoints[at])
     }
 
+    /// The most specific entry that covers every name `p` matches: for an
+    /// exact name, its lookup; for `*.s`, the wildcard entry with the
+    /// longest suffix that is `s` or a parent of `s`.
+    #[must_use]
+    pub fn covering(&self, p: &Pattern) -> Option<&Endpoint> {
+        self.index.covering(p).map(|at| &self.endpoints[at])
+    }
+
     /// Every entry, built-in first (in file order, overridden ones in
     /// place), then configuration, then deployments that add a name.
     #[must_use]
