@@ -19,7 +19,7 @@
 use std::{
     fmt::Write as _,
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, UdpSocket},
+    net::{Ipv4Addr, UdpSocket},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -32,7 +32,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use geoip::testdb::{Entry, Layout, write};
-use residency_tests::{Daemon, Dnsmasq, Listener, TestCgroup, flows, privileged_or_skip};
+use residency_tests::{Daemon, Dnsmasq, TestCgroup, flows, privileged_or_skip};
 use serde_json::Value;
 
 const DNS: &str = "127.53.0.1";
@@ -159,11 +159,22 @@ for op in ops:
         s, res = connect(family, addr, op["port"])
         entry = {"name": op["name"], "addr": addr, "addrs": len(infos), "result": res}
         if s is not None and op.get("sni"):
+            # The ClientHello, made by Python's TLS stack in memory, then
+            # sent in three writes: the kernel sees it in three segments.
             ctx = ssl.create_default_context()
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(incoming, outgoing, server_hostname=op["sni"])
             try:
-                ctx.wrap_socket(s, server_hostname=op["sni"]).close()
-            except Exception as e:
-                entry["tls"] = type(e).__name__
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            hello = outgoing.read()
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            third = len(hello) // 3
+            for part in (hello[:third], hello[third:2 * third], hello[2 * third:]):
+                s.sendall(part)
+                time.sleep(0.05)
+            entry["hello_bytes"] = len(hello)
         if s is not None:
             s.close()
         out.append(entry)
@@ -394,7 +405,16 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         &cg,
         &[std::ffi::OsStr::new("--geoip"), db.as_os_str()],
     )?;
-    let tls = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 45)))?;
+    // A TLS "server" that reads what it is sent (and answers nothing), so
+    // that the client can send its hello in several writes.
+    let tls = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 45), 0))?;
+    let tls_port = tls.local_addr()?.port();
+    let tls_reader = thread::spawn(move || {
+        if let Ok((mut conn, _)) = tls.accept() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = std::io::copy(&mut conn, &mut std::io::sink());
+        }
+    });
     let port = 9;
 
     let ops = serde_json::json!([
@@ -406,7 +426,7 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         {"op": "resolve", "name": "big.example", "port": port},
         {"op": "resolve", "name": "eu-llm.example", "port": port},
         {"op": "resolve", "name": "us-llm.example", "port": port + 1},
-        {"op": "resolve", "name": "tls-eu.example", "port": tls.tcp.port(), "sni": "api.openai.com"},
+        {"op": "resolve", "name": "tls-eu.example", "port": tls_port, "sni": "api.openai.com"},
         {"op": "connect", "addr": "127.0.0.34", "port": port},
         {"op": "connect", "addr": "127.0.0.44", "port": 853},
         {"op": "curl", "name": "plain.example", "port": port + 2},
@@ -438,6 +458,7 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
     )?;
     stop.store(true, Ordering::Relaxed);
     let _ = hostile.join();
+    let _ = tls_reader.join();
     let result = |name: &str| -> anyhow::Result<&Value> {
         out.iter()
             .find(|o| o["name"] == name)
@@ -555,6 +576,13 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
     assert_eq!(sni["residency"]["tls"]["server_name"], "api.openai.com");
     assert_eq!(sni["residency"]["resolved_name"], "tls-eu.example");
     assert_eq!(sni["residency"]["flagged"], true);
+    // The hello came in three segments: it was put together, and names
+    // its flow.
+    assert_eq!(
+        sni["residency"]["socket_cookie"],
+        find("127.0.0.45", tls_port)?["residency"]["socket_cookie"],
+        "the TLS record names its flow"
+    );
     // Every race connect is recorded with its name.
     for i in 1..=RACE_NAMES {
         let f = find(&format!("127.0.2.{i}"), port)?;
