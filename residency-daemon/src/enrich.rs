@@ -76,19 +76,31 @@ impl Enricher {
     }
 
     /// A DNS answer or TLS bytes from the kernel; a TLS server name gives
-    /// a record.
+    /// a record. Counted in `metrics`.
     pub fn observe_names(
         &mut self,
         record: &crate::kernel::Decoded,
+        metrics: &crate::metrics::PipelineMetrics,
     ) -> Option<residency_record::Record> {
         match record {
             crate::kernel::Decoded::Dns(answer) => {
-                self.names.answer(answer);
+                if self.names.answer(answer) {
+                    metrics.dns_answers.inc();
+                } else {
+                    metrics.dns_rejected.inc();
+                }
+                metrics
+                    .names_kept
+                    .set(i64::try_from(self.names.len()).unwrap_or(i64::MAX));
                 None
             }
             crate::kernel::Decoded::Tls(bytes) => {
                 let catalog = self.sources.versions.latest_catalog();
-                self.names.tls(bytes, catalog.as_deref())
+                let record = self.names.tls(bytes, catalog.as_deref());
+                if record.is_some() {
+                    metrics.tls_server_names.inc();
+                }
+                record
             }
             _ => None,
         }

@@ -40,6 +40,17 @@ pub struct PipelineMetrics {
     pub undecodable: Counter,
     /// Are the kernel programs attached?
     pub attached: Gauge,
+    /// DNS answers the daemon parsed for names.
+    pub dns_answers: Counter,
+    /// DNS answers it could not use (malformed, hostile, not a response).
+    pub dns_rejected: Counter,
+    /// Names kept per workload and address.
+    pub names_kept: Gauge,
+    /// DNS answers and TLS bytes the kernel could not copy to the daemon
+    /// (ring buffer full): its judgement stood, the records lack the name.
+    pub kernel_names_dropped: Gauge,
+    /// `tls-server-name` records written.
+    pub tls_server_names: Counter,
 }
 
 impl PipelineMetrics {
@@ -61,6 +72,31 @@ impl PipelineMetrics {
             "events",
             "Decisions written, by verdict",
             self.events.clone(),
+        );
+        r.register(
+            "dns_answers",
+            "DNS answers the daemon parsed for names",
+            self.dns_answers.clone(),
+        );
+        r.register(
+            "dns_rejected",
+            "DNS answers the daemon could not use (malformed, hostile, not a response)",
+            self.dns_rejected.clone(),
+        );
+        r.register(
+            "names_kept",
+            "Names kept per workload and address",
+            self.names_kept.clone(),
+        );
+        r.register(
+            "kernel_names_dropped",
+            "DNS answers and TLS bytes the kernel could not copy to the daemon (ring buffer full)",
+            self.kernel_names_dropped.clone(),
+        );
+        r.register(
+            "tls_server_names",
+            "tls-server-name records written",
+            self.tls_server_names.clone(),
         );
         r.register(
             "lifecycle_records",

@@ -82,8 +82,8 @@ impl Namer {
     }
 
     /// Keeps the names of a DNS answer for its workload. A garbage answer
-    /// is counted and dropped; it changes nothing else.
-    pub fn answer(&mut self, ev: &DnsAnswerBytes) {
+    /// is counted and dropped; it changes nothing else. Whether it was used.
+    pub fn answer(&mut self, ev: &DnsAnswerBytes) -> bool {
         let framing = if ev.tcp { Framing::Tcp } else { Framing::Udp };
         // The kernel copied the message without the TCP length prefix.
         let parsed = if ev.tcp {
@@ -96,8 +96,14 @@ impl Namer {
         };
         self.stats.count_dns(&parsed);
         match parsed {
-            Ok(answer) => self.cache.insert(ev.cgroup_id, &answer, ev.boot_ns),
-            Err(e) => debug!(cgroup = ev.cgroup_id, "DNS answer not used: {e}"),
+            Ok(answer) => {
+                self.cache.insert(ev.cgroup_id, &answer, ev.boot_ns);
+                true
+            }
+            Err(e) => {
+                debug!(cgroup = ev.cgroup_id, "DNS answer not used: {e}");
+                false
+            }
         }
     }
 

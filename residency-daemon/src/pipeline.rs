@@ -349,6 +349,9 @@ impl Reader {
         self.metrics
             .kernel_dropped
             .set(i64::try_from(totals.dropped).unwrap_or(i64::MAX));
+        self.metrics
+            .kernel_names_dropped
+            .set(i64::try_from(totals.names_dropped).unwrap_or(i64::MAX));
         if totals.dropped > self.reported_lost && self.producer.vacant_len() > 0 {
             let count = totals.dropped - self.reported_lost;
             warn!(
@@ -475,7 +478,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 },
                 Item::Process(p) => {
                     enricher.observe(&p);
-                    match enricher.observe_names(&p) {
+                    match enricher.observe_names(&p, &metrics) {
                         Some(record) => record,
                         None => continue,
                     }

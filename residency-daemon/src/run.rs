@@ -472,6 +472,12 @@ fn announce(
             .iter()
             .map(ToString::to_string)
             .collect(),
+        names: match (config.names.track, config.names.sni) {
+            (false, _) => "off",
+            (true, false) => "dns",
+            (true, true) => "dns+tls",
+        },
+        catalog_entries: config.catalog.endpoints().len(),
     }
 }
 

@@ -496,6 +496,36 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         "the hostile answers reached the client: {hostile_received}"
     );
 
+    // The name counters on /metrics (over the daemon's socket), once the
+    // last answers are through the pipeline.
+    daemon.wait_for(Duration::from_secs(10), |r| {
+        r["destination"]["ip"] == "127.0.0.40" && r["destination"]["port"] == port + 4
+    })?;
+    let metrics = metrics(&daemon)?;
+    let value = |name: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert!(
+        value("residency_dns_answers_total").is_some_and(|n| n >= u64::from(RACE_NAMES)),
+        "{metrics}"
+    );
+    assert!(
+        value("residency_dns_rejected_total").is_some_and(|n| n >= 1),
+        "the hostile answers are counted: {metrics}"
+    );
+    assert!(
+        value("residency_tls_server_names_total").is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    assert!(
+        value("residency_names_kept").is_some_and(|n| n > 0),
+        "{metrics}"
+    );
+
     // The records: stop the daemon, so that every record is written.
     let records = daemon.stop()?;
     let find = |ip: &str, port: u16| {
@@ -618,6 +648,19 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         "{expired}"
     );
     assert_eq!(expired["residency"]["decided_by"], "geoip");
+    // The started record says names are tracked, and with how large a
+    // catalog (the built-in entries and the test's own).
+    let started = records
+        .iter()
+        .find(|r| r["event"]["action"] == "started")
+        .context("no started record")?;
+    assert_eq!(started["residency"]["names"]["tracking"], "dns+tls");
+    assert!(
+        started["residency"]["names"]["catalog_entries"]
+            .as_u64()
+            .is_some_and(|n| n > 600),
+        "{started}"
+    );
     // The hostile answers crashed nothing: the daemon ran to a clean stop
     // with every decision accounted for.
     let stopped = records
@@ -629,6 +672,17 @@ fn flows_are_judged_and_recorded_by_the_resolved_name() -> anyhow::Result<()> {
         "{stopped}"
     );
     Ok(())
+}
+
+/// The daemon's `/metrics`, over its socket.
+fn metrics(daemon: &Daemon) -> anyhow::Result<String> {
+    use residency_api::client::{Client, Target};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = Client::new(Target::Socket(daemon.socket.clone()), None);
+    let reply = rt.block_on(client.request(hyper::Method::GET, "/metrics", None))?;
+    Ok(String::from_utf8_lossy(&reply.body).into_owned())
 }
 
 fn daemon_text(records: &[Value]) -> String {

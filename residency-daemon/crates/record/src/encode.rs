@@ -149,6 +149,7 @@ fn started(info: &StartInfo, now: jiff::Timestamp) -> serde_json::Value {
             "config": info.config_source,
             "geoip": { "version": info.geoip, "generation": info.geoip_generation },
             "policy": { "allowed": info.allowed, "conditions": info.conditions },
+            "names": { "tracking": info.names, "catalog_entries": info.catalog_entries },
         },
     })
 }

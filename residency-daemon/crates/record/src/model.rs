@@ -81,6 +81,11 @@ pub struct StartInfo {
     /// one per country: `CA: commercial organisations subject to PIPEDA
     /// only (Decision 2002/2/EC)` (`geoip::sets::Condition`'s display).
     pub conditions: Vec<String>,
+    /// Name tracking: `off`, `dns` (DNS answers), or `dns+tls` (and TLS
+    /// server names).
+    pub names: &'static str,
+    /// Entries in the endpoint catalog in force.
+    pub catalog_entries: usize,
 }
 
 /// Totals for the `stopped` record.
