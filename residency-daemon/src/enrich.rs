@@ -72,7 +72,7 @@ impl Enricher {
     /// kernel's record of the flow).
     pub fn name(&mut self, flow: &mut Flow, ev: &ConnectEvent) {
         let catalog = self.sources.versions.catalog(flow.policy_gen);
-        self.names.name_flow(flow, ev, catalog.as_deref());
+        self.names.name_flow(flow, ev, catalog.as_ref());
     }
 
     /// A DNS answer or TLS bytes from the kernel; a TLS server name gives

@@ -37,8 +37,25 @@ pub struct Namer {
     /// Socket cookie -> the connection's flow (for the TLS record) and the
     /// bytes so far.
     hellos: lru::LruCache<u64, Partial>,
-    /// Flows of watched TCP connections, by cookie, until their hello.
-    flows: lru::LruCache<u64, Flow>,
+    /// Watched TCP connections, by cookie, until their hello: what the
+    /// TLS record says of the flow.
+    flows: lru::LruCache<u64, Watched>,
+    /// Catalog entries as records cite them, built once per entry (per
+    /// catalog: a reload brings another).
+    endpoints: std::collections::HashMap<u32, Arc<EndpointInfo>>,
+    /// The catalog `endpoints` was built from (held, so that its address
+    /// cannot be another catalog's).
+    endpoints_of: Option<Arc<Catalog>>,
+}
+
+/// What a `tls-server-name` record says of the connection's flow.
+struct Watched {
+    resolved: Option<String>,
+    pid: u32,
+    process: String,
+    dest_ip: std::net::IpAddr,
+    dest_port: u16,
+    boot_ns: u64,
 }
 
 /// A `ClientHello` being put together.
@@ -60,7 +77,26 @@ impl Namer {
             stats: ParseStats::default(),
             hellos: lru::LruCache::new(cap),
             flows: lru::LruCache::new(cap),
+            endpoints: std::collections::HashMap::new(),
+            endpoints_of: None,
         }
+    }
+
+    /// A catalog entry as records cite it, shared by every record that
+    /// cites it.
+    fn cite(&mut self, catalog: &Arc<Catalog>, e: &Endpoint) -> Arc<EndpointInfo> {
+        if !self
+            .endpoints_of
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, catalog))
+        {
+            self.endpoints.clear();
+            self.endpoints_of = Some(catalog.clone());
+        }
+        self.endpoints
+            .entry(e.pattern.id())
+            .or_insert_with(|| endpoint_info(e))
+            .clone()
     }
 
     /// Parse counters, for metrics.
@@ -108,7 +144,12 @@ impl Namer {
     }
 
     /// The name behind a flow, as the kernel judged it.
-    pub fn name_flow(&mut self, flow: &mut Flow, ev: &ConnectEvent, catalog: Option<&Catalog>) {
+    pub fn name_flow(
+        &mut self,
+        flow: &mut Flow,
+        ev: &ConnectEvent,
+        catalog: Option<&Arc<Catalog>>,
+    ) {
         let name = match ev.name_state {
             NAME_NONE => DestName::unknown(NO_ANSWER),
             NAME_EXPIRED => DestName::unknown(EXPIRED),
@@ -126,7 +167,9 @@ impl Namer {
                         .unwrap_or_default()
                 };
                 if let Some((name, chain)) = found {
-                    let endpoint = catalog.and_then(|c| c.lookup(&name)).map(endpoint_info);
+                    let endpoint = catalog
+                        .and_then(|c| Some((c, c.lookup(&name)?)))
+                        .map(|(c, e)| self.cite(c, e));
                     DestName {
                         endpoint,
                         cnames: chain.into_iter().skip(1).collect(),
@@ -139,8 +182,8 @@ impl Namer {
                 } else {
                     let mut n = DestName::unknown(MISSED);
                     n.endpoint = catalog
-                        .and_then(|c| c.by_pattern_id(ev.name_pattern))
-                        .map(endpoint_info);
+                        .and_then(|c| Some((c, c.by_pattern_id(ev.name_pattern)?)))
+                        .map(|(c, e)| self.cite(c, e));
                     n.also = also;
                     n
                 }
@@ -148,10 +191,20 @@ impl Namer {
             // Names are not tracked.
             _ => return,
         };
-        flow.name = Some(Box::new(name));
         if ev.flags & residency_common::FLAG_TLS_WATCHED != 0 {
-            self.flows.put(flow.cookie, flow.clone());
+            self.flows.put(
+                flow.cookie,
+                Watched {
+                    resolved: name.name.clone(),
+                    pid: flow.pid,
+                    process: flow.process_name.clone(),
+                    dest_ip: flow.dest_ip,
+                    dest_port: flow.dest_port,
+                    boot_ns: flow.boot_ns,
+                },
+            );
         }
+        flow.name = Some(Box::new(name));
     }
 
     /// The first bytes of a watched connection: once they hold a whole
@@ -187,14 +240,12 @@ impl Namer {
 /// The `tls-server-name` record: the server name, the resolved name, and
 /// whether the catalog judges them differently.
 fn server_name_record(
-    flow: Option<&Flow>,
+    flow: Option<&Watched>,
     ev: &TlsBytes,
     sni: &str,
     catalog: Option<&Catalog>,
 ) -> Record {
-    let resolved = flow
-        .and_then(|f| f.name.as_deref())
-        .and_then(|n| n.name.clone());
+    let resolved = flow.and_then(|f| f.resolved.clone());
     let sni_endpoint = catalog.and_then(|c| c.lookup(sni));
     let resolved_endpoint = resolved
         .as_deref()
@@ -231,7 +282,7 @@ fn server_name_record(
         })),
         "flow": flow.map(|f| serde_json::json!({
             "pid": f.pid,
-            "process": f.process_name,
+            "process": f.process,
             "destination": { "ip": f.dest_ip, "port": f.dest_port },
             "boot_ns": f.boot_ns,
         })),

@@ -33,7 +33,30 @@ PRAGMA temp_store = MEMORY;
 PRAGMA mmap_size = 1073741824;
 ";
 
-const TABLES: &str = "
+/// The columns of `transfers`, one definition for the schema and for the
+/// upgrade that rebuilds the table.
+macro_rules! transfers_table {
+    () => {
+        "(
+    day      INTEGER NOT NULL,
+    tenant   TEXT NOT NULL,
+    role     TEXT NOT NULL,
+    country  TEXT NOT NULL,
+    basis    TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    service  TEXT NOT NULL,
+    allowed  INTEGER NOT NULL,
+    flagged  INTEGER NOT NULL,
+    blocked  INTEGER NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last_ts  INTEGER NOT NULL,
+    PRIMARY KEY (day, tenant, role, country, basis, provider, service)
+) WITHOUT ROWID;"
+    };
+}
+
+const TABLES: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value ANY
@@ -102,21 +125,9 @@ CREATE TABLE IF NOT EXISTS violations (
 );
 CREATE INDEX IF NOT EXISTS violations_state ON violations (state, id);
 
-CREATE TABLE IF NOT EXISTS transfers (
-    day      INTEGER NOT NULL,
-    tenant   TEXT NOT NULL,
-    role     TEXT NOT NULL,
-    country  TEXT NOT NULL,
-    basis    TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    service  TEXT NOT NULL,
-    allowed  INTEGER NOT NULL,
-    flagged  INTEGER NOT NULL,
-    blocked  INTEGER NOT NULL,
-    first_ts INTEGER NOT NULL,
-    last_ts  INTEGER NOT NULL,
-    PRIMARY KEY (day, tenant, role, country, basis, provider, service)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS transfers ",
+    transfers_table!(),
+    "
 
 CREATE TABLE IF NOT EXISTS policies (
     hash      TEXT PRIMARY KEY,
@@ -126,7 +137,8 @@ CREATE TABLE IF NOT EXISTS policies (
     source    TEXT,
     text      TEXT
 ) WITHOUT ROWID;
-";
+"
+);
 
 const INDEX_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS ix_meta (
@@ -221,31 +233,19 @@ pub fn create(conn: &Connection) -> Result<(), String> {
 /// catalog entries in its records (and `verify` would say otherwise, since
 /// it counts again from the bodies).
 fn upgrade_from_2(conn: &Connection) -> Result<(), String> {
-    conn.execute_batch(
+    conn.execute_batch(concat!(
         "BEGIN;
          ALTER TABLE transfers RENAME TO transfers_2;
-         CREATE TABLE transfers (
-             day      INTEGER NOT NULL,
-             tenant   TEXT NOT NULL,
-             role     TEXT NOT NULL,
-             country  TEXT NOT NULL,
-             basis    TEXT NOT NULL,
-             provider TEXT NOT NULL,
-             service  TEXT NOT NULL,
-             allowed  INTEGER NOT NULL,
-             flagged  INTEGER NOT NULL,
-             blocked  INTEGER NOT NULL,
-             first_ts INTEGER NOT NULL,
-             last_ts  INTEGER NOT NULL,
-             PRIMARY KEY (day, tenant, role, country, basis, provider, service)
-         ) WITHOUT ROWID;
+         CREATE TABLE transfers ",
+        transfers_table!(),
+        "
          INSERT INTO transfers
              SELECT day, tenant, role, country, basis, '', '', allowed, flagged, blocked, first_ts, last_ts
              FROM transfers_2;
          DROP TABLE transfers_2;
          UPDATE meta SET value = 3 WHERE key = 'format';
          COMMIT;",
-    )
+    ))
     .map_err(|e| format!("upgrading the store from format 2: {e}"))
 }
 
