@@ -74,6 +74,24 @@ pub struct Control {
     pub compiled_at: jiff::Timestamp,
     /// After a failed install, not before this.
     pub retry_after: Option<std::time::Instant>,
+    /// The pod stage, with `[kubernetes]`.
+    pub pods: Option<crate::pods::PodLink>,
+    /// Pods' own cgroups listed in the live map, with their policy index.
+    pub pod_assigned: std::collections::HashMap<u64, u32>,
+}
+
+impl Control {
+    /// The pods the runtime has named, for selection (empty without
+    /// `[kubernetes]`).
+    fn pod_facts(&self) -> workloads::PodsByUid {
+        self.pods.as_ref().map_or_else(Default::default, |p| {
+            p.directory
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .facts
+                .clone()
+        })
+    }
 }
 
 /// After a failed install, the next attempt waits at least this long.
@@ -116,6 +134,11 @@ pub async fn run(mut c: Control, mut shutdown: watch::Receiver<bool>) {
             () = tokio::time::sleep(until_expiry) => {
                 c = reinstall_for_expiry(c).await;
             }
+            r = pods_changed(&mut c.pods) => {
+                if r {
+                    pod_sync(&mut c);
+                }
+            }
             ev = next_event(&mut events) => {
                 match ev {
                     Some(Event::Dir(mask, dir)) => cgroup_event(&mut c, &mut events, mask, &dir),
@@ -152,7 +175,8 @@ fn start_watching(mount: &Path) -> Option<Events> {
 /// forgets those that no longer exist: for cgroups whose events were missed.
 fn reconcile(c: &mut Control) {
     let all = lock(&c.tree).rescan();
-    let want = workloads::assignments(&c.current, &all);
+    let facts = c.pod_facts();
+    let want = workloads::assignments(&c.current, &all, &facts);
     if let Some(maps) = c.maps.as_mut() {
         match maps.sync_cgroups(&want) {
             Ok(0) => {}
@@ -160,6 +184,85 @@ fn reconcile(c: &mut Control) {
             Err(e) => warn!("cannot bring the cgroup selections up to date: {e}"),
         }
     }
+    c.pod_assigned = pod_wants(&c.current, &all, &facts);
+    if let Some(p) = &c.pods {
+        // Pods whose cgroups were made while nobody watched.
+        for s in all.iter().filter_map(|cg| crate::pods::Seen::of(&cg.path)) {
+            let _ = p.seen.send(s);
+        }
+    }
+}
+
+/// Resolves when the pod directory changed (`true`), or never without one.
+async fn pods_changed(pods: &mut Option<crate::pods::PodLink>) -> bool {
+    match pods.as_mut() {
+        Some(p) => {
+            if p.changed.changed().await.is_ok() {
+                true
+            } else {
+                // The pod task ended (said so itself); nothing more comes.
+                *pods = None;
+                false
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The policy index of every pod's own cgroup that selects a workload.
+fn pod_wants(
+    config: &Config,
+    all: &[workloads::Cgroup],
+    facts: &workloads::PodsByUid,
+) -> std::collections::HashMap<u64, u32> {
+    all.iter()
+        .filter(|cg| workloads::pod_of(config, &cg.path, facts).is_some())
+        .filter_map(|cg| workloads::workload_for(config, &cg.path, facts).map(|i| (cg.id, i)))
+        .collect()
+}
+
+/// The runtime named new pods (or forgot some): their own cgroups get
+/// their workloads' policies, and those of pods that no longer select one
+/// lose it.
+fn pod_sync(c: &mut Control) {
+    let facts = c.pod_facts();
+    let all = lock(&c.tree).all();
+    let want = pod_wants(&c.current, &all, &facts);
+    let Some(maps) = c.maps.as_mut() else {
+        return;
+    };
+    let paths: std::collections::HashMap<u64, &str> =
+        all.iter().map(|cg| (cg.id, cg.path.as_str())).collect();
+    for (&id, &index) in &want {
+        if c.pod_assigned.get(&id) == Some(&index) {
+            continue;
+        }
+        let path = paths.get(&id).copied().unwrap_or_default();
+        let workload = c
+            .current
+            .workload_of(u16::try_from(index).unwrap_or(0))
+            .map(|w| w.name.as_str());
+        let pod = workloads::pod_of(&c.current, path, &facts);
+        match maps.add_cgroup(id, index) {
+            Ok(()) => info!(
+                cgroup = %path,
+                namespace = pod.map(|p| p.namespace.as_str()),
+                pod = pod.map(|p| p.name.as_str()),
+                workload,
+                "pod selects a workload"
+            ),
+            Err(e) => warn!(cgroup = %path, "cannot add a pod's cgroup to the policy maps: {e}"),
+        }
+    }
+    for id in c.pod_assigned.keys().filter(|id| !want.contains_key(id)) {
+        maps.remove_cgroup(*id);
+    }
+    if let Some(p) = &c.pods {
+        p.metrics
+            .pods_selected
+            .set(i64::try_from(want.len()).unwrap_or(i64::MAX));
+    }
+    c.pod_assigned = want;
 }
 
 fn watch_tree(mount: &Path) -> std::io::Result<Events> {
@@ -219,6 +322,7 @@ async fn next_event(events: &mut Option<Events>) -> Option<Event> {
 
 fn cgroup_event(c: &mut Control, events: &mut Option<Events>, what: EventMask, dir: &Path) {
     if what.contains(EventMask::CREATE) {
+        let facts = c.pod_facts();
         // The directory and anything made under it before the watch took.
         for sub in workloads::scan(dir) {
             let sub_dir = dir.join(sub.path.trim_start_matches('/'));
@@ -230,9 +334,19 @@ fn cgroup_event(c: &mut Control, events: &mut Option<Events>, what: EventMask, d
             let Some(cg) = lock(&c.tree).added(&sub_dir) else {
                 continue;
             };
-            if let Some(index) = workloads::workload_for(&c.current, &cg.path)
+            if let Some(p) = &c.pods
+                && let Some(seen) = crate::pods::Seen::of(&cg.path)
+            {
+                // The runtime is asked; when it names the pod, pod_sync
+                // lists the pod's cgroup.
+                let _ = p.seen.send(seen);
+            }
+            if let Some(index) = workloads::workload_for(&c.current, &cg.path, &facts)
                 && let Some(maps) = c.maps.as_mut()
             {
+                if workloads::pod_of(&c.current, &cg.path, &facts).is_some() {
+                    c.pod_assigned.insert(cg.id, index);
+                }
                 match maps.add_cgroup(cg.id, index) {
                     Ok(()) => {
                         info!(cgroup = %cg.path, workload = ?c.current.workload_of(u16::try_from(index).unwrap_or(0)).map(|w| &w.name), "new cgroup selects a workload");
@@ -248,6 +362,7 @@ fn cgroup_event(c: &mut Control, events: &mut Option<Events>, what: EventMask, d
         && let Some(maps) = c.maps.as_mut()
     {
         maps.remove_cgroup(id);
+        c.pod_assigned.remove(&id);
     }
 }
 
@@ -324,7 +439,9 @@ async fn install(mut c: Control, config: Arc<Config>, action: Lifecycle) -> Cont
     let now = jiff::Timestamp::now();
     let compiled = policy::compile(&config, now);
     let all = lock(&c.tree).rescan();
-    let cgroups = workloads::assignments(&config, &all);
+    let facts = c.pod_facts();
+    let cgroups = workloads::assignments(&config, &all, &facts);
+    let pod_cgroups = pod_wants(&config, &all, &facts);
     let number = maps.next_generation();
     // Known before the switch: the first records of the new generation
     // must already find their policy view.
@@ -369,6 +486,7 @@ async fn install(mut c: Control, config: Arc<Config>, action: Lifecycle) -> Cont
             c.current = config;
             c.compiled_at = now;
             c.retry_after = None;
+            c.pod_assigned = pod_cgroups;
         }
         Err(e) => {
             c.versions.remove(number);

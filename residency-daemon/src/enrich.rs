@@ -39,6 +39,8 @@ pub struct Sources {
     pub tree: SharedTree,
     /// How long names hold and how many are kept.
     pub names: crate::config::NamesConfig,
+    /// The pods the runtime named (`[kubernetes]`).
+    pub pods: Option<crate::pods::SharedPods>,
 }
 
 /// The writer's caches in front of [`Sources`].
@@ -117,6 +119,12 @@ impl Enricher {
             .processes
             .lookup(flow.pid, flow.tid, &flow.process_name);
         flow.cgroup_path = self.cgroups.path_of(flow.cgroup_id);
+        if let (Some(pods), Some(path)) = (&self.sources.pods, &flow.cgroup_path) {
+            flow.pod = pods
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .resolve(path);
+        }
     }
 
     /// Keeps the process table current from the kernel's exec, fork and
@@ -230,6 +238,7 @@ pub fn decode(ev: &ConnectEvent, clock: &Clock) -> Result<Flow, EnrichError> {
         policy_view: None,
         name: None,
         cookie: ev.cookie,
+        pod: None,
     })
 }
 

@@ -133,8 +133,60 @@ impl PipelineMetrics {
 
 /// Every component's counters, and the registry that holds them all
 /// (names prefixed `residency_`).
+/// The pod stage's series (`[kubernetes]`).
+#[derive(Debug, Clone)]
+pub struct PodMetrics {
+    /// Pods the container runtime lists on this node.
+    pub pods: Gauge,
+    /// Pod cgroups that hold a workload's policy in the kernel.
+    pub pods_selected: Gauge,
+    /// Failed connections to, or answers from, the runtime.
+    pub cri_errors: Counter,
+    /// How long listing the runtime's pods and containers took.
+    pub cri_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for PodMetrics {
+    fn default() -> Self {
+        PodMetrics {
+            pods: Gauge::default(),
+            pods_selected: Gauge::default(),
+            cri_errors: Counter::default(),
+            cri_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+            ),
+        }
+    }
+}
+
+impl PodMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "pods",
+            "Pods the container runtime lists on this node",
+            self.pods.clone(),
+        );
+        r.register(
+            "pods_selected",
+            "Pod cgroups that hold a workload's policy in the kernel",
+            self.pods_selected.clone(),
+        );
+        r.register(
+            "cri_errors",
+            "Failed connections to, or answers from, the container runtime (CRI)",
+            self.cri_errors.clone(),
+        );
+        r.register(
+            "cri_list_seconds",
+            "How long listing the runtime's pods and containers took",
+            self.cri_seconds.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     pub pipeline: Arc<PipelineMetrics>,
+    pub pods: PodMetrics,
     pub sinks: Arc<SinkMetrics>,
     pub registry: Arc<Registry>,
 }
@@ -146,12 +198,15 @@ impl Metrics {
     pub fn new(stats: &Arc<Stats>) -> Self {
         let pipeline = Arc::new(PipelineMetrics::default());
         let sinks = Arc::new(SinkMetrics::default());
+        let pods = PodMetrics::default();
         let mut registry = Registry::with_prefix("residency");
         pipeline.register(&mut registry);
+        pods.register(&mut registry);
         sinks.register(&mut registry);
         stats.register(&mut registry);
         Metrics {
             pipeline,
+            pods,
             sinks,
             registry: Arc::new(registry),
         }

@@ -160,7 +160,11 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let start = announce(&attach, &policy, &geo, &started, &notes);
     let names_config = policy.config.names;
     let geo_registry = geo.registry.clone();
-    let kernel = spawn_watchers(started, &options, &attach, &policy, geo, &signals, notes);
+    let pods = start_pods(&policy.config, &metrics, &signals);
+    let pod_directory = pods.as_ref().map(|p| p.directory.clone());
+    let kernel = spawn_watchers(
+        started, &options, &attach, &policy, geo, &signals, notes, pods,
+    );
     let result = pipeline::run(
         policy.config.clone(),
         kernel,
@@ -176,6 +180,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
             versions: policy.versions,
             tree: policy.tree,
             names: names_config,
+            pods: pod_directory,
         },
         notes_rx,
         signals.stop.clone(),
@@ -406,7 +411,8 @@ impl PolicyStart {
         let compiled_at = jiff::Timestamp::now();
         let compiled = policy::compile(&config, compiled_at);
         let (tree, all_cgroups) = Tree::new(mount);
-        let cgroups = workloads::assignments(&config, &all_cgroups);
+        // Pods are named by the runtime later; their cgroups follow then.
+        let cgroups = workloads::assignments(&config, &all_cgroups, &workloads::PodsByUid::new());
         let config = Arc::new(config);
         let versions = Arc::new(policy::Versions::default());
         versions.add(1, &config);
@@ -481,8 +487,35 @@ fn announce(
     }
 }
 
+/// With `[kubernetes]`: the task that asks the container runtime which pod
+/// each cgroup is (and the namespace watch, when it runs).
+fn start_pods(
+    config: &Config,
+    metrics: &Metrics,
+    signals: &Signals,
+) -> Option<crate::pods::PodLink> {
+    let kube = &config.kubernetes;
+    if !kube.enabled {
+        return None;
+    }
+    let socket = kube.socket().unwrap_or_else(|| {
+        let first = crate::config::kubernetes::DEFAULT_CRI_SOCKETS[0];
+        warn!(
+            "[kubernetes]: no container runtime socket found (tried {}); waiting for {first}; \
+             set kubernetes.cri_socket if the runtime listens elsewhere",
+            crate::config::kubernetes::DEFAULT_CRI_SOCKETS.join(", ")
+        );
+        PathBuf::from(first)
+    });
+    let (labels, changed) = crate::kube::namespace_labels(kube);
+    let (link, task) = crate::pods::link(socket, labels, changed, metrics.pods.clone());
+    tokio::spawn(crate::pods::run(task, signals.stop.clone()));
+    Some(link)
+}
+
 /// Starts the tasks that keep the kernel's maps current: the `GeoIP`
 /// watcher and the policy control loop. Returns what the pipeline reads.
+#[expect(clippy::too_many_arguments, reason = "each is one start-up product")]
 fn spawn_watchers(
     started: kernel::Started,
     options: &RunOptions,
@@ -491,6 +524,7 @@ fn spawn_watchers(
     geo: GeoStart,
     signals: &Signals,
     notes: mpsc::UnboundedSender<Record>,
+    pods: Option<crate::pods::PodLink>,
 ) -> kernel::Kernel {
     let config = &policy.config;
     tokio::spawn(geodb::watch(
@@ -532,6 +566,8 @@ fn spawn_watchers(
             interval: config.geoip.check_interval,
             compiled_at: policy.compiled_at,
             retry_after: None,
+            pods,
+            pod_assigned: std::collections::HashMap::new(),
         },
         signals.stop.clone(),
     ));

@@ -16,7 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::config::{Config, PodFacts};
 
 /// One cgroup directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,24 +61,51 @@ pub fn relative(mount: &Path, dir: &Path) -> String {
     format!("/{}", rel.display())
 }
 
+/// The pods the node runs, by UID, as far as the runtime has said.
+pub type PodsByUid = HashMap<String, Arc<PodFacts>>;
+
+/// The pod whose own cgroup `path` is (not a container's below it), if
+/// Kubernetes selection is on and the runtime has named the pod.
+#[must_use]
+pub fn pod_of<'a>(config: &Config, path: &str, pods: &'a PodsByUid) -> Option<&'a PodFacts> {
+    if !config.kubernetes.enabled {
+        return None;
+    }
+    let cg = residency_pods::parse(path)?;
+    if cg.container.is_some() {
+        return None;
+    }
+    pods.get(&cg.uid).map(AsRef::as_ref)
+}
+
 /// The workload (policy index, from 1) a cgroup selects by itself, if any:
 /// the first workload in the configuration whose cgroup or unit selector
-/// matches.
+/// matches, or, for a pod's own cgroup, whose pod selector matches the pod
+/// (label-chosen workloads come after every configured one).
 #[must_use]
-pub fn workload_for(config: &Config, path: &str) -> Option<u32> {
+pub fn workload_for(config: &Config, path: &str, pods: &PodsByUid) -> Option<u32> {
+    let pod = pod_of(config, path, pods);
+    let kube = &config.kubernetes;
     config
         .workloads
         .iter()
-        .position(|w| w.selectors.matches_cgroup(path))
+        .position(|w| {
+            w.selectors.matches_cgroup(path)
+                || pod.is_some_and(|p| {
+                    w.selectors.pods.as_ref().is_some_and(|s| {
+                        s.matches(p, kube.tenant_label.as_deref(), &kube.role_label)
+                    })
+                })
+        })
         .and_then(|i| u32::try_from(i + 1).ok())
 }
 
 /// `(cgroup id, policy index)` for every cgroup that selects a workload.
 #[must_use]
-pub fn assignments(config: &Config, cgroups: &[Cgroup]) -> Vec<(u64, u32)> {
+pub fn assignments(config: &Config, cgroups: &[Cgroup], pods: &PodsByUid) -> Vec<(u64, u32)> {
     cgroups
         .iter()
-        .filter_map(|c| workload_for(config, &c.path).map(|i| (c.id, i)))
+        .filter_map(|c| workload_for(config, &c.path, pods).map(|i| (c.id, i)))
         .collect()
 }
 
@@ -121,6 +150,18 @@ impl Tree {
     #[must_use]
     pub fn mount(&self) -> &Path {
         &self.mount
+    }
+
+    /// Every cgroup known now (no rescan).
+    #[must_use]
+    pub fn all(&self) -> Vec<Cgroup> {
+        self.by_id
+            .iter()
+            .map(|(&id, path)| Cgroup {
+                id,
+                path: path.clone(),
+            })
+            .collect()
     }
 
     /// The path of a cgroup id. An id not known yet (a cgroup first seen in
@@ -199,7 +240,9 @@ cgroup = ["/kubepods/*/c*"]
         assert!(all.iter().any(|c| c.path == "/"));
         let got: HashMap<String, u32> = all
             .iter()
-            .filter_map(|c| workload_for(&config, &c.path).map(|i| (c.path.clone(), i)))
+            .filter_map(|c| {
+                workload_for(&config, &c.path, &PodsByUid::new()).map(|i| (c.path.clone(), i))
+            })
             .collect();
         assert_eq!(got.get("/system.slice/crm.service"), Some(&1));
         assert_eq!(got.get("/kubepods/pod-a/c1"), Some(&2));
@@ -211,7 +254,7 @@ cgroup = ["/kubepods/*/c*"]
             "any user can name a unit crm.service; units under /user.slice are not matched"
         );
         assert_eq!(got.len(), 3);
-        assert_eq!(assignments(&config, &all).len(), 3);
+        assert_eq!(assignments(&config, &all, &PodsByUid::new()).len(), 3);
 
         let (mut tree, _) = Tree::new(root);
         let c1 = all.iter().find(|c| c.path == "/kubepods/pod-a/c1").unwrap();
@@ -227,10 +270,63 @@ cgroup = ["/kubepods/*/c*"]
         assert_eq!(tree.path_of(c4).as_deref(), Some("/kubepods/pod-b/c4"));
         std::fs::create_dir(root.join("kubepods/pod-a/c3")).unwrap();
         let added = tree.added(&root.join("kubepods/pod-a/c3")).unwrap();
-        assert_eq!(workload_for(&config, &added.path), Some(2));
+        assert_eq!(
+            workload_for(&config, &added.path, &PodsByUid::new()),
+            Some(2)
+        );
         assert_eq!(
             tree.removed(&root.join("kubepods/pod-a/c3")),
             Some(added.id)
         );
+    }
+
+    #[test]
+    fn a_pods_own_cgroup_takes_its_workload_and_containers_do_not() {
+        let config = Config::from_toml(
+            r#"
+[kubernetes]
+[[tenant]]
+id = "acme"
+allowed = ["EEA"]
+[[workload]]
+name = "vllm"
+role = "llm"
+tenants = ["acme"]
+namespace = "inference"
+"#,
+            "t",
+        )
+        .unwrap();
+        let uid = "0f2b7c1e-9d4a-4e8b-a1c2-3d4e5f607182";
+        let mut pods = PodsByUid::new();
+        pods.insert(
+            uid.to_owned(),
+            Arc::new(PodFacts {
+                namespace: "inference".to_owned(),
+                ..PodFacts::default()
+            }),
+        );
+        let pod = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            uid.replace('-', "_")
+        );
+        let ctr = format!("{pod}/cri-containerd-{}.scope", "a".repeat(64));
+        assert_eq!(workload_for(&config, &pod, &pods), Some(1));
+        assert_eq!(
+            workload_for(&config, &ctr, &pods),
+            None,
+            "covered through its pod"
+        );
+        assert_eq!(
+            workload_for(&config, &pod, &PodsByUid::new()),
+            None,
+            "not named yet"
+        );
+        let other = Config::from_toml(
+            "[kubernetes]\n[[tenant]]\nid = \"acme\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"acme\"]\nnamespace = \"batch\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(workload_for(&other, &pod, &pods), None);
     }
 }

@@ -23,6 +23,7 @@
 //! [`crate::policy`]; nothing reads the raw form after validation.
 
 mod exceptions;
+pub mod kubernetes;
 mod names;
 mod policy;
 mod rules;
@@ -42,11 +43,12 @@ use residency_siem::{RawSink, SinkConfig};
 use serde::Deserialize;
 
 pub use exceptions::{Basis, Exception};
+pub use kubernetes::{KubernetesConfig, NamespaceWatch};
 pub use names::NamesConfig;
 pub use policy::{Choice, Mode, PolicyConfig};
 pub use rules::{DEFAULT_LOCAL_NETWORKS, Rule, RuleKind};
 pub use tenants::Tenant;
-pub use workloads::{Role, Selectors, Workload};
+pub use workloads::{LABEL_WORKLOAD_PREFIX, PodFacts, PodSelector, Role, Selectors, Workload};
 
 use exceptions::RawException;
 use policy::{RawJurisdiction, RawPolicy};
@@ -99,6 +101,7 @@ struct RawConfig {
     exception: Vec<RawException>,
     #[serde(default)]
     sink: Vec<RawSink>,
+    kubernetes: Option<kubernetes::RawKubernetes>,
     #[serde(default)]
     names: names::RawNames,
     #[serde(default)]
@@ -123,6 +126,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     pub geoip: GeoIpConfig,
     pub policy: PolicyConfig,
+    /// Pod identity on a Kubernetes node (`[kubernetes]`).
+    pub kubernetes: KubernetesConfig,
     /// Name tracking: DNS answers and TLS server names (`[names]`).
     pub names: NamesConfig,
     /// Where providers process data, by host name: built in, plus
@@ -185,6 +190,7 @@ impl Config {
         let sinks = residency_siem::config::validate(&raw.sink, &at)?;
         let geoip = GeoIpConfig::validate(&raw.geoip, &at)?;
         let names = names::validate_names(&raw.names, &at)?;
+        let kubernetes = kubernetes::validate_kubernetes(raw.kubernetes.as_ref(), &at)?;
         // ...and the policy is validated here, section by section.
         let sets = policy::validate_sets(&raw.jurisdiction, &at)?;
         let policy = policy::validate_policy(&raw.policy, &sets, &at)?;
@@ -196,7 +202,7 @@ impl Config {
             &at,
         )?);
         let tenants = tenants::validate_tenants(&raw, &policy, &sets, &at)?;
-        let workloads = workloads::validate_workloads(&raw, &tenants, &at)?;
+        let workloads = workloads::validate_workloads(&raw, &tenants, &kubernetes, &at)?;
         let exceptions = exceptions::validate_exceptions(
             &raw,
             &tenants,
@@ -222,6 +228,7 @@ impl Config {
             sinks,
             geoip,
             policy,
+            kubernetes,
             names,
             catalog,
             sets,

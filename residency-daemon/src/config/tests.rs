@@ -405,6 +405,7 @@ fn parse_errors_name_the_field_by_position() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one case per mistake")]
 fn each_kind_of_tenant_and_workload_mistake_is_named() {
     let cases: &[(&str, &str, &str)] = &[
         (
@@ -465,7 +466,42 @@ fn each_kind_of_tenant_and_workload_mistake_is_named() {
         (
             "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 1\nnamespace = \"inference\"\n",
             "workload[0].namespace",
-            "Kubernetes selectors are not supported yet",
+            "needs a [kubernetes] section",
+        ),
+        (
+            "[kubernetes]\n[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\nnamespace = \"Inference\"\n",
+            "workload[0].namespace",
+            "not a namespace name",
+        ),
+        (
+            "[kubernetes]\n[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\npod_labels = { \"app/\" = \"x\" }\n",
+            "workload[0].pod_labels",
+            "not a label key",
+        ),
+        (
+            "[kubernetes]\n[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\npod_labels = { app = \"-x\" }\n",
+            "workload[0].pod_labels",
+            "not a label value",
+        ),
+        (
+            "[kubernetes]\n[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"pods:a/llm\"\nrole = \"llm\"\ntenants = [\"a\"]\nuid = 3\n",
+            "workload[0].name",
+            "kept for the workloads of pods",
+        ),
+        (
+            "[kubernetes]\ntenant_label = \"Residency.io/tenant\"\n",
+            "kubernetes.tenant_label",
+            "DNS subdomain",
+        ),
+        (
+            "[kubernetes]\nnamespace_labels = \"yes\"\n",
+            "kubernetes.namespace_labels",
+            "is not a choice",
+        ),
+        (
+            "[kubernetes]\ncri_socket = \"run/containerd.sock\"\n",
+            "kubernetes.cri_socket",
+            "absolute path",
         ),
         (
             "[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n[[workload]]\nname = \"w\"\nrole = \"llm\"\ntenants = [\"a\"]\ncgroup = [\"/\"]\n",
@@ -668,4 +704,148 @@ fn output_target() {
         parse("[output]\nevents = \"\"\n").unwrap_err().field,
         "output.events"
     );
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one case per way of choosing")]
+fn pods_select_workloads_by_namespace_labels_and_tenant_label() {
+    use std::collections::BTreeMap;
+    let c = Config::from_toml(
+        r#"
+[kubernetes]
+[[tenant]]
+id = "acme"
+allowed = ["EEA"]
+mode = "enforce"
+[[tenant]]
+id = "globex"
+allowed = ["US"]
+[[workload]]
+name = "vllm"
+role = "llm"
+tenants = ["acme"]
+namespace = ["inference", "team-*"]
+pod_labels = { app = "vllm" }
+"#,
+        "t",
+    )
+    .unwrap();
+    // One configured workload, then one per tenant and role.
+    assert_eq!(c.workloads.len(), 1 + 2 * Role::ALL.len());
+    let (index, w) = c.workload("pods:globex/crm-sync").unwrap();
+    assert_eq!(w.tenants, ["globex"]);
+    assert_eq!(w.role, Role::CrmSync);
+    assert!(index > 1);
+    let facts = |ns: &str, labels: &[(&str, &str)], ns_labels: Option<&[(&str, &str)]>| PodFacts {
+        namespace: ns.to_owned(),
+        name: "p".to_owned(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        namespace_labels: ns_labels.map(|l| {
+            l.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        }),
+    };
+    let which = |p: &PodFacts| {
+        c.workloads
+            .iter()
+            .find(|w| {
+                w.selectors.pods.as_ref().is_some_and(|s| {
+                    s.matches(
+                        p,
+                        c.kubernetes.tenant_label.as_deref(),
+                        &c.kubernetes.role_label,
+                    )
+                })
+            })
+            .map(|w| w.name.clone())
+    };
+    assert_eq!(
+        which(&facts("inference", &[("app", "vllm")], None)).as_deref(),
+        Some("vllm")
+    );
+    assert_eq!(
+        which(&facts("team-x", &[("app", "vllm")], None)).as_deref(),
+        Some("vllm")
+    );
+    assert_eq!(which(&facts("default", &[("app", "vllm")], None)), None);
+    assert_eq!(which(&facts("inference", &[("app", "other")], None)), None);
+    // The configured workload comes first, then labels choose.
+    assert_eq!(
+        which(&facts(
+            "inference",
+            &[("app", "vllm"), ("residency.io/tenant", "globex")],
+            None
+        ))
+        .as_deref(),
+        Some("vllm")
+    );
+    assert_eq!(
+        which(&facts(
+            "x",
+            &[
+                ("residency.io/tenant", "globex"),
+                ("residency.io/role", "crm-sync")
+            ],
+            None
+        ))
+        .as_deref(),
+        Some("pods:globex/crm-sync")
+    );
+    assert_eq!(
+        which(&facts("x", &[("residency.io/tenant", "acme")], None)).as_deref(),
+        Some("pods:acme/other"),
+        "no role label: other"
+    );
+    assert_eq!(
+        which(&facts(
+            "x",
+            &[
+                ("residency.io/tenant", "acme"),
+                ("residency.io/role", "chef")
+            ],
+            None
+        )),
+        None,
+        "a role that is not one selects nothing"
+    );
+    assert_eq!(
+        which(&facts("x", &[("residency.io/tenant", "initech")], None)),
+        None
+    );
+    // The namespace's labels, when its own do not say.
+    assert_eq!(
+        which(&facts(
+            "x",
+            &[],
+            Some(&[
+                ("residency.io/tenant", "acme"),
+                ("residency.io/role", "llm")
+            ])
+        ))
+        .as_deref(),
+        Some("pods:acme/llm")
+    );
+    assert_eq!(
+        which(&facts(
+            "x",
+            &[("residency.io/tenant", "globex")],
+            Some(&[("residency.io/tenant", "acme")])
+        ))
+        .as_deref(),
+        Some("pods:globex/other"),
+        "the pod's own label wins"
+    );
+    // Without [kubernetes], no label workloads; tenant_label = "" turns them off.
+    let plain = Config::from_toml("[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n", "t").unwrap();
+    assert!(plain.workloads.is_empty());
+    let off = Config::from_toml(
+        "[kubernetes]\ntenant_label = \"\"\n[[tenant]]\nid = \"a\"\nallowed = [\"EEA\"]\n",
+        "t",
+    )
+    .unwrap();
+    assert!(off.workloads.is_empty());
 }

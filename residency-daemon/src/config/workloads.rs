@@ -8,7 +8,11 @@ use geoip::CountrySet;
 use residency_config::{ConfigError, Locator, Spanned};
 use serde::Deserialize;
 
-use super::{Choice, Config, Mode, RawConfig, Tenant, tenants::strictest};
+use super::{
+    Choice, Config, Mode, RawConfig, Tenant,
+    kubernetes::{KubernetesConfig, check_label_key, check_label_value},
+    tenants::strictest,
+};
 
 /// What a workload does with a tenant's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -26,6 +30,21 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order label-chosen workloads are made.
+    pub const ALL: [Role; 5] = [
+        Role::Llm,
+        Role::CrmSync,
+        Role::Logging,
+        Role::Backup,
+        Role::Other,
+    ];
+
+    /// A role from its name (`crm-sync`).
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,12 +70,29 @@ pub(super) struct RawWorkload {
     exe: Option<Spanned<String>>,
     process: Option<Spanned<String>>,
     uid: Option<Spanned<u32>>,
-    /// Kubernetes selectors: the names are taken, the matching comes with
-    /// the Kubernetes work.
-    namespace: Option<Spanned<toml::Value>>,
-    pod_labels: Option<Spanned<toml::Value>>,
+    /// Kubernetes selectors (need `[kubernetes]`): namespace names or
+    /// globs, and labels the pod must carry.
+    namespace: Option<Spanned<OneOrMany>>,
+    pod_labels: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     #[serde(default)]
     description: String,
+}
+
+/// A string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// A workload: how to recognise its processes, and whose data it carries.
@@ -89,6 +125,76 @@ pub struct Selectors {
     /// A process name (`comm`, at most 15 bytes).
     pub process: Option<String>,
     pub uid: Option<u32>,
+    /// Kubernetes pods, matched on the pod's own cgroup (its containers
+    /// are covered below it).
+    pub pods: Option<PodSelector>,
+}
+
+/// Which pods a workload selects: every part given must match.
+#[derive(Debug, Clone, Default)]
+pub struct PodSelector {
+    /// Namespace names or globs (any one).
+    pub namespaces: Vec<String>,
+    pub namespace_set: Option<globset::GlobSet>,
+    /// Labels the pod must carry, with these values.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Label-chosen tenancy: the pod (or its namespace) names this tenant
+    /// and role with the `[kubernetes]` labels.
+    pub by_label: Option<(String, Role)>,
+}
+
+/// What a pod is known by, for selection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    pub namespace: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The namespace's labels, when the namespace watch knows them.
+    pub namespace_labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl PodFacts {
+    /// A label of the pod's own, or else of its namespace.
+    #[must_use]
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .get(key)
+            .or_else(|| self.namespace_labels.as_ref()?.get(key))
+            .map(String::as_str)
+    }
+}
+
+impl PodSelector {
+    /// Whether a pod is selected; `tenant_label`/`role_label` are the
+    /// `[kubernetes]` label keys.
+    #[must_use]
+    pub fn matches(&self, pod: &PodFacts, tenant_label: Option<&str>, role_label: &str) -> bool {
+        if let Some(set) = &self.namespace_set
+            && !set.is_match(&pod.namespace)
+        {
+            return false;
+        }
+        if !self
+            .labels
+            .iter()
+            .all(|(k, v)| pod.labels.get(k) == Some(v))
+        {
+            return false;
+        }
+        if let Some((tenant, role)) = &self.by_label {
+            let Some(key) = tenant_label else {
+                return false;
+            };
+            if pod.label(key) != Some(tenant.as_str()) {
+                return false;
+            }
+            let theirs = pod.label(role_label).map_or(Some(Role::Other), Role::parse);
+            if theirs != Some(*role) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 impl Selectors {
@@ -146,6 +252,7 @@ impl Config {
 pub(super) fn validate_workloads(
     raw: &RawConfig,
     tenants: &[Tenant],
+    kube: &KubernetesConfig,
     at: &Locator<'_>,
 ) -> Result<Vec<Workload>, ConfigError> {
     let mut out: Vec<Workload> = Vec::new();
@@ -317,16 +424,7 @@ pub(super) fn validate_workloads(
                 },
             )?;
         }
-        for (key, value) in [("namespace", &w.namespace), ("pod_labels", &w.pod_labels)] {
-            if let Some(v) = value {
-                return Err(at.err(
-                    v.span(),
-                    &format!("{field}.{key}"),
-                    "Kubernetes selectors are not supported yet; select the pod's cgroup instead, \
-                     e.g. cgroup = [\"/kubepods.slice/*/*pod<uid>.slice/*\"]",
-                ));
-            }
-        }
+        selectors.pods = pod_selector(w, &field, kube, at)?;
         if let Some(u) = &w.uid {
             claim(format!("uid {}", u.get_ref()), u.span(), "uid")?;
             selectors.uid = Some(*u.get_ref());
@@ -335,11 +433,19 @@ pub(super) fn validate_workloads(
             && selectors.unit.is_none()
             && selectors.comm().is_none()
             && selectors.uid.is_none()
+            && selectors.pods.is_none()
         {
             return Err(at.err(
                 w.name.span(),
                 &field,
-                &format!("workload \"{name}\" has no selector; give at least one of cgroup, unit, exe, process, uid"),
+                &format!("workload \"{name}\" has no selector; give at least one of cgroup, unit, exe, process, uid, namespace, pod_labels"),
+            ));
+        }
+        if name.starts_with(LABEL_WORKLOAD_PREFIX) {
+            return Err(at.err(
+                w.name.span(),
+                &format!("{field}.name"),
+                &format!("names beginning with \"{LABEL_WORKLOAD_PREFIX}\" are kept for the workloads of pods that name their tenant by label"),
             ));
         }
         out.push(Workload {
@@ -358,5 +464,140 @@ pub(super) fn validate_workloads(
             description: w.description.clone(),
         });
     }
+    if kube.enabled
+        && let Some(label) = &kube.tenant_label
+    {
+        let wanted = out.len() + tenants.len() * Role::ALL.len();
+        if wanted > max {
+            return Err(at.err_opt(
+                None,
+                "kubernetes.tenant_label",
+                &format!(
+                    "pods that name their tenant by label need one policy per tenant and role: \
+                     {} workloads and {} tenants x {} roles make {wanted}, and at most {max} fit \
+                     in the kernel; set kubernetes.tenant_label = \"\" to turn this off",
+                    out.len(),
+                    tenants.len(),
+                    Role::ALL.len()
+                ),
+            ));
+        }
+        for t in tenants {
+            for role in Role::ALL {
+                out.push(Workload {
+                    name: format!("{LABEL_WORKLOAD_PREFIX}{}/{}", t.id, role.as_str()),
+                    role,
+                    tenants: vec![t.id.clone()],
+                    mode: t.mode,
+                    allowed: t.allowed,
+                    unknown: t.unknown,
+                    selectors: Selectors {
+                        pods: Some(PodSelector {
+                            by_label: Some((t.id.clone(), role)),
+                            ..PodSelector::default()
+                        }),
+                        ..Selectors::default()
+                    },
+                    description: format!(
+                        "pods labelled {label}={}{}",
+                        t.id,
+                        if role == Role::Other {
+                            format!(" (and {} other or unset)", kube.role_label)
+                        } else {
+                            format!(", {}={}", kube.role_label, role.as_str())
+                        }
+                    ),
+                });
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Label-chosen workloads are named `pods:<tenant>/<role>`.
+pub const LABEL_WORKLOAD_PREFIX: &str = "pods:";
+
+/// `namespace` and `pod_labels`, which need `[kubernetes]`.
+fn pod_selector(
+    w: &RawWorkload,
+    field: &str,
+    kube: &KubernetesConfig,
+    at: &Locator<'_>,
+) -> Result<Option<PodSelector>, ConfigError> {
+    if w.namespace.is_none() && w.pod_labels.is_none() {
+        return Ok(None);
+    }
+    if !kube.enabled {
+        let (key, span) = match (&w.namespace, &w.pod_labels) {
+            (Some(n), _) => ("namespace", n.span()),
+            (_, Some(l)) => ("pod_labels", l.span()),
+            (None, None) => return Ok(None),
+        };
+        return Err(at.err(
+            span,
+            &format!("{field}.{key}"),
+            "selects Kubernetes pods, which needs a [kubernetes] section (it tells the daemon to \
+             ask the node's container runtime which pod each cgroup belongs to)",
+        ));
+    }
+    let mut sel = PodSelector::default();
+    if let Some(n) = &w.namespace {
+        let items = n.get_ref().items();
+        if items.is_empty() {
+            return Err(at.err(
+                n.span(),
+                &format!("{field}.namespace"),
+                "is empty; name the namespaces (or globs, e.g. \"team-*\")",
+            ));
+        }
+        let mut globs = globset::GlobSetBuilder::new();
+        for ns in items {
+            let ns = ns.trim();
+            let valid = !ns.is_empty()
+                && ns.len() <= 63
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-*?[]".contains(&b));
+            if !valid {
+                return Err(at.err(
+                    n.span(),
+                    &format!("{field}.namespace"),
+                    &format!(
+                        "\"{ns}\" is not a namespace name or glob: lower-case letters, digits and \
+                         '-', with '*' or '?' as wildcards"
+                    ),
+                ));
+            }
+            let glob = globset::Glob::new(ns).map_err(|e| {
+                at.err(
+                    n.span(),
+                    &format!("{field}.namespace"),
+                    &format!("not a valid glob: {e}"),
+                )
+            })?;
+            globs.add(glob);
+            sel.namespaces.push(ns.to_owned());
+        }
+        sel.namespace_set = Some(
+            globs
+                .build()
+                .map_err(|e| at.err(n.span(), &format!("{field}.namespace"), &e.to_string()))?,
+        );
+    }
+    if let Some(l) = &w.pod_labels {
+        if l.get_ref().is_empty() {
+            return Err(at.err(
+                l.span(),
+                &format!("{field}.pod_labels"),
+                "is empty; give the labels the pods carry, e.g. { app = \"vllm\" }",
+            ));
+        }
+        for (k, v) in l.get_ref() {
+            check_label_key(k)
+                .and_then(|()| check_label_value(v))
+                .map_err(|m| at.err(l.span(), &format!("{field}.pod_labels"), &m))?;
+        }
+        sel.labels.clone_from(l.get_ref());
+    }
+    Ok(Some(sel))
 }

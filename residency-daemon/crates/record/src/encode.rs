@@ -683,6 +683,7 @@ mod tests {
             policy_view: Some(Decider(std::sync::Arc::new(names()))),
             name: None,
             cookie: 0,
+            pod: None,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod encode;
 pub mod index;
 pub mod model;
 pub mod notes;
+pub mod pod;
 pub mod policy;
 pub mod view;
 
@@ -38,6 +39,7 @@ pub use model::{
     StartInfo, StopInfo, Transport, hook_str, kind_str, verdict_str,
 };
 pub use notes::{EvidenceGap, PolicyLoaded, Pruned, ViolationChange};
+pub use pod::{ContainerInfo, PodInfo};
 pub use policy::{PolicyView, TransferBasis};
 pub use view::RecordView;
 

@@ -204,6 +204,8 @@ pub struct Flow {
     pub name: Option<Box<DestName>>,
     /// The socket cookie: links a connection's later TLS record to it.
     pub cookie: u64,
+    /// The Kubernetes pod and container (`[kubernetes]`).
+    pub pod: Option<Arc<crate::PodInfo>>,
 }
 
 /// How a destination's name is known.

@@ -785,6 +785,7 @@ mod tests {
             policy_view: Some(Decider(Arc::new(view))),
             name: None,
             cookie: 0,
+            pod: None,
         }
     }
 
