@@ -134,6 +134,14 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Pods on a real containerd (Debian's, started by the bench): from a
+    /// pod's cgroup appearing to its policy in the kernel, p50 and p99 over
+    /// 100 pods, and the daemon's memory with 500 pods on the node.
+    Pods {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Process tracking: what the exec, fork and exit tracepoints cost a
     /// process starting inside the watched cgroup and one outside it.
     Process {
@@ -215,6 +223,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Siem { args },
         } => bench(&root, "siem", &args),
+        Cmd::Bench {
+            which: Bench::Pods { args },
+        } => bench(&root, "pods", &args),
     }
 }
 

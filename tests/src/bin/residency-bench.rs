@@ -164,6 +164,26 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Pods on a real containerd: from a pod's cgroup appearing to its
+    /// policy in the kernel (and to its sandbox ready and first container
+    /// started), and the daemon's memory with many pods on the node.
+    Pods {
+        /// Pods timed one after another.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Pods running at once for the memory case.
+        #[arg(long, default_value_t = 500)]
+        memory_pods: usize,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// (Used by `pods`.) Waits for a pod's cgroup, joins a cgroup below it
+    /// and connects to DEST until EPERM; prints both times.
+    #[command(hide = true)]
+    PodProbe {
+        pod_dir: PathBuf,
+        dest: std::net::SocketAddr,
+    },
     /// Latency of connect and sendto without programs, with programs, with the daemon.
     Connect {
         /// Rounds of the three cases.
@@ -234,6 +254,8 @@ destinations = ["192.0.2.0/24", "2001:db8::/32"]
 mod evidence_bench;
 #[path = "residency-bench/names.rs"]
 mod names_bench;
+#[path = "residency-bench/pods.rs"]
+mod pods_bench;
 #[path = "residency-bench/siem.rs"]
 mod siem_bench;
 
@@ -299,6 +321,14 @@ fn main() -> anyhow::Result<()> {
                 bail!("needs root");
             }
             return names_bench::run(rounds, connects, answers, fill, write.as_deref());
+        }
+        BenchCmd::Pods {
+            pods,
+            memory_pods,
+            write,
+        } => return pods_bench::run(pods, memory_pods, write),
+        BenchCmd::PodProbe { pod_dir, dest } => {
+            return pods_bench::probe(&pod_dir, dest, Duration::from_secs(30));
         }
         BenchCmd::Siem {
             alerts,
