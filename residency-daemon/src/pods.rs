@@ -41,7 +41,7 @@ const RECONNECT: Duration = Duration::from_secs(5);
 /// While a seen pod is not listed yet: the first retry, doubled up to
 /// [`RETRY_MAX`], for at most [`GIVE_UP`].
 const RETRY_FIRST: Duration = Duration::from_millis(2);
-const RETRY_MAX: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_millis(50);
 const GIVE_UP: Duration = Duration::from_mins(1);
 
 /// What the node runs, as the runtime last said.
