@@ -230,6 +230,7 @@ pub fn decode(ev: &ConnectEvent, clock: &Clock) -> Result<Flow, EnrichError> {
         policy_view: None,
         name: None,
         cookie: ev.cookie,
+        pod: None,
     })
 }
 

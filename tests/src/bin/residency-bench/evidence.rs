@@ -137,6 +137,7 @@ impl Flows {
             policy_view: Some(Decider(self.policy.clone())),
             name: None,
             cookie: 0,
+            pod: None,
         };
         // As the pipeline does: the line, and its columns from the same
         // document.
