@@ -455,8 +455,15 @@ async fn pods_are_flow_and_violation_filters_and_a_transfer_dimension() {
     };
     assert_eq!(flows(Some("crm"), None, None), [4, 2, 1]);
     assert_eq!(flows(None, Some("sync-1"), None), [4, 2]);
-    assert_eq!(flows(Some("billing"), Some("sync-1"), None), Vec::<u64>::new());
-    assert_eq!(flows(Some("billing"), None, Some("acme")), [3], "with the tenant index too");
+    assert_eq!(
+        flows(Some("billing"), Some("sync-1"), None),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        flows(Some("billing"), None, Some("acme")),
+        [3],
+        "with the tenant index too"
+    );
     assert_eq!(flows(None, None, None).len(), 5);
 
     // One violation per namespace (pods of one namespace count on one),
@@ -488,7 +495,10 @@ async fn pods_are_flow_and_violation_filters_and_a_transfer_dimension() {
     );
     assert_eq!(violations(None, Some("invoice-0")).len(), 1);
     let json = serde_json::to_value(&all[0]).unwrap();
-    assert!(json.get("namespace").is_none(), "no pod, no namespace: {json}");
+    assert!(
+        json.get("namespace").is_none(),
+        "no pod, no namespace: {json}"
+    );
 
     // The transfer summary counts by namespace.
     let rows = r.transfers(&Filter::default()).unwrap();
@@ -496,7 +506,10 @@ async fn pods_are_flow_and_violation_filters_and_a_transfer_dimension() {
         .iter()
         .map(|r| (r.namespace.as_deref(), r.flows, r.blocked))
         .collect();
-    assert_eq!(by, [(None, 1, 1), (Some("billing"), 1, 1), (Some("crm"), 3, 2)]);
+    assert_eq!(
+        by,
+        [(None, 1, 1), (Some("billing"), 1, 1), (Some("crm"), 3, 2)]
+    );
     let crm = r
         .transfers(&Filter {
             namespace: Some("crm".into()),
@@ -594,7 +607,9 @@ async fn a_format_3_store_gains_the_pod_columns_and_still_verifies() {
     assert_eq!(crm.items.iter().map(|f| f.seq).collect::<Vec<_>>(), [21]);
     ev.close().await.unwrap();
     let format: i64 = db(dir.path())
-        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(format, crate::schema::FORMAT);
     let after = canonical_rows(&db(dir.path()));

@@ -706,7 +706,12 @@ impl<'a> RecordView<'a> {
     /// The flow's pod: its name.
     #[must_use]
     pub fn pod_name(&self) -> Option<&str> {
-        self.orchestrator.as_ref()?.resource.as_ref()?.name.as_deref()
+        self.orchestrator
+            .as_ref()?
+            .resource
+            .as_ref()?
+            .name
+            .as_deref()
     }
 
     /// The flow's pod: its UID.
@@ -1024,7 +1029,11 @@ mod tests {
         let id = "cd".repeat(32);
         assert_eq!(
             r.container(),
-            (Some(id.as_str()), Some("sync"), Some("registry.example/sync:2"))
+            (
+                Some(id.as_str()),
+                Some("sync"),
+                Some("registry.example/sync:2")
+            )
         );
         assert_eq!(Index::of(&line).unwrap(), columns);
         assert_eq!(columns.namespace.as_deref(), Some("crm"));
@@ -1034,7 +1043,10 @@ mod tests {
         let mut line = Vec::new();
         encode_flow_indexed(&flow(), &mut line).unwrap();
         let r = RecordView::parse(&line).unwrap();
-        assert_eq!((r.namespace(), r.pod_name(), r.container().0), (None, None, None));
+        assert_eq!(
+            (r.namespace(), r.pod_name(), r.container().0),
+            (None, None, None)
+        );
         assert_eq!(r.pod_labels().count(), 0);
     }
 
