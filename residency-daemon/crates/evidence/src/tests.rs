@@ -422,6 +422,10 @@ async fn a_format_2_store_gains_the_catalog_columns_and_still_verifies() {
 }
 
 #[tokio::test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "flows, violations, transfers and their edits, in turn"
+)]
 async fn pods_are_flow_and_violation_filters_and_a_transfer_dimension() {
     let dir = tempfile::tempdir().unwrap();
     let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
