@@ -56,6 +56,7 @@ struct Watched {
     dest_ip: std::net::IpAddr,
     dest_port: u16,
     boot_ns: u64,
+    pod: Option<Arc<residency_record::PodInfo>>,
 }
 
 /// A `ClientHello` being put together.
@@ -201,6 +202,7 @@ impl Namer {
                     dest_ip: flow.dest_ip,
                     dest_port: flow.dest_port,
                     boot_ns: flow.boot_ns,
+                    pod: flow.pod.clone(),
                 },
             );
         }
@@ -288,6 +290,7 @@ fn server_name_record(
         })),
     });
     Record::note(residency_record::Lifecycle::TlsServerName, message, fields)
+        .with_pod(flow.and_then(|f| f.pod.clone()))
 }
 
 /// A catalog entry as records cite it.

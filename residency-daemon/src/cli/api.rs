@@ -38,6 +38,13 @@ pub struct FilterArgs {
     /// Only this destination host name.
     #[arg(long, value_name = "NAME")]
     dst_name: Option<String>,
+    /// Only flows from pods of this Kubernetes namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    namespace: Option<String>,
+    /// Only flows from this Kubernetes pod, by name (violations: the pod
+    /// of the first occurrence).
+    #[arg(long, value_name = "POD")]
+    pod: Option<String>,
 }
 
 /// Paging of `residency flows` and `residency violations`.
@@ -90,6 +97,8 @@ pub fn query(filters: FilterArgs, page: &PageArgs, state: Option<String>) -> Vec
         verdict,
         dst_ip,
         dst_name,
+        namespace,
+        pod,
     } = filters;
     [
         ("from", from),
@@ -101,6 +110,8 @@ pub fn query(filters: FilterArgs, page: &PageArgs, state: Option<String>) -> Vec
         ("verdict", verdict),
         ("dst_ip", dst_ip.map(|ip| ip.to_string())),
         ("dst_name", dst_name),
+        ("namespace", namespace),
+        ("pod", pod),
         ("state", state),
         ("cursor", page.cursor.map(|c| c.to_string())),
         ("order", page.asc.then(|| "asc".to_owned())),

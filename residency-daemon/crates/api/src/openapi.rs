@@ -190,7 +190,7 @@ fn schemas() -> Value {
             "properties": {
                 "seq": seq,
                 "hash": { "type": "string", "description": "Chain hash, hex" },
-                "record": { "type": "object", "description": "The record, as written: ECS field names (@timestamp, event, network, destination, process, rule, residency)" }
+                "record": { "type": "object", "description": "The record, as written: ECS field names (@timestamp, event, network, destination, process, rule, residency; for a flow from a Kubernetes pod, container.id/name/image.name and orchestrator.namespace, orchestrator.resource.type pod, .name, .id (the pod UID) and .label (key:value))" }
             }
         },
         "RecordPage": {
@@ -210,6 +210,8 @@ fn schemas() -> Value {
                 "verdict": { "type": "string", "enum": ["flagged", "blocked"] },
                 "workload": text,
                 "role": text,
+                "namespace": { "type": "string", "description": "The Kubernetes namespace of the violating flows' pods" },
+                "pod": { "type": "string", "description": "The pod of the first occurrence" },
                 "tenants": { "type": "array", "items": text },
                 "destination": {
                     "type": "object",
@@ -265,6 +267,7 @@ fn schemas() -> Value {
                 "transfer_basis": { "type": "string", "description": "eea, adequacy, dpf, scc, bcr, art49, local or none" },
                 "provider": { "type": "string", "description": "The provider of the destination's endpoint catalog entry, or unlisted" },
                 "service": { "type": "string", "description": "The service of that entry (absent for unlisted)" },
+                "namespace": { "type": "string", "description": "The Kubernetes namespace the flows came from (absent for flows of no pod)" },
                 "flows": count,
                 "allowed": count,
                 "flagged": count,

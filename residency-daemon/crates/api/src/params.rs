@@ -34,6 +34,12 @@ pub enum Kind {
     State,
     /// IPv4 or IPv6 address.
     Ip,
+    /// A Kubernetes namespace: an RFC 1123 label (at most 63 of `a-z`,
+    /// `0-9` and `-`, alphanumeric at both ends).
+    Namespace,
+    /// A Kubernetes pod name: an RFC 1123 subdomain (at most 253 of `a-z`,
+    /// `0-9`, `-` and `.`, alphanumeric at both ends).
+    Pod,
     /// The `next` of the previous page.
     Cursor,
     /// Page size, 1..=1000.
@@ -63,6 +69,13 @@ impl Kind {
                 json!({ "type": "string", "pattern": "^[A-Za-z]{2}$", "example": "DE" })
             }
             Kind::Verdict => json!({ "type": "string", "enum": VERDICTS }),
+            Kind::Namespace => json!({
+                "type": "string", "maxLength": 63, "pattern": LABEL_PATTERN, "example": "crm",
+            }),
+            Kind::Pod => json!({
+                "type": "string", "maxLength": 253, "pattern": SUBDOMAIN_PATTERN,
+                "example": "sync-7d9f8b6c4-x2x9q",
+            }),
             Kind::State => json!({ "type": "string", "enum": STATES }),
             Kind::Ip => {
                 json!({ "type": "string", "description": "IPv4 or IPv6", "example": "203.0.113.7" })
@@ -106,6 +119,24 @@ impl Kind {
                     return Err(bad("is not an ISO 3166 alpha-2 country code, e.g. DE"));
                 }
                 Value::Text(raw.to_ascii_uppercase())
+            }
+            Kind::Namespace => {
+                if raw.len() > 63 || !rfc1123(raw, false) {
+                    return Err(bad(
+                        "is not a Kubernetes namespace: at most 63 of a-z, 0-9 and -, \
+                         beginning and ending with a letter or digit",
+                    ));
+                }
+                Value::Text(raw.to_owned())
+            }
+            Kind::Pod => {
+                if raw.len() > 253 || !rfc1123(raw, true) {
+                    return Err(bad(
+                        "is not a Kubernetes pod name: at most 253 of a-z, 0-9, - and ., \
+                         beginning and ending with a letter or digit",
+                    ));
+                }
+                Value::Text(raw.to_owned())
             }
             Kind::Verdict => Value::Text(
                 VERDICTS
@@ -157,6 +188,22 @@ impl Kind {
         })
     }
 }
+
+/// An RFC 1123 label (or, with `dots`, a subdomain), as Kubernetes
+/// validates namespace and pod names; the caller checks the length.
+fn rfc1123(s: &str, dots: bool) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+        && b.iter()
+            .all(|c| alnum(c) || *c == b'-' || (dots && *c == b'.'))
+}
+
+/// [`Kind::Namespace`]'s pattern, for the `OpenAPI` document.
+const LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// [`Kind::Pod`]'s pattern.
+const SUBDOMAIN_PATTERN: &str = "^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$";
 
 /// A parsed parameter value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +277,17 @@ pub const PROVIDER: Param = Param {
     description: "Only transfers to this provider, as the endpoint catalog names it (`unlisted`: \
                   destinations the catalog does not list, or whose name is not known).",
 };
+pub const NAMESPACE: Param = Param {
+    name: "namespace",
+    kind: Kind::Namespace,
+    description: "Only flows from pods of this Kubernetes namespace (`orchestrator.namespace`).",
+};
+pub const POD: Param = Param {
+    name: "pod",
+    kind: Kind::Pod,
+    description: "Only flows from this Kubernetes pod, by name (`orchestrator.resource.name`). \
+                  For violations: the pod of the first occurrence.",
+};
 pub const STATE: Param = Param {
     name: "state",
     kind: Kind::State,
@@ -263,15 +321,18 @@ pub const ID: Param = Param {
 
 /// `GET /v1/flows`.
 pub const FLOWS: &[Param] = &[
-    FROM, TO, TENANT, WORKLOAD, ROLE, COUNTRY, VERDICT, DST_IP, DST_NAME, CURSOR, LIMIT, ORDER,
+    FROM, TO, TENANT, WORKLOAD, ROLE, COUNTRY, VERDICT, DST_IP, DST_NAME, NAMESPACE, POD, CURSOR,
+    LIMIT, ORDER,
 ];
 /// `GET /v1/violations`.
 pub const VIOLATIONS: &[Param] = &[
-    FROM, TO, TENANT, WORKLOAD, ROLE, COUNTRY, VERDICT, DST_IP, DST_NAME, STATE, CURSOR, LIMIT,
-    ORDER,
+    FROM, TO, TENANT, WORKLOAD, ROLE, COUNTRY, VERDICT, DST_IP, DST_NAME, NAMESPACE, POD, STATE,
+    CURSOR, LIMIT, ORDER,
 ];
 /// `GET /v1/transfers/summary`.
-pub const TRANSFERS: &[Param] = &[FROM, TO, TENANT, ROLE, COUNTRY, VERDICT, PROVIDER];
+pub const TRANSFERS: &[Param] = &[
+    FROM, TO, TENANT, ROLE, COUNTRY, VERDICT, PROVIDER, NAMESPACE,
+];
 /// `GET /v1/evidence/export`.
 pub const EXPORT: &[Param] = &[FROM, TO];
 
@@ -363,6 +424,8 @@ impl Query {
             },
             dst_name: self.text("dst_name"),
             provider: self.text("provider"),
+            namespace: self.text("namespace"),
+            pod: self.text("pod"),
         }
     }
 

@@ -250,7 +250,9 @@ pub static ROUTES: &[Route] = &[
         tag: "flows",
         summary: "Decisions, filtered, newest first, a page at a time",
         description: "Pass `next` back as `cursor` for the following page; the last page has no \
-                      `next`. Filters combine with AND.",
+                      `next`. Filters combine with AND. `namespace` and `pod` select flows \
+                      from Kubernetes pods (`orchestrator.namespace`, \
+                      `orchestrator.resource.name`).",
         path_params: &[],
         query: params::FLOWS,
         body: None,
@@ -363,11 +365,13 @@ pub static ROUTES: &[Route] = &[
         public: false,
         tag: "flows",
         summary: "The data-flow map: tenant x role x country x transfer basis x provider and \
-                  service, counted",
+                  service x Kubernetes namespace, counted",
         description: "Time bounds apply per UTC day. `verdict` keeps the rows with at least one \
                       flow of that verdict. `provider` and `service` come from the endpoint \
                       catalog entry of the destination's name; flows to destinations the \
-                      catalog does not list count under provider `unlisted`, without a service.",
+                      catalog does not list count under provider `unlisted`, without a service. \
+                      Flows from Kubernetes pods count per namespace (`namespace`; absent for \
+                      flows of no pod), and `namespace` keeps that namespace's rows.",
         path_params: &[],
         query: params::TRANSFERS,
         body: None,

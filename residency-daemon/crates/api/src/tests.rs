@@ -430,6 +430,99 @@ async fn names_filter_flows_and_providers_break_the_summary_down() {
     assert_eq!(unlisted["items"][0]["flows"], 1, "{unlisted}");
 }
 
+/// Flow `i` ([`flow_line`]) from pod `pod` of `namespace`, named as the
+/// record crate's encoder names a pod.
+fn pod_line(i: usize, namespace: &str, pod: &str) -> String {
+    let mut v: Value = serde_json::from_str(&flow_line(i)).unwrap();
+    v["container"] = json!({ "id": "ab".repeat(32), "name": "app", "image": { "name": "registry.example/app:1" } });
+    v["orchestrator"] = json!({
+        "type": "kubernetes", "namespace": namespace,
+        "resource": { "type": "pod", "name": pod, "id": "0b7ae1c5-2f3a-4e5b-9c1d-5a6b7c8d9e0f", "label": ["app:x"] },
+    });
+    format!("{v}\n")
+}
+
+#[tokio::test]
+async fn pods_filter_flows_and_violations_and_namespaces_break_the_summary_down() {
+    let f = Fixture::empty();
+    f.append(&[
+        pod_line(0, "crm", "sync-0"),
+        pod_line(6, "crm", "sync-1"),
+        pod_line(12, "billing", "invoice-0"),
+        pod_line(4, "crm", "sync-1"),
+        flow_line(18),
+    ])
+    .await;
+    let r = f.tcp();
+    let count = |v: &Value| v["items"].as_array().unwrap().len();
+    for (q, n) in [
+        ("namespace=crm", 3),
+        ("namespace=billing", 1),
+        ("pod=sync-1", 2),
+        ("namespace=crm&pod=sync-1&verdict=blocked", 1),
+        ("namespace=other", 0),
+        ("", 5),
+    ] {
+        let page = get_ok(&r, &format!("/v1/flows?{q}")).await;
+        assert_eq!(count(&page), n, "{q}: {page}");
+    }
+    let page = get_ok(&r, "/v1/flows?pod=invoice-0").await;
+    assert_eq!(
+        page["items"][0]["record"]["orchestrator"]["namespace"],
+        "billing"
+    );
+    assert_eq!(page["items"][0]["record"]["container"]["name"], "app");
+
+    // Flows 0, 6 (crm), 12 (billing) and 18 (no pod) are blocked, same
+    // workload and destination: one violation per namespace, and one of
+    // no pod.
+    for (q, n) in [
+        ("", 3),
+        ("namespace=crm", 1),
+        ("pod=invoice-0", 1),
+        ("pod=sync-1", 0),
+    ] {
+        let page = get_ok(&r, &format!("/v1/violations?{q}")).await;
+        assert_eq!(count(&page), n, "{q}: {page}");
+    }
+    let v = &get_ok(&r, "/v1/violations?namespace=crm").await["items"][0];
+    assert_eq!(
+        (v["count"].as_u64(), v["pod"].as_str()),
+        (Some(2), Some("sync-0")),
+        "{v}"
+    );
+
+    let summary = get_ok(&r, "/v1/transfers/summary").await;
+    let by = |namespace: Option<&str>| -> u64 {
+        summary["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["namespace"].as_str() == namespace)
+            .map(|row| row["flows"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (by(Some("crm")), by(Some("billing")), by(None)),
+        (3, 1, 1),
+        "{summary}"
+    );
+    let crm = get_ok(&r, "/v1/transfers/summary?namespace=crm").await;
+    assert!(
+        crm["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["namespace"] == "crm"),
+        "{crm}"
+    );
+    assert_eq!(
+        count(&crm),
+        2,
+        "blocked to the US, allowed to Germany: {crm}"
+    );
+}
+
 #[tokio::test]
 #[expect(clippy::too_many_lines, reason = "tables of bad requests")]
 async fn bad_input_is_a_4xx_json_error_naming_what_was_wrong() {
@@ -459,6 +552,23 @@ async fn bad_input_is_a_4xx_json_error_naming_what_was_wrong() {
             "from",
         ),
         ("/v1/violations?state=closed", 400, "state"),
+        (
+            "/v1/flows?namespace=Kube-System",
+            400,
+            "Kubernetes namespace",
+        ),
+        ("/v1/flows?namespace=-crm", 400, "namespace"),
+        ("/v1/flows?namespace=a.b", 400, "namespace"),
+        (
+            "/v1/flows?namespace=a123456789012345678901234567890123456789012345678901234567890123",
+            400,
+            "namespace",
+        ),
+        ("/v1/flows?pod=sync_0", 400, "Kubernetes pod name"),
+        ("/v1/flows?pod=sync-0.", 400, "pod"),
+        ("/v1/violations?pod=", 400, "pod"),
+        ("/v1/transfers/summary?pod=sync-0", 400, "\"pod\""),
+        ("/v1/transfers/summary?namespace=CRM", 400, "namespace"),
         ("/v1/transfers/summary?limit=5", 400, "\"limit\""),
         ("/v1/transfers/summary?state=open", 400, "\"state\""),
         ("/v1/policy?x=1", 400, "\"x\""),
@@ -742,6 +852,8 @@ fn sample_value(kind: Kind) -> &'static str {
         Kind::Cursor | Kind::Seq | Kind::Id => "3",
         Kind::Limit => "10",
         Kind::Order => "asc",
+        Kind::Namespace => "crm",
+        Kind::Pod => "sync-7d9f8b6c4-x2x9q",
     }
 }
 

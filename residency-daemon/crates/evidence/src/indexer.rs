@@ -273,12 +273,12 @@ impl Indexer {
         let mut stamps = Vec::new();
         {
             let mut read = self.records.prepare_cached(
-                "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, boot_ns
+                "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, boot_ns, namespace, pod
                  FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let mut cols = tx.prepare_cached(
-                "INSERT INTO cols (seq, ts, verdict, workload, role, country, dst_ip, dst_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO cols (seq, ts, verdict, workload, role, country, dst_ip, dst_name, namespace, pod)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             let mut tenants = tx.prepare_cached(
                 "INSERT OR IGNORE INTO tenants (tenant, seq, country) VALUES (?1, ?2, ?3)",
@@ -301,6 +301,8 @@ impl Indexer {
                     country,
                     r.get::<_, Option<String>>(8)?,
                     r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(11)?,
+                    r.get::<_, Option<String>>(12)?,
                 ])?;
                 if let Some(ts) = r.get_ref(6)?.as_str_or_null().ok().flatten() {
                     for t in ts.split(',').filter(|t| !t.is_empty()) {

@@ -43,6 +43,11 @@ pub struct Filter {
     /// The provider of the destination's catalog entry (`unlisted`: none).
     /// The transfer summary only: flows are not indexed by it.
     pub provider: Option<String>,
+    /// The Kubernetes namespace of the flow's pod.
+    pub namespace: Option<String>,
+    /// The name of the flow's pod. Flows and violations only: the
+    /// transfer summary counts by namespace, not by pod.
+    pub pod: Option<String>,
 }
 
 /// Newest first (the default) or oldest first.
@@ -168,6 +173,13 @@ pub struct Violation {
     pub workload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The Kubernetes namespace of the violating flows' pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The pod of its first occurrence (repeats from other pods of the
+    /// namespace count on the same violation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub tenants: Vec<String>,
     pub destination: Target,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,6 +224,10 @@ pub struct TransferRow {
     /// Its service; absent when the entry names none, or there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The Kubernetes namespace the flows came from; absent for flows of
+    /// no pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub flows: u64,
     pub allowed: u64,
     pub flagged: u64,
@@ -419,7 +435,8 @@ impl Reader {
     }
 
     /// The data-flow map: tenant x role x country x basis x the catalog's
-    /// provider and service, counted. Time bounds apply per UTC day.
+    /// provider and service x the Kubernetes namespace, counted. Time
+    /// bounds apply per UTC day.
     ///
     /// # Errors
     /// If the database cannot be read.
@@ -865,6 +882,12 @@ fn common(w: &mut Conditions, f: &Filter) {
     if let Some(v) = &f.dst_name {
         w.add("c.dst_name = ?", v.clone());
     }
+    if let Some(v) = &f.namespace {
+        w.add("c.namespace = ?", v.clone());
+    }
+    if let Some(v) = &f.pod {
+        w.add("c.pod = ?", v.clone());
+    }
 }
 
 /// Drops the look-ahead item and returns the cursor for the next page.
@@ -881,7 +904,8 @@ fn paginate<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> u64) -> Optio
 const VIOLATION_COLUMNS: &str =
     "id, state, verdict, workload, role, tenants, country, dst_ip, dst_port, dst_name, rule, basis,
      count, first_seq, last_seq, first_ts, last_ts, aware_ts,
-     ack_ts, ack_by, ack_note, ack_seq, resolved_ts, resolved_by, resolved_note, resolved_seq";
+     ack_ts, ack_by, ack_note, ack_seq, resolved_ts, resolved_by, resolved_note, resolved_seq,
+     namespace, pod";
 
 fn violation_row(r: &Row<'_>) -> rusqlite::Result<Violation> {
     let state: String = r.get(1)?;
@@ -905,6 +929,8 @@ fn violation_row(r: &Row<'_>) -> rusqlite::Result<Violation> {
         verdict: r.get(2)?,
         workload: r.get(3)?,
         role: r.get(4)?,
+        namespace: r.get(26)?,
+        pod: r.get(27)?,
         tenants: tenants
             .map(|t| t.split(',').map(str::to_owned).collect())
             .unwrap_or_default(),
@@ -995,6 +1021,12 @@ fn violations(
     if let Some(v) = &r.dst_name {
         w.add("dst_name = ?", v.clone());
     }
+    if let Some(v) = &r.namespace {
+        w.add("namespace = ?", v.clone());
+    }
+    if let Some(v) = &r.pod {
+        w.add("pod = ?", v.clone());
+    }
     if let Some(cursor) = page.cursor {
         let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
         match page.order {
@@ -1057,10 +1089,13 @@ fn transfers(c: &Connection, f: &Filter) -> Result<Vec<TransferRow>, EvidenceErr
         };
         w.add("provider = ?", v);
     }
+    if let Some(v) = &f.namespace {
+        w.add("namespace = ?", v.clone());
+    }
     let sql = format!(
-        "SELECT tenant, role, country, basis, sum(allowed), sum(flagged), sum(blocked), min(first_ts), max(last_ts), provider, service
-         FROM transfers{} GROUP BY tenant, role, country, basis, provider, service
-         ORDER BY tenant, role, country, basis, provider, service",
+        "SELECT tenant, role, country, basis, sum(allowed), sum(flagged), sum(blocked), min(first_ts), max(last_ts), provider, service, namespace
+         FROM transfers{} GROUP BY tenant, role, country, basis, provider, service, namespace
+         ORDER BY tenant, role, country, basis, provider, service, namespace",
         w.clause()
     );
     let mut stmt = c.prepare_cached(&sql)?;
@@ -1077,6 +1112,7 @@ fn transfers(c: &Connection, f: &Filter) -> Result<Vec<TransferRow>, EvidenceErr
             transfer_basis: some(r.get(3)?).unwrap_or_else(|| "none".to_owned()),
             provider: some(r.get(9)?).unwrap_or_else(|| UNLISTED.to_owned()),
             service: some(r.get(10)?),
+            namespace: some(r.get(11)?),
             flows: allowed + flagged + blocked,
             allowed,
             flagged,

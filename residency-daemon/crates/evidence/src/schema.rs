@@ -11,14 +11,15 @@
 //! chain: the index file (delete it and it is rebuilt at start),
 //! `violations` (their lifecycle; every transition is also a record),
 //! `transfers` (per-day counts for the data-flow map, by tenant, role,
-//! country, basis and the catalog's provider and service), `policies` (each
+//! country, basis, the catalog's provider and service, and the Kubernetes
+//! namespace), `policies` (each
 //! configuration's text, from its `policy-loaded` record) and `checkpoints`
 //! (signatures over the chain head).
 
 use rusqlite::Connection;
 
 /// Bumped when the layout changes; a store of another format is refused.
-pub const FORMAT: i64 = 3;
+pub const FORMAT: i64 = 4;
 
 /// Settings of every connection: WAL so that readers never block the
 /// writer, `synchronous = NORMAL` (a commit survives a crash of the process;
@@ -45,12 +46,13 @@ macro_rules! transfers_table {
     basis    TEXT NOT NULL,
     provider TEXT NOT NULL,
     service  TEXT NOT NULL,
+    namespace TEXT NOT NULL,
     allowed  INTEGER NOT NULL,
     flagged  INTEGER NOT NULL,
     blocked  INTEGER NOT NULL,
     first_ts INTEGER NOT NULL,
     last_ts  INTEGER NOT NULL,
-    PRIMARY KEY (day, tenant, role, country, basis, provider, service)
+    PRIMARY KEY (day, tenant, role, country, basis, provider, service, namespace)
 ) WITHOUT ROWID;"
     };
 }
@@ -78,7 +80,9 @@ CREATE TABLE IF NOT EXISTS records (
     boot_ns  INTEGER,
     body     BLOB NOT NULL,
     hash     BLOB NOT NULL,
-    dict     INTEGER
+    dict     INTEGER,
+    namespace TEXT,
+    pod      TEXT
 );
 CREATE TABLE IF NOT EXISTS dicts (
     id         INTEGER PRIMARY KEY,
@@ -121,7 +125,9 @@ CREATE TABLE IF NOT EXISTS violations (
     resolved_ts   INTEGER,
     resolved_by   TEXT,
     resolved_note TEXT,
-    resolved_seq  INTEGER
+    resolved_seq  INTEGER,
+    namespace     TEXT,
+    pod           TEXT
 );
 CREATE INDEX IF NOT EXISTS violations_state ON violations (state, id);
 
@@ -154,7 +160,9 @@ CREATE TABLE IF NOT EXISTS cols (
     role     TEXT,
     country  TEXT,
     dst_ip   TEXT,
-    dst_name TEXT
+    dst_name TEXT,
+    namespace TEXT,
+    pod      TEXT
 );
 CREATE INDEX IF NOT EXISTS cols_ts ON cols (ts);
 CREATE INDEX IF NOT EXISTS cols_country ON cols (country, seq);
@@ -171,7 +179,18 @@ CREATE TABLE IF NOT EXISTS tenants (
 CREATE INDEX IF NOT EXISTS tenants_country ON tenants (tenant, country, seq);
 ";
 
+/// The pod indexes of `cols`: made after the columns exist, which in an
+/// index file of a format-3 store they do only once added.
+const POD_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS cols_namespace ON cols (namespace, seq) WHERE namespace IS NOT NULL;
+CREATE INDEX IF NOT EXISTS cols_pod ON cols (pod, seq) WHERE pod IS NOT NULL;
+";
+
 /// Creates the index file's tables (flows only: `cols` and `tenants`).
+///
+/// An index file of a format-3 store has no `namespace` and `pod`
+/// columns: they are added, empty, which is exact (no build that wrote
+/// format 3 named pods).
 ///
 /// # Errors
 /// If the file cannot be written.
@@ -179,7 +198,29 @@ pub fn create_index(conn: &Connection) -> Result<(), String> {
     conn.execute_batch("PRAGMA page_size = 8192;")
         .map_err(|e| e.to_string())?;
     conn.execute_batch(PRAGMAS).map_err(|e| e.to_string())?;
-    conn.execute_batch(INDEX_TABLES).map_err(|e| e.to_string())
+    conn.execute_batch(INDEX_TABLES)
+        .map_err(|e| e.to_string())?;
+    if !has_column(conn, "cols", "namespace").map_err(|e| e.to_string())? {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE cols ADD COLUMN namespace TEXT;
+             ALTER TABLE cols ADD COLUMN pod TEXT;
+             COMMIT;",
+        )
+        .map_err(|e| format!("adding the pod columns to the index: {e}"))?;
+    }
+    conn.execute_batch(POD_INDEXES).map_err(|e| e.to_string())
+}
+
+/// Whether `table` (of the main database, or `ix.cols`-style
+/// `schema.table`) has `column`.
+///
+/// # Errors
+/// If the database cannot be read.
+pub fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let (schema, table) = table.split_once('.').unwrap_or(("main", table));
+    conn.prepare("SELECT 1 FROM pragma_table_info(?1, ?2) WHERE name = ?3")?
+        .exists([table, schema, column])
 }
 
 /// Creates the tables if they are missing and checks the format.
@@ -218,9 +259,14 @@ pub fn create(conn: &Connection) -> Result<(), String> {
                  COMMIT;",
             )
             .map_err(|e| format!("upgrading the store from format 1: {e}"))?;
-            upgrade_from_2(conn)
+            upgrade_from_2(conn)?;
+            upgrade_from_3(conn)
         }
-        Some(2) => upgrade_from_2(conn),
+        Some(2) => {
+            upgrade_from_2(conn)?;
+            upgrade_from_3(conn)
+        }
+        Some(3) => upgrade_from_3(conn),
         Some(other) => Err(format!(
             "the store has format {other}; this build reads format {FORMAT}"
         )),
@@ -233,31 +279,101 @@ pub fn create(conn: &Connection) -> Result<(), String> {
 /// catalog entries in its records (and `verify` would say otherwise, since
 /// it counts again from the bodies).
 fn upgrade_from_2(conn: &Connection) -> Result<(), String> {
-    conn.execute_batch(concat!(
+    // The format-3 table, which the format-4 upgrade then rebuilds.
+    conn.execute_batch(
         "BEGIN;
          ALTER TABLE transfers RENAME TO transfers_2;
-         CREATE TABLE transfers ",
-        transfers_table!(),
-        "
+         CREATE TABLE transfers (
+             day      INTEGER NOT NULL,
+             tenant   TEXT NOT NULL,
+             role     TEXT NOT NULL,
+             country  TEXT NOT NULL,
+             basis    TEXT NOT NULL,
+             provider TEXT NOT NULL,
+             service  TEXT NOT NULL,
+             allowed  INTEGER NOT NULL,
+             flagged  INTEGER NOT NULL,
+             blocked  INTEGER NOT NULL,
+             first_ts INTEGER NOT NULL,
+             last_ts  INTEGER NOT NULL,
+             PRIMARY KEY (day, tenant, role, country, basis, provider, service)
+         ) WITHOUT ROWID;
          INSERT INTO transfers
              SELECT day, tenant, role, country, basis, '', '', allowed, flagged, blocked, first_ts, last_ts
              FROM transfers_2;
          DROP TABLE transfers_2;
          UPDATE meta SET value = 3 WHERE key = 'format';
          COMMIT;",
-    ))
+    )
     .map_err(|e| format!("upgrading the store from format 2: {e}"))
 }
 
-/// The columns of `transfers` that name the catalog entry, as a `SELECT`
-/// list: `provider, service`, or two empty strings in a store of format 1
-/// or 2 that is read as it is (`verify`, before a daemon upgrades it).
+/// Format 3 knew no pods: `records` and `violations` gain `namespace`
+/// and `pod` columns (NULL: none), and `transfers` gains `namespace` in
+/// its key, its rows counting under none (empty). Both are exact: no
+/// build that wrote format 3 named pods in its records (and `verify`
+/// would say otherwise, since it derives the columns and counts again
+/// from the bodies). Every record, and so the chain, is kept as it is.
+fn upgrade_from_3(conn: &Connection) -> Result<(), String> {
+    let upgrade = || -> rusqlite::Result<()> {
+        for table in ["records", "violations"] {
+            // (A store someone began to upgrade by hand may have them.)
+            if !has_column(conn, table, "namespace")? {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN namespace TEXT;
+                     ALTER TABLE {table} ADD COLUMN pod TEXT;"
+                ))?;
+            }
+        }
+        conn.execute_batch(concat!(
+            "ALTER TABLE transfers RENAME TO transfers_3;
+             CREATE TABLE transfers ",
+            transfers_table!(),
+            "
+             INSERT INTO transfers
+                 SELECT day, tenant, role, country, basis, provider, service, '',
+                        allowed, flagged, blocked, first_ts, last_ts
+                 FROM transfers_3;
+             DROP TABLE transfers_3;
+             UPDATE meta SET value = 4 WHERE key = 'format';",
+        ))
+    };
+    conn.execute_batch("BEGIN;")
+        .and_then(|()| upgrade())
+        .and_then(|()| conn.execute_batch("COMMIT;"))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK;");
+            format!("upgrading the store from format 3: {e}")
+        })
+}
+
+/// The columns of `transfers` that later formats added to its key, as a
+/// `SELECT` list: `provider, service, namespace`, with empty strings for
+/// those a store of an earlier format lacks when it is read as it is
+/// (`verify`, before a daemon upgrades it).
 ///
 /// # Errors
 /// If the database cannot be read.
-pub fn transfer_endpoint_columns(conn: &Connection) -> rusqlite::Result<&'static str> {
-    let has = conn
-        .prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = 'provider'")?
-        .exists([])?;
-    Ok(if has { "provider, service" } else { "'', ''" })
+pub fn transfer_added_columns(conn: &Connection) -> rusqlite::Result<&'static str> {
+    let endpoint = has_column(conn, "transfers", "provider")?;
+    let namespace = has_column(conn, "transfers", "namespace")?;
+    Ok(match (endpoint, namespace) {
+        (true, true) => "provider, service, namespace",
+        (true, false) => "provider, service, ''",
+        (false, _) => "'', '', ''",
+    })
+}
+
+/// The pod columns of a table as a `SELECT` list: `namespace, pod`, or
+/// NULLs in a store (or index file) of format 3 or earlier that is read
+/// as it is.
+///
+/// # Errors
+/// If the database cannot be read.
+pub fn pod_columns(conn: &Connection, table: &str) -> rusqlite::Result<&'static str> {
+    Ok(if has_column(conn, table, "namespace")? {
+        "namespace, pod"
+    } else {
+        "NULL, NULL"
+    })
 }

@@ -372,10 +372,14 @@ impl Evidence {
 }
 
 /// An open violation's identity: repeats of the same breach count up on
-/// one violation until it is resolved.
+/// one violation until it is resolved. The Kubernetes namespace is part
+/// of it (the same workload in two namespaces is two deployments, often
+/// two tenants' or stages'); the pod is not (pods of one deployment come
+/// and go, and each would open a violation of its own).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ViolationKey {
     workload: Option<String>,
+    namespace: Option<String>,
     verdict: String,
     dst_ip: Option<String>,
     dst_port: Option<u16>,
@@ -386,6 +390,7 @@ impl ViolationKey {
     fn of(i: &Index) -> Self {
         ViolationKey {
             workload: i.workload.clone(),
+            namespace: i.namespace.clone(),
             verdict: i.verdict.clone().unwrap_or_default(),
             dst_ip: i.dst_ip.clone(),
             dst_port: i.dst_port,
@@ -404,6 +409,8 @@ struct TransferKey {
     /// The catalog entry's provider and service; empty: none.
     provider: String,
     service: String,
+    /// The Kubernetes namespace; empty: none.
+    namespace: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -476,7 +483,7 @@ impl Writer {
         let mut open_violations = HashMap::new();
         {
             let mut stmt = conn.prepare(
-                "SELECT id, workload, verdict, dst_ip, dst_port, rule FROM violations WHERE state != 'resolved'",
+                "SELECT id, workload, verdict, dst_ip, dst_port, rule, namespace FROM violations WHERE state != 'resolved'",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -487,6 +494,7 @@ impl Writer {
                         dst_ip: r.get(3)?,
                         dst_port: r.get(4)?,
                         rule: r.get(5)?,
+                        namespace: r.get(6)?,
                     },
                 ))
             })?;
@@ -711,8 +719,8 @@ impl Writer {
         let mut stamps = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, boot_ns, body, hash, dict)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                "INSERT INTO records (seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, boot_ns, body, hash, dict, namespace, pod)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?;
             for body in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let index = given.next().flatten().map_or_else(|| Index::of(body), Ok);
@@ -749,6 +757,8 @@ impl Writer {
                     stored,
                     &hash[..],
                     dict,
+                    index.namespace,
+                    index.pod,
                 ])?;
                 if index.is_flow() {
                     count_transfer(&mut transfers, &index);
@@ -1158,8 +1168,8 @@ fn open_violation(
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO violations (state, verdict, workload, role, tenants, country, dst_ip, dst_port, dst_name, rule, basis,
-                                 count, first_seq, last_seq, first_ts, last_ts, aware_ts)
-         VALUES ('open', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?12, ?12, ?13)",
+                                 count, first_seq, last_seq, first_ts, last_ts, aware_ts, namespace, pod)
+         VALUES ('open', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?12, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         index.verdict,
@@ -1175,6 +1185,8 @@ fn open_violation(
         seq,
         index.ts,
         now_ns(),
+        index.namespace,
+        index.pod,
     ])?;
     open.insert(key, tx.last_insert_rowid());
     Ok(())
@@ -1195,6 +1207,7 @@ fn count_transfer(transfers: &mut HashMap<TransferKey, TransferCount>, i: &Index
             basis: i.basis.clone().unwrap_or_default(),
             provider: i.provider.clone().unwrap_or_default(),
             service: i.service.clone().unwrap_or_default(),
+            namespace: i.namespace.clone().unwrap_or_default(),
         };
         let c = transfers.entry(key).or_insert(TransferCount {
             allowed: 0,
@@ -1218,9 +1231,9 @@ fn upsert_transfers(
     transfers: &HashMap<TransferKey, TransferCount>,
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO transfers (day, tenant, role, country, basis, provider, service, allowed, flagged, blocked, first_ts, last_ts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT(day, tenant, role, country, basis, provider, service) DO UPDATE SET
+        "INSERT INTO transfers (day, tenant, role, country, basis, provider, service, namespace, allowed, flagged, blocked, first_ts, last_ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT(day, tenant, role, country, basis, provider, service, namespace) DO UPDATE SET
            allowed = allowed + excluded.allowed,
            flagged = flagged + excluded.flagged,
            blocked = blocked + excluded.blocked,
@@ -1229,8 +1242,19 @@ fn upsert_transfers(
     )?;
     for (k, c) in transfers {
         stmt.execute(params![
-            k.day, k.tenant, k.role, k.country, k.basis, k.provider, k.service, c.allowed,
-            c.flagged, c.blocked, c.first, c.last
+            k.day,
+            k.tenant,
+            k.role,
+            k.country,
+            k.basis,
+            k.provider,
+            k.service,
+            k.namespace,
+            c.allowed,
+            c.flagged,
+            c.blocked,
+            c.first,
+            c.last
         ])?;
     }
     Ok(())

@@ -59,6 +59,33 @@ pub fn named_flow(i: u64, tenant: &str, domain: &str, provider: &str, service: &
     v.to_string()
 }
 
+/// Flow `i` of pod `pod` in `namespace`, shaped as the record crate's
+/// encoder names a pod (`container.*`, `orchestrator.*`).
+///
+/// # Panics
+/// Never: [`flow`] writes an object.
+#[must_use]
+pub fn pod_flow(i: u64, tenant: &str, verdict: &str, namespace: &str, pod: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&flow(i, tenant, "US", verdict, "198.51.100.7")).unwrap_or_default();
+    v["container"] = serde_json::json!({
+        "id": "ab".repeat(32),
+        "name": "sync",
+        "image": {"name": "registry.example/sync:1"},
+    });
+    v["orchestrator"] = serde_json::json!({
+        "type": "kubernetes",
+        "namespace": namespace,
+        "resource": {
+            "type": "pod",
+            "name": pod,
+            "id": "0b7ae1c5-2f3a-4e5b-9c1d-5a6b7c8d9e0f",
+            "label": ["app:sync"],
+        },
+    });
+    v.to_string()
+}
+
 /// Records as newline-terminated lines, as the pipeline hands them over.
 #[must_use]
 pub fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::{
     Evidence, EvidenceConfig, Filter, Order, Page, ViolationState, bundle, chain,
     query::ViolationFilter,
-    testing::{T0, flow, lines, named_flow},
+    testing::{T0, flow, lines, named_flow, pod_flow},
     verify,
 };
 
@@ -417,6 +417,215 @@ async fn a_format_2_store_gains_the_catalog_columns_and_still_verifies() {
     );
     assert!(rows.iter().any(|r| r.provider == "Mistral"));
     assert!(rows.iter().any(|r| r.provider == "unlisted"));
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+}
+
+#[tokio::test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "flows, violations, transfers and their edits, in turn"
+)]
+async fn pods_are_flow_and_violation_filters_and_a_transfer_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(lines([
+        pod_flow(0, "acme", "blocked", "crm", "sync-0"),
+        pod_flow(1, "acme", "blocked", "crm", "sync-1"),
+        pod_flow(2, "acme", "blocked", "billing", "invoice-0"),
+        pod_flow(3, "acme", "allowed", "crm", "sync-1"),
+        flow(4, "acme", "US", "blocked", "198.51.100.7"),
+    ]))
+    .await
+    .unwrap();
+    ev.checkpoint().await.unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let r = ev.reader();
+    let flows = |namespace: Option<&str>, pod: Option<&str>, tenant: Option<&str>| {
+        r.flows(
+            &Filter {
+                namespace: namespace.map(str::to_owned),
+                pod: pod.map(str::to_owned),
+                tenant: tenant.map(str::to_owned),
+                ..Filter::default()
+            },
+            &Page::default(),
+        )
+        .unwrap()
+        .items
+        .iter()
+        .map(|f| f.seq)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(flows(Some("crm"), None, None), [4, 2, 1]);
+    assert_eq!(flows(None, Some("sync-1"), None), [4, 2]);
+    assert_eq!(
+        flows(Some("billing"), Some("sync-1"), None),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        flows(Some("billing"), None, Some("acme")),
+        [3],
+        "with the tenant index too"
+    );
+    assert_eq!(flows(None, None, None).len(), 5);
+
+    // One violation per namespace (pods of one namespace count on one),
+    // and the flow of no pod is another.
+    let violations = |namespace: Option<&str>, pod: Option<&str>| {
+        r.violations(
+            &ViolationFilter {
+                state: None,
+                records: Filter {
+                    namespace: namespace.map(str::to_owned),
+                    pod: pod.map(str::to_owned),
+                    ..Filter::default()
+                },
+            },
+            &Page::default(),
+        )
+        .unwrap()
+        .items
+    };
+    let all = violations(None, None);
+    assert_eq!(all.len(), 3, "{all:?}");
+    let crm = violations(Some("crm"), None);
+    assert_eq!(crm.len(), 1);
+    assert_eq!(crm[0].count, 2);
+    assert_eq!(
+        (crm[0].namespace.as_deref(), crm[0].pod.as_deref()),
+        (Some("crm"), Some("sync-0")),
+        "the pod of the first occurrence"
+    );
+    assert_eq!(violations(None, Some("invoice-0")).len(), 1);
+    let json = serde_json::to_value(&all[0]).unwrap();
+    assert!(
+        json.get("namespace").is_none(),
+        "no pod, no namespace: {json}"
+    );
+
+    // The transfer summary counts by namespace.
+    let rows = r.transfers(&Filter::default()).unwrap();
+    let by: Vec<(Option<&str>, u64, u64)> = rows
+        .iter()
+        .map(|r| (r.namespace.as_deref(), r.flows, r.blocked))
+        .collect();
+    assert_eq!(
+        by,
+        [(None, 1, 1), (Some("billing"), 1, 1), (Some("crm"), 3, 2)]
+    );
+    let crm = r
+        .transfers(&Filter {
+            namespace: Some("crm".into()),
+            ..Filter::default()
+        })
+        .unwrap();
+    assert_eq!(crm.iter().map(|r| r.flows).sum::<u64>(), 3);
+    ev.close().await.unwrap();
+    let v = verify_dir(dir.path());
+    assert!(v.ok(), "{:?}", v.faults);
+
+    // Edits are caught: a record moved to another namespace (column), its
+    // index entry, and the summary.
+    db(dir.path())
+        .execute("UPDATE records SET namespace = 'other' WHERE seq = 1", [])
+        .unwrap();
+    let v = verify_dir(dir.path());
+    assert!(
+        v.faults.iter().any(|f| f.what.contains("`namespace`")),
+        "{:?}",
+        v.faults
+    );
+    db(dir.path())
+        .execute("UPDATE records SET namespace = 'crm' WHERE seq = 1", [])
+        .unwrap();
+    assert!(verify_dir(dir.path()).ok());
+    let ix = Connection::open(crate::index_path(dir.path())).unwrap();
+    ix.execute("UPDATE cols SET pod = 'sync-9' WHERE seq = 2", [])
+        .unwrap();
+    assert!(first_fault(dir.path()).contains("index entry"));
+    ix.execute("UPDATE cols SET pod = 'sync-1' WHERE seq = 2", [])
+        .unwrap();
+    db(dir.path())
+        .execute(
+            "UPDATE transfers SET namespace = 'other' WHERE namespace = 'billing'",
+            [],
+        )
+        .unwrap();
+    assert!(first_fault(dir.path()).contains("transfer"));
+}
+
+#[tokio::test]
+async fn a_format_3_store_gains_the_pod_columns_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(flows_from(0, 20)).await.unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    ev.close().await.unwrap();
+    // Format 3: no pod columns, transfers keyed without namespace, and an
+    // index file without them either.
+    db(dir.path())
+        .execute_batch(
+            "ALTER TABLE records DROP COLUMN namespace;
+             ALTER TABLE records DROP COLUMN pod;
+             ALTER TABLE violations DROP COLUMN namespace;
+             ALTER TABLE violations DROP COLUMN pod;
+             ALTER TABLE transfers RENAME TO t4;
+             CREATE TABLE transfers (day INTEGER NOT NULL, tenant TEXT NOT NULL, role TEXT NOT NULL,
+                 country TEXT NOT NULL, basis TEXT NOT NULL, provider TEXT NOT NULL, service TEXT NOT NULL,
+                 allowed INTEGER NOT NULL, flagged INTEGER NOT NULL, blocked INTEGER NOT NULL,
+                 first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+                 PRIMARY KEY (day, tenant, role, country, basis, provider, service)) WITHOUT ROWID;
+             INSERT INTO transfers SELECT day, tenant, role, country, basis, provider, service,
+                 allowed, flagged, blocked, first_ts, last_ts FROM t4;
+             DROP TABLE t4;
+             UPDATE meta SET value = 3 WHERE key = 'format';",
+        )
+        .unwrap();
+    Connection::open(crate::index_path(dir.path()))
+        .unwrap()
+        .execute_batch(
+            "DROP INDEX cols_namespace; DROP INDEX cols_pod;
+             ALTER TABLE cols DROP COLUMN namespace; ALTER TABLE cols DROP COLUMN pod;",
+        )
+        .unwrap();
+    let before = canonical_rows(&db(dir.path()));
+    // `evidence verify` reads it as it is.
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(lines([pod_flow(20, "acme", "blocked", "crm", "sync-0")]))
+        .await
+        .unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let crm = ev
+        .reader()
+        .flows(
+            &Filter {
+                namespace: Some("crm".into()),
+                ..Filter::default()
+            },
+            &Page::default(),
+        )
+        .unwrap();
+    assert_eq!(crm.items.iter().map(|f| f.seq).collect::<Vec<_>>(), [21]);
+    ev.close().await.unwrap();
+    let format: i64 = db(dir.path())
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(format, crate::schema::FORMAT);
+    let after = canonical_rows(&db(dir.path()));
+    assert_eq!(after[..before.len()], before[..], "every record is kept");
+    let rows = ev.reader().transfers(&Filter::default()).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.flows).sum::<u64>(),
+        21,
+        "the old counts are kept"
+    );
+    assert!(rows.iter().any(|r| r.namespace.as_deref() == Some("crm")));
+    assert!(rows.iter().any(|r| r.namespace.is_none()));
     let r = verify_dir(dir.path());
     assert!(r.ok(), "{:?}", r.faults);
 }

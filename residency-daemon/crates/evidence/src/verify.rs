@@ -396,9 +396,9 @@ fn content_and_index(seq: u64, body: &[u8], columns: &Columns) -> (Content, Opti
     }
 }
 
-/// (day, tenant, role, country, basis).
-/// Day, tenant, role, country, basis, provider, service.
-type TransferKey = (i64, String, String, String, String, String, String);
+/// Day, tenant, role, country, basis, then the columns later formats
+/// added: provider, service, namespace.
+type TransferKey = (i64, String, String, String, String, [String; 3]);
 
 fn transfer_hash(
     day: i64,
@@ -406,17 +406,18 @@ fn transfer_hash(
     role: &str,
     country: &str,
     basis: &str,
-    (provider, service): (&str, &str),
+    added: [&str; 3],
 ) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (day, tenant, role, country, basis, provider, service).hash(&mut h);
+    (day, tenant, role, country, basis, added).hash(&mut h);
     h.finish()
 }
 
-/// What identifies an open violation: workload, verdict, address, port,
-/// rule (as the writer keys them).
+/// What identifies an open violation: workload, namespace, verdict,
+/// address, port, rule (as the writer keys them).
 type ViolationKey = (
+    Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -514,6 +515,7 @@ impl Rebuilt {
         }
         let key = (
             i.workload.clone(),
+            i.namespace.clone(),
             i.verdict.clone(),
             i.dst_ip.clone(),
             i.dst_port,
@@ -548,12 +550,13 @@ impl Rebuilt {
         let role = i.role.as_deref().unwrap_or_default();
         let country = i.country.as_deref().unwrap_or_default();
         let basis = i.basis.as_deref().unwrap_or_default();
-        let endpoint = (
+        let added = [
             i.provider.as_deref().unwrap_or_default(),
             i.service.as_deref().unwrap_or_default(),
-        );
+            i.namespace.as_deref().unwrap_or_default(),
+        ];
         for t in tenants {
-            let h = transfer_hash(day, t, role, country, basis, endpoint);
+            let h = transfer_hash(day, t, role, country, basis, added);
             let (_, c) = self.transfers.entry(h).or_insert_with(|| {
                 (
                     (
@@ -562,8 +565,7 @@ impl Rebuilt {
                         role.to_owned(),
                         country.to_owned(),
                         basis.to_owned(),
-                        endpoint.0.to_owned(),
-                        endpoint.1.to_owned(),
+                        added.map(str::to_owned),
                     ),
                     [0, 0, 0, i.ts, i.ts],
                 )
@@ -639,7 +641,7 @@ impl Rebuilt {
         // Transfers.
         let mut stmt = conn.prepare(&format!(
             "SELECT day, tenant, role, country, basis, {}, allowed, flagged, blocked, first_ts, last_ts FROM transfers",
-            crate::schema::transfer_endpoint_columns(conn)?
+            crate::schema::transfer_added_columns(conn)?
         ))?;
         let mut rows = stmt.query([])?;
         let mut n = 0usize;
@@ -652,15 +654,21 @@ impl Rebuilt {
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
+                [r.get(5)?, r.get(6)?, r.get(7)?],
             );
-            let got = [r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?];
-            let h = transfer_hash(key.0, &key.1, &key.2, &key.3, &key.4, (&key.5, &key.6));
+            let got = [r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?];
+            let h = transfer_hash(
+                key.0,
+                &key.1,
+                &key.2,
+                &key.3,
+                &key.4,
+                [&key.5[0], &key.5[1], &key.5[2]],
+            );
             if self.transfers.get(&h) != Some(&(key.clone(), got)) {
                 bad = Some(format!(
-                    "the transfer counts for tenant \"{}\", country \"{}\", basis \"{}\" do not match the chain",
-                    key.1, key.3, key.4
+                    "the transfer counts for tenant \"{}\", country \"{}\", basis \"{}\", namespace \"{}\" do not match the chain",
+                    key.1, key.3, key.4, key.5[2]
                 ));
                 break;
             }
@@ -738,6 +746,12 @@ fn differing_column(stored: &Index, derived: &Index) -> Option<&'static str> {
     }
     if stored.policy != derived.policy {
         return Some("policy");
+    }
+    if stored.namespace != derived.namespace {
+        return Some("namespace");
+    }
+    if stored.pod != derived.pod {
+        return Some("pod");
     }
     None
 }
@@ -880,16 +894,21 @@ pub fn store(
     } else {
         "NULL"
     };
+    // Stores of format 3 or earlier have no pod columns: none is named.
+    let pods = crate::schema::pod_columns(&conn, "records")?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, body, hash, {dict}
+        "SELECT seq, ts, kind, verdict, workload, role, tenants, country, dst_ip, dst_name, basis, policy, body, hash, {dict}, {pods}
          FROM records ORDER BY seq"
     ))?;
-    let mut cols = index
+    let ix_pods = index
         .as_ref()
-        .map(|_| {
-            conn.prepare(
-                "SELECT seq, ts, verdict, workload, role, country, dst_ip, dst_name FROM ix.cols ORDER BY seq",
-            )
+        .map(|_| crate::schema::pod_columns(&conn, "ix.cols"))
+        .transpose()?;
+    let mut cols = ix_pods
+        .map(|pods| {
+            conn.prepare(&format!(
+                "SELECT seq, ts, verdict, workload, role, country, dst_ip, dst_name, {pods} FROM ix.cols ORDER BY seq",
+            ))
         })
         .transpose()?;
     let mut cols_rows = cols.as_mut().map(|c| c.query([])).transpose()?;
@@ -949,6 +968,8 @@ pub fn store(
                     dst_name: r.get(9)?,
                     basis: r.get(10)?,
                     policy: r.get(11)?,
+                    namespace: r.get(15)?,
+                    pod: r.get(16)?,
                     ..Index::default()
                 };
                 if let Some(cols_rows) = cols_rows.as_mut() {
@@ -1114,6 +1135,8 @@ fn walk_index(
                         country: r.get(5)?,
                         dst_ip: r.get(6)?,
                         dst_name: r.get(7)?,
+                        namespace: r.get(8)?,
+                        pod: r.get(9)?,
                         ..Index::default()
                     },
                 )),
@@ -1135,7 +1158,9 @@ fn walk_index(
                     && entry.role == record.role
                     && entry.country == record.country
                     && entry.dst_ip == record.dst_ip
-                    && entry.dst_name == record.dst_name;
+                    && entry.dst_name == record.dst_name
+                    && entry.namespace == record.namespace
+                    && entry.pod == record.pod;
                 if !same {
                     v.fault(
                         Some(seq),

@@ -19,7 +19,9 @@ use serde_json::json;
 use crate::{
     action::Lifecycle,
     index::Index,
-    model::{Flow, ProcessInfo, Record, StartInfo, StopInfo, hook_str, kind_str, verdict_str},
+    model::{
+        Flow, PodInfo, ProcessInfo, Record, StartInfo, StopInfo, hook_str, kind_str, verdict_str,
+    },
     policy::PolicyView,
 };
 
@@ -65,6 +67,11 @@ pub fn encode_flow_indexed(flow: &Flow, out: &mut Vec<u8>) -> serde_json::Result
         rule: Some(doc.rule.name.to_owned()),
         policy: (!r.policy.hash.is_empty()).then(|| r.policy.hash.to_owned()),
         boot_ns: Some(r.boot_ns),
+        namespace: doc.orchestrator.as_ref().map(|o| o.namespace.to_owned()),
+        pod: doc
+            .orchestrator
+            .as_ref()
+            .map(|o| o.resource.name.to_owned()),
     })
 }
 
@@ -96,9 +103,8 @@ pub fn encode_line(record: &Record, out: &mut Vec<u8>) -> serde_json::Result<()>
                 "residency": { "lost": { "count": count, "total": total, "where": "kernel-ring-buffer" } },
             }),
         )?,
-        Record::Note(note) => serde_json::to_writer(
-            &mut *out,
-            &json!({
+        Record::Note(note) => {
+            let mut doc = json!({
                 "@timestamp": now().to_string(),
                 "event": {
                     "kind": note.action.event_kind(),
@@ -108,8 +114,18 @@ pub fn encode_line(record: &Record, out: &mut Vec<u8>) -> serde_json::Result<()>
                 },
                 "message": note.message,
                 "residency": note.fields,
-            }),
-        )?,
+            });
+            // The pod of the flow the note is about, named as the flow
+            // names it.
+            if let (Some(pod), Some(fields)) = (note.pod.as_deref(), doc.as_object_mut()) {
+                let (container, orchestrator) = pod_fields(pod);
+                if let Some(c) = container {
+                    fields.insert("container".into(), serde_json::to_value(c)?);
+                }
+                fields.insert("orchestrator".into(), serde_json::to_value(orchestrator)?);
+            }
+            serde_json::to_writer(&mut *out, &doc)?;
+        }
         Record::Undecodable { reason } => serde_json::to_writer(
             &mut *out,
             &json!({
@@ -188,7 +204,86 @@ struct FlowDoc<'a> {
     rule: Rule<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<Tls<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerFields<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    orchestrator: Option<Orchestrator<'a>>,
     residency: Residency<'a>,
+}
+
+/// ECS `container.*`: the container of the pod the flow came from.
+#[derive(Serialize)]
+struct ContainerFields<'a> {
+    id: &'a str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<ImageFields<'a>>,
+}
+
+/// ECS `container.image.name`.
+#[derive(Serialize)]
+struct ImageFields<'a> {
+    name: &'a str,
+}
+
+/// ECS `orchestrator.*`: the pod the flow came from.
+#[derive(Serialize)]
+struct Orchestrator<'a> {
+    /// `kubernetes`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    namespace: &'a str,
+    resource: OrchestratorResource<'a>,
+}
+
+/// ECS `orchestrator.resource.*`.
+#[derive(Serialize)]
+struct OrchestratorResource<'a> {
+    /// `pod`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'a str,
+    /// The pod's UID.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    /// The pod's labels as `key:value`, in key order.
+    ///
+    /// ECS's own field for a resource's labels, `orchestrator.resource.label`
+    /// (an array of keywords; `key:value` is the form ECS's example gives
+    /// its sibling `orchestrator.resource.annotation`). Not
+    /// `container.labels`: that is the container's (image) labels, not the
+    /// pod's. Not `kubernetes.labels.*`: Beats' field, outside ECS, an
+    /// object keyed by user data that grows the index mapping with every
+    /// new label key. A Kubernetes label key or value has no `:`, so the
+    /// first `:` splits them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    label: Vec<String>,
+}
+
+/// `orchestrator.type` of a pod.
+pub const ORCHESTRATOR_KUBERNETES: &str = "kubernetes";
+/// `orchestrator.resource.type` of a pod.
+pub const RESOURCE_POD: &str = "pod";
+
+/// The ECS fields that name a pod: `container.*` (when the container is
+/// known) and `orchestrator.*`.
+fn pod_fields(pod: &PodInfo) -> (Option<ContainerFields<'_>>, Orchestrator<'_>) {
+    let container = pod.container.as_ref().map(|c| ContainerFields {
+        id: &c.id,
+        name: &c.name,
+        image: (!c.image.is_empty()).then_some(ImageFields { name: &c.image }),
+    });
+    let orchestrator = Orchestrator {
+        kind: ORCHESTRATOR_KUBERNETES,
+        namespace: &pod.namespace,
+        resource: OrchestratorResource {
+            kind: RESOURCE_POD,
+            name: &pod.name,
+            id: &pod.uid,
+            label: pod.labels.iter().map(|(k, v)| format!("{k}:{v}")).collect(),
+        },
+    };
+    (container, orchestrator)
 }
 
 /// ECS `tls.client.server_name`.
@@ -448,6 +543,10 @@ impl<'a> FlowDoc<'a> {
                 None => crate::policy::basis_without_exception(flow.dest_kind, flow.country, false),
             },
         };
+        let (container, orchestrator) = match flow.pod.as_deref().map(pod_fields) {
+            Some((c, o)) => (c, Some(o)),
+            None => (None, None),
+        };
         let (kind_type, outcome) = match flow.verdict {
             Verdict::Blocked => (["connection", "denied"], "failure"),
             Verdict::Allowed | Verdict::Flagged => (["connection", "allowed"], "success"),
@@ -522,6 +621,8 @@ impl<'a> FlowDoc<'a> {
             tls: name.and_then(|n| n.sni.as_deref()).map(|server_name| Tls {
                 client: TlsClient { server_name },
             }),
+            container,
+            orchestrator,
             rule: Rule {
                 id: AsStr(&flow.rule_id),
                 name: rule.map_or("unknown", |r| r.name.as_str()),
@@ -712,6 +813,9 @@ mod tests {
         let mut no_config = flow();
         no_config.policy_view = None;
         flows.push(no_config);
+        let mut in_pod = flow();
+        in_pod.pod = Some(pod());
+        flows.push(in_pod);
         for f in flows {
             let mut out = Vec::new();
             let index = encode_flow_indexed(&f, &mut out).unwrap();
@@ -782,6 +886,91 @@ mod tests {
         assert!(v["residency"]["policy"].get("hash").is_none());
         assert!(v["residency"].get("workload").is_none());
         assert_eq!(v["residency"]["verdict"], "blocked", "the facts stay");
+    }
+
+    fn pod() -> std::sync::Arc<crate::PodInfo> {
+        std::sync::Arc::new(crate::PodInfo {
+            namespace: "crm".into(),
+            name: "sync-7d9f-x2x".into(),
+            uid: "0b7ae1c5-2f3a-4e5b-9c1d-5a6b7c8d9e0f".into(),
+            labels: [("app.kubernetes.io/name", "sync"), ("tier", "batch")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            container: Some(crate::ContainerInfo {
+                id: "ab".repeat(32),
+                name: "sync".into(),
+                image: "registry.example/crm/sync:1.4".into(),
+            }),
+        })
+    }
+
+    #[test]
+    fn a_pod_is_named_with_ecs_container_and_orchestrator_fields() {
+        let mut f = flow();
+        f.pod = Some(pod());
+        let v = encode(&Record::Flow(f.clone()));
+        assert_eq!(
+            v["container"],
+            serde_json::json!({
+                "id": "ab".repeat(32),
+                "name": "sync",
+                "image": { "name": "registry.example/crm/sync:1.4" },
+            })
+        );
+        assert_eq!(
+            v["orchestrator"],
+            serde_json::json!({
+                "type": "kubernetes",
+                "namespace": "crm",
+                "resource": {
+                    "type": "pod",
+                    "name": "sync-7d9f-x2x",
+                    "id": "0b7ae1c5-2f3a-4e5b-9c1d-5a6b7c8d9e0f",
+                    "label": ["app.kubernetes.io/name:sync", "tier:batch"],
+                },
+            })
+        );
+        let mut out = Vec::new();
+        let index = encode_flow_indexed(&f, &mut out).unwrap();
+        assert_eq!(
+            (index.namespace.as_deref(), index.pod.as_deref()),
+            (Some("crm"), Some("sync-7d9f-x2x"))
+        );
+
+        // A pod whose container is not known, without labels: no
+        // `container`, no empty label list.
+        let mut bare = (*pod()).clone();
+        bare.container = None;
+        bare.labels.clear();
+        f.pod = Some(std::sync::Arc::new(bare));
+        let v = encode(&Record::Flow(f));
+        assert!(v.get("container").is_none(), "{v}");
+        assert!(v["orchestrator"]["resource"].get("label").is_none());
+        assert_eq!(v["orchestrator"]["resource"]["name"], "sync-7d9f-x2x");
+
+        // No pod: neither part, and the bytes of a flow are as before.
+        let v = encode(&Record::Flow(flow()));
+        assert!(v.get("container").is_none() && v.get("orchestrator").is_none());
+        let mut out = Vec::new();
+        let index = encode_flow_indexed(&flow(), &mut out).unwrap();
+        assert_eq!((index.namespace, index.pod), (None, None));
+    }
+
+    #[test]
+    fn a_note_about_a_pods_flow_names_the_pod() {
+        let note = Record::note(
+            Lifecycle::TlsServerName,
+            "TLS server name api.example".into(),
+            serde_json::json!({ "socket_cookie": 7 }),
+        );
+        let v = encode(&note.clone().with_pod(Some(pod())));
+        assert_eq!(v["orchestrator"]["namespace"], "crm");
+        assert_eq!(v["orchestrator"]["resource"]["name"], "sync-7d9f-x2x");
+        assert_eq!(v["container"]["name"], "sync");
+        assert_eq!(v["residency"]["socket_cookie"], 7);
+        let v = encode(&note.with_pod(None));
+        assert!(v.get("orchestrator").is_none() && v.get("container").is_none());
     }
 
     #[test]

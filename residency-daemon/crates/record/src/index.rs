@@ -36,6 +36,24 @@ struct ColumnsView<'a> {
     rule: Option<RuleColumns<'a>>,
     #[serde(default, borrow)]
     residency: Option<ResidencyColumns<'a>>,
+    #[serde(default, borrow)]
+    orchestrator: Option<OrchestratorColumns<'a>>,
+}
+
+/// `orchestrator.*` (the pod), as far as the columns go.
+#[derive(Debug, Default, Deserialize)]
+struct OrchestratorColumns<'a> {
+    #[serde(default, borrow)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    resource: Option<ResourceColumns<'a>>,
+}
+
+/// `orchestrator.resource.*`, as far as the columns go.
+#[derive(Debug, Default, Deserialize)]
+struct ResourceColumns<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
 /// `residency.*`, as far as the columns go.
@@ -147,6 +165,10 @@ pub struct Index {
     /// Not columns of `records`; derived again by `verify`.
     pub provider: Option<String>,
     pub service: Option<String>,
+    /// The Kubernetes namespace and pod name of the flow's pod
+    /// (`orchestrator.namespace`, `orchestrator.resource.name`).
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
 }
 
 impl Index {
@@ -191,6 +213,7 @@ impl Index {
         let owned = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_owned);
         let dest = r.destination.as_ref();
         let endpoint = res.name.as_ref().and_then(|n| n.endpoint.as_ref());
+        let orchestrator = r.orchestrator.as_ref();
         Ok(Index {
             ts,
             kind: FLOW.to_owned(),
@@ -208,6 +231,10 @@ impl Index {
             boot_ns: res.boot_ns,
             provider: endpoint.map(|e| e.provider.clone().into_owned()),
             service: endpoint.map(|e| e.service.clone().into_owned()),
+            namespace: orchestrator.and_then(|o| owned(&o.namespace)),
+            pod: orchestrator
+                .and_then(|o| o.resource.as_ref())
+                .and_then(|res| owned(&res.name)),
         })
     }
 

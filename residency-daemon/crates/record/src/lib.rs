@@ -27,7 +27,6 @@ pub mod encode;
 pub mod index;
 pub mod model;
 pub mod notes;
-pub mod pod;
 pub mod policy;
 pub mod view;
 
@@ -35,11 +34,10 @@ pub use action::Lifecycle;
 pub use encode::{encode_flow_indexed, encode_line};
 pub use index::Index;
 pub use model::{
-    Decider, DestName, EndpointInfo, Flow, GeoDetail, NameSource, Note, ProcessInfo, Record,
-    StartInfo, StopInfo, Transport, hook_str, kind_str, verdict_str,
+    ContainerInfo, Decider, DestName, EndpointInfo, Flow, GeoDetail, NameSource, Note, PodInfo,
+    ProcessInfo, Record, StartInfo, StopInfo, Transport, hook_str, kind_str, verdict_str,
 };
 pub use notes::{EvidenceGap, PolicyLoaded, Pruned, ViolationChange};
-pub use pod::{ContainerInfo, PodInfo};
 pub use policy::{PolicyView, TransferBasis};
 pub use view::RecordView;
 

@@ -6,7 +6,7 @@
 //! [`crate::encode`], into the canonical bytes that the output, the
 //! evidence chain, the API and the SIEM sinks all carry.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use geoip::{CountryCode, DbVersion};
 use residency_common::{DestKind, Hook, Verdict};
@@ -45,7 +45,20 @@ impl Record {
             action,
             message,
             fields,
+            pod: None,
         }))
+    }
+
+    /// The record, naming `pod` as the pod it is about (flows and notes;
+    /// other records name no pod and are returned as they are).
+    #[must_use]
+    pub fn with_pod(mut self, pod: Option<Arc<PodInfo>>) -> Self {
+        match &mut self {
+            Record::Flow(f) => f.pod = pod,
+            Record::Note(n) => n.pod = pod,
+            _ => {}
+        }
+        self
     }
 }
 
@@ -57,6 +70,9 @@ pub struct Note {
     pub message: String,
     /// Goes under `residency.*`.
     pub fields: serde_json::Value,
+    /// The pod of the flow the note is about (a `tls-server-name` record),
+    /// written as a flow writes it (`container.*`, `orchestrator.*`).
+    pub pod: Option<Arc<PodInfo>>,
 }
 
 /// Facts about a run, for the `started` record.
@@ -204,8 +220,34 @@ pub struct Flow {
     pub name: Option<Box<DestName>>,
     /// The socket cookie: links a connection's later TLS record to it.
     pub cookie: u64,
-    /// The Kubernetes pod and container (`[kubernetes]`).
-    pub pod: Option<Arc<crate::PodInfo>>,
+    /// The Kubernetes pod (and container) the flow came from; `None` on a
+    /// host that runs no pods, or when the cgroup is not a pod's.
+    pub pod: Option<Arc<PodInfo>>,
+}
+
+/// The Kubernetes pod, and container, a flow came from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    /// The pod's UID (`metadata.uid`).
+    pub uid: String,
+    /// The pod's labels, in key order (so that the record's bytes are
+    /// canonical).
+    pub labels: BTreeMap<String, String>,
+    /// The container of the pod the process runs in, when known.
+    pub container: Option<ContainerInfo>,
+}
+
+/// A container of a pod, as the container runtime names it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerInfo {
+    /// The runtime's container id (64 hex digits).
+    pub id: String,
+    /// The container's name in the pod spec.
+    pub name: String,
+    /// The image reference it runs (`registry/repo:tag` or `@sha256:...`).
+    pub image: String,
 }
 
 /// How a destination's name is known.

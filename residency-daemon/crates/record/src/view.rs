@@ -53,6 +53,54 @@ pub struct RecordView<'a> {
     pub tls: Option<TlsView<'a>>,
     #[serde(default, borrow)]
     pub residency: Option<ResidencyView<'a>>,
+    /// The container of the flow's pod.
+    #[serde(default, borrow)]
+    pub container: Option<ContainerView<'a>>,
+    /// The flow's pod.
+    #[serde(default, borrow)]
+    pub orchestrator: Option<OrchestratorView<'a>>,
+}
+
+/// `container.*` (ECS).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerView<'a> {
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub image: Option<NameView<'a>>,
+}
+
+/// `orchestrator.*` (ECS): the pod.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorView<'a> {
+    /// `kubernetes`.
+    #[serde(default, borrow, rename = "type")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub resource: Option<ResourceView<'a>>,
+}
+
+/// `orchestrator.resource.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ResourceView<'a> {
+    /// `pod`.
+    #[serde(default, borrow, rename = "type")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub name: Option<Cow<'a, str>>,
+    /// The pod's UID.
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    /// The pod's labels, `key:value`.
+    #[serde(default, borrow)]
+    pub label: Vec<Cow<'a, str>>,
 }
 
 /// `tls.*` (ECS): what the connection's `ClientHello` said.
@@ -649,6 +697,50 @@ impl<'a> RecordView<'a> {
         Some(&self.user.as_ref()?.id)
     }
 
+    /// The Kubernetes namespace of the flow's pod.
+    #[must_use]
+    pub fn namespace(&self) -> Option<&str> {
+        self.orchestrator.as_ref()?.namespace.as_deref()
+    }
+
+    /// The flow's pod: its name.
+    #[must_use]
+    pub fn pod_name(&self) -> Option<&str> {
+        self.orchestrator
+            .as_ref()?
+            .resource
+            .as_ref()?
+            .name
+            .as_deref()
+    }
+
+    /// The flow's pod: its UID.
+    #[must_use]
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.orchestrator.as_ref()?.resource.as_ref()?.id.as_deref()
+    }
+
+    /// The pod's labels, as (key, value), in key order.
+    pub fn pod_labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.orchestrator
+            .iter()
+            .flat_map(|o| o.resource.iter())
+            .flat_map(|r| r.label.iter())
+            .map(|l| l.split_once(':').unwrap_or((l, "")))
+    }
+
+    /// The container: id, name and image, as far as known.
+    #[must_use]
+    pub fn container(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        self.container.as_ref().map_or((None, None, None), |c| {
+            (
+                c.id.as_deref(),
+                c.name.as_deref(),
+                c.image.as_ref().map(|i| &*i.name).filter(|n| !n.is_empty()),
+            )
+        })
+    }
+
     /// The human message of a lifecycle record.
     #[must_use]
     pub fn message(&self) -> Option<&str> {
@@ -911,6 +1003,51 @@ mod tests {
         );
         assert_eq!(r.also_names().count(), 0);
         assert_eq!(Index::of(&line).unwrap(), columns);
+    }
+
+    #[test]
+    fn a_pod_reads_back() {
+        let mut f = flow();
+        f.pod = Some(Arc::new(crate::PodInfo {
+            namespace: "crm".into(),
+            name: "sync-0".into(),
+            uid: "9c1d5a6b-7c8d-4e0f-8b7a-e1c52f3a4e5b".into(),
+            labels: [("app".to_owned(), "sync".to_owned())].into(),
+            container: Some(crate::ContainerInfo {
+                id: "cd".repeat(32),
+                name: "sync".into(),
+                image: "registry.example/sync:2".into(),
+            }),
+        }));
+        let mut line = Vec::new();
+        let columns = encode_flow_indexed(&f, &mut line).unwrap();
+        let r = RecordView::parse(&line).unwrap();
+        assert_eq!(r.namespace(), Some("crm"));
+        assert_eq!(r.pod_name(), Some("sync-0"));
+        assert_eq!(r.pod_uid(), Some("9c1d5a6b-7c8d-4e0f-8b7a-e1c52f3a4e5b"));
+        assert_eq!(r.pod_labels().collect::<Vec<_>>(), [("app", "sync")]);
+        let id = "cd".repeat(32);
+        assert_eq!(
+            r.container(),
+            (
+                Some(id.as_str()),
+                Some("sync"),
+                Some("registry.example/sync:2")
+            )
+        );
+        assert_eq!(Index::of(&line).unwrap(), columns);
+        assert_eq!(columns.namespace.as_deref(), Some("crm"));
+        assert_eq!(columns.pod.as_deref(), Some("sync-0"));
+
+        // Without one, nothing reads back.
+        let mut line = Vec::new();
+        encode_flow_indexed(&flow(), &mut line).unwrap();
+        let r = RecordView::parse(&line).unwrap();
+        assert_eq!(
+            (r.namespace(), r.pod_name(), r.container().0),
+            (None, None, None)
+        );
+        assert_eq!(r.pod_labels().count(), 0);
     }
 
     #[test]

@@ -59,6 +59,16 @@
 //! | `ResidencyResidencyNameSource` | how the name is known: `dns`, `sni`, `none`  |
 //! | `ResidencyResidencyProvider`   | the catalog entry's provider                 |
 //! | `ResidencyResidencyEndpoint`   | the catalog entry's id                       |
+//! | `ResidencyResidencyNamespace`  | the Kubernetes namespace of the flow's pod (`orchestrator.namespace`) |
+//! | `ResidencyResidencyPod`        | the pod's name (`orchestrator.resource.name`) |
+//! | `ResidencyResidencyPodUid`     | the pod's UID (`orchestrator.resource.id`)   |
+//! | `ResidencyResidencyPodLabels`  | the pod's labels, `key:value`, comma-separated (a label has no comma) |
+//! | `ResidencyResidencyContainerId` | the container's id (`container.id`)         |
+//! | `ResidencyResidencyContainer`  | the container's name (`container.name`)      |
+//! | `ResidencyResidencyImage`      | its image (`container.image.name`)           |
+//!
+//! The pod has no dictionary key either (the `csN` are taken, and
+//! `sourceServiceName` is a service, not a pod), hence the custom keys.
 
 use std::fmt::Write as _;
 
@@ -158,6 +168,31 @@ fn flow(alert: &Alert, r: &RecordView<'_>, ext: &mut Extension<'_>) {
         ("ResidencyResidencyNameSource", r.name_source()),
         ("ResidencyResidencyProvider", r.provider()),
         ("ResidencyResidencyEndpoint", r.endpoint_id()),
+        ("ResidencyResidencyNamespace", r.namespace()),
+        ("ResidencyResidencyPod", r.pod_name()),
+        ("ResidencyResidencyPodUid", r.pod_uid()),
+    ] {
+        if let Some(v) = v {
+            ext.str(key, v);
+        }
+    }
+    let mut labels = r.pod_labels().peekable();
+    if labels.peek().is_some() {
+        ext.key("ResidencyResidencyPodLabels");
+        for (i, (k, v)) in labels.enumerate() {
+            if i > 0 {
+                ext.out.push(',');
+            }
+            value(ext.out, k);
+            ext.out.push(':');
+            value(ext.out, v);
+        }
+    }
+    let (container_id, container, image) = r.container();
+    for (key, v) in [
+        ("ResidencyResidencyContainerId", container_id),
+        ("ResidencyResidencyContainer", container),
+        ("ResidencyResidencyImage", image),
     ] {
         if let Some(v) = v {
             ext.str(key, v);
@@ -455,6 +490,34 @@ mod tests {
         }
         let (_, ext) = parse(&cef(&fixtures::nameless(), &ctx())).unwrap();
         assert_eq!(ext["ResidencyResidencyNameSource"], "none");
+    }
+
+    #[test]
+    fn a_pods_flow_names_the_pod_and_container() {
+        let (_, ext) = parse(&cef(&fixtures::pod(), &ctx())).unwrap();
+        let get = |k: &str| ext.get(k).map(String::as_str);
+        assert_eq!(get("ResidencyResidencyNamespace"), Some("crm"));
+        assert_eq!(get("ResidencyResidencyPod"), Some("sync-7d9f-x2x"));
+        assert_eq!(get("ResidencyResidencyPodUid"), Some(fixtures::POD_UID));
+        assert_eq!(
+            get("ResidencyResidencyPodLabels"),
+            Some("app.kubernetes.io/name:sync,tier:batch")
+        );
+        let id = "ab".repeat(32);
+        assert_eq!(get("ResidencyResidencyContainerId"), Some(id.as_str()));
+        assert_eq!(get("ResidencyResidencyContainer"), Some("sync"));
+        assert_eq!(
+            get("ResidencyResidencyImage"),
+            Some("registry.example/crm/sync:1.4")
+        );
+        let (_, ext) = parse(&cef(&fixtures::blocked(), &ctx())).unwrap();
+        assert!(
+            !ext.keys().any(|k| k.contains("Pod")
+                || k.contains("Namespace")
+                || k.contains("Container")
+                || k.contains("Image")),
+            "no pod, no pod keys: {ext:?}"
+        );
     }
 
     #[test]

@@ -118,6 +118,26 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_is_passed_on_in_ecs_names() {
+        let a = fixtures::pod();
+        let v = ecs(&a);
+        assert_eq!(v["orchestrator"]["namespace"], "crm");
+        assert_eq!(v["orchestrator"]["resource"]["type"], "pod");
+        assert_eq!(v["orchestrator"]["resource"]["name"], "sync-7d9f-x2x");
+        assert_eq!(v["orchestrator"]["resource"]["id"], fixtures::POD_UID);
+        assert_eq!(
+            v["orchestrator"]["resource"]["label"],
+            serde_json::json!(["app.kubernetes.io/name:sync", "tier:batch"])
+        );
+        assert_eq!(v["container"]["name"], "sync");
+        assert_eq!(
+            v["container"]["image"]["name"],
+            "registry.example/crm/sync:1.4"
+        );
+        assert!(ecs(&fixtures::blocked()).get("orchestrator").is_none());
+    }
+
+    #[test]
     fn bulk_is_ndjson_with_stable_ids() {
         let alerts = [
             fixtures::blocked_flow(),

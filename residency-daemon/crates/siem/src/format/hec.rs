@@ -102,6 +102,8 @@ fn fields(alert: &Alert) -> Value {
     put("country", r.country());
     put("role", r.role());
     put("workload", r.workload());
+    put("namespace", r.namespace());
+    put("pod", r.pod_name());
     put("rule", r.rule().1);
     let tenants: Vec<&str> = r.tenants().collect();
     if !tenants.is_empty() {
@@ -158,6 +160,14 @@ mod tests {
                 assert!(flat, "{k}: {f}");
             }
         }
+    }
+
+    #[test]
+    fn a_pods_namespace_and_name_are_indexed_fields() {
+        let v = hec_event(&fixtures::pod(), &ctx(), None, "s", Format::Ecs);
+        assert_eq!(v["fields"]["namespace"], "crm");
+        assert_eq!(v["fields"]["pod"], "sync-7d9f-x2x");
+        assert_eq!(v["event"]["orchestrator"]["namespace"], "crm");
     }
 
     #[test]

@@ -548,8 +548,52 @@ pub(crate) mod fixtures {
                 "origin": "config",
             },
         });
+        d.insert(
+            "container".into(),
+            json!({ "id": HOSTILE, "name": HOSTILE, "image": { "name": HOSTILE } }),
+        );
+        d.insert(
+            "orchestrator".into(),
+            json!({
+                "type": "kubernetes",
+                "namespace": HOSTILE,
+                "resource": { "type": "pod", "name": HOSTILE, "id": HOSTILE, "label": [HOSTILE, "k:v"] },
+            }),
+        );
         alert(AlertKind::Violation, 19, doc)
     }
+
+    /// A violation by a container of a Kubernetes pod, named as the
+    /// record crate's encoder names it (`container.*`, `orchestrator.*`).
+    pub fn pod() -> Alert {
+        let mut doc = flow_doc("blocked", "connect4", "tcp", "198.51.100.7");
+        let d = doc.as_object_mut().unwrap();
+        d.insert(
+            "container".into(),
+            json!({
+                "id": "ab".repeat(32),
+                "name": "sync",
+                "image": { "name": "registry.example/crm/sync:1.4" },
+            }),
+        );
+        d.insert(
+            "orchestrator".into(),
+            json!({
+                "type": "kubernetes",
+                "namespace": "crm",
+                "resource": {
+                    "type": "pod",
+                    "name": "sync-7d9f-x2x",
+                    "id": POD_UID,
+                    "label": ["app.kubernetes.io/name:sync", "tier:batch"],
+                },
+            }),
+        );
+        alert(AlertKind::Violation, 23, doc)
+    }
+
+    /// The pod UID of [`pod`].
+    pub const POD_UID: &str = "0b7ae1c5-2f3a-4e5b-9c1d-5a6b7c8d9e0f";
 
     /// Every alert above.
     pub fn all() -> Vec<Alert> {
@@ -567,6 +611,7 @@ pub(crate) mod fixtures {
             checkpoint(),
             gap(),
             hostile(),
+            pod(),
         ]
     }
 }
@@ -574,6 +619,67 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pod fixture names the pod as the record crate's encoder does,
+    /// so that the formats' pod tests test what the daemon sends.
+    #[test]
+    fn the_pod_fixture_is_what_the_encoder_writes() {
+        use std::sync::Arc;
+
+        use residency_common::{DestKind, Hook};
+        use residency_record::{ContainerInfo, Flow, PodInfo, Record, Transport};
+
+        let flow = Flow {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            boot_ns: 0,
+            cgroup_id: 0,
+            cgroup_path: None,
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            gid: 0,
+            process_name: "sync".into(),
+            process: None,
+            hook: Hook::Connect4,
+            transport: Transport::Tcp,
+            dest_ip: "198.51.100.7".parse().unwrap(),
+            dest_port: 443,
+            v4_mapped: false,
+            verdict: Verdict::Blocked,
+            rule_id: 0,
+            dest_kind: DestKind::Geo,
+            country: None,
+            geo_gen: 0,
+            geo_version: None,
+            detail: None,
+            policy: 0,
+            policy_gen: 0,
+            policy_view: None,
+            name: None,
+            cookie: 0,
+            pod: Some(Arc::new(PodInfo {
+                namespace: "crm".into(),
+                name: "sync-7d9f-x2x".into(),
+                uid: fixtures::POD_UID.into(),
+                labels: [("tier", "batch"), ("app.kubernetes.io/name", "sync")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                container: Some(ContainerInfo {
+                    id: "ab".repeat(32),
+                    name: "sync".into(),
+                    image: "registry.example/crm/sync:1.4".into(),
+                }),
+            })),
+        };
+        let mut line = Vec::new();
+        residency_record::encode_line(&Record::Flow(flow), &mut line).unwrap();
+        let encoded: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let fixture = fixtures::pod().doc;
+        for key in ["container", "orchestrator"] {
+            assert_eq!(encoded[key], fixture[key], "{key}");
+        }
+    }
 
     #[test]
     fn formats_parse_by_their_configuration_names() {

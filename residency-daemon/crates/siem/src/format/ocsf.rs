@@ -45,6 +45,17 @@
 //! and residency sees only the client's `ClientHello`, not what was
 //! negotiated.
 //!
+//! The Kubernetes pod a flow came from: its container is the process's
+//! `container` (the `container` profile): `uid` the runtime's container
+//! id, `name`, `orchestrator` `Kubernetes`, and `pod_uuid` the pod's UID
+//! when it is a UUID (a static pod's is a hash). The rest has no OCSF
+//! attribute and is in `unmapped.residency`: `pod` (`namespace`, `name`,
+//! `uid`, `labels` as `key:value`) and `container.image`. The image is
+//! not the container's `image` object: OCSF requires that object's `uid`
+//! (the image id), which the pod's identity does not carry. A flow whose
+//! container is not known has no `container` (OCSF requires its `uid` or
+//! `name`), only `unmapped.residency.pod`.
+//!
 //! The evidence sequence number is not `metadata.sequence`: that is an
 //! `integer_t`, which some OCSF stores hold in 32 bits.
 //!
@@ -130,7 +141,7 @@ fn network_activity(alert: &Alert, r: &RecordView<'_>, ctx: &Context) -> Value {
         ctx,
         &NETWORK_ACTIVITY,
         activity,
-        &["host", "security_control"],
+        &with_container(r, &["host", "security_control"]),
     )
     .control(verdict)
     .put("status_id", status.0)
@@ -177,7 +188,7 @@ fn detection_finding(alert: &Alert, r: &RecordView<'_>, ctx: &Context) -> Value 
         ctx,
         &DETECTION_FINDING,
         (1, "Create"),
-        &["security_control"],
+        &with_container(r, &["security_control"]),
     )
     .control(r.verdict_kind())
     .put("is_alert", true)
@@ -384,6 +395,55 @@ fn known_hostname(ctx: &Context) -> Option<&str> {
     Some(ctx.hostname.as_str()).filter(|h| !h.is_empty() && *h != "-")
 }
 
+/// `profiles`, and `container` when the process has one.
+fn with_container<'p>(r: &RecordView<'_>, profiles: &[&'p str]) -> Vec<&'p str> {
+    let mut out = profiles.to_vec();
+    if container(r).is_some() {
+        out.push("container");
+    }
+    out
+}
+
+/// `process.container`: the container of the flow's pod, when it is
+/// known (OCSF requires its `uid` or `name`).
+fn container(r: &RecordView<'_>) -> Option<Obj> {
+    let (id, name, _) = r.container();
+    if id.is_none() && name.is_none() {
+        return None;
+    }
+    let pod_uuid = r.pod_uid().filter(|u| is_uuid(u));
+    Some(
+        Obj::new()
+            .opt("uid", id)
+            .opt("name", name)
+            .put("orchestrator", "Kubernetes")
+            .opt("pod_uuid", pod_uuid),
+    )
+}
+
+/// 8-4-4-4-12 hexadecimal digits.
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// `unmapped.residency.pod`: what OCSF has no attribute for.
+fn pod(r: &RecordView<'_>) -> Obj {
+    let labels: Vec<String> = r.pod_labels().map(|(k, v)| format!("{k}:{v}")).collect();
+    Obj::new()
+        .opt("namespace", r.namespace())
+        .opt("name", r.pod_name())
+        .opt("uid", r.pod_uid())
+        .opt("labels", (!labels.is_empty()).then_some(labels))
+}
+
 fn process(r: &RecordView<'_>) -> Obj {
     let (pid, name, exe) = r.process();
     let Some(pid) = pid else {
@@ -409,6 +469,7 @@ fn process(r: &RecordView<'_>) -> Obj {
         .opt("cmd_line", r.command_line())
         .obj("file", file.unwrap_or_default())
         .obj("user", user)
+        .obj("container", container(r).unwrap_or_default())
 }
 
 fn rule(r: &RecordView<'_>) -> Obj {
@@ -471,7 +532,9 @@ fn unmapped(alert: &Alert, r: &RecordView<'_>) -> Obj {
         .opt("transfer_basis", r.transfer_basis())
         .opt("transfer_condition", r.transfer_condition())
         .opt("decided_by", r.decided_by())
-        .obj("name", name(r));
+        .obj("name", name(r))
+        .obj("pod", pod(r))
+        .obj("container", Obj::new().opt("image", r.container().2));
     Obj::new().obj("residency", residency)
 }
 
@@ -920,6 +983,83 @@ mod tests {
             v["unmapped"]["residency"]["name"],
             json!({ "source": "none", "reason": "no-dns-answer" })
         );
+    }
+
+    #[test]
+    fn a_pods_container_is_the_process_container_and_the_pod_is_unmapped() {
+        for a in [fixtures::pod(), {
+            let mut flow = fixtures::pod();
+            flow.kind = AlertKind::Flow;
+            flow
+        }] {
+            let v = ocsf(&a, &ctx());
+            assert!(validate(&v).is_empty(), "{:#?}", validate(&v));
+            let process = if a.kind == AlertKind::Flow {
+                &v["actor"]["process"]
+            } else {
+                &v["evidences"][0]["process"]
+            };
+            assert_eq!(
+                process["container"],
+                json!({
+                    "uid": "ab".repeat(32),
+                    "name": "sync",
+                    "orchestrator": "Kubernetes",
+                    "pod_uuid": fixtures::POD_UID,
+                })
+            );
+            assert!(
+                v["metadata"]["profiles"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("container"))
+            );
+            assert_eq!(
+                v["unmapped"]["residency"]["pod"],
+                json!({
+                    "namespace": "crm",
+                    "name": "sync-7d9f-x2x",
+                    "uid": fixtures::POD_UID,
+                    "labels": ["app.kubernetes.io/name:sync", "tier:batch"],
+                })
+            );
+            assert_eq!(
+                v["unmapped"]["residency"]["container"]["image"],
+                "registry.example/crm/sync:1.4"
+            );
+        }
+
+        // Without the container: no process.container, no profile; the
+        // pod is still named.
+        let mut a = fixtures::pod();
+        a.doc.as_object_mut().unwrap().remove("container");
+        a.doc["orchestrator"]["resource"]["id"] = "3a0d5b1c9e8f7a6b5c4d3e2f1a0b9c8d".into();
+        let v = ocsf(&a, &ctx());
+        assert!(validate(&v).is_empty(), "{:#?}", validate(&v));
+        assert!(v["evidences"][0]["process"].get("container").is_none());
+        assert!(
+            !v["metadata"]["profiles"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("container"))
+        );
+        assert_eq!(v["unmapped"]["residency"]["pod"]["name"], "sync-7d9f-x2x");
+
+        // A static pod's UID is not a UUID: no pod_uuid.
+        let mut a = fixtures::pod();
+        a.doc["orchestrator"]["resource"]["id"] = "3a0d5b1c9e8f7a6b5c4d3e2f1a0b9c8d".into();
+        let v = ocsf(&a, &ctx());
+        assert!(
+            v["evidences"][0]["process"]["container"]
+                .get("pod_uuid")
+                .is_none()
+        );
+
+        // No pod: none of it.
+        let v = ocsf(&fixtures::blocked(), &ctx());
+        assert!(v["evidences"][0]["process"].get("container").is_none());
+        assert!(v["unmapped"]["residency"].get("pod").is_none());
+        assert!(v["unmapped"]["residency"].get("container").is_none());
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 ///
 /// | alert               | parameters                                                        |
 /// |---------------------|-------------------------------------------------------------------|
-/// | flow, violation     | `seq verdict mode country tenant* role workload ruleId rule dst dport domain sni nameSource nameReason also* endpoint provider service catalogSource proto pid process exe policy basis condition` |
+/// | flow, violation     | `seq verdict mode country tenant* role workload namespace pod podUid label* containerId container image ruleId rule dst dport domain sni nameSource nameReason also* endpoint provider service catalogSource proto pid process exe policy basis condition` |
 /// | throttled (count>1) | also `count first last`                                           |
 /// | checkpoint          | `seq head keyId signature reason`                                 |
 /// | gap                 | `seq action reason afterSeq lost`                                 |
@@ -62,6 +62,10 @@ pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// name of the address (the name is then ambiguous), and `endpoint`,
 /// `provider`, `service` and `catalogSource` (the documentation the entry
 /// rests on) cite the endpoint catalog entry of the name.
+///
+/// `namespace`, `pod` and `podUid` name the Kubernetes pod the flow came
+/// from, `label` repeats once per pod label (`key:value`), and
+/// `containerId`, `container` and `image` name its container.
 ///
 /// `tenant` repeats, once per tenant, as §6.3.3 allows. Values are UTF-8,
 /// with `"`, `\` and `]` escaped by a backslash (§6.3.3).
@@ -168,6 +172,16 @@ fn flow_params(alert: &Alert, r: &RecordView<'_>, out: &mut Vec<u8>) {
     }
     opt(out, "role", r.role());
     opt(out, "workload", r.workload());
+    opt(out, "namespace", r.namespace());
+    opt(out, "pod", r.pod_name());
+    opt(out, "podUid", r.pod_uid());
+    for (k, v) in r.pod_labels() {
+        param(out, "label", &format!("{k}:{v}"));
+    }
+    let (container_id, container, image) = r.container();
+    opt(out, "containerId", container_id);
+    opt(out, "container", container);
+    opt(out, "image", image);
     let (rule_id, rule) = r.rule();
     opt(out, "ruleId", rule_id);
     opt(out, "rule", rule);
@@ -571,6 +585,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_flow_names_the_pod_and_container() {
+        let p = parse(&rfc5424(&fixtures::pod(), &ctx(), 1, b"")).unwrap();
+        assert_eq!(p.get("namespace"), Some("crm"));
+        assert_eq!(p.get("pod"), Some("sync-7d9f-x2x"));
+        assert_eq!(p.get("podUid"), Some(fixtures::POD_UID));
+        assert_eq!(
+            p.all("label"),
+            ["app.kubernetes.io/name:sync", "tier:batch"]
+        );
+        assert_eq!(p.get("containerId"), Some("ab".repeat(32).as_str()));
+        assert_eq!(p.get("container"), Some("sync"));
+        assert_eq!(p.get("image"), Some("registry.example/crm/sync:1.4"));
+        let p = parse(&rfc5424(&fixtures::blocked(), &ctx(), 1, b"")).unwrap();
+        for k in [
+            "namespace",
+            "pod",
+            "podUid",
+            "label",
+            "containerId",
+            "container",
+            "image",
+        ] {
+            assert_eq!(p.get(k), None, "{k} without a pod");
+        }
+    }
+
+    #[test]
     fn hostile_values_round_trip_through_structured_data() {
         let a = fixtures::hostile();
         let p = parse(&rfc5424(&a, &ctx(), 1, HOSTILE.as_bytes())).unwrap();
@@ -590,6 +631,10 @@ mod tests {
         assert_eq!(p.get("policy"), Some(HOSTILE));
         assert_eq!(p.get("country"), Some("U\"S"));
         assert_eq!(p.all("tenant"), [HOSTILE, "plain", ""]);
+        assert_eq!(p.get("namespace"), Some(HOSTILE));
+        assert_eq!(p.get("pod"), Some(HOSTILE));
+        assert_eq!(p.get("image"), Some(HOSTILE));
+        assert_eq!(p.all("label").len(), 2);
         assert_eq!(p.msg, [BOM, HOSTILE.as_bytes()].concat());
 
         // The parser is not fooled: the unescaped form does not parse.
