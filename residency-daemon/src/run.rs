@@ -484,6 +484,12 @@ fn announce(
             (true, true) => "dns+tls",
         },
         catalog_entries: config.catalog.endpoints().len(),
+        cri_socket: config
+            .kubernetes
+            .enabled
+            .then(|| config.kubernetes.socket())
+            .flatten()
+            .map(|p| p.display().to_string()),
     }
 }
 

@@ -166,6 +166,7 @@ fn started(info: &StartInfo, now: jiff::Timestamp) -> serde_json::Value {
             "geoip": { "version": info.geoip, "generation": info.geoip_generation },
             "policy": { "allowed": info.allowed, "conditions": info.conditions },
             "names": { "tracking": info.names, "catalog_entries": info.catalog_entries },
+            "kubernetes": { "cri_socket": info.cri_socket },
         },
     })
 }

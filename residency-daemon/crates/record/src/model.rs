@@ -102,6 +102,8 @@ pub struct StartInfo {
     pub names: &'static str,
     /// Entries in the endpoint catalog in force.
     pub catalog_entries: usize,
+    /// With `[kubernetes]`: the container runtime socket asked for pods.
+    pub cri_socket: Option<String>,
 }
 
 /// Totals for the `stopped` record.
