@@ -22,6 +22,8 @@
 //! not follow these layouts is not a pod's: [`parse`] says `None` rather
 //! than guess.
 
+pub mod cri;
+
 use std::fmt;
 
 /// The pod's quality-of-service class, from the cgroup it sits under.
