@@ -72,7 +72,11 @@ impl Directory {
     ) -> Self {
         let mut d = Directory::default();
         let mut by_sandbox: HashMap<&str, &Pod> = HashMap::new();
-        for p in pods {
+        // A pod whose sandbox is being replaced has a not-ready one as
+        // well: the ready one names the pod (it comes last).
+        let mut ordered: Vec<&Pod> = pods.iter().collect();
+        ordered.sort_by_key(|p| (p.ready, p.created_ns));
+        for p in ordered {
             let info = Arc::new(PodInfo {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
@@ -380,7 +384,11 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            ..Pod::default()
+            annotations: BTreeMap::new(),
+            created_ns: 0,
+            ready: true,
+            attempt: 0,
+            dropped: 0,
         }
     }
 
@@ -397,6 +405,10 @@ mod tests {
             sandbox_id: sandbox.clone(),
             name: "server".to_owned(),
             image: "docker.io/library/busybox:latest".to_owned(),
+            image_ref: "sha256:00".to_owned(),
+            attempt: 0,
+            created_ns: 0,
+            running: true,
         }];
         let ns = |n: &str| {
             (n == "inference").then(|| BTreeMap::from([("team".to_owned(), "ml".to_owned())]))

@@ -12,6 +12,7 @@
 //! clients only talk to loopback addresses.
 
 pub mod receivers;
+pub mod runtime;
 
 use std::{
     fs,

@@ -53,6 +53,8 @@ mode = "monitor"
 poll_interval_ms = 5
 [policy]
 allowed = ["EEA"]
+# Loopback stands in for the world here (the test database places it).
+local_networks = ["10.0.0.0/8"]
 [kubernetes]
 cri_socket = "{}"
 namespace_labels = "off"
@@ -163,6 +165,18 @@ fn pods_are_named_and_judged_by_namespace_and_labels() -> anyhow::Result<()> {
         anyhow::Ok((eu_log, us_log, crm_log, eu_pod, eu_container))
     })?;
     eprintln!("team-eu: {eu_log}team-us: {us_log}crm: {crm_log}");
+    let stderr = daemon.stderr_text();
+    let wait = daemon.wait_for(Duration::from_secs(10), |r| {
+        r["orchestrator"]["namespace"] == "crm" && r["destination"]["ip"] == "127.0.0.17"
+    });
+    let records = daemon.stop()?;
+    if wait.is_err() || !eu_log.contains("not permitted") {
+        for f in flows(&records) {
+            eprintln!("{f}");
+        }
+        eprintln!("daemon: {stderr}");
+    }
+    wait?;
     ensure!(
         eu_log.contains(&format!("failed {}", us.tcp)) && eu_log.contains("not permitted"),
         "the EU tenant's pod reached the US on its first call: {eu_log}"
@@ -172,14 +186,11 @@ fn pods_are_named_and_judged_by_namespace_and_labels() -> anyhow::Result<()> {
         "the pod of the tenant that allows the US was stopped: {us_log}"
     );
     ensure!(
-        crm_log.contains(&format!("failed {}", us.tcp)) && crm_log.contains(&format!("ok {}", de.tcp)),
+        crm_log.contains(&format!("failed {}", us.tcp))
+            && crm_log.contains(&format!("ok {}", de.tcp)),
         "the configured workload's pod was not judged by it: {crm_log}"
     );
 
-    daemon.wait_for(Duration::from_secs(10), |r| {
-        r["orchestrator"]["namespace"] == "crm" && r["destination"]["ip"] == "127.0.0.17"
-    })?;
-    let records = daemon.stop()?;
     let eu = flow_of(&records, "team-eu", us.tcp)?;
     assert_eq!(eu["event"]["outcome"], "failure", "{eu}");
     assert_eq!(eu["residency"]["verdict"], "blocked", "{eu}");
@@ -194,7 +205,10 @@ fn pods_are_named_and_judged_by_namespace_and_labels() -> anyhow::Result<()> {
     assert!(labels.contains("residency.io/tenant:acme"), "{labels}");
     let us_flow = flow_of(&records, "team-us", us.tcp)?;
     assert_eq!(us_flow["residency"]["verdict"], "allowed", "{us_flow}");
-    assert_eq!(us_flow["residency"]["workload"]["name"], "pods:globex/other");
+    assert_eq!(
+        us_flow["residency"]["workload"]["name"],
+        "pods:globex/other"
+    );
     let crm_us = flow_of(&records, "crm", us.tcp)?;
     assert_eq!(crm_us["residency"]["verdict"], "blocked", "{crm_us}");
     assert_eq!(crm_us["residency"]["workload"]["name"], "crm-sync");

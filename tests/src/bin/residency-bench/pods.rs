@@ -42,6 +42,9 @@ fn config(socket: &Path) -> String {
 mode = "monitor"
 [kernel]
 poll_interval_ms = 5
+[policy]
+# Loopback stands in for the world here (the test database places it).
+local_networks = ["10.0.0.0/8"]
 [kubernetes]
 cri_socket = "{}"
 namespace_labels = "off"
@@ -56,11 +59,10 @@ mode = "enforce"
 
 /// Monotonic nanoseconds, comparable between processes.
 fn mono_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0)
-        });
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    });
     t
 }
 
@@ -74,7 +76,11 @@ fn mono_ns() -> u64 {
 pub fn probe(pod_dir: &Path, dest: SocketAddr, limit: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while !pod_dir.exists() {
-        ensure!(start.elapsed() < limit, "{} never appeared", pod_dir.display());
+        ensure!(
+            start.elapsed() < limit,
+            "{} never appeared",
+            pod_dir.display()
+        );
         std::thread::sleep(Duration::from_micros(50));
     }
     let appeared = mono_ns();
@@ -124,7 +130,9 @@ struct Sample {
 
 pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::Result<()> {
     if !containerd_or_skip("bench pods") {
-        bail!("the pods benchmark needs root and containerd (`cargo xtask bench pods` installs it)");
+        bail!(
+            "the pods benchmark needs root and containerd (`cargo xtask bench pods` installs it)"
+        );
     }
     let cd = Containerd::start()?;
     let dir = tempfile::tempdir()?;
@@ -205,11 +213,15 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
         }
         // Let the daemon list them all (its resync runs every 10 s).
         tokio::time::sleep(Duration::from_secs(12)).await;
-        let mut cri = residency_pods::cri::Cri::connect(cd.socket(), Duration::from_secs(10)).await?;
+        let mut cri =
+            residency_pods::cri::Cri::connect(cd.socket(), Duration::from_secs(10)).await?;
         let t = Instant::now();
         let listed = cri.pods().await?.len() + cri.containers().await?.len();
         let list_ms = t.elapsed().as_secs_f64() * 1e3;
-        ensure!(listed >= memory_pods, "the runtime lists {listed} of {memory_pods} pods");
+        ensure!(
+            listed >= memory_pods,
+            "the runtime lists {listed} of {memory_pods} pods"
+        );
         let rss = status_kib(daemon_pid, "VmRSS:")?;
         let hwm = status_kib(daemon_pid, "VmHWM:")?;
         for p in &running {
@@ -233,12 +245,24 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
          `RunPodSandbox`).\n",
         containerd_version()
     )?;
-    writeln!(table, "| from the pod's cgroup appearing to | p50 | p99 | max |")?;
+    writeln!(
+        table,
+        "| from the pod's cgroup appearing to | p50 | p99 | max |"
+    )?;
     writeln!(table, "|---|---|---|---|")?;
     for (name, v) in [
-        ("its policy in the kernel (first EPERM inside the pod)", col(|s| s.policy_ms)),
-        ("the sandbox ready (`RunPodSandbox` returned)", col(|s| s.ready_ms)),
-        ("its first container started (`StartContainer` returned)", col(|s| s.started_ms)),
+        (
+            "its policy in the kernel (first EPERM inside the pod)",
+            col(|s| s.policy_ms),
+        ),
+        (
+            "the sandbox ready (`RunPodSandbox` returned)",
+            col(|s| s.ready_ms),
+        ),
+        (
+            "its first container started (`StartContainer` returned)",
+            col(|s| s.started_ms),
+        ),
     ] {
         writeln!(
             table,
@@ -255,7 +279,11 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
     )?;
     writeln!(table, "| daemon memory | VmRSS | VmHWM (peak) |")?;
     writeln!(table, "|---|---|---|")?;
-    writeln!(table, "| idle, no pods | {:.1} MiB | |", rss_idle as f64 / 1024.0)?;
+    writeln!(
+        table,
+        "| idle, no pods | {:.1} MiB | |",
+        rss_idle as f64 / 1024.0
+    )?;
     writeln!(
         table,
         "| {memory_pods} pods on the node | {:.1} MiB | {:.1} MiB |",
