@@ -1,9 +1,10 @@
 //! `cargo xtask`: build, run, test and benchmark residency on a fresh machine.
 //!
 //! Every command first installs what it needs and finds missing: the
-//! `rust-src` component and `bpf-linker` (to build the kernel programs), and
-//! the Debian packages the tests use. Nothing depends on a tool installed by
-//! hand.
+//! `rust-src` component and `bpf-linker` (to build the kernel programs),
+//! the Debian packages the tests use, and `kubernetes-validate` (from the
+//! Python package index, into a venv under `target/`) for the manifests in
+//! `kubernetes/`. Nothing depends on a tool installed by hand.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -34,6 +35,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The real DNS server of the name tests (the binary only, no service).
     ("dnsmasq", "dnsmasq-base"),
 ];
+
+/// The offline Kubernetes manifest checker the tests run on `kubernetes/`
+/// (Python package index; pinned, bump deliberately), installed into a venv
+/// under `target/`.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Where that venv lives, relative to the workspace root; the tests look
+/// for the tool there too.
+const TOOLS_VENV: &str = "target/tools/venv";
 
 /// The default GeoIP data: the CC0 geo-whois-asn-country database, as the
 /// npm registry ships it (pinned; bump deliberately).
@@ -286,6 +295,42 @@ fn ensure_geoip(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(file)
 }
 
+/// `kubernetes-validate`, pip-installed into [`TOOLS_VENV`] when missing
+/// (Debian's python3 needs python3-venv for that).
+fn ensure_kubernetes_validate(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(TOOLS_VENV);
+    if venv.join("bin/kubernetes-validate").is_file() {
+        return Ok(());
+    }
+    if !on_path("python3") {
+        ensure_packages(&[("python3", "python3")])?;
+    }
+    eprintln!(
+        "xtask: installing {KUBERNETES_VALIDATE} into {} (checks the manifests in kubernetes/)",
+        venv.display()
+    );
+    let make_venv = || {
+        Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+    };
+    if !make_venv().is_ok_and(|st| st.success()) {
+        // Debian's python3 has no venv module without python3-venv.
+        let _ = std::fs::remove_dir_all(&venv);
+        ensure_packages(&[("/usr/share/doc/python3-venv/copyright", "python3-venv")])?;
+        status(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    status(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
+    .context("pip install (the PyPI index must be reachable)")
+}
+
 fn build_args(release: bool) -> Vec<&'static str> {
     let mut args = vec!["build", "-p", "residency-daemon", "-p", "residency-tests"];
     if release {
@@ -299,6 +344,7 @@ fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
     ensure_packages(TEST_PACKAGES)?;
     // The end-to-end tests load the real default database too.
     ensure_geoip(&env::current_dir()?)?;
+    ensure_kubernetes_validate(&env::current_dir()?)?;
     let ci = env::var("CI").as_deref() == Ok("true");
     if ci && !is_root() {
         bail!("CI=true but not root: the privileged end-to-end tests must run in CI");
