@@ -160,7 +160,7 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let start = announce(&attach, &policy, &geo, &started, &notes);
     let names_config = policy.config.names;
     let geo_registry = geo.registry.clone();
-    let pods = start_pods(&policy.config, &metrics, &signals);
+    let pods = start_pods(&policy.config, &metrics, &signals).await;
     let pod_directory = pods.as_ref().map(|p| p.directory.clone());
     let kernel = spawn_watchers(
         started, &options, &attach, &policy, geo, &signals, notes, pods,
@@ -495,7 +495,7 @@ fn announce(
 
 /// With `[kubernetes]`: the task that asks the container runtime which pod
 /// each cgroup is (and the namespace watch, when it runs).
-fn start_pods(
+async fn start_pods(
     config: &Config,
     metrics: &Metrics,
     signals: &Signals,
@@ -513,7 +513,7 @@ fn start_pods(
         );
         PathBuf::from(first)
     });
-    let (labels, changed) = crate::kube::namespace_labels(kube);
+    let (labels, changed) = crate::kube::namespace_labels(kube).await;
     let (link, task) = crate::pods::link(socket, labels, changed, metrics.pods.clone());
     tokio::spawn(crate::pods::run(task, signals.stop.clone()));
     Some(link)

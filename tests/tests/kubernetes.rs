@@ -17,10 +17,6 @@ use residency_tests::workspace_bin;
 /// is GA from 1.30. The tool's newest is checked as well.
 const OLDEST_KUBERNETES: &str = "1.30";
 
-/// Lines of the `ConfigMap`'s `residency.toml` that the daemon does not parse
-/// yet (issue 14's `[kubernetes]` section and pod selectors), commented out
-/// until it does.
-const WIRE_MARKER: &str = "# ISSUE14-WIRE: ";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -213,26 +209,6 @@ fn configmap_config_passes_residency_check() -> anyhow::Result<()> {
     );
     ensure!(out.contains("valid"), "no summary from check:\n{out}");
 
-    // The settings the daemon does not parse yet: say whether they do now,
-    // so the markers are removed once they parse (not a failure either way).
-    if toml.contains(WIRE_MARKER) {
-        let wired: String = toml
-            .lines()
-            .map(|l| l.replacen(WIRE_MARKER, "", 1))
-            .collect::<Vec<_>>()
-            .join("\n");
-        match check(&wired)? {
-            (true, _) => eprintln!(
-                "note: the ConfigMap's {WIRE_MARKER:?} lines now pass `residency check`: \
-                 remove the markers to enable them"
-            ),
-            (false, out) => eprintln!(
-                "note: the ConfigMap's {WIRE_MARKER:?} lines do not parse yet (expected until \
-                 issue 14's config lands): {}",
-                out.lines().next().unwrap_or("")
-            ),
-        }
-    }
     Ok(())
 }
 

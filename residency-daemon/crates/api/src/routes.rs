@@ -189,10 +189,12 @@ pub static ROUTES: &[Route] = &[
         method: Method::Get,
         path: "/readyz",
         endpoint: Endpoint::Readyz,
-        public: false,
+        public: true,
         tag: "health",
         summary: "Readiness: the kernel programs are attached and the store takes writes",
-        description: "200 only when both hold; otherwise 503, naming the check that failed.",
+        description: "200 only when both hold; otherwise 503, naming the check that failed. \
+                      Needs no token, like /healthz, so that a kubelet probe can ask; it says \
+                      nothing but which checks hold.",
         path_params: &[],
         query: &[],
         body: None,

@@ -672,7 +672,7 @@ async fn a_token_is_needed_on_tcp_and_root_on_the_socket() {
         (Some(&format!("Basic {TOKEN}")[..]), "Bearer"),
         (Some(TOKEN), "Bearer"),
     ] {
-        for uri in ["/v1/flows", "/metrics", "/v1/nothing", "/readyz"] {
+        for uri in ["/v1/flows", "/metrics", "/v1/nothing"] {
             let a = send(&r, with(auth, uri)).await;
             assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{auth:?} {uri}");
             assert!(a.headers.contains_key(header::WWW_AUTHENTICATE));
@@ -683,6 +683,10 @@ async fn a_token_is_needed_on_tcp_and_root_on_the_socket() {
     let a = send(&r, with(None, "/healthz")).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["status"], "ok");
+    // Readiness too, for a kubelet probe, which sends no token.
+    let a = send(&r, with(None, "/readyz")).await;
+    assert_ne!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.json()["checks"].is_object(), "{}", a.json());
     let a = send(&r, with(Some(&format!("bearer {TOKEN}")), "/v1/flows")).await;
     assert_eq!(a.status, StatusCode::OK, "the scheme is case-insensitive");
 
