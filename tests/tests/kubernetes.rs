@@ -17,7 +17,6 @@ use residency_tests::workspace_bin;
 /// is GA from 1.30. The tool's newest is checked as well.
 const OLDEST_KUBERNETES: &str = "1.30";
 
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -216,3 +216,132 @@ fn pods_are_named_and_judged_by_namespace_and_labels() -> anyhow::Result<()> {
     assert_eq!(crm_de["residency"]["verdict"], "allowed", "{crm_de}");
     Ok(())
 }
+
+/// A Kubernetes API server that answers as a real one did: the namespace
+/// list recorded in `residency-daemon/crates/kube/tests/data/` (namespace
+/// `acme-prod` labelled `residency.io/tenant: acme`), and a watch that
+/// stays open with nothing new. No API server can be installed on these
+/// machines, so recorded answers stand in for one. Returns a kubeconfig
+/// that points at it.
+fn recorded_api(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use http_body_util::Full;
+    use hyper::{body::Bytes, server::conn::http1, service::service_fn};
+    let list = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../residency-daemon/crates/kube/tests/data/namespaces-list.json"),
+    )?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the recorded API");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let list = list.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let list = list.clone();
+                        async move {
+                            let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+                            if watch {
+                                // Nothing changes: the watch stays open.
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(list)))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+    });
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: recorded\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: residency\n  user:\n    token: recorded-token\n\
+             contexts:\n- name: recorded\n  context:\n    cluster: recorded\n    user: residency\n\
+             current-context: recorded\n"
+        ),
+    )?;
+    Ok(kubeconfig)
+}
+
+#[test]
+fn a_namespace_label_names_the_tenant_of_its_pods() -> anyhow::Result<()> {
+    if !containerd_or_skip("pod_policy::a_namespace_label_names_the_tenant_of_its_pods") {
+        return Ok(());
+    }
+    let cd = Containerd::start()?;
+    let dir = tempfile::tempdir()?;
+    let db = de_us_db(dir.path());
+    let kubeconfig = recorded_api(dir.path())?;
+    let us = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 33)))?;
+    let config = format!(
+        r#"
+mode = "monitor"
+[kernel]
+poll_interval_ms = 5
+[policy]
+allowed = ["EEA"]
+local_networks = ["10.0.0.0/8"]
+[kubernetes]
+cri_socket = "{}"
+namespace_labels = "on"
+kubeconfig = "{}"
+[[tenant]]
+id = "acme"
+allowed = ["EEA"]
+mode = "enforce"
+"#,
+        cd.socket().display(),
+        kubeconfig.display()
+    );
+    let daemon = Daemon::start_with(&config, cd.node(), &[OsStr::new("--geoip"), db.as_os_str()])?;
+    // The namespace list is read before pods are judged by it.
+    daemon.wait_for(Duration::from_secs(10), |_| {
+        daemon.stderr_text().contains("watching namespace labels")
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (acme_log, default_log) = rt.block_on(async {
+        let mut kubelet = cd.kubelet().await?;
+        // No tenant label of its own: its namespace's says acme.
+        let acme = PodSpec::new("worker-0", "acme-prod");
+        let plain = PodSpec::new("worker-0", "default");
+        // Give the watch its first list before the pods come.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, _, acme_log) = run(&mut kubelet, &acme, &[us.tcp]).await?;
+        let (_, _, default_log) = run(&mut kubelet, &plain, &[us.tcp]).await?;
+        anyhow::Ok((acme_log, default_log))
+    })?;
+    let stderr = daemon.stderr_text();
+    let records = daemon.stop()?;
+    ensure!(
+        acme_log.contains("not permitted"),
+        "the pod in acme's namespace was not judged as acme's: {acme_log}\n{stderr}"
+    );
+    ensure!(
+        default_log.contains(&format!("ok {}", us.tcp)),
+        "a pod of an unlabelled namespace was blocked: {default_log}"
+    );
+    let f = flow_of(&records, "acme-prod", us.tcp)?;
+    assert_eq!(f["residency"]["workload"]["name"], "pods:acme/other", "{f}");
+    assert_eq!(f["residency"]["verdict"], "blocked");
+    let f = flow_of(&records, "default", us.tcp)?;
+    assert_eq!(f["residency"]["policy"]["index"], 0, "{f}");
+    Ok(())
+}
