@@ -178,3 +178,54 @@ fn cri_names_the_pod_and_container_of_each_real_cgroup() -> anyhow::Result<()> {
     })
     .with_context(|| format!("containerd log:\n{}", cd.log_tail()))
 }
+
+/// An image of only the daemon and the libraries ldd lists (no base image)
+/// runs under containerd: the loader and every library are where the
+/// binary looks for them.
+#[test]
+fn an_image_of_only_the_daemon_and_its_libraries_runs() -> anyhow::Result<()> {
+    if !containerd_or_skip("pods::an_image_of_only_the_daemon_and_its_libraries_runs") {
+        return Ok(());
+    }
+    let binary = residency_tests::workspace_bin("residency")?;
+    let cd = Containerd::start()?;
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("residency.oci.tar");
+    let mut image = residency_oci::Image::new(residency_oci::ImageConfig {
+        entrypoint: vec!["/usr/bin/residency".into()],
+        cmd: vec!["--version".into()],
+        ..Default::default()
+    });
+    image.binary_with_libraries(&binary, "/usr/bin/residency", 0o755)?;
+    let written = image.write_archive("residency.test/residency:e2e", &archive)?;
+    cd.import(&archive)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut kubelet = cd.kubelet().await?;
+        let pod = kubelet
+            .run_pod(&PodSpec::new("residency-0", "residency-system"))
+            .await?;
+        let mut spec = ContainerSpec::new("residency", &["/usr/bin/residency", "--version"]);
+        spec.image = written.name.clone();
+        let c = kubelet.start_container(&pod, &spec).await?;
+        let code = kubelet.wait_exit(&c.id, Duration::from_secs(30)).await?;
+        let log = container_log(&c.log_path);
+        ensure!(
+            code == 0,
+            "residency --version exited {code} in its image: {log}"
+        );
+        ensure!(log.contains("residency"), "{log:?}");
+        let mut cri = Cri::connect(cd.socket(), Duration::from_secs(10)).await?;
+        let listed = cri.containers().await?;
+        let listed = listed
+            .iter()
+            .find(|l| l.id == c.id)
+            .context("the container is not listed")?;
+        assert_eq!(listed.image, "residency.test/residency:e2e");
+        kubelet.remove_pod(&pod).await?;
+        anyhow::Ok(())
+    })
+    .with_context(|| format!("containerd log:\n{}", cd.log_tail()))
+}

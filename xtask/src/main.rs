@@ -25,7 +25,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// what is attached to a cgroup; iproute2 makes the test hosts' network
 /// namespaces; rsyslog, with its TLS driver (gtls), is the real syslog
 /// receiver of the SIEM sink tests (UDP, TCP and TLS); dnsmasq answers the
-/// DNS queries of the name tests.
+/// DNS queries of the name tests; containerd (with its CRI plugin) and
+/// runc run the pods of the pod identity tests, whose image is made from
+/// busybox-static.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
@@ -34,6 +36,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/*/rsyslog/lmnsd_gtls.so", "rsyslog-gnutls"),
     // The real DNS server of the name tests (the binary only, no service).
     ("dnsmasq", "dnsmasq-base"),
+    // A real container runtime for the pod tests, driven through the CRI.
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    // The test image's only binary (static: no libraries to copy).
+    ("busybox", "busybox-static"),
 ];
 
 /// The offline Kubernetes manifest checker the tests run on `kubernetes/`
@@ -43,6 +50,19 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// Where that venv lives, relative to the workspace root; the tests look
 /// for the tool there too.
 const TOOLS_VENV: &str = "target/tools/venv";
+
+/// Debian packages every build of the daemon needs: `protoc` compiles the
+/// CRI's protobuf definitions (the k8s-cri crate's build script).
+const BUILD_PACKAGES: &[(&str, &str)] = &[("protoc", "protobuf-compiler")];
+
+/// Where the image puts things: the daemon looks for the CC0 default
+/// database at this path when none is configured (outside the evidence
+/// directory /var/lib/residency, which a DaemonSet mounts from the node),
+/// and for its configuration where the Kubernetes manifests mount a
+/// `ConfigMap`.
+const IMAGE_BINARY: &str = "/usr/bin/residency";
+const IMAGE_CONFIG: &str = "/etc/residency/residency.toml";
+const IMAGE_GEOIP: &str = "/usr/share/residency/geoip/geo-whois-asn-country.mmdb";
 
 /// The default GeoIP data: the CC0 geo-whois-asn-country database, as the
 /// npm registry ships it (pinned; bump deliberately).
@@ -95,6 +115,22 @@ enum Cmd {
     /// Fetch the default GeoIP database (CC0, from the npm registry) into
     /// data/geoip/, if it is not there yet, and print its path.
     Geoip,
+    /// Build the release daemon and write an OCI image archive of it.
+    #[command(long_about = IMAGE_HELP)]
+    Image {
+        /// Where to write the archive [default: target/oci/residency-<version>.oci.tar].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// The image's name, as `ctr images import` will name it (normalised
+        /// as Docker does: `residency:dev` is docker.io/library/residency:dev)
+        /// [default: residency:<version>].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Leave the GeoIP database out: set `geoip.database` in the
+        /// configuration to one you mount instead.
+        #[arg(long)]
+        no_geoip: bool,
+    },
     /// Run a benchmark and write its table into BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -168,6 +204,35 @@ enum Bench {
     },
 }
 
+const IMAGE_HELP: &str = "\
+Build the release daemon and write an OCI image archive of it.
+
+The image has no base image: it holds the daemon (/usr/bin/residency), the
+shared libraries it links (found with ldd, the loader included), the default
+GeoIP database (the CC0 geo-whois-asn-country file, fetched like `cargo xtask
+geoip` does) at /usr/share/residency/geoip/geo-whois-asn-country.mmdb, where
+the daemon looks when no database is configured, the built-in configuration
+(`residency default-config`) at /etc/residency/residency.toml, and the
+system's CA certificates for TLS to SIEM receivers. It is built
+deterministically: the same inputs give the same digest.
+
+Entrypoint: `/usr/bin/residency run`; arguments: `--config
+/etc/residency/residency.toml`. Mount a ConfigMap's file over
+/etc/residency/residency.toml to configure it, and the node's evidence
+directory at /var/lib/residency (kubernetes/daemonset.yaml does both).
+
+The daemon still needs what a DaemonSet gives it: root with CAP_BPF,
+CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN (see kubernetes/README.md), the
+host's cgroup2 mount, /sys/fs/bpf and tracefs, and, for pod identity, the
+container runtime's CRI socket.
+
+Load it with containerd:
+  ctr -n k8s.io images import target/oci/residency-<version>.oci.tar
+
+Examples:
+  cargo xtask image
+  cargo xtask image --name registry.example/residency:1.2 --out /tmp/r.oci.tar";
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,11 +248,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     env::set_current_dir(&root)?;
     match cli.command {
         Cmd::Build { release } => {
-            ensure_ebpf_toolchain()?;
+            ensure_build_tools()?;
             cargo(&build_args(release))
         }
+        Cmd::Image {
+            out,
+            name,
+            no_geoip,
+        } => image(&root, out, name, no_geoip),
         Cmd::Run { args } => {
-            ensure_ebpf_toolchain()?;
+            ensure_build_tools()?;
             let geoip = ensure_geoip(&root)?;
             cargo(&build_args(true))?;
             if !is_root() {
@@ -239,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn bench(root: &Path, which: &str, args: &[OsString]) -> anyhow::Result<()> {
-    ensure_ebpf_toolchain()?;
+    ensure_build_tools()?;
     ensure_packages(TEST_PACKAGES)?;
     let geoip = ensure_geoip(root)?;
     cargo(&build_args(true))?;
@@ -340,7 +410,7 @@ fn build_args(release: bool) -> Vec<&'static str> {
 }
 
 fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
-    ensure_ebpf_toolchain()?;
+    ensure_build_tools()?;
     ensure_packages(TEST_PACKAGES)?;
     // The end-to-end tests load the real default database too.
     ensure_geoip(&env::current_dir()?)?;
@@ -442,6 +512,91 @@ fn run_counting(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
         bail!("{cmd:?} failed: {st}");
     }
     Ok(())
+}
+
+/// `cargo xtask image`: the release daemon and what it needs at run time,
+/// in an OCI archive.
+fn image(
+    root: &Path,
+    out: Option<PathBuf>,
+    name: Option<String>,
+    no_geoip: bool,
+) -> anyhow::Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    let out = out.unwrap_or_else(|| root.join(format!("target/oci/residency-{version}.oci.tar")));
+    let name = name.unwrap_or_else(|| format!("residency:{version}"));
+    // Checked before the long build.
+    let full_name = residency_oci::normalize_name(&name)?;
+    ensure_build_tools()?;
+    let geoip = if no_geoip {
+        None
+    } else {
+        Some(ensure_geoip(root)?)
+    };
+    cargo(&build_args(true))?;
+    let binary = root.join("target/release/residency");
+    let default_config = output(Command::new(&binary).arg("default-config"))
+        .context("`residency default-config` (the configuration put in the image)")?;
+
+    let mut labels = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("org.opencontainers.image.title", "residency"),
+        ("org.opencontainers.image.version", version),
+        (
+            "org.opencontainers.image.description",
+            "eBPF egress monitor for data residency",
+        ),
+        ("org.opencontainers.image.licenses", "Apache-2.0"),
+    ] {
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    if geoip.is_some() {
+        labels.insert("io.residency.geoip".to_owned(), GEOIP_PACKAGE.to_owned());
+    }
+    let mut image = residency_oci::Image::new(residency_oci::ImageConfig {
+        entrypoint: vec![IMAGE_BINARY.to_owned(), "run".to_owned()],
+        cmd: vec!["--config".to_owned(), IMAGE_CONFIG.to_owned()],
+        env: vec!["PATH=/usr/bin:/bin".to_owned()],
+        working_dir: Some("/".to_owned()),
+        labels,
+        user: None,
+    });
+    image.binary_with_libraries(&binary, IMAGE_BINARY, 0o755)?;
+    image.bytes(IMAGE_CONFIG, default_config, 0o644)?;
+    if let Some(db) = &geoip {
+        image.file(db, IMAGE_GEOIP, 0o644)?;
+    }
+    // rustls-native-certs reads the system bundle for TLS to receivers.
+    let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if certs.is_file() {
+        image.file(certs, "/etc/ssl/certs/ca-certificates.crt", 0o644)?;
+    } else {
+        eprintln!(
+            "xtask: no {} here: TLS sinks in the image will need their own CA",
+            certs.display()
+        );
+    }
+    image.dir("/var/lib/residency", 0o700)?;
+    image.dir("/tmp", 0o1777)?;
+    for dir in ["/proc", "/sys", "/dev", "/run"] {
+        image.dir(dir, 0o755)?;
+    }
+    let written = image.write_archive(&name, &out)?;
+    println!("{}", written.path.display());
+    println!("name:   {full_name}");
+    println!("digest: {}", written.manifest_digest);
+    println!("size:   {} bytes", written.size);
+    eprintln!(
+        "xtask: load it with `ctr -n k8s.io images import {}`",
+        written.path.display()
+    );
+    Ok(())
+}
+
+/// What every build of the daemon needs: the eBPF toolchain and `protoc`.
+fn ensure_build_tools() -> anyhow::Result<()> {
+    ensure_ebpf_toolchain()?;
+    ensure_packages(BUILD_PACKAGES)
 }
 
 /// rust-src and bpf-linker, installed when missing.

@@ -30,10 +30,13 @@ pub mod config;
 
 /// Where databases are looked for when the configuration names none, in
 /// order: residency's own data directory (put the CC0 default there, e.g.
-/// the file `cargo xtask geoip` fetches), then geoipupdate's usual
+/// the file `cargo xtask geoip` fetches), the container image's, then
+/// geoipupdate's usual
 /// directories with MaxMind's file names.
 pub const SEARCH_PATHS: &[&str] = &[
     "/var/lib/residency/geoip/geo-whois-asn-country.mmdb",
+    // Where the container image (`cargo xtask image`) puts it.
+    "/usr/share/residency/geoip/geo-whois-asn-country.mmdb",
     "/usr/share/GeoIP/GeoIP2-Country.mmdb",
     "/usr/share/GeoIP/GeoLite2-Country.mmdb",
     "/usr/share/GeoIP/GeoIP2-City.mmdb",

@@ -1,6 +1,7 @@
 //! Which Kubernetes pod and container a cgroup belongs to, read from its
-//! path: the first step of pod identity (the container runtime's CRI API
-//! then names the pod, its namespace and labels; see issue 14).
+//! path: the first step of pod identity. The container runtime's CRI API
+//! then names the pod, its namespace and labels, and the container's name
+//! and image: [`cri`] reads it, and [`cri::PodIndex::resolve`] joins both.
 //!
 //! kubelet makes one cgroup per pod under a `kubepods` tree and the runtime
 //! one per container under it. The layout depends on the cgroup driver
