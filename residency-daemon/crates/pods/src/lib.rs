@@ -205,6 +205,10 @@ fn cgroupfs_container(dir: &str) -> Option<ContainerCgroup> {
 
 /// A pod UID: 8-4-4-4-12 hex digits.
 fn uid(s: &str) -> Option<String> {
+    // A static pod's UID is kubelet's hash of its manifest: 32 hex digits.
+    if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some(s.to_ascii_lowercase());
+    }
     let groups: Vec<&str> = s.split('-').collect();
     let shape = [8, 4, 4, 4, 12];
     let ok = groups.len() == shape.len()
@@ -378,5 +382,19 @@ mod tests {
             p.to_string(),
             format!("pod {UID} (Guaranteed), container {}", &ID[..12])
         );
+    }
+
+    #[test]
+    fn static_pods_have_a_hash_for_a_uid() {
+        let hash = "6d1c0a7b2e9f4c3d8a5b0e1f2a3b4c5d";
+        let sd = parse(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice/cri-containerd-{ID}.scope"
+        ))
+        .unwrap();
+        assert_eq!(sd.uid, hash);
+        assert_eq!(sd.container.unwrap().id, ID);
+        let fs = parse(&format!("/kubepods/pod{hash}/{ID}")).unwrap();
+        assert_eq!(fs.uid, hash);
+        assert!(parse(&format!("/kubepods/pod{}/{ID}", &hash[..31])).is_none());
     }
 }
