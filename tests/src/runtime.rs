@@ -556,6 +556,8 @@ pub struct PodSpec {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// The node's process namespace (`hostPID: true`).
+    pub host_pid: bool,
 }
 
 impl PodSpec {
@@ -568,6 +570,7 @@ impl PodSpec {
             uid: random_uid(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            host_pid: false,
         }
     }
 }
@@ -603,6 +606,12 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// The image; [`BUSYBOX_IMAGE`] by default.
     pub image: String,
+    /// Host paths mounted into the container: (host, container, read-only).
+    pub mounts: Vec<(PathBuf, String, bool)>,
+    /// Capabilities added to the runtime's default set (`BPF`, `NET_ADMIN`).
+    pub add_capabilities: Vec<String>,
+    /// Drop every capability not added (`drop: [ALL]`).
+    pub drop_all: bool,
 }
 
 impl ContainerSpec {
@@ -612,6 +621,9 @@ impl ContainerSpec {
             name: name.into(),
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             image: BUSYBOX_IMAGE.into(),
+            mounts: Vec::new(),
+            add_capabilities: Vec::new(),
+            drop_all: false,
         }
     }
 }
@@ -696,7 +708,7 @@ impl Kubelet {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: cgroup.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(host_network(spec.host_pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -757,9 +769,30 @@ impl Kubelet {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container, readonly)| cri::Mount {
+                    host_path: host.to_string_lossy().into_owned(),
+                    container_path: container.clone(),
+                    readonly: *readonly,
+                    ..Default::default()
+                })
+                .collect(),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(host_network(pod.spec.host_pid)),
+                    capabilities: (!spec.add_capabilities.is_empty() || spec.drop_all).then(|| {
+                        cri::Capability {
+                            add_capabilities: spec.add_capabilities.clone(),
+                            drop_capabilities: if spec.drop_all {
+                                vec!["ALL".to_owned()]
+                            } else {
+                                Vec::new()
+                            },
+                            ..Default::default()
+                        }
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -802,7 +835,7 @@ impl Kubelet {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: pod.cgroup.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(host_network(pod.spec.host_pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -858,6 +891,20 @@ impl Kubelet {
         }
     }
 
+    /// `StopContainer`: SIGTERM, then SIGKILL after `grace`.
+    ///
+    /// # Errors
+    /// If the runtime refuses.
+    pub async fn stop_container(&mut self, id: &str, grace: Duration) -> anyhow::Result<()> {
+        self.runtime
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout: i64::try_from(grace.as_secs()).unwrap_or(30),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// `StopPodSandbox` and `RemovePodSandbox` (its containers go too).
     ///
     /// # Errors
@@ -877,10 +924,14 @@ impl Kubelet {
     }
 }
 
-fn host_network() -> cri::NamespaceOption {
+fn host_network(host_pid: bool) -> cri::NamespaceOption {
     cri::NamespaceOption {
         network: cri::NamespaceMode::Node as i32,
-        pid: cri::NamespaceMode::Container as i32,
+        pid: if host_pid {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Container
+        } as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }

@@ -55,15 +55,6 @@ const TOOLS_VENV: &str = "target/tools/venv";
 /// CRI's protobuf definitions (the k8s-cri crate's build script).
 const BUILD_PACKAGES: &[(&str, &str)] = &[("protoc", "protobuf-compiler")];
 
-/// Where the image puts things: the daemon looks for the CC0 default
-/// database at this path when none is configured (outside the evidence
-/// directory /var/lib/residency, which a DaemonSet mounts from the node),
-/// and for its configuration where the Kubernetes manifests mount a
-/// `ConfigMap`.
-const IMAGE_BINARY: &str = "/usr/bin/residency";
-const IMAGE_CONFIG: &str = "/etc/residency/residency.toml";
-const IMAGE_GEOIP: &str = "/usr/share/residency/geoip/geo-whois-asn-country.mmdb";
-
 /// The default GeoIP data: the CC0 geo-whois-asn-country database, as the
 /// npm registry ships it (pinned; bump deliberately).
 const GEOIP_PACKAGE: &str = "@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719";
@@ -553,34 +544,22 @@ fn image(
     if geoip.is_some() {
         labels.insert("io.residency.geoip".to_owned(), GEOIP_PACKAGE.to_owned());
     }
-    let mut image = residency_oci::Image::new(residency_oci::ImageConfig {
-        entrypoint: vec![IMAGE_BINARY.to_owned(), "run".to_owned()],
-        cmd: vec!["--config".to_owned(), IMAGE_CONFIG.to_owned()],
-        env: vec!["PATH=/usr/bin:/bin".to_owned()],
-        working_dir: Some("/".to_owned()),
-        labels,
-        user: None,
-    });
-    image.binary_with_libraries(&binary, IMAGE_BINARY, 0o755)?;
-    image.bytes(IMAGE_CONFIG, default_config, 0o644)?;
-    if let Some(db) = &geoip {
-        image.file(db, IMAGE_GEOIP, 0o644)?;
-    }
     // rustls-native-certs reads the system bundle for TLS to receivers.
-    let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    if certs.is_file() {
-        image.file(certs, "/etc/ssl/certs/ca-certificates.crt", 0o644)?;
-    } else {
+    let certs = Path::new(residency_oci::daemon::CA_BUNDLE);
+    if !certs.is_file() {
         eprintln!(
             "xtask: no {} here: TLS sinks in the image will need their own CA",
             certs.display()
         );
     }
-    image.dir("/var/lib/residency", 0o700)?;
-    image.dir("/tmp", 0o1777)?;
-    for dir in ["/proc", "/sys", "/dev", "/run"] {
-        image.dir(dir, 0o755)?;
+    let image = residency_oci::daemon::DaemonImage {
+        binary: &binary,
+        config: default_config,
+        geoip: geoip.as_deref(),
+        ca_bundle: certs.is_file().then_some(certs),
+        labels,
     }
+    .build()?;
     let written = image.write_archive(&name, &out)?;
     println!("{}", written.path.display());
     println!("name:   {full_name}");

@@ -22,6 +22,8 @@
 //! what it links.
 #![forbid(unsafe_code)]
 
+pub mod daemon;
+
 use std::{
     collections::BTreeMap,
     fmt, fs,
