@@ -1,12 +1,12 @@
 //! End-to-end: the daemon runs from its own image inside containerd, as the
-//! DaemonSet runs it, and watches the node's pods.
+//! `DaemonSet` runs it, and watches the node's pods.
 //!
 //! The image is residency's own layout (`residency_oci::daemon`, which
 //! `cargo xtask image` also writes) around the debug binary (stripped of
 //! debug sections to keep the archive small). It runs in a pod the way
 //! `kubernetes/daemonset.yaml` asks for: host network and host PID, not
-//! privileged: every capability dropped but BPF, PERFMON, NET_ADMIN,
-//! SYS_ADMIN and SYS_PTRACE; the host's cgroup2 tree, bpffs and tracefs,
+//! privileged: every capability dropped but `BPF`, `PERFMON`, `NET_ADMIN`,
+//! `SYS_ADMIN` and `SYS_PTRACE`; the host's cgroup2 tree, bpffs and tracefs,
 //! the runtime's socket directory (read-only), the configuration and an
 //! evidence directory from the host. Its programs attach to the test
 //! "node" cgroup (never the cgroup2 root). A pod labelled for the EU
@@ -58,6 +58,7 @@ fn daemon_image(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one story, start to stop")]
 fn the_daemon_runs_from_its_image_and_watches_the_pods() -> anyhow::Result<()> {
     if !containerd_or_skip("daemon_image::the_daemon_runs_from_its_image_and_watches_the_pods") {
         return Ok(());

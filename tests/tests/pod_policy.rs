@@ -24,6 +24,7 @@
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
     time::Duration,
 };
@@ -83,16 +84,15 @@ pod_labels = {{ app = "crm-sync" }}
 /// A container that connects to each address in turn (`nc`, no data) and
 /// prints what happened.
 fn client(targets: &[std::net::SocketAddr]) -> ContainerSpec {
-    let script: String = targets
-        .iter()
-        .map(|t| {
-            format!(
-                "if nc -w 2 {} {} </dev/null; then echo 'ok {t}'; else echo 'failed {t}'; fi; ",
-                t.ip(),
-                t.port()
-            )
-        })
-        .collect();
+    let mut script = String::new();
+    for t in targets {
+        let _ = write!(
+            script,
+            "if nc -w 2 {} {} </dev/null; then echo 'ok {t}'; else echo 'failed {t}'; fi; ",
+            t.ip(),
+            t.port()
+        );
+    }
     ContainerSpec::new("client", &["sh", "-c", &script])
 }
 
@@ -252,7 +252,7 @@ fn recorded_api(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
                             let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
                             if watch {
                                 // Nothing changes: the watch stays open.
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                tokio::time::sleep(Duration::from_hours(1)).await;
                             }
                             hyper::Response::builder()
                                 .header("content-type", "application/json")

@@ -14,7 +14,7 @@ pub const BINARY: &str = "/usr/bin/residency";
 /// replace with their `ConfigMap`'s file.
 pub const CONFIG: &str = "/etc/residency/residency.toml";
 /// The CC0 database, outside the evidence directory (`/var/lib/residency`,
-/// which a DaemonSet mounts from the node); the daemon looks here when no
+/// which a `DaemonSet` mounts from the node); the daemon looks here when no
 /// database is configured.
 pub const GEOIP: &str = "/usr/share/residency/geoip/geo-whois-asn-country.mmdb";
 /// The system's CA bundle, for TLS to SIEM receivers.

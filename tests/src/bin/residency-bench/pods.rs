@@ -15,7 +15,7 @@
 //! pods had their policy before their first container started.
 //!
 //! Then `--memory-pods` pods (sandboxes only) run at once, and the daemon's
-//! resident memory (VmRSS, VmHWM) is read before and with them, with the
+//! resident memory (`VmRSS`, `VmHWM`) is read before and with them, with the
 //! time one CRI listing of them all takes.
 
 use std::{
@@ -59,11 +59,10 @@ mode = "enforce"
 
 /// Monotonic nanoseconds, comparable between processes.
 fn mono_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(t.tv_nsec()).unwrap_or(0)
-    });
-    t
+    })
 }
 
 /// The prober (run as `residency-bench pod-probe`): waits for `pod_dir`,
@@ -122,10 +121,11 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// Milliseconds from the pod's cgroup appearing.
 struct Sample {
-    policy_ms: f64,
-    ready_ms: f64,
-    started_ms: f64,
+    policy: f64,
+    ready: f64,
+    started: f64,
 }
 
 pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::Result<()> {
@@ -194,9 +194,9 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
             let enforced = field("enforced ")?;
             let ms = |t: u64| (t.saturating_sub(appeared)) as f64 / 1e6;
             samples.push(Sample {
-                policy_ms: ms(enforced),
-                ready_ms: ms(ready),
-                started_ms: ms(started),
+                policy: ms(enforced),
+                ready: ms(ready),
+                started: ms(started),
             });
             let _ = std::fs::remove_dir(pod_dir.join("probe"));
             kubelet.remove_pod(&pod).await?;
@@ -230,10 +230,7 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
         anyhow::Ok((list_ms, rss, hwm))
     })?;
     drop(daemon.stop()?);
-    let before = samples
-        .iter()
-        .filter(|s| s.policy_ms < s.started_ms)
-        .count();
+    let before = samples.iter().filter(|s| s.policy < s.started).count();
     let col = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
     let mut table = String::new();
     writeln!(
@@ -253,15 +250,15 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
     for (name, v) in [
         (
             "its policy in the kernel (first EPERM inside the pod)",
-            col(|s| s.policy_ms),
+            col(|s| s.policy),
         ),
         (
             "the sandbox ready (`RunPodSandbox` returned)",
-            col(|s| s.ready_ms),
+            col(|s| s.ready),
         ),
         (
             "its first container started (`StartContainer` returned)",
-            col(|s| s.started_ms),
+            col(|s| s.started),
         ),
     ] {
         writeln!(
