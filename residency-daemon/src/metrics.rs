@@ -142,6 +142,9 @@ pub struct PodMetrics {
     pub pods_selected: Gauge,
     /// Failed connections to, or answers from, the runtime.
     pub cri_errors: Counter,
+    /// Entries of the runtime's last answer that were left out (malformed,
+    /// or beyond the caps).
+    pub cri_skipped: Gauge,
     /// How long listing the runtime's pods and containers took.
     pub cri_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -152,6 +155,7 @@ impl Default for PodMetrics {
             pods: Gauge::default(),
             pods_selected: Gauge::default(),
             cri_errors: Counter::default(),
+            cri_skipped: Gauge::default(),
             cri_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
             ),
@@ -175,6 +179,11 @@ impl PodMetrics {
             "cri_errors",
             "Failed connections to, or answers from, the container runtime (CRI)",
             self.cri_errors.clone(),
+        );
+        r.register(
+            "cri_skipped",
+            "Entries of the container runtime's last answer left out (malformed, or beyond the caps)",
+            self.cri_skipped.clone(),
         );
         r.register(
             "cri_list_seconds",

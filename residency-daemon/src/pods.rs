@@ -322,10 +322,23 @@ pub async fn run(mut t: PodTask, mut shutdown: watch::Receiver<bool>) {
 async fn refresh(t: &PodTask, c: &mut Cri, waiting: &mut HashMap<Seen, Instant>) -> bool {
     let started = Instant::now();
     match list(c).await {
-        Ok((pods, containers)) => {
+        Ok((pods, containers, skipped)) => {
             t.metrics
                 .cri_seconds
                 .observe(started.elapsed().as_secs_f64());
+            let n = i64::try_from(skipped.len()).unwrap_or(i64::MAX);
+            // Said when it changes, not at every listing.
+            if t.metrics.cri_skipped.get() != n {
+                t.metrics.cri_skipped.set(n);
+                if let Some(first) = skipped.first() {
+                    warn!(
+                        skipped = skipped.len(),
+                        "the container runtime's answer has entries residency cannot use; they are \
+                         left out (their flows name no pod): {first}{}",
+                        if skipped.len() > 1 { " (and more)" } else { "" }
+                    );
+                }
+            }
             let mut next = Directory::build(&pods, &containers, &*t.namespace_labels);
             let changed = {
                 let mut d = t
@@ -371,10 +384,14 @@ async fn connect(socket: &std::path::Path) -> Result<(Cri, String), String> {
     Ok((c, v))
 }
 
-async fn list(c: &mut Cri) -> Result<(Vec<Pod>, Vec<Container>), String> {
+/// The runtime's pods and containers, and the entries of its answers that
+/// were skipped as malformed or beyond the caps (with why).
+async fn list(c: &mut Cri) -> Result<(Vec<Pod>, Vec<Container>, Vec<String>), String> {
     let pods = c.pods().await.map_err(|e| e.to_string())?;
+    let mut skipped: Vec<String> = c.skipped().iter().map(ToString::to_string).collect();
     let containers = c.containers().await.map_err(|e| e.to_string())?;
-    Ok((pods, containers))
+    skipped.extend(c.skipped().iter().map(ToString::to_string));
+    Ok((pods, containers, skipped))
 }
 
 #[cfg(test)]
