@@ -156,7 +156,7 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
         .build()?;
     let mut samples = Vec::new();
     let rss_idle = status_kib(daemon_pid, "VmRSS:")?;
-    let (list_ms, rss_pods, hwm_pods) = rt.block_on(async {
+    let (list_ms, rss_after, rss_pods, hwm_pods) = rt.block_on(async {
         let mut kubelet = cd.kubelet().await?;
         for i in 0..pods {
             let mut spec = PodSpec::new(&format!("llm-{i}"), "team-eu");
@@ -201,6 +201,10 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
             let _ = std::fs::remove_dir(pod_dir.join("probe"));
             kubelet.remove_pod(&pod).await?;
         }
+        // After the timed pods came and went (their flows recorded), before
+        // the many.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_after = status_kib(daemon_pid, "VmRSS:")?;
         // Many pods at once, sandboxes only.
         let mut running = Vec::new();
         for i in 0..memory_pods {
@@ -227,7 +231,7 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
         for p in &running {
             kubelet.remove_pod(p).await?;
         }
-        anyhow::Ok((list_ms, rss, hwm))
+        anyhow::Ok((list_ms, rss_after, rss, hwm))
     })?;
     drop(daemon.stop()?);
     let before = samples.iter().filter(|s| s.policy < s.started).count();
@@ -280,6 +284,11 @@ pub fn run(pods: usize, memory_pods: usize, write: Option<PathBuf>) -> anyhow::R
         table,
         "| idle, no pods | {:.1} MiB | |",
         rss_idle as f64 / 1024.0
+    )?;
+    writeln!(
+        table,
+        "| after the {pods} timed pods came and went (their flows recorded) | {:.1} MiB | |",
+        rss_after as f64 / 1024.0
     )?;
     writeln!(
         table,
