@@ -69,12 +69,53 @@ fn report(c: &Config) -> String {
         );
     }
     if !c.tenants.is_empty() || !c.workloads.is_empty() {
+        let by_label = c
+            .workloads
+            .iter()
+            .filter(|w| {
+                w.name
+                    .starts_with(residency_daemon::config::LABEL_WORKLOAD_PREFIX)
+            })
+            .count();
         let _ = writeln!(
             out,
-            "{} tenant(s), {} workload(s), {} exception(s)",
+            "{} tenant(s), {} workload(s){}, {} exception(s)",
             c.tenants.len(),
-            c.workloads.len(),
+            c.workloads.len() - by_label,
+            if by_label > 0 {
+                format!(
+                    " and {by_label} for pods that name their tenant and role by label \
+                     ({}=<tenant>, {}=<role>)",
+                    c.kubernetes.tenant_label.as_deref().unwrap_or_default(),
+                    c.kubernetes.role_label
+                )
+            } else {
+                String::new()
+            },
             c.exceptions.len()
+        );
+    }
+    if c.kubernetes.enabled {
+        let _ = writeln!(
+            out,
+            "kubernetes: pods from the runtime at {}; namespace labels: {}",
+            c.kubernetes.socket().map_or_else(
+                || format!(
+                    "(none found yet; tried {})",
+                    residency_daemon::config::kubernetes::DEFAULT_CRI_SOCKETS.join(", ")
+                ),
+                |p| p.display().to_string()
+            ),
+            match (c.kubernetes.namespace_labels, &c.kubernetes.kubeconfig) {
+                (residency_daemon::config::NamespaceWatch::Off, _) => "off".to_owned(),
+                (_, Some(k)) => format!("from the API, with {}", k.display()),
+                (residency_daemon::config::NamespaceWatch::On, None) => {
+                    "from the API, with the service account".to_owned()
+                }
+                (residency_daemon::config::NamespaceWatch::Auto, None) => {
+                    "from the API when running with a service account".to_owned()
+                }
+            }
         );
     }
     out
