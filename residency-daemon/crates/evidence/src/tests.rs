@@ -597,6 +597,7 @@ async fn a_format_3_store_gains_the_pod_columns_and_still_verifies() {
     ev.append(lines([pod_flow(20, "acme", "blocked", "crm", "sync-0")]))
         .await
         .unwrap();
+    ev.checkpoint().await.unwrap(); // a round trip: the record is committed
     assert!(ev.wait_indexed(Duration::from_secs(10)).await);
     let crm = ev
         .reader()
