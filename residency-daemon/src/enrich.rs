@@ -50,6 +50,7 @@ pub struct Enricher {
     processes: Processes,
     cgroups: CgroupPaths,
     names: crate::naming::Namer,
+    pods: Option<crate::pods::PodCache>,
 }
 
 impl Enricher {
@@ -60,6 +61,7 @@ impl Enricher {
         let names = sources.names;
         Enricher {
             cgroups: CgroupPaths::new(sources.tree.clone()),
+            pods: sources.pods.clone().map(crate::pods::PodCache::new),
             sources,
             details: DetailCache::new(details),
             processes: Processes::default(),
@@ -119,11 +121,8 @@ impl Enricher {
             .processes
             .lookup(flow.pid, flow.tid, &flow.process_name);
         flow.cgroup_path = self.cgroups.path_of(flow.cgroup_id);
-        if let (Some(pods), Some(path)) = (&self.sources.pods, &flow.cgroup_path) {
-            flow.pod = pods
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .resolve(path);
+        if let (Some(pods), Some(path)) = (&mut self.pods, &flow.cgroup_path) {
+            flow.pod = pods.get(flow.cgroup_id, path);
         }
     }
 

@@ -157,6 +157,46 @@ impl Directory {
     }
 }
 
+/// Cgroups whose pod the writer remembers.
+const CACHED_CGROUPS: usize = 4096;
+
+/// The writer's side: the pod of each record's cgroup, remembered per
+/// cgroup id for as long as the directory does not change, so that a
+/// record costs a lookup, not a parse of its cgroup path.
+pub struct PodCache {
+    directory: SharedPods,
+    /// cgroup id -> (directory generation, pod).
+    cache: lru::LruCache<u64, (u64, Option<Arc<PodInfo>>)>,
+}
+
+impl PodCache {
+    #[must_use]
+    pub fn new(directory: SharedPods) -> Self {
+        PodCache {
+            directory,
+            cache: lru::LruCache::new(
+                std::num::NonZeroUsize::new(CACHED_CGROUPS).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+        }
+    }
+
+    /// The pod and container of cgroup `id`, whose path is `path`.
+    pub fn get(&mut self, id: u64, path: &str) -> Option<Arc<PodInfo>> {
+        let d = self
+            .directory
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((generation, pod)) = self.cache.get(&id)
+            && *generation == d.generation
+        {
+            return pod.clone();
+        }
+        let pod = d.resolve(path);
+        self.cache.put(id, (d.generation, pod.clone()));
+        pod
+    }
+}
+
 /// A pod (and maybe container) seen in the cgroup tree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Seen {
@@ -240,6 +280,9 @@ pub async fn run(mut t: PodTask, mut shutdown: watch::Receiver<bool>) {
     let mut waiting: HashMap<Seen, Instant> = HashMap::new();
     let mut retry = RETRY_FIRST;
     let mut namespaces = t.namespaces_changed.take();
+    // Whether to ask the runtime this time round (not when the only news
+    // was of pods it has already named).
+    let mut ask = true;
     loop {
         if cri.is_none() {
             match connect(&t.socket).await {
@@ -260,11 +303,13 @@ pub async fn run(mut t: PodTask, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         }
-        if let Some(c) = cri.as_mut()
+        if ask
+            && let Some(c) = cri.as_mut()
             && !refresh(&t, c, &mut waiting).await
         {
             cri = None;
         }
+        ask = true;
         let wait = if cri.is_none() {
             RECONNECT
         } else if waiting.is_empty() {
@@ -292,8 +337,8 @@ pub async fn run(mut t: PodTask, mut shutdown: watch::Receiver<bool>) {
                     .collect();
                 drop(d);
                 if unknown.is_empty() {
-                    // Nothing to ask: wait again (the loop asks once more,
-                    // which costs two calls; cheaper than a second select).
+                    // Nothing to ask: wait again.
+                    ask = false;
                     continue;
                 }
                 retry = RETRY_FIRST;
