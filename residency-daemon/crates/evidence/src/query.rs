@@ -739,6 +739,7 @@ fn damaged(seq: u64, why: &str) -> Vec<u8> {
         after_seq: None,
         after: None,
         seq: Some(seq),
+        ..EvidenceGap::default()
     }
     .record(format!(
         "record {seq} of the evidence chain cannot be read back ({why}); run `residency evidence verify`"

@@ -559,6 +559,7 @@ impl Writer {
             after_seq: Some(last),
             after: Some(at.to_string()),
             seq: None,
+            ..EvidenceGap::default()
         }
         .record(format!(
             "the previous run stopped without closing the evidence store after record {last} ({at}); \

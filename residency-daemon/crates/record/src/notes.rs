@@ -17,7 +17,8 @@ use crate::{Lifecycle, Record};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EvidenceGap {
-    /// `unclean-shutdown` or `damaged-record`.
+    /// `unclean-shutdown`, `damaged-record`, `daemon-away` or
+    /// `store-unwritable`.
     pub reason: String,
     /// The last record before the gap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,6 +29,28 @@ pub struct EvidenceGap {
     /// The record that cannot be read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// When the gap ended (RFC 3339): the daemon back, the store writable
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// How long the gap lasted, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milliseconds: Option<u64>,
+    /// Records that were made but not stored (`store-unwritable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_not_stored: Option<u64>,
+    /// Decisions the kernel made in the gap that no record holds: they
+    /// found its ring buffer full (`daemon-away`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decisions_not_recorded: Option<u64>,
+    /// Decisions the kernel made in the gap that waited in its ring buffer
+    /// and were recorded when the daemon came back (`daemon-away`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decisions_recorded_late: Option<u64>,
+    /// Whether the policy stayed in force in the gap: `kept` (the programs
+    /// stayed attached and decided) or `off` (nothing was attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<String>,
 }
 
 impl EvidenceGap {
@@ -35,6 +58,15 @@ impl EvidenceGap {
     pub const UNCLEAN_SHUTDOWN: &'static str = "unclean-shutdown";
     /// A stored record cannot be read back.
     pub const DAMAGED_RECORD: &'static str = "damaged-record";
+    /// No daemon read the kernel's decisions for a while (killed, stopped,
+    /// upgraded); the programs may have stayed attached.
+    pub const DAEMON_AWAY: &'static str = "daemon-away";
+    /// The evidence store could not take writes (a full disk) for a while.
+    pub const STORE_UNWRITABLE: &'static str = "store-unwritable";
+    /// [`EvidenceGap::enforcement`]: the policy stayed in force.
+    pub const ENFORCEMENT_KEPT: &'static str = "kept";
+    /// [`EvidenceGap::enforcement`]: nothing was attached.
+    pub const ENFORCEMENT_OFF: &'static str = "off";
 
     /// The `evidence-gap` record.
     #[must_use]

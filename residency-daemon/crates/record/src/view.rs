@@ -1092,6 +1092,7 @@ mod tests {
             after_seq: Some(41),
             after: Some("2026-12-07T00:00:00Z".into()),
             seq: None,
+            ..EvidenceGap::default()
         };
         let (action, gap, _, detail, message) = read(crash.record("it stopped".into()));
         assert_eq!((action, gap), (Some(Lifecycle::EvidenceGap), true));
