@@ -47,6 +47,16 @@ pub mod names {
     pub const EXCEPTIONS_V4: &str = "EXCEPTIONS_V4";
     /// Two slots -> LPM trie of IPv6 exceptions per policy.
     pub const EXCEPTIONS_V6: &str = "EXCEPTIONS_V6";
+    /// Single-entry array: [`crate::DaemonState`], what the daemon that
+    /// reads the ring last said (kept with the pins, for the next one).
+    /// The programs read only its staleness bound.
+    pub const DAEMON: &str = "DAEMON";
+    /// The maps pinned with the programs and kept by the next daemon: the
+    /// ring (its unread decisions), the counters, the daemon's state, and
+    /// what the kernel has learnt (DNS names, `ClientHello`s in progress).
+    /// The policy and `GeoIP` maps are not among them: each daemon fills
+    /// its own and swaps them in with its programs.
+    pub const PINNED_MAPS: [&str; 5] = [EVENTS, STATS, DAEMON, DNS_NAMES, TLS_PENDING];
     /// Single-entry array: the [`crate::GeoActive`] generation of the tables.
     pub const GEO_ACTIVE: &str = "GEO_ACTIVE";
     /// Hash of maps, generation -> IPv4 level-1 array (`u32` x 65,536).
@@ -498,6 +508,71 @@ pub const HAS_EXCEPTIONS_V6: u8 = 2;
 /// to the policy (`NAME_RULES` holds entries for it).
 pub const HAS_NAME_RULES: u8 = 4;
 
+/// What the daemon reading the ring last wrote, in the pinned `DAEMON`
+/// map: the next daemon starts from it, and the programs read the
+/// staleness bound.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DaemonState {
+    /// [`PIN_ABI`] of the build that wrote it.
+    pub abi: u32,
+    /// 1 once the daemon stopped cleanly (after its last read).
+    pub clean_stop: u32,
+    /// When it last wrote: Unix time and boot time, in ns.
+    pub heartbeat_unix_ns: u64,
+    pub heartbeat_boot_ns: u64,
+    /// Decisions read from the ring, over all daemons since the pins were
+    /// made (so it compares with the kernel's `Submitted` counter).
+    pub consumed: u64,
+    /// The kernel's `Dropped` counter as far as the chain accounts for it.
+    pub lost_reported: u64,
+    /// The cgroup the programs are attached to.
+    pub cgroup_id: u64,
+    /// The last policy and `GeoIP` generations it installed (the next
+    /// daemon numbers on from them, so records read late keep theirs).
+    pub policy_generation: u32,
+    pub geo_generation: u32,
+    /// Once no daemon has written for this long (ns; 0: never) the
+    /// tables count as stale, and with [`WHEN_STALE_MONITOR`] the programs
+    /// stop blocking and only report.
+    pub stale_after_ns: u64,
+    pub when_stale: u32,
+    pub pid: u32,
+}
+
+/// [`DaemonState::when_stale`]: keep enforcing the last policy.
+pub const WHEN_STALE_ENFORCE: u32 = 0;
+/// [`DaemonState::when_stale`]: stop blocking, keep reporting.
+pub const WHEN_STALE_MONITOR: u32 = 1;
+
+/// The layout of what pinned maps hold, as this build reads and writes
+/// it. A daemon adopts pins only of the same ABI; bump the first term when
+/// a layout changes without changing its size.
+pub const PIN_ABI: u32 = {
+    let sizes = [
+        size_of::<ConnectEvent>(),
+        size_of::<DaemonState>(),
+        size_of::<NameKey>(),
+        size_of::<NameEntry>(),
+        size_of::<TlsPending>(),
+        STAT_COUNT as usize,
+    ];
+    let mut h: u32 = 1;
+    let mut i = 0;
+    while i < sizes.len() {
+        #[expect(clippy::cast_possible_truncation, reason = "a hash: sizes are small")]
+        let size = sizes[i] as u32;
+        h = h.wrapping_mul(31).wrapping_add(size);
+        i += 1;
+    }
+    h
+};
+
+/// `ConnectEvent::flags` bit: the programs would have blocked, but no
+/// daemon had refreshed the tables for longer than the staleness bound
+/// (`kernel.stale_after`, with `kernel.when_stale = "monitor"`).
+pub const FLAG_STALE: u8 = 8;
+
 /// Which generation of the policy maps is in force (0: none loaded).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -782,6 +857,7 @@ mod user {
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::GeoActive {}
     unsafe impl aya::Pod for super::PolicyActive {}
+    unsafe impl aya::Pod for super::DaemonState {}
     unsafe impl aya::Pod for super::CachedPolicy {}
     unsafe impl aya::Pod for super::ExecArgs {}
     unsafe impl aya::Pod for super::PatternKey {}

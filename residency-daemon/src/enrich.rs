@@ -225,6 +225,7 @@ pub fn decode(ev: &ConnectEvent, clock: &Clock) -> Result<Flow, EnrichError> {
         dest_ip,
         dest_port: ev.dport,
         v4_mapped: ev.flags & FLAG_V4_MAPPED != 0,
+        stale: ev.flags & residency_common::FLAG_STALE != 0,
         verdict,
         rule_id: ev.rule_id,
         dest_kind,

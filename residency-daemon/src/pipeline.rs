@@ -159,6 +159,9 @@ pub async fn run(
         attached,
         events,
         counters,
+        state,
+        baseline,
+        persist,
         logger,
     } = kernel;
     let log_task = logger.map(|l| tokio::spawn(l.forward()));
@@ -187,8 +190,10 @@ pub async fn run(
         producer,
         ready: ready.clone(),
         room: room.clone(),
-        reported_lost: 0,
-        received: 0,
+        state,
+        persist,
+        reported_lost: baseline.lost_reported,
+        received: baseline.consumed,
         undecodable: 0,
         poll: config.kernel.poll_interval,
         stats: config.kernel.stats_interval,
@@ -230,6 +235,11 @@ struct Reader {
     events: EventRing,
     counters: CounterReader,
     attached: crate::kernel::Attached,
+    /// The pinned state: decisions read and drops reported, and the
+    /// heartbeat the programs judge staleness by.
+    state: crate::kernel::StateMap,
+    /// Whether a clean stop leaves the programs attached.
+    persist: bool,
     metrics: Arc<PipelineMetrics>,
     producer: ringbuf::HeapProd<Item>,
     ready: Arc<Notify>,
@@ -261,34 +271,65 @@ impl Reader {
             self.drain().await;
         }
 
-        // Detach first: from here on no new call reaches the programs.
-        // Calls already inside them (on other CPUs) may still submit, and a
-        // record reserved but not yet submitted stops the drain, so drain
-        // until what was read matches what the kernel counted, for a while.
-        self.attached.detach();
-        self.metrics.attached.set(0);
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
-        let mut totals = self.counters.read()?;
-        loop {
+        let (totals, enforcement_kept) = if self.persist {
+            // The programs stay attached and keep deciding: read what they
+            // have decided so far; what they decide from now on waits in
+            // the pinned ring for the next daemon, which accounts for it.
             self.drain().await;
-            totals = self.counters.read().unwrap_or(totals);
-            if self.received >= totals.submitted || tokio::time::Instant::now() >= deadline {
-                break;
+            let totals = self.counters.read()?;
+            self.report_losses(totals).await;
+            (totals, true)
+        } else {
+            // Detach first: from here on no new call reaches the programs.
+            // Calls already inside them (on other CPUs) may still submit,
+            // and a record reserved but not yet submitted stops the drain,
+            // so drain until what was read matches what the kernel counted,
+            // for a while.
+            self.attached.detach();
+            self.metrics.attached.set(0);
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+            let mut totals = self.counters.read()?;
+            loop {
+                self.drain().await;
+                totals = self.counters.read().unwrap_or(totals);
+                if self.received >= totals.submitted || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.report_losses(totals).await;
-        let unread = totals.submitted.saturating_sub(self.received);
-        if unread > 0 {
-            warn!(
-                unread,
-                "records submitted by the kernel but not readable before shutdown"
+            self.report_losses(totals).await;
+            let unread = totals.submitted.saturating_sub(self.received);
+            if unread > 0 {
+                warn!(
+                    unread,
+                    "records submitted by the kernel but not readable before shutdown"
+                );
+                self.push_waiting(Item::Lost {
+                    count: unread,
+                    total: totals.dropped + unread,
+                })
+                .await;
+            }
+            (totals, false)
+        };
+        if enforcement_kept {
+            // Said last, for the next daemon: everything up to here is read
+            // and accounted for.
+            self.state.state.consumed = self.received;
+            self.state.state.lost_reported = self.reported_lost;
+            self.state.state.clean_stop = 1;
+            self.state.write();
+            let pins = self
+                .attached
+                .pin_dir()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            self.attached.release();
+            info!(
+                pins,
+                "programs left attached and deciding with the policy in force (kernel.persist); \
+                 `residency detach` removes them"
             );
-            self.push_waiting(Item::Lost {
-                count: unread,
-                total: totals.dropped + unread,
-            })
-            .await;
         }
         self.push_waiting(Item::Stopped(StopInfo {
             kernel_submitted: totals.submitted,
@@ -296,6 +337,7 @@ impl Reader {
             received: self.received,
             undecodable: self.undecodable,
             process_dropped: totals.process_dropped,
+            enforcement_kept,
         }))
         .await;
         Ok(())
@@ -331,6 +373,9 @@ impl Reader {
             self.undecodable += undecodable;
             if moved > 0 {
                 self.ready.notify_one();
+                // What the next daemon must not count as waiting for it.
+                self.state.state.consumed = self.received;
+                self.state.write();
             }
             if moved < room {
                 return; // the kernel ring is empty
@@ -366,6 +411,9 @@ impl Reader {
             self.reported_lost = totals.dropped;
             self.ready.notify_one();
         }
+        // The heartbeat: the programs count the tables stale from it.
+        self.state.state.lost_reported = self.reported_lost;
+        self.state.write();
         Ok(())
     }
 
@@ -491,6 +539,15 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 }
                 Item::Lost { count, total } => Record::Lost { count, total },
                 Item::Stopped(info) => {
+                    // Notes still queued (a gap found at start, a reload
+                    // just before the stop) go in before the last record.
+                    while let Ok(note) = notes.try_recv() {
+                        metrics.lifecycle.inc();
+                        match encode_line(&note, &mut buf) {
+                            Ok(()) => index.push(None),
+                            Err(e) => error!("cannot encode a record: {e}"),
+                        }
+                    }
                     stop = Some(info);
                     Record::Stopped(info)
                 }

@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub api_listen: Option<Option<SocketAddr>>,
     /// API socket instead of `api.socket` (`Some(None)`: off).
     pub api_socket: Option<Option<PathBuf>>,
+    /// Pin directory name instead of `kernel.instance`.
+    pub instance: Option<String>,
 }
 
 impl RunOptions {
@@ -77,6 +79,9 @@ impl RunOptions {
         }
         if let Some(socket) = &self.api_socket {
             config.api.socket.clone_from(socket);
+        }
+        if let Some(instance) = &self.instance {
+            config.kernel.instance.clone_from(instance);
         }
     }
 
@@ -146,8 +151,15 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     // GeoIP loads, sinks that skipped).
     let (notes, notes_rx) = mpsc::unbounded_channel();
     let sinks = start_sinks(&config, &evidence, &notes, &metrics)?;
-    let geo = GeoStart::prepare(&config, &options).await?;
-    let policy = PolicyStart::compile(config, &attach.mount);
+    // The pins next: a daemon of this instance that is still stopping
+    // finishes first, and its generation numbers are where ours go on.
+    let instance = config.kernel.instance.clone();
+    let pins = tokio::task::spawn_blocking(move || kernel::Pins::open(&instance)).await??;
+    let (policy_after, geo_after) = pins.previous.map_or((0, 0), |p| {
+        (p.state.policy_generation, p.state.geo_generation)
+    });
+    let geo = GeoStart::prepare(&config, &options, geo_after + 1).await?;
+    let policy = PolicyStart::compile(config, &attach.mount, policy_after + 1);
     let started = kernel::start(
         &policy.config.kernel,
         &policy.config.names,
@@ -156,8 +168,12 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         &policy.cgroups,
         attach.target.clone(),
         geo.prepared.as_ref().map(|p| (&p.v4, &p.v6[..])),
+        pins,
     )?;
     let start = announce(&attach, &policy, &geo, &started, &notes);
+    if let Some(gap) = away_gap(started.adoption.as_ref(), &evidence) {
+        let _ = notes.send(gap);
+    }
     let names_config = policy.config.names;
     let geo_registry = geo.registry.clone();
     let pods = start_pods(&policy.config, &metrics, &signals).await;
@@ -346,7 +362,9 @@ struct GeoStart {
 }
 
 impl GeoStart {
-    async fn prepare(config: &Config, options: &RunOptions) -> Result<Self, RunError> {
+    /// `first` numbers the first generation (on from the previous
+    /// daemon's).
+    async fn prepare(config: &Config, options: &RunOptions, first: u32) -> Result<Self, RunError> {
         let explicit = options
             .geoip
             .clone()
@@ -376,7 +394,7 @@ impl GeoStart {
         let registry = Arc::new(geodb::Registry::default());
         if let (Some(p), Some(path)) = (&prepared, &path) {
             registry.add(geodb::Generation {
-                number: 1,
+                number: first,
                 version: Arc::new(p.db.version().clone()),
                 path: path.clone(),
                 db: p.db.clone(),
@@ -407,7 +425,9 @@ struct PolicyStart {
 }
 
 impl PolicyStart {
-    fn compile(config: Config, mount: &Path) -> Self {
+    /// `first` numbers the first generation (on from the previous
+    /// daemon's).
+    fn compile(config: Config, mount: &Path, first: u32) -> Self {
         let compiled_at = jiff::Timestamp::now();
         let compiled = policy::compile(&config, compiled_at);
         let (tree, all_cgroups) = Tree::new(mount);
@@ -415,7 +435,7 @@ impl PolicyStart {
         let cgroups = workloads::assignments(&config, &all_cgroups, &workloads::PodsByUid::new());
         let config = Arc::new(config);
         let versions = Arc::new(policy::Versions::default());
-        versions.add(1, &config);
+        versions.add(first, &config);
         PolicyStart {
             config,
             compiled,
@@ -600,4 +620,87 @@ async fn shut_down(
     let stop = result?;
     closed?;
     Ok(stop)
+}
+
+/// The `evidence-gap` record of the time no daemon read the kernel's
+/// decisions: from the pins the previous daemon left (how long it was
+/// away, what the kernel decided meanwhile, whether enforcement stayed),
+/// or, without pins, from the store's last record (nothing was attached).
+fn away_gap(adoption: Option<&kernel::Adoption>, evidence: &Evidence) -> Option<Record> {
+    use residency_record::EvidenceGap;
+    let now = jiff::Timestamp::now();
+    let (after, kept, waiting, not_recorded) = if let Some(a) = adoption {
+        let at = i128::from(a.previous.heartbeat_unix_ns);
+        let after = jiff::Timestamp::from_nanosecond(at).ok().filter(|_| at > 0);
+        (
+            after,
+            a.enforcement_kept,
+            a.compatible.then_some(a.waiting),
+            a.compatible.then_some(a.not_recorded),
+        )
+    } else {
+        // No pins: a first start, or the previous daemon detached (persist
+        // off, `residency detach`). A gap only if it recorded anything.
+        let last = evidence
+            .stats()
+            .head_ts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last <= 0 {
+            return None;
+        }
+        (
+            jiff::Timestamp::from_nanosecond(i128::from(last)).ok(),
+            false,
+            None,
+            None,
+        )
+    };
+    let millis = after.map(|a| u64::try_from(now.duration_since(a).as_millis()).unwrap_or(0));
+    let enforcement = if kept {
+        EvidenceGap::ENFORCEMENT_KEPT
+    } else {
+        EvidenceGap::ENFORCEMENT_OFF
+    };
+    let away = millis.map_or_else(
+        || "for an unknown time".to_owned(),
+        |ms| format!("for {}.{} s", ms / 1000, ms % 1000 / 100),
+    );
+    let message = if kept {
+        format!(
+            "no daemon read the kernel's decisions {away}; the programs stayed attached and \
+             enforced the policy in force; {} decisions made meanwhile were waiting and are \
+             recorded now, {} found the ring full and are not recorded",
+            waiting.map_or_else(|| "the".to_owned(), |n| n.to_string()),
+            not_recorded.map_or_else(|| "an unknown number".to_owned(), |n| n.to_string()),
+        )
+    } else {
+        format!(
+            "no daemon ran {away}, and no programs were attached: nothing was enforced or \
+             recorded in that time"
+        )
+    };
+    if kept {
+        warn!(
+            away_ms = millis,
+            waiting, not_recorded, "taking over the programs the previous daemon left"
+        );
+    } else {
+        info!(
+            away_ms = millis,
+            "no programs were attached since the last record"
+        );
+    }
+    Some(
+        EvidenceGap {
+            reason: EvidenceGap::DAEMON_AWAY.to_owned(),
+            after: after.map(|a| a.to_string()),
+            until: Some(now.to_string()),
+            milliseconds: millis,
+            decisions_recorded_late: waiting,
+            decisions_not_recorded: not_recorded,
+            enforcement: Some(enforcement.to_owned()),
+            ..EvidenceGap::default()
+        }
+        .record(message),
+    )
 }

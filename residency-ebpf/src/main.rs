@@ -50,13 +50,14 @@ mod names;
 mod process;
 use residency_common::{
     AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, CLASS_CATALOG, CLASS_RESOLVER,
-    CLASS_UNKNOWN, CachedPolicy, ConnectEvent, DestKind, DestRule, EventHeader, EventKind,
-    ExceptionV4Key, ExceptionV6Key, FLAG_BY_NAME, FLAG_TLS_WATCHED, FLAG_V4_MAPPED,
-    GEO_GENERATIONS, GEO4_L1_ENTRIES, GEO4_L1_UNIFORM, GEO4_L2_SPLIT, GEO6_MAX_PREFIXES, GeoActive,
-    HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, HAS_NAME_RULES, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv4Key,
-    Ipv6Key, MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES, MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES,
-    MAX_PROCESS_POLICIES, NAME_FOUND, NAME_OFF, NO_CGROUP_POLICY, POLICY_CACHE_ENTRIES, Policy,
-    PolicyActive, SELECTS_BY_COMM, SELECTS_BY_UID, STAT_COUNT, Stat, Verdict,
+    CLASS_UNKNOWN, CachedPolicy, ConnectEvent, DaemonState, DestKind, DestRule, EventHeader,
+    EventKind, ExceptionV4Key, ExceptionV6Key, FLAG_BY_NAME, FLAG_STALE, FLAG_TLS_WATCHED,
+    FLAG_V4_MAPPED, GEO_GENERATIONS, GEO4_L1_ENTRIES, GEO4_L1_UNIFORM, GEO4_L2_SPLIT,
+    GEO6_MAX_PREFIXES, GeoActive, HAS_EXCEPTIONS_V4, HAS_EXCEPTIONS_V6, HAS_NAME_RULES, Hook,
+    IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, Ipv6Key, MAX_CGROUP_DEPTH, MAX_CGROUP_POLICIES,
+    MAX_DEST_RULES, MAX_EXCEPTIONS, MAX_POLICIES, MAX_PROCESS_POLICIES, NAME_FOUND, NAME_OFF,
+    NO_CGROUP_POLICY, POLICY_CACHE_ENTRIES, Policy, PolicyActive, SELECTS_BY_COMM, SELECTS_BY_UID,
+    STAT_COUNT, Stat, Verdict, WHEN_STALE_MONITOR,
 };
 
 /// Return values of a `sock_addr` program.
@@ -80,6 +81,12 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// What the daemon last said (pinned; the next daemon starts from it).
+/// The programs read only the staleness bound, and only when they are
+/// about to block.
+#[map(name = "DAEMON")]
+static DAEMON: Array<DaemonState> = Array::with_max_entries(1, 0);
 
 // Policy maps. A policy generation is one set of inner maps in slot
 // `generation & 1` of each outer array; POLICY_ACTIVE names the generation
@@ -292,10 +299,17 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
         return ALLOW;
     };
     let (finding, names) = classify(ctx, dest, port_be, &applied);
-    let flags = flags | finding.flags | watch_tls(ctx, hook);
+    let mut flags = flags | finding.flags | watch_tls(ctx, hook);
     let verdict = match finding.action {
         Action::Allow => Verdict::Allowed,
-        Action::Block if may_block() && applied.policy.enforce != 0 => Verdict::Blocked,
+        Action::Block if may_block() && applied.policy.enforce != 0 => {
+            if released_as_stale() {
+                flags |= FLAG_STALE;
+                Verdict::Flagged
+            } else {
+                Verdict::Blocked
+            }
+        }
         Action::Flag | Action::Block | Action::Judge => Verdict::Flagged,
     };
     report(
@@ -306,6 +320,22 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
     } else {
         ALLOW
     }
+}
+
+/// Whether a block is released because no daemon has refreshed the tables
+/// for longer than the configured bound (`kernel.when_stale = "monitor"`).
+/// Read only on the way to a block, so allowed calls never pay for it.
+#[inline(always)]
+fn released_as_stale() -> bool {
+    let Some(state) = DAEMON.get(0) else {
+        return false;
+    };
+    if state.when_stale != WHEN_STALE_MONITOR || state.stale_after_ns == 0 {
+        return false;
+    }
+    // SAFETY: a helper call without pointer arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    now.saturating_sub(state.heartbeat_boot_ns) > state.stale_after_ns
 }
 
 /// The caller's policy: by cgroup (the nearest listed cgroup, walking up

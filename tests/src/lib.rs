@@ -174,6 +174,51 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A pin instance of a test's own (`/sys/fs/bpf/residency/<name>`): the
+/// programs a test attaches are pinned there, and removing the pins on drop
+/// detaches whatever is left, even when the test fails.
+#[derive(Debug)]
+pub struct TestPins {
+    pub instance: String,
+}
+
+impl TestPins {
+    /// A unique instance name for `label`.
+    #[must_use]
+    pub fn new(label: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        TestPins {
+            instance: format!("test-{}-{n}-{label}", std::process::id()),
+        }
+    }
+
+    /// Opens the instance (mounting bpffs if needed), for `kernel::start`.
+    ///
+    /// # Errors
+    /// As `Pins::open`.
+    pub fn open(&self) -> anyhow::Result<residency_daemon::kernel::Pins> {
+        Ok(residency_daemon::kernel::Pins::open(&self.instance)?)
+    }
+
+    /// Whether the instance has pins now.
+    #[must_use]
+    pub fn exists(&self) -> bool {
+        Path::new(residency_daemon::kernel::pins::ROOT)
+            .join(&self.instance)
+            .exists()
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        if self.exists()
+            && let Err(e) = residency_daemon::kernel::pins::detach(&self.instance, true)
+        {
+            eprintln!("warning: could not remove test pins {}: {e}", self.instance);
+        }
+    }
+}
+
 /// Path of a binary of this workspace, next to the running executable
 /// (`target/<profile>/` for tests in `deps/` and for binaries alike).
 /// `RESIDENCY_BIN_DIR` overrides the directory.
@@ -213,6 +258,10 @@ pub struct Daemon {
     pub state: PathBuf,
     /// The API's unix socket.
     pub socket: PathBuf,
+    /// The pin instance, when the harness chose it (removed on drop, which
+    /// detaches what the daemon left attached). A test that passes
+    /// `--instance` owns its pins.
+    pub pins: Option<TestPins>,
     _dir: tempfile::TempDir,
 }
 
@@ -236,6 +285,20 @@ impl Daemon {
         cgroup: &TestCgroup,
         extra: &[&std::ffi::OsStr],
     ) -> anyhow::Result<Self> {
+        Self::start_exe(&workspace_bin("residency")?, config, cgroup, extra)
+    }
+
+    /// Like [`Daemon::start_with`], running the daemon binary at `exe` (a
+    /// copy elsewhere, as an upgrade installs one).
+    ///
+    /// # Errors
+    /// As [`Daemon::start`].
+    pub fn start_exe(
+        exe: &Path,
+        config: &str,
+        cgroup: &TestCgroup,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         // An explicit --config among the extra arguments names the file
         // (one a test rewrites to reload); otherwise `config` is written.
@@ -248,7 +311,7 @@ impl Daemon {
         let stderr = dir.path().join("stderr.log");
         let state = dir.path().join("state");
         let socket = dir.path().join("api.sock");
-        let mut cmd = Command::new(workspace_bin("residency")?);
+        let mut cmd = Command::new(exe);
         cmd.arg("run");
         // Each daemon has its own store and an API on a free port, so that
         // tests can run side by side.
@@ -259,6 +322,14 @@ impl Daemon {
             .arg("127.0.0.1:0")
             .arg("--api-socket")
             .arg(&socket);
+        // Each daemon pins its programs in an instance of its own.
+        let pins = if extra.iter().any(|a| *a == "--instance") {
+            None
+        } else {
+            let pins = TestPins::new("daemon");
+            cmd.arg("--instance").arg(&pins.instance);
+            Some(pins)
+        };
         if own_config {
             cmd.arg("--config").arg(&config_path);
         }
@@ -280,6 +351,7 @@ impl Daemon {
             stderr,
             state,
             socket,
+            pins,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

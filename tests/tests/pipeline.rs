@@ -211,6 +211,10 @@ fn processes_outside_the_cgroup_are_not_reported() -> anyhow::Result<()> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: attach, block, record, detach"
+)]
 fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<()> {
     if !privileged_or_skip("denied_prefixes_fail_with_eperm_and_are_reported_blocked") {
         return Ok(());
@@ -219,7 +223,15 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
     let allowed = Listener::bind(v4(1))?;
     let forbidden = Listener::bind(v4(66))?;
     let forbidden6 = Listener::bind(IpAddr::V6(Ipv6Addr::LOCALHOST))?;
-    let daemon = Daemon::start(&deny_config("enforce"), &cg)?;
+    // A clean stop detaches only with persist off (the default keeps the
+    // programs enforcing; tests/tests/persist.rs covers that).
+    let config = deny_config("enforce").replace("[kernel]\n", "[kernel]\npersist = false\n");
+    let daemon = Daemon::start(&config, &cg)?;
+    let instance = daemon
+        .pins
+        .as_ref()
+        .map(|p| p.instance.clone())
+        .unwrap_or_default();
     if let Some(progs) = bpftool_attached(&cg)? {
         // With name tracking (on by default), the DNS-answer and TLS
         // programs too; none of them is on the cgroup2 root.
@@ -296,8 +308,20 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
     assert_eq!(ok[0]["rule"]["name"], "local-networks");
     assert_eq!(ok[0]["residency"]["decided_by"], "local");
 
-    // Stopped means detached: nothing left on the cgroup, and the same
-    // forbidden connect now reaches the listener.
+    // Stopped means detached: the pins gone (the daemon removed them, not
+    // the harness), nothing left on the cgroup, and the same forbidden
+    // connect now reaches the listener.
+    let stopped = records
+        .iter()
+        .find(|r| action(r) == "stopped")
+        .expect("stopped record");
+    assert_eq!(stopped["residency"]["enforcement"], "off", "{stopped}");
+    assert!(
+        !std::path::Path::new(residency_daemon::kernel::pins::ROOT)
+            .join(&instance)
+            .exists(),
+        "the daemon left its pins"
+    );
     if let Some(progs) = bpftool_attached_after_detach(&cg, std::time::Duration::from_secs(2))? {
         assert!(
             progs.is_empty(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use residency_daemon::{config::Config, kernel};
 use residency_tests::{
-    TestCgroup, bpftool_attached, bpftool_attached_after_detach, bpftool_xlated_bytes,
+    TestCgroup, TestPins, bpftool_attached, bpftool_attached_after_detach, bpftool_xlated_bytes,
     cgroup2_mount, privileged_or_skip,
 };
 
@@ -49,7 +49,8 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
         let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
         assert!(!target.is_root, "tests attach only to their own cgroup");
         let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
-        let k = kernel::start(
+        let pins = TestPins::new("verifier");
+        let mut k = kernel::start(
             &config.kernel,
             &config.names,
             config.may_block(),
@@ -57,6 +58,7 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
             &[],
             target,
             None,
+            pins.open()?,
         )
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
         .kernel;
@@ -84,6 +86,8 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
             want.sort_unstable();
             assert_eq!(kinds, want, "{name}: {progs:?}");
         }
+        k.attached.detach();
+        assert!(!pins.exists(), "{name}: detach left the pins");
         drop(k);
         if let Some(progs) = bpftool_attached_after_detach(&cg, Duration::from_secs(2))? {
             assert!(progs.is_empty(), "{name}: left attached: {progs:?}");
@@ -111,6 +115,7 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
         let cg = TestCgroup::new("pruned")?;
         let config = Config::from_toml(&format!("mode = \"{mode}\"\n{rules}"), mode)?;
         let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
+        let pins = TestPins::new("pruned");
         let k = kernel::start(
             &config.kernel,
             &config.names,
@@ -119,6 +124,7 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
             &[],
             kernel::CgroupTarget::resolve(&mount, &cg.path)?,
             None,
+            pins.open()?,
         )?
         .kernel;
         let Some(mut s) = bpftool_xlated_bytes(&cg)? else {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod api;
 mod check;
 mod default_config;
+mod detach;
 mod evidence;
 mod exit;
 mod explain;
@@ -137,6 +138,18 @@ enum Command {
     Probe,
     /// Print the built-in configuration: every setting, commented, with its default.
     DefaultConfig,
+    /// Detach the programs a daemon left attached, and say what was removed.
+    ///
+    /// A daemon pins its programs under /sys/fs/bpf/residency/INSTANCE, so
+    /// that they keep enforcing the last policy while it is stopped,
+    /// restarting or being upgraded (`kernel.persist`, the default), and
+    /// after a crash. This is the only command that removes them; from then
+    /// on nothing is enforced until a daemon starts again. Refuses while a
+    /// daemon runs the instance (stop it first), unless --force.
+    #[command(after_help = "Examples:\n  \
+        sudo systemctl stop residency && sudo residency detach\n  \
+        sudo residency detach --all                            # every instance on this host")]
+    Detach(detach::Args),
 }
 
 impl Command {
@@ -153,6 +166,7 @@ impl Command {
             Command::Violations(args) => violations::execute(args),
             Command::Probe => probe::execute(),
             Command::DefaultConfig => default_config::execute(),
+            Command::Detach(args) => detach::execute(&args),
         }
     }
 }

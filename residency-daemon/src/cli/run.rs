@@ -42,6 +42,11 @@ pub struct Args {
     /// API unix socket instead of `api.socket` (`off`: none).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Pin directory name instead of `kernel.instance`: the programs and
+    /// the maps they keep are pinned under /sys/fs/bpf/residency/NAME.
+    /// One per daemon on a host.
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
 }
 
 pub fn execute(args: Args) -> ExitCode {
@@ -54,7 +59,16 @@ pub fn execute(args: Args) -> ExitCode {
         state_dir,
         api_listen,
         api_socket,
+        instance,
     } = args;
+    if let Some(name) = &instance
+        && !residency_daemon::kernel::config::valid_instance(name)
+    {
+        return exit::fail(
+            &format!("--instance {name}: use 1-64 letters, digits, '.', '_' or '-'"),
+            exit::USAGE,
+        );
+    }
     let api_listen = match api_listen.as_deref() {
         None => None,
         Some("off") => Some(None),
@@ -93,6 +107,7 @@ pub fn execute(args: Args) -> ExitCode {
         state_dir,
         api_listen,
         api_socket,
+        instance,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -17,6 +17,30 @@ pub struct RawKernel {
     stats_interval_ms: Option<Spanned<u64>>,
     #[serde(default)]
     allow_enforce_at_root: bool,
+    persist: Option<bool>,
+    instance: Option<Spanned<String>>,
+    stale_after_secs: Option<Spanned<u64>>,
+    when_stale: Option<Spanned<String>>,
+}
+
+/// `kernel.when_stale`: what the programs do once no daemon has refreshed
+/// their tables for `kernel.stale_after_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenStale {
+    /// Keep enforcing the last policy (the default).
+    Enforce,
+    /// Stop blocking; keep deciding and reporting (flagged, `stale`).
+    Monitor,
+}
+
+impl WhenStale {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenStale::Enforce => "enforce",
+            WhenStale::Monitor => "monitor",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +59,31 @@ pub struct KernelConfig {
     /// Safety interlock: a program that can block is attached to the cgroup2
     /// root (every process on the host) only if this is set.
     pub allow_enforce_at_root: bool,
+    /// Whether a clean stop leaves the programs attached and deciding
+    /// with the last policy (true, the default) or detaches them. A crash
+    /// always leaves them: they are pinned.
+    pub persist: bool,
+    /// The name of the pin directory, `/sys/fs/bpf/residency/<instance>`:
+    /// one per daemon on a host.
+    pub instance: String,
+    /// Tables no daemon has refreshed for this long are stale (`None`:
+    /// never).
+    pub stale_after: Option<Duration>,
+    pub when_stale: WhenStale,
+}
+
+/// The default `kernel.instance`.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+/// Whether `name` can name a pin directory: 1-64 of `A-Z a-z 0-9 . _ -`,
+/// not starting with a dot.
+#[must_use]
+pub fn valid_instance(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 const PAGE: u32 = 4096;
@@ -52,6 +101,7 @@ impl KernelConfig {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the line and field of the first bad value.
+    #[expect(clippy::too_many_lines, reason = "one field after another")]
     pub fn validate(raw: &RawKernel, at: &Locator<'_>) -> Result<Self, ConfigError> {
         let cgroup = match &raw.cgroup {
             None => PathBuf::new(),
@@ -112,7 +162,52 @@ impl KernelConfig {
             )?
             .unwrap_or(DEFAULT_STATS_MS);
 
+        let instance = match &raw.instance {
+            None => DEFAULT_INSTANCE.to_owned(),
+            Some(s) if valid_instance(s.get_ref()) => s.get_ref().clone(),
+            Some(s) => {
+                return Err(at.err(
+                    s.span(),
+                    "kernel.instance",
+                    &format!(
+                        "\"{}\" cannot name a pin directory: use 1-64 letters, digits, '.', '_' or '-'",
+                        s.get_ref()
+                    ),
+                ));
+            }
+        };
+        let stale_secs = at
+            .ranged(
+                raw.stale_after_secs.as_ref(),
+                "kernel.stale_after_secs",
+                Some(0),
+                0..=u64::from(u32::MAX),
+            )?
+            .unwrap_or(0);
+        let when_stale = match raw
+            .when_stale
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("enforce", _)) => WhenStale::Enforce,
+            Some(("monitor", _)) => WhenStale::Monitor,
+            Some((other, span)) => {
+                return Err(at.err(
+                    span,
+                    "kernel.when_stale",
+                    &format!(
+                        "\"{other}\" is not a choice: \"enforce\" keeps blocking with the last \
+                         policy, \"monitor\" stops blocking and only reports"
+                    ),
+                ));
+            }
+        };
+
         Ok(KernelConfig {
+            persist: raw.persist.unwrap_or(true),
+            instance,
+            stale_after: (stale_secs > 0).then(|| Duration::from_secs(stale_secs)),
+            when_stale,
             cgroup,
             ring_buffer_bytes,
             wakeup_bytes,

@@ -70,6 +70,15 @@ impl GeoMaps {
         })
     }
 
+    /// Numbers this daemon's generations on from `last`, the previous
+    /// daemon's: records it decided, read late from the pinned ring, keep
+    /// numbers no generation of this daemon has. Only before the first
+    /// install.
+    pub(super) fn numbered_after(&mut self, last: u32) {
+        debug_assert_eq!(self.generation, 0, "GeoIP maps already installed");
+        self.generation = last;
+    }
+
     /// The generation in force (0: none yet).
     #[must_use]
     pub fn generation(&self) -> u32 {

@@ -6,12 +6,14 @@
 //! [`EventRing`] to read decisions from, and [`KernelCounters`] that say how
 //! many decisions the kernel made and how many it could not report.
 //!
-//! Programs are attached through BPF links, which the kernel detaches as soon
-//! as the last file descriptor to them closes: a daemon that crashes or is
-//! killed leaves nothing attached behind it.
+//! Programs are attached through BPF links pinned on bpffs ([`pins`]): they
+//! stay attached, deciding with the last policy, when the daemon stops,
+//! crashes or is killed, and the next daemon adopts them. Only `residency
+//! detach`, or a clean stop with `kernel.persist = false`, detaches them.
 
 pub mod config;
 mod geo_maps;
+pub mod pins;
 mod policy_maps;
 mod probe;
 mod ring;
@@ -19,6 +21,7 @@ mod ring;
 use std::{
     fs::File,
     io,
+    os::fd::AsFd as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -28,13 +31,15 @@ use aya::{
     maps::{MapData, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, TracePoint,
+        links::{FdLink, PinnedLink},
     },
 };
-pub use config::{KernelConfig, RawKernel};
+pub use config::{KernelConfig, RawKernel, WhenStale};
 pub use geo_maps::{GeoMaps, Installed};
+pub use pins::{LinkOutcome, Pins, StateMap};
 pub use policy_maps::{GRACE, PolicyMaps};
 pub use probe::{Features, probe};
-use residency_common::{Stat, names};
+use residency_common::{DaemonState, PIN_ABI, Stat, names};
 pub use ring::{DecodeError, Decoded, DnsAnswerBytes, EventRing, TlsBytes, decode};
 use tracing::{debug, info, warn};
 
@@ -304,29 +309,81 @@ impl CounterReader {
     }
 }
 
-/// Programs loaded and attached. Dropping it (or calling [`Attached::detach`])
-/// detaches them; the event ring and counters stay readable, so that the
-/// daemon can collect what was decided up to that moment.
+/// Programs loaded and attached through pinned links. Dropping it lets go
+/// of this daemon's hold and leaves the pins, so the programs keep
+/// deciding; [`Attached::detach`] removes the pins too. The event ring and
+/// counters stay readable either way, so that the daemon can collect what
+/// was decided up to that moment.
 pub struct Attached {
     ebpf: Option<Ebpf>,
+    /// This daemon's hold on the pinned links (the pins hold them too).
+    links: Vec<PinnedLink>,
+    /// Links the kernel could not pin (they last as long as the daemon).
+    unpinned: Vec<FdLink>,
+    pins: Option<Pins>,
     pub target: CgroupTarget,
     /// Whether the deny path was compiled in.
     pub may_block: bool,
 }
 
 impl Attached {
-    /// Detaches every program. Idempotent.
+    /// Detaches every program: removes the pins, then lets go. Idempotent.
     pub fn detach(&mut self) {
-        if self.ebpf.take().is_some() {
-            info!(cgroup = %self.target.path.display(), "programs detached");
+        if let Some(pins) = self.pins.take() {
+            for name in pins.pinned_links() {
+                let _ = std::fs::remove_file(pins.link_path(&name));
+            }
+            for name in names::PINNED_MAPS {
+                let _ = std::fs::remove_file(pins.map_path(name));
+            }
+            let _ = std::fs::remove_dir(pins.dir.join("links"));
+            let _ = std::fs::remove_dir(pins.dir.join("maps"));
+            let _ = std::fs::remove_dir(&pins.dir);
+            let _ = std::fs::remove_dir(pins::ROOT);
         }
+        self.release();
+        info!(cgroup = %self.target.path.display(), "programs detached");
+    }
+
+    /// Lets go of the programs and leaves their pins: they stay attached
+    /// and keep deciding with the policy in force. Idempotent.
+    pub fn release(&mut self) {
+        self.links.clear();
+        self.unpinned.clear();
+        self.ebpf.take();
+        self.pins.take();
+    }
+
+    /// The pin directory, while this daemon holds it.
+    #[must_use]
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|p| p.dir.as_path())
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.detach();
+        self.release();
     }
+}
+
+/// What the daemon found in its pins at start: the previous daemon's
+/// state, and what the kernel decided while no daemon read the ring.
+#[derive(Debug, Clone)]
+pub struct Adoption {
+    pub previous: DaemonState,
+    /// The pinned maps were adopted (same layout).
+    pub compatible: bool,
+    /// Whether the cgroup programs stayed attached in the gap (their pinned
+    /// links were found and taken over).
+    pub enforcement_kept: bool,
+    /// Decisions made since the previous daemon last read, waiting in the
+    /// ring now (they are read and recorded next).
+    pub waiting: u64,
+    /// Decisions that found the ring full and that no record accounts for.
+    pub not_recorded: u64,
+    /// Each program's link.
+    pub links: Vec<(String, LinkOutcome)>,
 }
 
 /// Everything the rest of the daemon gets from the kernel stage.
@@ -334,8 +391,24 @@ pub struct Kernel {
     pub attached: Attached,
     pub events: EventRing,
     pub counters: CounterReader,
+    /// The pinned state the ring's reader keeps current.
+    pub state: StateMap,
+    /// The counters as the pins left them: where this daemon's accounting
+    /// starts.
+    pub baseline: Baseline,
+    /// Whether a clean stop leaves the programs attached.
+    pub persist: bool,
     /// Kernel-side diagnostics, when the programs have any.
     pub logger: Option<KernelLog>,
+}
+
+/// Where this daemon's accounting starts: decisions read and drops
+/// reported by the daemons before it (the pinned counters count from the
+/// pins' making).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baseline {
+    pub consumed: u64,
+    pub lost_reported: u64,
 }
 
 /// Diagnostics that the kernel programs write with `aya-log` (only on paths
@@ -378,16 +451,21 @@ pub struct Started {
     pub geo_installed: Option<Installed>,
     /// The first policy generation.
     pub policy_generation: u32,
+    /// Set when the daemon took over pins a previous one left.
+    pub adoption: Option<Adoption>,
 }
 
 /// Loads the programs, installs the first policy generation (`compiled`,
 /// with the cgroups that select workloads) and the first `GeoIP` tables
-/// (`geo`, when there are any), and only then attaches the programs to
-/// `target`, so that the first call they see is judged with everything in
-/// place.
+/// (`geo`, when there are any), and only then puts the programs in force
+/// on `target`, so that the first call they see is judged with everything
+/// in place: behind the links `pins` holds (replacing the previous
+/// daemon's programs in place), or through new links it pins.
 ///
 /// # Errors
 /// A [`KernelError`] that says in one line why it could not be done.
+#[expect(clippy::too_many_arguments, reason = "each is one start-up product")]
+#[expect(clippy::too_many_lines, reason = "the start-up steps, in order")]
 pub fn start(
     settings: &KernelConfig,
     name_tracking: &NamesConfig,
@@ -396,6 +474,7 @@ pub fn start(
     cgroups: &[(u64, u32)],
     target: CgroupTarget,
     geo: Option<GeoTables<'_>>,
+    pins: Pins,
 ) -> Result<Started, KernelError> {
     if OBJECT.is_empty() {
         return Err(KernelError::NotBuilt);
@@ -410,7 +489,26 @@ pub fn start(
     let sni_flag = u8::from(name_tracking.track && name_tracking.sni);
     let min_ttl_ns = name_tracking.min_ttl_secs.saturating_mul(1_000_000_000);
     let max_ttl_ns = name_tracking.max_ttl_secs.saturating_mul(1_000_000_000);
-    let mut ebpf = EbpfLoader::new()
+
+    let previous = pins.previous;
+    pins.drop_incompatible_maps();
+    let compatible = previous.is_some_and(|p| p.compatible);
+    if compatible {
+        warn_resized(
+            &pins,
+            names::EVENTS,
+            settings.ring_buffer_bytes,
+            "kernel.ring_buffer_kib",
+        );
+        warn_resized(
+            &pins,
+            names::DNS_NAMES,
+            name_tracking.max_entries,
+            "names.max_entries",
+        );
+    }
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(names::MAY_BLOCK, &may_block_flag, true)
         .override_global(names::NAMES_ENABLED, &names_flag, true)
         .override_global(names::SNI_ENABLED, &sni_flag, true)
@@ -420,7 +518,13 @@ pub fn start(
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(names::TRACK_CGROUP_ID, &track_id, true)
         .override_global(names::TRACK_CGROUP_LEVEL, &track_level, true)
-        .map_max_entries(names::EVENTS, settings.ring_buffer_bytes)
+        .map_max_entries(names::EVENTS, settings.ring_buffer_bytes);
+    // The maps handed from daemon to daemon: reused where pinned, made
+    // and pinned where not.
+    for name in names::PINNED_MAPS {
+        loader.map_pin_path(name, pins.map_path(name));
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| KernelError::from_aya("loading the kernel object", e))?;
 
@@ -433,42 +537,140 @@ pub fn start(
     };
 
     let mut policy_maps = PolicyMaps::take(&mut ebpf)?;
-    let policy_generation = policy_maps.install(compiled, cgroups)?;
     let mut geo_maps = GeoMaps::take(&mut ebpf)?;
+    if let Some(p) = previous {
+        policy_maps.numbered_after(p.state.policy_generation);
+        geo_maps.numbered_after(p.state.geo_generation);
+    }
+    let policy_generation = policy_maps.install(compiled, cgroups)?;
     let installed = match geo {
         Some((v4, v6)) => Some(geo_maps.install(v4, v6)?),
         None => None,
     };
 
+    // The state first: a fresh heartbeat before any program of this
+    // daemon can read the staleness bound.
+    let prev_state = previous.filter(|p| p.compatible).map(|p| p.state);
+    let baseline = Baseline {
+        consumed: prev_state.map_or(0, |s| s.consumed),
+        lost_reported: prev_state.map_or(0, |s| s.lost_reported),
+    };
+    let state = StateMap::new(
+        take_map(&mut ebpf, names::DAEMON)?,
+        DaemonState {
+            abi: PIN_ABI,
+            clean_stop: 0,
+            consumed: baseline.consumed,
+            lost_reported: baseline.lost_reported,
+            cgroup_id: target.id,
+            policy_generation,
+            geo_generation: installed.map_or(0, |i| i.generation),
+            stale_after_ns: settings
+                .stale_after
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            when_stale: match settings.when_stale {
+                WhenStale::Enforce => residency_common::WHEN_STALE_ENFORCE,
+                WhenStale::Monitor => residency_common::WHEN_STALE_MONITOR,
+            },
+            pid: std::process::id(),
+            ..DaemonState::default()
+        },
+    )?;
+    let mut held = Held::default();
+
     // Before the cgroup programs: a process that execs from now on is
     // known by the time its first call is reported.
-    let tracking = track_processes(&mut ebpf);
+    let tracking = track_processes(&mut ebpf, &pins, &mut held);
 
     let cgroup = File::open(&target.path).map_err(|e| KernelError::CgroupOpen {
         path: target.path.clone(),
         source: e,
     })?;
+    // The previous daemon's links are taken over only on the same cgroup.
+    let reuse = previous.is_some_and(|p| p.state.cgroup_id == target.id || !p.compatible);
+    let mut wanted: Vec<&str> = Vec::new();
     for name in names::PROGRAMS {
         let program: &mut CgroupSockAddr = find_program(&mut ebpf, name)?;
         program
             .load()
             .map_err(|e| KernelError::from_program(name, "loading", e))?;
-        // On kernels with BPF links (5.7+) aya attaches through a link, and
-        // cgroup links always run alongside other programs (systemd's, a
-        // CNI's) without replacing them; the kernel refuses any flag there,
-        // so the mode must be the default.
-        program
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-        debug!(program = name, cgroup = %target.path.display(), "attached");
+        let fd = program
+            .fd()
+            .map_err(|e| KernelError::from_program(name, "preparing", e))?
+            .as_fd();
+        // SAFETY: see `borrow`.
+        let fd = unsafe { borrow(fd) };
+        let path = pins.link_path(name);
+        let outcome = pins::install_link(&path, fd, reuse, || {
+            // On kernels with BPF links (5.7+) aya attaches through a link,
+            // and cgroup links always run alongside other programs
+            // (systemd's, a CNI's) without replacing them; the kernel
+            // refuses any flag there, so the mode must be the default.
+            let id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+            let link = program
+                .take_link(id)
+                .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
+            Ok(FdLink::try_from(link).ok())
+        })?;
+        held.keep(name, outcome);
+        wanted.push(name);
+        debug!(program = name, cgroup = %target.path.display(), "in force");
     }
 
-    attach_name_programs(&mut ebpf, &cgroup, name_tracking, &target)?;
+    attach_name_programs(
+        &mut ebpf,
+        &cgroup,
+        name_tracking,
+        &target,
+        &pins,
+        reuse,
+        &mut held,
+    )?;
+    // Links of programs this configuration does not run any more (names
+    // tracking turned off) go now that everything else is in force.
+    for name in pins.pinned_links() {
+        if !held.outcomes.iter().any(|(n, _)| *n == name) {
+            let _ = std::fs::remove_file(pins.link_path(&name));
+            info!(
+                program = name,
+                "detached a program this configuration does not run"
+            );
+        }
+    }
 
     let events = ring::EventRing::new(take_map(&mut ebpf, names::EVENTS)?)?;
-    let stats: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(take_map(&mut ebpf, names::STATS)?)
-            .map_err(|e| KernelError::from_aya("opening the kernel counters", e))?;
+    let counters = CounterReader {
+        stats: PerCpuArray::try_from(take_map(&mut ebpf, names::STATS)?)
+            .map_err(|e| KernelError::from_aya("opening the kernel counters", e))?,
+    };
+
+    let adoption = match previous {
+        Some(p) => {
+            let now = counters.read()?;
+            let kept = held.outcomes.iter().any(|(n, o)| {
+                names::PROGRAMS.contains(&n.as_str()) && matches!(o, LinkOutcome::Updated { .. })
+            });
+            Some(Adoption {
+                previous: p.state,
+                compatible: p.compatible,
+                enforcement_kept: kept,
+                waiting: if p.compatible {
+                    now.submitted.saturating_sub(baseline.consumed)
+                } else {
+                    0
+                },
+                not_recorded: if p.compatible {
+                    now.dropped.saturating_sub(baseline.lost_reported)
+                } else {
+                    0
+                },
+                links: held.outcomes.clone(),
+            })
+        }
+        None => None,
+    };
 
     info!(
         cgroup = %target.path.display(),
@@ -476,7 +678,9 @@ pub fn start(
         may_block,
         ring_kib = settings.ring_buffer_bytes / 1024,
         process_tracking = tracking.is_ok(),
-        "programs attached"
+        pins = %pins.dir.display(),
+        adopted = adoption.is_some(),
+        "programs in force"
     );
     if let Err(e) = &tracking {
         warn!(
@@ -491,18 +695,72 @@ pub fn start(
         kernel: Kernel {
             attached: Attached {
                 ebpf: Some(ebpf),
+                links: held.pinned,
+                unpinned: held.unpinned,
+                pins: Some(pins),
                 target,
                 may_block,
             },
             events,
-            counters: CounterReader { stats },
+            counters,
+            state,
+            baseline,
+            persist: settings.persist,
             logger,
         },
         geo: geo_maps,
         policy: policy_maps,
         geo_installed: installed,
         policy_generation,
+        adoption,
     })
+}
+
+/// Links this daemon holds, and what became of each.
+#[derive(Default)]
+struct Held {
+    pinned: Vec<PinnedLink>,
+    unpinned: Vec<FdLink>,
+    outcomes: Vec<(String, LinkOutcome)>,
+}
+
+impl Held {
+    fn keep(&mut self, name: &str, (outcome, pinned): (LinkOutcome, Option<PinnedLink>)) {
+        if let Some(p) = pinned {
+            self.pinned.push(p);
+        }
+        self.outcomes.push((name.to_owned(), outcome));
+    }
+}
+
+/// A program's descriptor for the length of one link operation.
+///
+/// # Safety
+/// The program it was borrowed from must outlive the use; each caller uses
+/// it within the statement that borrowed it, while `ebpf` owns the program.
+unsafe fn borrow(fd: std::os::fd::BorrowedFd<'_>) -> std::os::fd::BorrowedFd<'static> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the caller's promise.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) }
+}
+
+/// Warns when a pinned map keeps a size the configuration no longer asks
+/// for (a pinned map cannot be resized; `residency detach` makes it anew).
+fn warn_resized(pins: &Pins, name: &str, wanted: u32, field: &str) {
+    let Ok(map) = MapData::from_pin(pins.map_path(name)) else {
+        return;
+    };
+    if let Ok(info) = map.info()
+        && info.max_entries() != wanted
+    {
+        warn!(
+            map = name,
+            pinned = info.max_entries(),
+            configured = wanted,
+            "{field} changed, but the pinned {name} keeps its size until `residency detach` \
+             (the programs detach then, until the daemon starts again)"
+        );
+    }
 }
 
 /// The name programs, when names are tracked: DNS answers in, TLS hellos
@@ -512,6 +770,9 @@ fn attach_name_programs(
     cgroup: &File,
     name_tracking: &NamesConfig,
     target: &CgroupTarget,
+    pins: &Pins,
+    reuse: bool,
+    held: &mut Held,
 ) -> Result<(), KernelError> {
     if !name_tracking.track {
         return Ok(());
@@ -528,26 +789,55 @@ fn attach_name_programs(
         program
             .load()
             .map_err(|e| KernelError::from_program(name, "loading", e))?;
-        program
-            .attach(cgroup, attach, CgroupAttachMode::Single)
-            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-        debug!(program = name, cgroup = %target.path.display(), "attached");
+        let fd = program
+            .fd()
+            .map_err(|e| KernelError::from_program(name, "preparing", e))?
+            .as_fd();
+        // SAFETY: see `borrow`.
+        let fd = unsafe { borrow(fd) };
+        let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
+            let id = program
+                .attach(cgroup, attach, CgroupAttachMode::Single)
+                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+            let link = program
+                .take_link(id)
+                .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
+            Ok(FdLink::try_from(link).ok())
+        })?;
+        held.keep(name, outcome);
+        debug!(program = name, cgroup = %target.path.display(), "in force");
     }
     Ok(())
 }
 
 /// Loads and attaches the exec, fork and exit tracepoints
 /// (`residency-ebpf/src/process.rs`), mounting tracefs where it is missing.
-fn track_processes(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+/// Perf-event links cannot be updated in place: the new one is attached
+/// and pinned, then the old one let go (for a moment both report; process
+/// records are idempotent).
+fn track_processes(ebpf: &mut Ebpf, pins: &Pins, held: &mut Held) -> Result<(), KernelError> {
     ensure_tracefs()?;
     for (name, category, tracepoint) in names::PROCESS_PROGRAMS {
         let program: &mut TracePoint = find_program(ebpf, name)?;
         program
             .load()
             .map_err(|e| KernelError::from_program(name, "loading", e))?;
-        program
-            .attach(category, tracepoint)
-            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+        let fd = program
+            .fd()
+            .map_err(|e| KernelError::from_program(name, "preparing", e))?
+            .as_fd();
+        // SAFETY: see `borrow`.
+        let fd = unsafe { borrow(fd) };
+        let outcome = pins::install_link(&pins.link_path(name), fd, false, || {
+            let id = program
+                .attach(category, tracepoint)
+                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+            let link = program
+                .take_link(id)
+                .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
+            Ok(FdLink::try_from(link).ok())
+        })?;
+        held.keep(name, outcome);
         debug!(program = name, tracepoint = %format!("{category}/{tracepoint}"), "attached");
     }
     Ok(())

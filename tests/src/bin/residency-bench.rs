@@ -377,6 +377,7 @@ fn main() -> anyhow::Result<()> {
                     let _guard = runtime.enter();
                     let compiled =
                         residency_daemon::policy::compile(&config, jiff::Timestamp::now());
+                    let bench_pins = residency_tests::TestPins::new("bench");
                     let k = kernel::start(
                         &config.kernel,
                         &config.names,
@@ -385,6 +386,7 @@ fn main() -> anyhow::Result<()> {
                         &[],
                         target,
                         None,
+                        bench_pins.open()?,
                     )?
                     .kernel;
                     let drain = runtime.spawn(discard(k.events));
@@ -703,6 +705,7 @@ local_networks = ["10.0.0.0/8"]
             let p = geodb::prepare(db, None)?;
             prepare_ms.push(p.elapsed.as_secs_f64() * 1e3);
             let target = kernel::CgroupTarget::resolve(&mount, &cg.path)?;
+            let bench_pins = residency_tests::TestPins::new("bench");
             let started = kernel::start(
                 &config.kernel,
                 &config.names,
@@ -711,6 +714,7 @@ local_networks = ["10.0.0.0/8"]
                 &[],
                 target,
                 None,
+                bench_pins.open()?,
             )?;
             let (k, mut maps) = (started.kernel, started.geo);
             settle();

@@ -180,7 +180,14 @@ fn stopped(info: &StopInfo, now: jiff::Timestamp) -> serde_json::Value {
             "module": crate::MODULE,
             "dataset": crate::LIFECYCLE_DATASET,
         },
+        "message": if info.enforcement_kept {
+            "residency stopped; its programs stay attached and keep enforcing the policy in force \
+             (kernel.persist); the next start takes them over, `residency detach` removes them"
+        } else {
+            "residency stopped and detached its programs: nothing is enforced until it starts again"
+        },
         "residency": {
+            "enforcement": if info.enforcement_kept { "kept" } else { "off" },
             "counters": {
                 "kernel_submitted": info.kernel_submitted,
                 "kernel_dropped": info.kernel_dropped,
@@ -454,6 +461,8 @@ struct Residency<'a> {
     cgroup: CgroupFields<'a>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     v4_mapped: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stale: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<NameFields<'a>>,
     /// The socket cookie, which a later `tls-server-name` record of the
@@ -665,6 +674,7 @@ impl<'a> FlowDoc<'a> {
                     path: flow.cgroup_path.as_deref(),
                 },
                 v4_mapped: flow.v4_mapped,
+                stale: flow.stale,
                 name: name.map(|n| NameFields {
                     source: n.source.as_str(),
                     value: n.name.as_deref(),
@@ -773,6 +783,7 @@ mod tests {
             dest_ip: "2001:db8::1".parse().unwrap(),
             dest_port: 443,
             v4_mapped: false,
+            stale: false,
             verdict: Verdict::Blocked,
             rule_id: 2,
             dest_kind: DestKind::Denied,
@@ -1068,6 +1079,7 @@ mod tests {
             received: 5,
             undecodable: 0,
             process_dropped: 2,
+            enforcement_kept: false,
         }));
         assert_eq!(v["event"]["action"], "stopped");
         assert_eq!(v["residency"]["counters"]["kernel_dropped"], 1);

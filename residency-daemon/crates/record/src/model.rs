@@ -120,6 +120,9 @@ pub struct StopInfo {
     /// Process records (exec, fork, exit) the kernel could not write: those
     /// processes were named from `/proc` instead, where they still ran.
     pub process_dropped: u64,
+    /// Whether the programs stayed attached, deciding with the policy in
+    /// force, after the daemon stopped (`kernel.persist`).
+    pub enforcement_kept: bool,
 }
 
 /// Transport protocol of the socket.
@@ -196,6 +199,10 @@ pub struct Flow {
     pub dest_port: u16,
     /// The program saw `::ffff:a.b.c.d` and judged it as `a.b.c.d`.
     pub v4_mapped: bool,
+    /// The programs would have blocked, but no daemon had refreshed their
+    /// tables for longer than `kernel.stale_after_secs`, and
+    /// `kernel.when_stale` is "monitor": flagged instead.
+    pub stale: bool,
     pub verdict: Verdict,
     pub rule_id: u32,
     /// What decided: `GeoIP`, a rule, a local range.

@@ -859,6 +859,7 @@ mod tests {
             dest_ip: "198.51.100.7".parse().unwrap(),
             dest_port: 443,
             v4_mapped: false,
+            stale: false,
             verdict: Verdict::Flagged,
             rule_id: 1,
             dest_kind: DestKind::Exception,

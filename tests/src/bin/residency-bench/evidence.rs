@@ -121,6 +121,7 @@ impl Flows {
             )),
             dest_port: 443,
             v4_mapped: false,
+            stale: false,
             verdict: if allowed {
                 Verdict::Allowed
             } else {

@@ -37,6 +37,8 @@ fn config(track: bool, sni: bool, max_entries: u32) -> String {
 
 /// The kernel side alone, with a reader that counts DNS records.
 struct Attached {
+    /// Detaches on drop, after `programs`.
+    _pins: residency_tests::TestPins,
     programs: kernel::Attached,
     counters: kernel::CounterReader,
     dns_records: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -66,6 +68,7 @@ fn attach(
     );
     let _guard = runtime.enter();
     let compiled = residency_daemon::policy::compile(&config, jiff::Timestamp::now());
+    let bench_pins = residency_tests::TestPins::new("bench");
     let k = kernel::start(
         &config.kernel,
         &config.names,
@@ -74,6 +77,7 @@ fn attach(
         &[],
         target,
         None,
+        bench_pins.open()?,
     )?
     .kernel;
     let events = k.events;
@@ -95,6 +99,7 @@ fn attach(
     });
     Ok(Attached {
         programs: k.attached,
+        _pins: bench_pins,
         counters: k.counters,
         dns_records,
         reader,

@@ -645,6 +645,7 @@ mod tests {
             dest_ip: "198.51.100.7".parse().unwrap(),
             dest_port: 443,
             v4_mapped: false,
+            stale: false,
             verdict: Verdict::Blocked,
             rule_id: 0,
             dest_kind: DestKind::Geo,
