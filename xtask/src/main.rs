@@ -178,6 +178,15 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Start and upgrade with the full GeoIP tables: from spawning the
+    /// daemon to its programs in force, and from an upgrade's start to the
+    /// new build's programs and policy in force (pinned links updated in
+    /// place), with a connect storm checking nothing gets through.
+    Upgrade {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Process tracking: what the exec, fork and exit tracepoints cost a
     /// process starting inside the watched cgroup and one outside it.
     Process {
@@ -296,6 +305,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Pods { args },
         } => bench(&root, "pods", &args),
+        Cmd::Bench {
+            which: Bench::Upgrade { args },
+        } => bench(&root, "upgrade", &args),
     }
 }
 

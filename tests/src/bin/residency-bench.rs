@@ -177,6 +177,28 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Start and upgrade with the full GeoIP tables: from spawning the
+    /// daemon to its programs (and, for an upgrade, the new policy) in
+    /// force, and whether any denied connect got through meanwhile.
+    Upgrade {
+        /// Start-then-upgrade rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// The GeoIP database (default: `RESIDENCY_DEFAULT_GEOIP`).
+        #[arg(long, env = "RESIDENCY_DEFAULT_GEOIP")]
+        db: PathBuf,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// (Used by `upgrade`.) Joins CGROUP and connects to KEEP (and UNTIL)
+    /// until EPERM; prints the time and how many connects got through.
+    #[command(hide = true)]
+    UpgradeProbe {
+        cgroup: PathBuf,
+        keep: std::net::SocketAddr,
+        #[arg(long)]
+        until: Option<std::net::SocketAddr>,
+    },
     /// (Used by `pods`.) Waits for a pod's cgroup, joins a cgroup below it
     /// and connects to DEST until EPERM; prints both times.
     #[command(hide = true)]
@@ -258,6 +280,8 @@ mod names_bench;
 mod pods_bench;
 #[path = "residency-bench/siem.rs"]
 mod siem_bench;
+#[path = "residency-bench/upgrade.rs"]
+mod upgrade_bench;
 
 fn main() -> anyhow::Result<()> {
     let (rounds, connects, sends, write) = match Cli::parse().bench {
@@ -327,6 +351,12 @@ fn main() -> anyhow::Result<()> {
             memory_pods,
             write,
         } => return pods_bench::run(pods, memory_pods, write),
+        BenchCmd::Upgrade { rounds, db, write } => return upgrade_bench::run(rounds, &db, write),
+        BenchCmd::UpgradeProbe {
+            cgroup,
+            keep,
+            until,
+        } => return upgrade_bench::probe(&cgroup, keep, until, Duration::from_secs(60)),
         BenchCmd::PodProbe { pod_dir, dest } => {
             return pods_bench::probe(&pod_dir, dest, Duration::from_secs(30));
         }
