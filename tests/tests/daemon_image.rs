@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use residency_tests::{
-    Listener, action, cgroup2_mount, de_us_db, flows, read_records,
+    Listener, TestPins, action, cgroup2_mount, de_us_db, flows, read_records,
     runtime::{ContainerSpec, Containerd, PodSpec, container_log, containerd_or_skip},
     workspace_bin,
 };
@@ -78,6 +78,11 @@ fn the_daemon_runs_from_its_image_and_watches_the_pods() -> anyhow::Result<()> {
     let mount = cgroup2_mount()?;
     let node = cd.node().path.clone();
     let socket_dir = cd.socket().parent().context("socket dir")?.to_path_buf();
+    // The host's bpffs, as a node's systemd mounts it: the daemon pins its
+    // programs there through the hostPath, and they outlive its container.
+    residency_daemon::kernel::pins::ensure_bpffs()?;
+    let pins = TestPins::new("image");
+    let instance = pins.instance.clone();
     std::fs::write(
         etc.join("residency.toml"),
         format!(
@@ -85,6 +90,7 @@ fn the_daemon_runs_from_its_image_and_watches_the_pods() -> anyhow::Result<()> {
 mode = "monitor"
 [kernel]
 cgroup = "{node}"
+instance = "{instance}"
 poll_interval_ms = 5
 [geoip]
 database = "/etc/residency/c.mmdb"
@@ -225,9 +231,15 @@ mode = "enforce"
             container_log(&daemon.log_path)
         );
         let records = read_records(&events)?;
+        let stopped = records
+            .iter()
+            .find(|r| action(r) == "stopped")
+            .context("no stopped record after SIGTERM")?;
+        // The programs stay, pinned on the host, for the next daemon pod.
+        assert_eq!(stopped["residency"]["enforcement"], "kept", "{stopped}");
         ensure!(
-            records.iter().any(|r| action(r) == "stopped"),
-            "no stopped record after SIGTERM"
+            pins.exists(),
+            "no pins on the host after the daemon's container stopped"
         );
         kubelet.remove_pod(&eu_pod).await?;
         kubelet.remove_pod(&ds_pod).await?;

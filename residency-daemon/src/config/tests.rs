@@ -640,6 +640,33 @@ fn ring_size_must_be_a_power_of_two() {
 }
 
 #[test]
+fn persistence_defaults_and_refusals() {
+    let c = parse("").unwrap();
+    assert!(c.kernel.persist, "a clean stop keeps enforcing by default");
+    assert_eq!(c.kernel.instance, "default");
+    assert_eq!(c.kernel.stale_after, None);
+    assert_eq!(c.kernel.when_stale, crate::kernel::WhenStale::Enforce);
+    let c = parse(
+        "[kernel]\npersist = false\ninstance = \"node-a_1.x\"\nstale_after_secs = 600\nwhen_stale = \"monitor\"\n",
+    )
+    .unwrap();
+    assert!(!c.kernel.persist);
+    assert_eq!(c.kernel.instance, "node-a_1.x");
+    assert_eq!(
+        c.kernel.stale_after,
+        Some(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(c.kernel.when_stale, crate::kernel::WhenStale::Monitor);
+    for bad in ["../x", "", ".hidden", "a/b", "x y"] {
+        let err = parse(&format!("[kernel]\ninstance = \"{bad}\"\n")).unwrap_err();
+        assert_eq!(err.field, "kernel.instance", "{bad}");
+    }
+    let err = parse("[kernel]\nwhen_stale = \"allow\"\n").unwrap_err();
+    assert_eq!(err.field, "kernel.when_stale");
+    assert_eq!(err.line, Some(2));
+}
+
+#[test]
 fn cgroup_paths_are_relative_to_the_mount() {
     let c = parse("[kernel]\ncgroup = \"/system.slice/x.service/\"\n").unwrap();
     assert_eq!(c.kernel.cgroup, PathBuf::from("system.slice/x.service"));

@@ -318,8 +318,6 @@ pub struct Attached {
     ebpf: Option<Ebpf>,
     /// This daemon's hold on the pinned links (the pins hold them too).
     links: Vec<PinnedLink>,
-    /// Links the kernel could not pin (they last as long as the daemon).
-    unpinned: Vec<FdLink>,
     pins: Option<Pins>,
     pub target: CgroupTarget,
     /// Whether the deny path was compiled in.
@@ -349,7 +347,6 @@ impl Attached {
     /// and keep deciding with the policy in force. Idempotent.
     pub fn release(&mut self) {
         self.links.clear();
-        self.unpinned.clear();
         self.ebpf.take();
         self.pins.take();
     }
@@ -612,7 +609,7 @@ pub fn start(
             let link = program
                 .take_link(id)
                 .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
-            Ok(FdLink::try_from(link).ok())
+            FdLink::try_from(link).map_err(|e| no_link(name, &e))
         })?;
         held.keep(name, outcome);
         wanted.push(name);
@@ -696,7 +693,6 @@ pub fn start(
             attached: Attached {
                 ebpf: Some(ebpf),
                 links: held.pinned,
-                unpinned: held.unpinned,
                 pins: Some(pins),
                 target,
                 may_block,
@@ -716,19 +712,29 @@ pub fn start(
     })
 }
 
+/// A program attached without a BPF link (an old kernel) cannot be pinned,
+/// and would not outlive the daemon.
+fn no_link(program: &str, e: &aya::programs::links::LinkError) -> KernelError {
+    KernelError::Aya {
+        doing: format!("pinning the link of {program}"),
+        source: format!(
+            "{e}: the kernel attached it without a BPF link, which cannot be pinned; pinned \
+             enforcement needs Linux 5.7 or later (5.15 for the process tracepoints)"
+        )
+        .into(),
+    }
+}
+
 /// Links this daemon holds, and what became of each.
 #[derive(Default)]
 struct Held {
     pinned: Vec<PinnedLink>,
-    unpinned: Vec<FdLink>,
     outcomes: Vec<(String, LinkOutcome)>,
 }
 
 impl Held {
     fn keep(&mut self, name: &str, (outcome, pinned): (LinkOutcome, Option<PinnedLink>)) {
-        if let Some(p) = pinned {
-            self.pinned.push(p);
-        }
+        self.pinned.extend(pinned);
         self.outcomes.push((name.to_owned(), outcome));
     }
 }
@@ -802,7 +808,7 @@ fn attach_name_programs(
             let link = program
                 .take_link(id)
                 .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
-            Ok(FdLink::try_from(link).ok())
+            FdLink::try_from(link).map_err(|e| no_link(name, &e))
         })?;
         held.keep(name, outcome);
         debug!(program = name, cgroup = %target.path.display(), "in force");
@@ -835,7 +841,7 @@ fn track_processes(ebpf: &mut Ebpf, pins: &Pins, held: &mut Held) -> Result<(), 
             let link = program
                 .take_link(id)
                 .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
-            Ok(FdLink::try_from(link).ok())
+            FdLink::try_from(link).map_err(|e| no_link(name, &e))
         })?;
         held.keep(name, outcome);
         debug!(program = name, tracepoint = %format!("{category}/{tracepoint}"), "attached");

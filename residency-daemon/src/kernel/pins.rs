@@ -132,7 +132,10 @@ impl Pins {
 }
 
 /// Mounts bpffs at [`BPFFS`] if it is not there. True if it did.
-fn ensure_bpffs() -> Result<bool, KernelError> {
+///
+/// # Errors
+/// If it is missing and cannot be mounted.
+pub fn ensure_bpffs() -> Result<bool, KernelError> {
     if is_bpffs(Path::new(BPFFS)) {
         return Ok(false);
     }
@@ -286,9 +289,6 @@ pub enum LinkOutcome {
     },
     /// Attached now and pinned.
     Attached { link_id: u32 },
-    /// Attached, but the kernel cannot pin this kind of link: it lasts as
-    /// long as the daemon.
-    Unpinned,
 }
 
 /// `bpf(2)` commands used here that aya does not expose (numbers from
@@ -379,7 +379,7 @@ pub fn install_link(
     path: &Path,
     prog: BorrowedFd<'_>,
     reuse: bool,
-    attach: impl FnOnce() -> Result<Option<FdLink>, KernelError>,
+    attach: impl FnOnce() -> Result<FdLink, KernelError>,
 ) -> Result<(LinkOutcome, Option<PinnedLink>), KernelError> {
     if reuse && path.exists() {
         let before = link_ids(path);
@@ -403,9 +403,7 @@ pub fn install_link(
             }
         }
     }
-    let Some(link) = attach()? else {
-        return Ok((LinkOutcome::Unpinned, None));
-    };
+    let link = attach()?;
     // The new link runs alongside the old one until the old pin goes: never
     // a moment with neither.
     let _ = fs::remove_file(path);

@@ -106,9 +106,7 @@ impl Probe {
     fn start(cg: &TestCgroup, keep: SocketAddr, until: Option<SocketAddr>) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
         let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("upgrade-probe")
-            .arg(&cg.path)
-            .arg(keep.to_string());
+        cmd.arg("upgrade-probe").arg(&cg.path).arg(keep.to_string());
         if let Some(u) = until {
             cmd.arg("--until").arg(u.to_string());
         }
@@ -210,13 +208,18 @@ pub fn run(rounds: usize, db: &Path, write: Option<PathBuf>) -> anyhow::Result<(
          after a package upgrade does), with a policy that adds a denied address: its first \
          EPERM is the new programs and policy in force. Meanwhile a prober connects to the \
          address both policies deny every 100 µs.\n",
-        db.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+        db.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
     )?;
     writeln!(body, "| | median | max |\n|---|---|---|")?;
     for (what, v) in [
         ("start: spawn to programs in force (first EPERM)", &cold),
         ("start: spawn to `started` record", &ready),
-        ("upgrade: spawn to new programs and policy in force", &upgrade),
+        (
+            "upgrade: spawn to new programs and policy in force",
+            &upgrade,
+        ),
         ("upgrade: spawn to `started` record", &upgrade_ready),
     ] {
         writeln!(body, "| {what} | {:.0} ms | {:.0} ms |", med(v), max(v))?;
