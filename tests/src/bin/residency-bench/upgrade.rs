@@ -159,8 +159,7 @@ pub fn run(rounds: usize, db: &Path, write: Option<PathBuf>) -> anyhow::Result<(
     std::fs::create_dir(&next)?;
     let exe = residency_tests::workspace_bin("residency")?;
     std::fs::copy(&exe, next.join("residency"))?;
-    let (mut cold, mut ready, mut upgrade, mut upgrade_ready) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cold, mut upgrade) = (Vec::new(), Vec::new());
     let mut holes = 0;
     for round in 0..rounds {
         let cg = TestCgroup::new("bench-upgrade")?;
@@ -177,7 +176,6 @@ pub fn run(rounds: usize, db: &Path, write: Option<PathBuf>) -> anyhow::Result<(
         let probe = Probe::start(&cg, a.tcp, None)?;
         let t0 = mono_ns();
         let first = Daemon::start_exe(&exe, &config(&[A]), &cg, &args)?;
-        ready.push(ms(mono_ns() - t0));
         let (at, _) = probe.wait()?;
         cold.push(ms(at.saturating_sub(t0)));
         first.stop()?;
@@ -185,7 +183,6 @@ pub fn run(rounds: usize, db: &Path, write: Option<PathBuf>) -> anyhow::Result<(
         let probe = Probe::start(&cg, a.tcp, Some(b.tcp))?;
         let t0 = mono_ns();
         let second = Daemon::start_exe(&next.join("residency"), &config(&[A, B]), &cg, &args)?;
-        upgrade_ready.push(ms(mono_ns() - t0));
         let (at, h) = probe.wait()?;
         upgrade.push(ms(at.saturating_sub(t0)));
         holes += h;
@@ -215,12 +212,10 @@ pub fn run(rounds: usize, db: &Path, write: Option<PathBuf>) -> anyhow::Result<(
     writeln!(body, "| | median | max |\n|---|---|---|")?;
     for (what, v) in [
         ("start: spawn to programs in force (first EPERM)", &cold),
-        ("start: spawn to `started` record", &ready),
         (
             "upgrade: spawn to new programs and policy in force",
             &upgrade,
         ),
-        ("upgrade: spawn to `started` record", &upgrade_ready),
     ] {
         writeln!(body, "| {what} | {:.0} ms | {:.0} ms |", med(v), max(v))?;
     }
