@@ -14,7 +14,8 @@
 //! transaction commits whole or not at all, so what is stored stays as it
 //! was. From the failure on, the writer counts the records it is handed
 //! instead of storing them, reports itself not writable (`/readyz`), and
-//! tries again every [`RETRY`]. The first write that succeeds is an
+//! tries again every [`RETRY`] (after a full disk, once the filesystem has
+//! [`ROOM_TO_RETRY`] free). The first write that succeeds is an
 //! `evidence-gap` record (`store-unwritable`) that says from when to when
 //! and how many records were not stored; then records are stored again.
 
@@ -61,6 +62,12 @@ const TICK: Duration = Duration::from_millis(250);
 /// transaction (the gap record), so this costs nothing while the disk is
 /// full and ends the gap within seconds of space coming back.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// After a full disk, a try waits until the filesystem has this much room.
+/// The space a failed transaction took in the log stays allocated, so a
+/// small write (the gap record) can succeed while the disk is still full,
+/// and the next batch fail again: without this the store would flap
+/// between writable and not, a gap record each time.
+pub const ROOM_TO_RETRY: u64 = 2 << 20;
 
 enum Command {
     /// Newline-terminated records, in order, with their indexed columns
@@ -495,6 +502,8 @@ struct Unwritable {
     error: String,
     /// The last try to write.
     tried: Instant,
+    /// The last failure was a full disk (`SQLITE_FULL`).
+    full: bool,
 }
 
 const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
@@ -761,8 +770,11 @@ impl Writer {
     /// retry succeeds. Said once, not per batch.
     fn write_failed(&mut self, e: &EvidenceError) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let full = matches!(e, EvidenceError::Sqlite(e)
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull));
         if let Some(u) = &mut self.unwritable {
             u.tried = Instant::now();
+            u.full = full;
             return;
         }
         let since = now_ns();
@@ -770,9 +782,10 @@ impl Writer {
         error!(
             after_seq,
             "evidence store write failed: {e}. Enforcement and the other outputs go on; \
-             the store counts the records it cannot store, tries again every {} s, and \
-             records the gap when a write succeeds",
-            RETRY.as_secs()
+             the store counts the records it cannot store, tries again every {} s (after a \
+             full disk, once {} MiB are free), and records the gap when a write succeeds",
+            RETRY.as_secs(),
+            ROOM_TO_RETRY >> 20
         );
         self.stats.writable.store(false, Ordering::Relaxed);
         self.stats.unwritable_since.store(since, Ordering::Relaxed);
@@ -783,6 +796,7 @@ impl Writer {
             records: 0,
             error: e.to_string(),
             tried: Instant::now(),
+            full,
         });
     }
 
@@ -794,15 +808,23 @@ impl Writer {
     }
 
     /// Whether the store takes writes. If it did not, tries again (once
-    /// [`RETRY`] has passed since the last try, or at once with `now`):
-    /// the first write is the gap record, and when it commits the store
-    /// takes records again.
+    /// [`RETRY`] has passed since the last try and, after a full disk,
+    /// there is [`ROOM_TO_RETRY`]; or at once with `now`): the first write
+    /// is the gap record, and when it commits the store takes records
+    /// again.
     fn recover(&mut self, now: bool) -> bool {
-        let Some(u) = &self.unwritable else {
+        let dir = &self.config.directory;
+        let Some(u) = &mut self.unwritable else {
             return true;
         };
-        if !now && u.tried.elapsed() < RETRY {
-            return false;
+        if !now {
+            if u.tried.elapsed() < RETRY {
+                return false;
+            }
+            if u.full && room(dir).is_some_and(|r| r < ROOM_TO_RETRY) {
+                u.tried = Instant::now();
+                return false;
+            }
         }
         let until = now_ns();
         let time = |ns: i64| {
@@ -1371,6 +1393,18 @@ fn count_lines(lines: &[u8]) -> u64 {
     n as u64
 }
 
+/// Free bytes on the filesystem of `dir`, for this process (root may use
+/// the blocks reserved for it).
+fn room(dir: &std::path::Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    let blocks = if nix::unistd::geteuid().is_root() {
+        s.blocks_free()
+    } else {
+        s.blocks_available()
+    };
+    Some(blocks.saturating_mul(s.fragment_size()))
+}
+
 /// Whether a write failed for want of room or of a working disk (rather
 /// than for something in what was written).
 fn out_of_room(e: &rusqlite::Error) -> bool {
@@ -1515,7 +1549,64 @@ mod tests {
         let lock = fs::File::create(dir.join("evidence.lock")).unwrap();
         let mut config = EvidenceConfig::in_directory(dir.to_owned());
         config.checkpoint_records = 3;
+        // Enough for a dictionary of full size, which needs pages of its
+        // own (a small one would fit the empty table's first page).
+        config.dict_samples = 400;
         Writer::new(conn, key, config, Arc::new(Stats::default()), lock).unwrap()
+    }
+
+    fn flows(from: u64, n: u64) -> Vec<u8> {
+        lines((from..from + n).map(|i| flow(i, "acme", "DE", "allowed", "192.0.2.1")))
+    }
+
+    /// A dictionary trained while the disk is full is kept, and stored
+    /// before the first records that commit once there is room: not
+    /// counted as a failed training (which would sample again, and give
+    /// up after a few).
+    #[test]
+    fn a_dictionary_that_cannot_be_stored_waits_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.append(&flows(0, 400)).unwrap(); // the samples: training starts
+        let pages: i64 = w
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        w.conn
+            .execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut n = 400;
+        while w.pending_dict.is_none() {
+            assert!(Instant::now() < deadline, "no dictionary trained in 30 s");
+            assert_eq!(
+                count(&w, "dicts"),
+                0,
+                "the dictionary was stored (it had room)"
+            );
+            let err = w.append(&flows(n, 100)).unwrap_err();
+            assert!(err.to_string().contains("full"), "{err}");
+            n += 100;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(count(&w, "dicts"), 0);
+        assert_eq!(count(&w, "records"), 400);
+
+        w.conn
+            .execute_batch("PRAGMA max_page_count = 4294967294")
+            .unwrap();
+        w.append(&flows(n, 10)).unwrap();
+        assert!(w.pending_dict.is_none());
+        assert_eq!(count(&w, "dicts"), 1);
+        let compressed: i64 = w
+            .conn
+            .query_row(
+                "SELECT count(*) FROM records WHERE seq > 400 AND dict IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(compressed, 10, "the batch after it is compressed with it");
     }
 
     fn count(w: &Writer, table: &str) -> i64 {
