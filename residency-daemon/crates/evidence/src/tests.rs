@@ -1686,3 +1686,48 @@ async fn a_store_still_unwritable_at_close_is_left_unclean_and_says_so_next_star
     ev.close().await.unwrap();
     assert!(verify_dir(dir.path()).ok());
 }
+
+/// Retention is three transactions (the `evidence-pruned` record, its
+/// checkpoint, the deletion). When the deletion fails, what remains is the
+/// record and every record it names: verifiable, and pruned again on the
+/// next try.
+#[tokio::test]
+async fn retention_that_cannot_delete_leaves_a_verifiable_store_and_prunes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Records are from 2026-11; keep a day: everything but the newest goes.
+    cfg.retention = Some(Duration::from_hours(24));
+    let (ev, _) = Evidence::open(&cfg).unwrap();
+    ev.append(sample()).await.unwrap();
+    // The deletion fails the way a write on a full disk does.
+    ev.on_writer_connection(|c| {
+        c.execute_batch(
+            "CREATE TEMP TRIGGER no_delete BEFORE DELETE ON main.records
+             BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END;",
+        )
+        .unwrap();
+    })
+    .await;
+    let err = ev.prune_now().await.unwrap_err();
+    assert!(matches!(err, crate::EvidenceError::Unwritable(_)), "{err}");
+    assert!(!ev.stats().writable.load(std::sync::atomic::Ordering::Relaxed));
+    let c = db(dir.path());
+    let count = |c: &Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&c), 1001, "the pruned record, and nothing deleted");
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.base_seq, 0);
+
+    ev.on_writer_connection(|c| c.execute_batch("DROP TRIGGER no_delete").unwrap())
+        .await;
+    // Pruning now ends the gap (its record first), then prunes again.
+    ev.prune_now().await.unwrap();
+    assert_eq!(gap_of(&ev, 1002)["records_not_stored"], 0);
+    ev.close().await.unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert!(r.base_seq >= 1000, "{r:?}");
+}
