@@ -1710,7 +1710,11 @@ async fn retention_that_cannot_delete_leaves_a_verifiable_store_and_prunes_later
     .await;
     let err = ev.prune_now().await.unwrap_err();
     assert!(matches!(err, crate::EvidenceError::Unwritable(_)), "{err}");
-    assert!(!ev.stats().writable.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(
+        !ev.stats()
+            .writable
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let c = db(dir.path());
     let count = |c: &Connection| -> i64 {
         c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))
