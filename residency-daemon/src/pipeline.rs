@@ -125,8 +125,9 @@ impl Outputs {
         let index = std::mem::take(index);
         // The store's queue is bounded: when the disk is behind, this
         // waits, the hand-off ring fills and the kernel counts what it
-        // cannot report. It fails only when the store has stopped, which
-        // its own error and /readyz report.
+        // cannot report. A store whose writes fail (a full disk) takes
+        // the batch all the same and counts it for its gap record; this
+        // fails only when the store has stopped (closed).
         if let Err(e) = self.evidence.append_indexed(lines, index).await {
             if !self.store_failed {
                 error!("records are no longer stored as evidence: {e}");

@@ -457,6 +457,17 @@ impl Daemon {
         Ok(None)
     }
 
+    /// Sends SIGTERM, waits for a clean exit, and returns the output file
+    /// as written: to compare with the evidence store byte for byte.
+    ///
+    /// # Errors
+    /// If the daemon does not exit cleanly within 20 s, or the output
+    /// cannot be read.
+    pub fn stop_raw(mut self) -> anyhow::Result<Vec<u8>> {
+        self.terminate(Signal::SIGTERM)?;
+        Ok(fs::read(&self.output)?)
+    }
+
     fn terminate(&mut self, signal: Signal) -> anyhow::Result<()> {
         let mut child = self.child.take().context("already stopped")?;
         let pid = Pid::from_raw(i32::try_from(child.id())?);

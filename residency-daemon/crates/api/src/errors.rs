@@ -75,8 +75,8 @@ impl Problem {
     }
 
     /// A store error, with the status it deserves: a missing violation is
-    /// 404, a transition its state forbids 409, a stopped store 503, and
-    /// anything else a logged 500.
+    /// 404, a transition its state forbids 409, a stopped store or one
+    /// that takes no writes 503, and anything else a logged 500.
     #[must_use]
     pub fn store(e: EvidenceError) -> Self {
         match e {
@@ -86,8 +86,12 @@ impl Problem {
                 error!("API request failed: {e}");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{e}: it takes no writes after a write failure (see the daemon's log)"),
+                    format!("{e}: the daemon is shutting down"),
                 )
+            }
+            // Said in the log once, when the writes began to fail.
+            EvidenceError::Unwritable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
             e => Self::internal(e.to_string()),
         }

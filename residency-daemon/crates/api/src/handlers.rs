@@ -55,7 +55,11 @@ pub async fn readyz(State(s): S, uri: Uri) -> Result<Response, Problem> {
     });
     let failed: Vec<&str> = [
         (!attached).then_some("the kernel programs are not attached"),
-        (!writable).then_some("the evidence store takes no writes (a write failed; see the log)"),
+        (!writable).then_some(
+            "the evidence store takes no writes (writes fail: a full disk?); enforcement goes on, \
+             records not stored are counted and a gap record is written when writes succeed \
+             again (see the log and residency_store_records_not_stored)",
+        ),
     ]
     .into_iter()
     .flatten()

@@ -215,7 +215,8 @@ pub static ROUTES: &[Route] = &[
         description: "Decisions by verdict, kernel drops and submissions, ring-buffer lag, and the \
                       evidence store: records, commits, commit and ingest latency histograms, \
                       checkpoints, head sequence, size, pruned records, queued batches, write \
-                      failures.",
+                      failures, whether it takes writes and since when, and records not stored \
+                      while it did not.",
         path_params: &[],
         query: &[],
         body: None,

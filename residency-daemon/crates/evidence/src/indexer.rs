@@ -226,6 +226,8 @@ impl Indexer {
 
     fn index_until_stopped(mut self) {
         let mut pruned_done = 0u64;
+        // Failing since (said once: a full disk fails every try).
+        let mut failing = false;
         loop {
             let stopping = self.progress.stop.load(Ordering::Acquire);
             let pruned = self.progress.pruned.load(Ordering::Acquire);
@@ -235,12 +237,20 @@ impl Indexer {
                     Err(e) => error!("cannot prune the index: {e}"),
                 }
             }
-            match self.step() {
+            let step = self.step();
+            if failing && step.is_ok() {
+                info!("indexing resumed");
+                failing = false;
+            }
+            match step {
                 Ok(0) if stopping => return,
                 Ok(0) => self.sleep(),
                 Ok(_) => {}
                 Err(e) => {
-                    error!("indexing failed (retrying): {e}");
+                    if !failing {
+                        error!("indexing failed (retried every 500 ms until it works): {e}");
+                        failing = true;
+                    }
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     if stopping {
                         return;
@@ -429,10 +439,14 @@ pub fn checkpointer(
                 })
                 .collect();
             let mut last_frames = vec![-1; conns.len()];
+            // Per file, whether checkpoints fail (a full disk: said once).
+            let mut failing = vec![false; conns.len()];
             loop {
                 let stopping = progress.stop.load(Ordering::Acquire);
                 let mut busy = false;
-                for ((which, c, page), last) in conns.iter().zip(&mut last_frames) {
+                for (((which, c, page), last), failing) in
+                    conns.iter().zip(&mut last_frames).zip(&mut failing)
+                {
                     // A passive checkpoint copies frames back but cannot
                     // rewind the log while its writer keeps appending, so
                     // under steady load the log would grow without end
@@ -441,6 +455,10 @@ pub fn checkpointer(
                     match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                     {
                         Ok(frames) => {
+                            if *failing {
+                                info!(path = %paths[*which].display(), "WAL checkpoints work again");
+                                *failing = false;
+                            }
                             busy |= frames != *last;
                             *last = frames;
                             let bytes = u64::try_from(frames.saturating_mul(*page)).unwrap_or(0);
@@ -450,10 +468,19 @@ pub fn checkpointer(
                                 flag.store(true, Ordering::Release);
                             }
                         }
-                        Err(e) => warn!(
-                            path = %paths[*which].display(),
-                            "WAL checkpoint failed (retried): {e}"
-                        ),
+                        // The writer's own rewind holds the checkpoint
+                        // lock: this pass is simply not needed.
+                        Err(rusqlite::Error::SqliteFailure(e, _))
+                            if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
+                        Err(e) => {
+                            if !*failing {
+                                warn!(
+                                    path = %paths[*which].display(),
+                                    "WAL checkpoint failed (retried until it works): {e}"
+                                );
+                            }
+                            *failing = true;
+                        }
                     }
                 }
                 if stopping {

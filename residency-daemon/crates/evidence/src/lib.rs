@@ -90,8 +90,16 @@ pub enum EvidenceError {
         state: &'static str,
         to: &'static str,
     },
+    /// The writer has ended (the store was closed).
     #[error("the evidence store has stopped")]
     Stopped,
+    /// Writes fail (a full disk, an I/O error). The store counts the
+    /// records it cannot store, retries, and writes an `evidence-gap`
+    /// record when a write succeeds again.
+    #[error(
+        "the evidence store takes no writes at the moment ({0}); it retries every few seconds and records the gap when writes succeed again"
+    )]
+    Unwritable(String),
     #[error("no records in that time range")]
     EmptyRange,
     #[error("another export is running; try again when it has finished")]

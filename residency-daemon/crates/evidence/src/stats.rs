@@ -48,13 +48,22 @@ pub struct Stats {
     pub size_bytes: Gauge,
     /// Records pruned by retention.
     pub pruned: Counter,
-    /// False after a write failed.
+    /// False from a failed write until a retry succeeds (see
+    /// `store::Writer::recover`).
     pub writable: AtomicBool,
+    /// Unix time (ns) the store stopped taking writes; 0 while it takes
+    /// them.
+    pub unwritable_since: AtomicI64,
+    /// Records made while the store took no writes, and so not stored
+    /// (each such stretch ends with an `evidence-gap` record that counts
+    /// its own).
+    pub not_stored: Counter,
     /// Batches waiting for the writer.
     pub queued: AtomicI64,
     /// Unix time (ns) of the newest record committed.
     pub head_ts: AtomicI64,
-    /// Failed writes.
+    /// Failed writes (transactions, retries included) and failed index
+    /// steps.
     pub failures: AtomicU64,
     /// Canonical bytes of the records appended.
     pub record_bytes: Counter,
@@ -78,6 +87,8 @@ impl Default for Stats {
             size_bytes: Gauge::default(),
             pruned: Counter::default(),
             writable: AtomicBool::new(true),
+            unwritable_since: AtomicI64::new(0),
+            not_stored: Counter::default(),
             queued: AtomicI64::new(0),
             head_ts: AtomicI64::new(0),
             failures: AtomicU64::new(0),
@@ -147,6 +158,11 @@ impl Stats {
             self.size_bytes.clone(),
         );
         r.register(
+            "store_records_not_stored",
+            "Records made while the evidence store took no writes (a full disk), and so not stored",
+            self.not_stored.clone(),
+        );
+        r.register(
             "store_pruned",
             "Records pruned by retention",
             self.pruned.clone(),
@@ -181,6 +197,14 @@ impl Collector for StoreAtomics {
             "1 while the evidence store takes writes",
             None,
             writable.metric_type(),
+        )?)?;
+        let since =
+            ConstGauge::new(self.0.unwritable_since.load(Ordering::Relaxed) / 1_000_000_000);
+        since.encode(encoder.encode_descriptor(
+            "store_unwritable_since_seconds",
+            "Unix time the evidence store stopped taking writes; 0 while it takes them",
+            None,
+            since.metric_type(),
         )?)?;
         Ok(())
     }

@@ -8,6 +8,16 @@
 //! bounded: when the disk is slower than the kernel, the pipeline waits,
 //! the hand-off ring fills, and the kernel counts what it cannot report,
 //! which then becomes a gap record here. Nothing is dropped silently.
+//!
+//! A write that fails (a full disk, an I/O error) does not stop the daemon:
+//! the kernel decides, and the store is only its evidence. Each
+//! transaction commits whole or not at all, so what is stored stays as it
+//! was. From the failure on, the writer counts the records it is handed
+//! instead of storing them, reports itself not writable (`/readyz`), and
+//! tries again every [`RETRY`] (after a full disk, once the filesystem has
+//! [`ROOM_TO_RETRY`] free). The first write that succeeds is an
+//! `evidence-gap` record (`store-unwritable`) that says from when to when
+//! and how many records were not stored; then records are stored again.
 
 use std::{
     collections::HashMap,
@@ -45,8 +55,19 @@ use crate::{
 const QUEUE: usize = 1;
 /// A transaction takes at most about this many bytes of records.
 const MAX_TXN_BYTES: usize = 32 << 20;
-/// How often time-based work (checkpoints, retention) is considered.
+/// How often time-based work (checkpoints, retention, retries) is
+/// considered.
 const TICK: Duration = Duration::from_millis(250);
+/// How often a store that takes no writes tries again. A try is one small
+/// transaction (the gap record), so this costs nothing while the disk is
+/// full and ends the gap within seconds of space coming back.
+pub const RETRY: Duration = Duration::from_secs(2);
+/// After a full disk, a try waits until the filesystem has this much room.
+/// The space a failed transaction took in the log stays allocated, so a
+/// small write (the gap record) can succeed while the disk is still full,
+/// and the next batch fail again: without this the store would flap
+/// between writable and not, a gap record each time.
+pub const ROOM_TO_RETRY: u64 = 2 << 20;
 
 enum Command {
     /// Newline-terminated records, in order, with their indexed columns
@@ -65,6 +86,9 @@ enum Command {
     Tick,
     /// Apply retention now.
     Prune(oneshot::Sender<Result<(), EvidenceError>>),
+    /// Runs on the writer's connection (tests: make writes fail).
+    #[cfg(test)]
+    OnConnection(Box<dyn FnOnce(&Connection) + Send>, oneshot::Sender<()>),
 }
 
 /// A handle on the store's writer thread.
@@ -249,10 +273,11 @@ impl Evidence {
     }
 
     /// Appends newline-terminated records in order; waits while the writer
-    /// is behind.
+    /// is behind. While the store takes no writes, the writer counts the
+    /// records instead (see the module's doc); that is not an error here.
     ///
     /// # Errors
-    /// If the writer has stopped (after a write failure).
+    /// If the writer has stopped (the store was closed).
     pub async fn append(&self, lines: Vec<u8>) -> Result<(), EvidenceError> {
         self.append_indexed(lines, Vec::new()).await
     }
@@ -263,7 +288,7 @@ impl Evidence {
     /// belongs to line `i`; `None` or a short vector: parsed.
     ///
     /// # Errors
-    /// If the writer has stopped (after a write failure).
+    /// If the writer has stopped (the store was closed).
     pub async fn append_indexed(
         &self,
         lines: Vec<u8>,
@@ -272,9 +297,8 @@ impl Evidence {
         if lines.is_empty() {
             return Ok(());
         }
-        if !self.stats.writable.load(Ordering::Relaxed) {
-            return Err(EvidenceError::Stopped);
-        }
+        // Sent even while the store takes no writes: the writer counts
+        // what it cannot store, for the gap record.
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Command::Append(lines, index))
@@ -317,7 +341,8 @@ impl Evidence {
         rx.await.map_err(|_| EvidenceError::Stopped)?
     }
 
-    /// Signs a checkpoint now (after what is queued).
+    /// Signs a checkpoint now (after what is queued). A store that takes
+    /// no writes tries again first, at once.
     ///
     /// # Errors
     /// If the writer has stopped or cannot write.
@@ -348,6 +373,19 @@ impl Evidence {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         closed
+    }
+
+    /// Runs `f` on the writer's connection, after what is queued: tests
+    /// make its writes fail (`PRAGMA query_only`, `max_page_count`) and
+    /// work again.
+    #[cfg(test)]
+    pub(crate) async fn on_writer_connection(&self, f: impl FnOnce(&Connection) + Send + 'static) {
+        let (reply, rx) = oneshot::channel();
+        let _ = self
+            .tx
+            .send(Command::OnConnection(Box::new(f), reply))
+            .await;
+        let _ = rx.await;
     }
 
     /// Waits until every committed record is indexed (queryable by
@@ -438,11 +476,34 @@ struct Writer {
     open_violations: HashMap<ViolationKey, i64>,
     /// The `clean` flag found at open (`None`: a new store).
     clean_before: Option<bool>,
-    failed: bool,
+    /// Set from a failed write until a retry succeeds.
+    unwritable: Option<Unwritable>,
     /// Shared with the indexer.
     progress: Arc<Progress>,
     /// Compresses bodies (and trains its dictionary).
     codec: codec::Compressor,
+    /// A trained dictionary that could not be stored yet (the disk was
+    /// full): stored before the next records instead of trained again.
+    pending_dict: Option<Vec<u8>>,
+}
+
+/// A stretch in which the store takes no writes: what its gap record says.
+#[derive(Debug)]
+struct Unwritable {
+    /// The last record stored before it (0: none) and that record's time
+    /// (Unix ns).
+    after_seq: u64,
+    after_ts: i64,
+    /// When the first write failed (Unix ns).
+    since: i64,
+    /// Records handed to the writer since then, not stored.
+    records: u64,
+    /// The failure that began it.
+    error: String,
+    /// The last try to write.
+    tried: Instant,
+    /// The last failure was a full disk (`SQLITE_FULL`).
+    full: bool,
 }
 
 const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
@@ -526,9 +587,10 @@ impl Writer {
             last_retention: Instant::now(),
             open_violations,
             clean_before: clean_before.map(|c| c != 0),
-            failed: false,
+            unwritable: None,
             progress: Arc::new(Progress::default()),
             codec,
+            pending_dict: None,
         };
         w.update_size();
         Ok(w)
@@ -637,12 +699,18 @@ impl Writer {
                 true
             }
             Command::Checkpoint(reply) => {
-                let _ = reply.send(self.checkpoint("requested"));
+                let _ = reply.send(self.write_now(|w| w.checkpoint("requested")));
                 true
             }
             Command::Prune(reply) => {
                 self.update_size();
-                let _ = reply.send(self.retain());
+                let _ = reply.send(self.write_now(Self::retain));
+                true
+            }
+            #[cfg(test)]
+            Command::OnConnection(f, reply) => {
+                f(&self.conn);
+                let _ = reply.send(());
                 true
             }
             Command::Close(reply) => {
@@ -660,21 +728,156 @@ impl Writer {
         }
     }
 
+    /// Stores a batch from the pipeline, or, while the store takes no
+    /// writes, counts it for the gap record.
     fn append_logged(&mut self, lines: &[u8], index: Vec<Option<Index>>) {
-        if self.failed {
+        if !self.recover(false) {
+            self.not_stored(count_lines(lines));
             return;
         }
         if let Err(e) = self.append_with(lines, index, None) {
-            // The store refuses further writes rather than leave a hole the
-            // chain cannot show; readiness reports it.
-            error!("evidence store write failed; the store stops taking records: {e}");
-            self.failed = true;
-            self.stats.writable.store(false, Ordering::Relaxed);
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.write_failed(&e);
+            self.not_stored(count_lines(lines));
+        }
+    }
+
+    /// A write asked for now (a checkpoint, retention): a store that takes
+    /// no writes tries again first, without waiting for [`RETRY`].
+    fn write_now<T>(
+        &mut self,
+        write: impl FnOnce(&mut Self) -> Result<T, EvidenceError>,
+    ) -> Result<T, EvidenceError> {
+        if !self.recover(true) {
+            return Err(self.unwritable_error());
+        }
+        write(self).map_err(|e| {
+            self.write_failed(&e);
+            EvidenceError::Unwritable(e.to_string())
+        })
+    }
+
+    fn unwritable_error(&self) -> EvidenceError {
+        EvidenceError::Unwritable(
+            self.unwritable
+                .as_ref()
+                .map_or_else(String::new, |u| u.error.clone()),
+        )
+    }
+
+    /// A write failed. The transaction rolled back, so the store is as it
+    /// was; the daemon goes on (the kernel decides, this is only the
+    /// evidence), and this writer counts what it cannot store until a
+    /// retry succeeds. Said once, not per batch.
+    fn write_failed(&mut self, e: &EvidenceError) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let full = matches!(e, EvidenceError::Sqlite(e)
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull));
+        if let Some(u) = &mut self.unwritable {
+            u.tried = Instant::now();
+            u.full = full;
+            return;
+        }
+        let since = now_ns();
+        let after_seq = self.next_seq.saturating_sub(1);
+        error!(
+            after_seq,
+            "evidence store write failed: {e}. Enforcement and the other outputs go on; \
+             the store counts the records it cannot store, tries again every {} s (after a \
+             full disk, once {} MiB are free), and records the gap when a write succeeds",
+            RETRY.as_secs(),
+            ROOM_TO_RETRY >> 20
+        );
+        self.stats.writable.store(false, Ordering::Relaxed);
+        self.stats.unwritable_since.store(since, Ordering::Relaxed);
+        self.unwritable = Some(Unwritable {
+            after_seq,
+            after_ts: self.stats.head_ts.load(Ordering::Relaxed),
+            since,
+            records: 0,
+            error: e.to_string(),
+            tried: Instant::now(),
+            full,
+        });
+    }
+
+    fn not_stored(&mut self, records: u64) {
+        if let Some(u) = &mut self.unwritable {
+            u.records += records;
+            self.stats.not_stored.inc_by(records);
+        }
+    }
+
+    /// Whether the store takes writes. If it did not, tries again (once
+    /// [`RETRY`] has passed since the last try and, after a full disk,
+    /// there is [`ROOM_TO_RETRY`]; or at once with `now`): the first write
+    /// is the gap record, and when it commits the store takes records
+    /// again.
+    fn recover(&mut self, now: bool) -> bool {
+        let dir = &self.config.directory;
+        let Some(u) = &mut self.unwritable else {
+            return true;
+        };
+        if !now {
+            if u.tried.elapsed() < RETRY {
+                return false;
+            }
+            if u.full && room(dir).is_some_and(|r| r < ROOM_TO_RETRY) {
+                u.tried = Instant::now();
+                return false;
+            }
+        }
+        let until = now_ns();
+        let time = |ns: i64| {
+            jiff::Timestamp::from_nanosecond(i128::from(ns))
+                .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+                .to_string()
+        };
+        let (since, records) = (time(u.since), u.records);
+        let milliseconds = u64::try_from((until - u.since) / 1_000_000).unwrap_or(0);
+        let record = EvidenceGap {
+            reason: EvidenceGap::STORE_UNWRITABLE.to_owned(),
+            after_seq: (u.after_seq > 0).then_some(u.after_seq),
+            after: (u.after_seq > 0).then(|| time(u.after_ts)),
+            until: Some(time(until)),
+            milliseconds: Some(milliseconds),
+            records_not_stored: Some(records),
+            ..EvidenceGap::default()
+        }
+        .record(format!(
+            "the evidence store took no writes from {since} to {} ({}); \
+             {records} records made in that time are not in the chain \
+             (the output file has them, if it could be written)",
+            time(until),
+            u.error
+        ));
+        let mut line = Vec::new();
+        let written = encode_line(&record, &mut line)
+            .map_err(EvidenceError::from)
+            .and_then(|()| self.append_with(&line, Vec::new(), None));
+        match written {
+            Ok(()) => {
+                warn!(
+                    records_not_stored = records,
+                    milliseconds,
+                    gap_seq = self.next_seq - 1,
+                    "the evidence store takes writes again; a gap record says what it did not store"
+                );
+                self.unwritable = None;
+                self.stats.unwritable_since.store(0, Ordering::Relaxed);
+                self.stats.writable.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.write_failed(&e);
+                false
+            }
         }
     }
 
     /// Appends newline-terminated records in one transaction.
+    ///
+    /// A failure leaves the writer as it was (sequence number, head,
+    /// open violations, checkpoint count): only a commit moves them.
     fn append(&mut self, lines: &[u8]) -> Result<(), EvidenceError> {
         self.append_with(lines, Vec::new(), None)
     }
@@ -693,9 +896,11 @@ impl Writer {
     ) -> Result<(), EvidenceError> {
         let mut given = given.into_iter();
         let started = Instant::now();
-        if let Some(dict) = self.codec.trained() {
+        if let Some(dict) = self.pending_dict.take().or_else(|| self.codec.trained()) {
             // Stored before any record needs it, in its own transaction. A
-            // failure here costs compression, not records.
+            // failure here costs compression, not records. (If the records
+            // then fail too, the dictionary stays stored and unused until
+            // the next commit: nothing refers to it before that.)
             match codec::store(&self.conn, &dict, self.next_seq) {
                 Ok(id) => {
                     self.codec.adopt(id, &dict);
@@ -706,6 +911,8 @@ impl Writer {
                         "evidence store: records are compressed with a new dictionary"
                     );
                 }
+                // No room: the dictionary is fine, kept for the next try.
+                Err(e) if out_of_room(&e) => self.pending_dict = Some(dict),
                 Err(e) => self.codec.failed(&format!("storing it failed: {e}")),
             }
         }
@@ -777,17 +984,20 @@ impl Writer {
         }
         let appended = seq - self.next_seq;
         // Repeats of an open violation in this batch become one update.
+        // Violations this batch opens join the writer's only once the
+        // batch commits: a rolled-back row must not be counted on.
         let mut repeats: HashMap<i64, (i64, i64, i64)> = HashMap::new();
+        let mut opened: HashMap<ViolationKey, i64> = HashMap::new();
         for (seq, index) in violations {
             let key = ViolationKey::of(&index);
-            match self.open_violations.get(&key) {
+            match self.open_violations.get(&key).or_else(|| opened.get(&key)) {
                 Some(&id) => {
                     let r = repeats.entry(id).or_insert((0, seq, index.ts));
                     r.0 += 1;
                     r.1 = r.1.max(seq);
                     r.2 = r.2.max(index.ts);
                 }
-                None => open_violation(&mut self.open_violations, &tx, key, seq, &index)?,
+                None => open_violation(&mut opened, &tx, key, seq, &index)?,
             }
         }
         for (id, (count, last_seq, last_ts)) in repeats {
@@ -803,14 +1013,19 @@ impl Writer {
         if let Some(also) = also {
             also(&tx, i64::try_from(self.next_seq).unwrap_or(i64::MAX))?;
         }
-        self.since_checkpoint += appended;
-        let due = self.since_checkpoint >= self.config.checkpoint_records;
+        let since_checkpoint = self.since_checkpoint + appended;
+        let due = since_checkpoint >= self.config.checkpoint_records;
         if due {
             self.sign_in(&tx, seq - 1, &head, "records")?;
         }
+        // A failed commit rolls back (rusqlite's transaction does when
+        // dropped, if `SQLite` has not already): nothing below has
+        // happened then.
         tx.commit()?;
         self.next_seq = seq;
         self.head = head;
+        self.open_violations.extend(opened);
+        self.since_checkpoint = since_checkpoint;
         if due {
             self.checkpointed();
         }
@@ -860,8 +1075,8 @@ impl Writer {
         note: &str,
         by: &str,
     ) -> Result<Violation, EvidenceError> {
-        if self.failed {
-            return Err(EvidenceError::Stopped);
+        if !self.recover(true) {
+            return Err(self.unwritable_error());
         }
         let current = self
             .reader_violation(id)?
@@ -911,7 +1126,11 @@ impl Writer {
         let update = |tx: &Transaction<'_>, seq: i64| {
             tx.execute(sql, params![id, now, by, note, seq]).map(|_| ())
         };
-        self.append_with(&line, Vec::new(), Some(&update))?;
+        if let Err(e) = self.append_with(&line, Vec::new(), Some(&update)) {
+            // Not made, so not a record lost: the caller is told.
+            self.write_failed(&e);
+            return Err(EvidenceError::Unwritable(e.to_string()));
+        }
         if to == ViolationState::Resolved {
             self.open_violations.retain(|_, v| *v != id);
         }
@@ -923,16 +1142,17 @@ impl Writer {
         crate::query::violation_by_id(&self.conn, id)
     }
 
-    /// Time-based checkpoints and retention, between batches.
+    /// Time-based checkpoints, retention and retries, between batches.
     fn maintain(&mut self) {
-        if self.failed {
+        if !self.recover(false) {
             return;
         }
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
             && let Err(e) = self.checkpoint("interval")
         {
-            error!("cannot sign a checkpoint: {e}");
+            self.write_failed(&e);
+            return;
         }
         if self.last_retention.elapsed() >= Duration::from_mins(1)
             || (self.config.max_bytes.is_some()
@@ -942,6 +1162,7 @@ impl Writer {
             self.update_size();
             if let Err(e) = self.retain() {
                 error!("evidence retention failed: {e}");
+                self.write_failed(&e);
             }
         }
     }
@@ -990,8 +1211,16 @@ impl Writer {
     }
 
     fn close(&mut self) -> Result<u64, EvidenceError> {
-        if self.failed {
-            return Err(EvidenceError::Stopped);
+        if !self.recover(true) {
+            let u = self.unwritable.as_ref();
+            error!(
+                records_not_stored = u.map_or(0, |u| u.records),
+                after_seq = u.map_or(0, |u| u.after_seq),
+                "the evidence store still takes no writes at shutdown: the records counted \
+                 since it stopped are not stored, and it cannot be closed cleanly (the next \
+                 start records an unclean-shutdown gap after the last stored record)"
+            );
+            return Err(self.unwritable_error());
         }
         self.checkpoint("shutdown")?;
         self.set_clean(true)?;
@@ -1151,12 +1380,38 @@ type AlsoInTransaction<'a> = &'a dyn Fn(&Transaction<'_>, i64) -> rusqlite::Resu
 
 /// One entry per line of `lines`: the given columns, then `None`.
 fn pad(mut index: Vec<Option<Index>>, lines: &[u8]) -> Vec<Option<Index>> {
+    index.resize(usize::try_from(count_lines(lines)).unwrap_or(0), None);
+    index
+}
+
+/// Records in newline-terminated `lines`.
+fn count_lines(lines: &[u8]) -> u64 {
     // Lines are never empty (each is a JSON document), so newlines count
     // them; a plain count vectorises, where splitting would not.
     #[expect(clippy::naive_bytecount, reason = "once per batch; not worth a crate")]
     let n = lines.iter().filter(|&&b| b == b'\n').count();
-    index.resize(n, None);
-    index
+    n as u64
+}
+
+/// Free bytes on the filesystem of `dir`, for this process (root may use
+/// the blocks reserved for it).
+fn room(dir: &std::path::Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    let blocks = if nix::unistd::geteuid().is_root() {
+        s.blocks_free()
+    } else {
+        s.blocks_available()
+    };
+    Some(blocks.saturating_mul(s.fragment_size()))
+}
+
+/// Whether a write failed for want of room or of a working disk (rather
+/// than for something in what was written).
+fn out_of_room(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+    )
 }
 
 /// Opens a new violation with its first occurrence.
@@ -1279,4 +1534,160 @@ fn record_policy(tx: &Transaction<'_>, seq: i64, ts: i64, body: &[u8]) -> rusqli
 fn meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{flow, lines};
+
+    /// A writer on a new store in `dir`, without the threads around it.
+    fn writer(dir: &std::path::Path) -> Writer {
+        let conn = Connection::open(crate::db_path(dir)).unwrap();
+        schema::create(&conn).unwrap();
+        let (key, _) = chain::load_or_create_key(&crate::key_path(dir)).unwrap();
+        let lock = fs::File::create(dir.join("evidence.lock")).unwrap();
+        let mut config = EvidenceConfig::in_directory(dir.to_owned());
+        config.checkpoint_records = 3;
+        // Enough for a dictionary of full size, which needs pages of its
+        // own (a small one would fit the empty table's first page).
+        config.dict_samples = 400;
+        Writer::new(conn, key, config, Arc::new(Stats::default()), lock).unwrap()
+    }
+
+    fn flows(from: u64, n: u64) -> Vec<u8> {
+        lines((from..from + n).map(|i| flow(i, "acme", "DE", "allowed", "192.0.2.1")))
+    }
+
+    /// A dictionary trained while the disk is full is kept, and stored
+    /// before the first records that commit once there is room: not
+    /// counted as a failed training (which would sample again, and give
+    /// up after a few).
+    #[test]
+    fn a_dictionary_that_cannot_be_stored_waits_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.append(&flows(0, 400)).unwrap(); // the samples: training starts
+        let pages: i64 = w
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        w.conn
+            .execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut n = 400;
+        while w.pending_dict.is_none() {
+            assert!(Instant::now() < deadline, "no dictionary trained in 30 s");
+            assert_eq!(
+                count(&w, "dicts"),
+                0,
+                "the dictionary was stored (it had room)"
+            );
+            let err = w.append(&flows(n, 100)).unwrap_err();
+            assert!(err.to_string().contains("full"), "{err}");
+            n += 100;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(count(&w, "dicts"), 0);
+        assert_eq!(count(&w, "records"), 400);
+
+        w.conn
+            .execute_batch("PRAGMA max_page_count = 4294967294")
+            .unwrap();
+        w.append(&flows(n, 10)).unwrap();
+        assert!(w.pending_dict.is_none());
+        assert_eq!(count(&w, "dicts"), 1);
+        let compressed: i64 = w
+            .conn
+            .query_row(
+                "SELECT count(*) FROM records WHERE seq > 400 AND dict IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(compressed, 10, "the batch after it is compressed with it");
+    }
+
+    fn count(w: &Writer, table: &str) -> i64 {
+        w.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A transaction that fails at its very end (after every insert, the
+    /// way a commit on a full disk does) leaves the writer's memory as the
+    /// database: no sequence number, head, checkpoint count or violation
+    /// of the rolled-back batch.
+    #[test]
+    fn a_failed_transaction_leaves_the_writer_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.append(&lines([flow(0, "acme", "US", "blocked", "203.0.113.7")]))
+            .unwrap();
+        let (seq, head, since, open) = (
+            w.next_seq,
+            w.head,
+            w.since_checkpoint,
+            w.open_violations.clone(),
+        );
+        assert_eq!(open.len(), 1);
+        let batch = lines([
+            flow(1, "acme", "US", "blocked", "203.0.113.7"),
+            flow(2, "acme", "US", "blocked", "198.51.100.9"),
+            flow(3, "acme", "US", "blocked", "198.51.100.9"),
+        ]);
+        let full = |_: &Transaction<'_>, _: i64| {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            ))
+        };
+        assert!(w.append_with(&batch, Vec::new(), Some(&full)).is_err());
+        assert_eq!(w.next_seq, seq);
+        assert_eq!(w.head, head);
+        assert_eq!(w.since_checkpoint, since);
+        assert_eq!(
+            w.open_violations, open,
+            "a rolled-back violation is remembered"
+        );
+        assert_eq!(count(&w, "records"), 1);
+        assert_eq!(count(&w, "violations"), 1);
+        assert_eq!(
+            count(&w, "checkpoints"),
+            0,
+            "the due checkpoint rolled back"
+        );
+
+        // The same batch, stored: the new violation is opened (not taken
+        // for the rolled-back row), the old one counts on.
+        w.append(&batch).unwrap();
+        assert_eq!(w.next_seq, seq + 3);
+        assert_eq!(count(&w, "violations"), 2);
+        assert_eq!(count(&w, "checkpoints"), 1);
+        let counts: Vec<(String, i64)> = w
+            .conn
+            .prepare("SELECT dst_ip, count FROM violations ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("203.0.113.7".to_owned(), 2),
+                ("198.51.100.9".to_owned(), 2)
+            ]
+        );
+        for (key, id) in &w.open_violations {
+            let state: String = w
+                .conn
+                .query_row("SELECT state FROM violations WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(state, "open", "{key:?}");
+        }
+    }
 }

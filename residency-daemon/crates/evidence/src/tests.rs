@@ -1504,3 +1504,234 @@ async fn a_format_1_store_is_upgraded_in_place_and_still_verifies() {
     assert!(r.ok(), "{:?}", r.faults);
     assert_eq!(r.records, 60);
 }
+
+/// The `residency.evidence.gap` of record `seq`.
+fn gap_of(ev: &Evidence, seq: u64) -> serde_json::Value {
+    let r = ev.reader().record(seq).unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(r.record.get()).unwrap();
+    assert_eq!(v["event"]["action"], "evidence-gap", "{v}");
+    v["residency"]["evidence"]["gap"].clone()
+}
+
+/// Every row of the chain as (seq, hash, stored body, dict).
+type RawRow = (i64, Vec<u8>, Vec<u8>, Option<i64>);
+
+fn raw_rows(c: &Connection) -> Vec<RawRow> {
+    c.prepare("SELECT seq, hash, body, dict FROM records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Flows counted in the transfer summary: one per stored flow (each has
+/// one tenant), so a batch that did not commit must not be in it.
+fn transfers_counted(c: &Connection) -> i64 {
+    c.query_row(
+        "SELECT coalesce(sum(allowed + flagged + blocked), 0) FROM transfers",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_store_whose_writes_fail_counts_what_it_misses_and_records_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    ev.checkpoint().await.unwrap();
+    let before = raw_rows(&db(dir.path()));
+    assert_eq!(before.len(), 1000);
+    let stats = ev.stats().clone();
+    assert!(stats.writable.load(std::sync::atomic::Ordering::Relaxed));
+
+    // Every write fails from here on (the way a full disk fails them).
+    ev.on_writer_connection(|c| c.execute_batch("PRAGMA query_only = 1").unwrap())
+        .await;
+    for b in 0..3 {
+        // Not an error for the pipeline: it goes on.
+        ev.append(flows_from(1000 + b * 10, 10)).await.unwrap();
+    }
+    // A requested write tries at once, and says why it cannot.
+    let err = ev.checkpoint().await.unwrap_err();
+    assert!(matches!(err, crate::EvidenceError::Unwritable(_)), "{err}");
+    assert!(err.to_string().contains("takes no writes"), "{err}");
+    assert!(!stats.writable.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(
+        stats
+            .unwritable_since
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    assert_eq!(stats.not_stored.get(), 30);
+    assert!(stats.failures.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    // A violation cannot change state without its record.
+    let open = ev
+        .reader()
+        .violations(&ViolationFilter::default(), &Page::default())
+        .unwrap();
+    let id = open.items[0].id;
+    assert_eq!(open.items[0].count, 100);
+    let err = ev
+        .transition(id, ViolationState::Acknowledged, "n".into(), "t".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, crate::EvidenceError::Unwritable(_)), "{err}");
+    assert_eq!(stats.head_seq.get(), 1000);
+
+    // Writes work again: the writer's own retry (no command asks) ends
+    // the gap within its retry interval.
+    ev.on_writer_connection(|c| c.execute_batch("PRAGMA query_only = 0").unwrap())
+        .await;
+    let deadline = std::time::Instant::now() + crate::store::RETRY + Duration::from_secs(3);
+    while !stats.writable.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not take writes again on its own"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stats
+            .unwritable_since
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let gap = gap_of(&ev, 1001);
+    assert_eq!(gap["reason"], "store-unwritable", "{gap}");
+    assert_eq!(gap["records_not_stored"], 30, "{gap}");
+    assert_eq!(gap["after_seq"], 1000, "{gap}");
+    assert!(
+        gap["after"].is_string() && gap["until"].is_string(),
+        "{gap}"
+    );
+    assert!(gap["milliseconds"].as_u64().unwrap() >= 1000, "{gap}");
+
+    // And records are stored again, the violation counting on.
+    ev.append(flows_from(1030, 10)).await.unwrap();
+    ev.transition(id, ViolationState::Acknowledged, "n".into(), "t".into())
+        .await
+        .unwrap();
+    let v = ev.reader().violation(id).unwrap().unwrap();
+    assert_eq!(v.count, 101, "one blocked flow in 1030..1040: {v:?}");
+    assert_eq!(ev.close().await.unwrap(), 1012);
+    let c = db(dir.path());
+    assert_eq!(transfers_counted(&c), 1010);
+    let after = raw_rows(&c);
+    assert_eq!(&after[..1000], &before[..], "stored records changed");
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.records, 1012);
+}
+
+#[tokio::test]
+async fn a_full_database_rolls_back_whole_batches_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    ev.checkpoint().await.unwrap();
+    let c = db(dir.path());
+    let before = raw_rows(&c);
+    let transfers = transfers_counted(&c);
+    let stats = ev.stats().clone();
+    // No page more than the file has now: SQLITE_FULL, as on a full disk.
+    ev.on_writer_connection(|c| {
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        c.execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+            .unwrap();
+    })
+    .await;
+    // Enough to need new pages, with new violations among them.
+    ev.append(flows_from(1000, 5000)).await.unwrap();
+    ev.on_writer_connection(|_| {}).await;
+    assert!(!stats.writable.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(stats.not_stored.get(), 5000);
+    // Nothing of the batch is there: not a record, not a count.
+    assert_eq!(raw_rows(&c), before);
+    assert_eq!(transfers_counted(&c), transfers);
+    assert_eq!(stats.head_seq.get(), 1000);
+
+    ev.on_writer_connection(|c| {
+        c.execute_batch("PRAGMA max_page_count = 4294967294")
+            .unwrap();
+    })
+    .await;
+    // A requested checkpoint retries at once.
+    ev.checkpoint().await.unwrap();
+    assert!(stats.writable.load(std::sync::atomic::Ordering::Relaxed));
+    let gap = gap_of(&ev, 1001);
+    assert_eq!(gap["records_not_stored"], 5000, "{gap}");
+    ev.append(flows_from(6000, 100)).await.unwrap();
+    assert_eq!(ev.close().await.unwrap(), 1101);
+    assert_eq!(transfers_counted(&c), transfers + 100);
+    assert_eq!(&raw_rows(&c)[..1000], &before[..]);
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_store_still_unwritable_at_close_is_left_unclean_and_says_so_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = filled(dir.path()).await;
+    ev.on_writer_connection(|c| c.execute_batch("PRAGMA query_only = 1").unwrap())
+        .await;
+    ev.append(flows_from(1000, 10)).await.unwrap();
+    let err = ev.close().await.unwrap_err();
+    assert!(matches!(err, crate::EvidenceError::Unwritable(_)), "{err}");
+    // What was stored verifies; the next start records the gap.
+    assert!(verify_dir(dir.path()).ok());
+    let (ev, opened) = Evidence::open(&config(dir.path())).unwrap();
+    assert!(opened.unclean);
+    assert_eq!(gap_of(&ev, 1001)["reason"], "unclean-shutdown");
+    ev.close().await.unwrap();
+    assert!(verify_dir(dir.path()).ok());
+}
+
+/// Retention is three transactions (the `evidence-pruned` record, its
+/// checkpoint, the deletion). When the deletion fails, what remains is the
+/// record and every record it names: verifiable, and pruned again on the
+/// next try.
+#[tokio::test]
+async fn retention_that_cannot_delete_leaves_a_verifiable_store_and_prunes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Records are from 2026-11; keep a day: everything but the newest goes.
+    cfg.retention = Some(Duration::from_hours(24));
+    let (ev, _) = Evidence::open(&cfg).unwrap();
+    ev.append(sample()).await.unwrap();
+    // The deletion fails the way a write on a full disk does.
+    ev.on_writer_connection(|c| {
+        c.execute_batch(
+            "CREATE TEMP TRIGGER no_delete BEFORE DELETE ON main.records
+             BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END;",
+        )
+        .unwrap();
+    })
+    .await;
+    let err = ev.prune_now().await.unwrap_err();
+    assert!(matches!(err, crate::EvidenceError::Unwritable(_)), "{err}");
+    assert!(
+        !ev.stats()
+            .writable
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let c = db(dir.path());
+    let count = |c: &Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&c), 1001, "the pruned record, and nothing deleted");
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.base_seq, 0);
+
+    ev.on_writer_connection(|c| c.execute_batch("DROP TRIGGER no_delete").unwrap())
+        .await;
+    // Pruning now ends the gap (its record first), then prunes again.
+    ev.prune_now().await.unwrap();
+    assert_eq!(gap_of(&ev, 1002)["records_not_stored"], 0);
+    ev.close().await.unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+    assert!(r.base_seq >= 1000, "{r:?}");
+}
