@@ -387,9 +387,10 @@ fn a_full_evidence_disk_keeps_enforcing_and_records_the_gap_when_space_returns()
         "still marked unwritable"
     );
 
-    // The gap record, as the API serves it.
+    // The gap record, as the API serves it: the newest (the restart before
+    // the disk filled left a daemon-away gap of its own).
     let gap_seq = *gap_seqs(&state)?
-        .first()
+        .last()
         .context("no evidence-gap record in the store")?;
     let (status, body) = get(&daemon, &format!("/v1/flows/{gap_seq}"))?;
     assert_eq!(status, 200, "{body}");
