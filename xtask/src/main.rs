@@ -55,6 +55,13 @@ const TOOLS_VENV: &str = "target/tools/venv";
 /// CRI's protobuf definitions (the k8s-cri crate's build script).
 const BUILD_PACKAGES: &[(&str, &str)] = &[("protoc", "protobuf-compiler")];
 
+/// `cargo xtask package` makes the Debian package with cargo-deb (pinned;
+/// bump deliberately), installed with `cargo install` when missing.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+/// Debian packages `cargo xtask package` needs: dpkg-shlibdeps computes the
+/// package's Depends from the libraries the binary links.
+const PACKAGE_PACKAGES: &[(&str, &str)] = &[("dpkg-shlibdeps", "dpkg-dev")];
+
 /// The default GeoIP data: the CC0 geo-whois-asn-country database, as the
 /// npm registry ships it (pinned; bump deliberately).
 const GEOIP_PACKAGE: &str = "@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719";
@@ -121,6 +128,21 @@ enum Cmd {
         /// configuration to one you mount instead.
         #[arg(long)]
         no_geoip: bool,
+    },
+    /// Build the Debian package (.deb) of the daemon, with cargo-deb.
+    #[command(long_about = PACKAGE_HELP)]
+    Package {
+        /// Where to write the .deb [default: target/debian/].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Package the dev build (target/debug, stripped) instead of the
+        /// release build: quicker, for tests.
+        #[arg(long)]
+        debug: bool,
+        /// The package's version, with its revision [default: the crate's
+        /// version, revision 1, e.g. 0.1.0-1].
+        #[arg(long, value_name = "V")]
+        deb_version: Option<String>,
     },
     /// Run a benchmark and write its table into BENCHMARKS.md.
     Bench {
@@ -224,6 +246,29 @@ Examples:
   cargo xtask image
   cargo xtask image --name registry.example/residency:1.2 --out /tmp/r.oci.tar";
 
+const PACKAGE_HELP: &str = "\
+Build the Debian package (.deb) of the daemon, with cargo-deb (installed
+with `cargo install` when missing), and print its path.
+
+The package (residency-daemon/Cargo.toml, [package.metadata.deb], and
+residency-daemon/debian/) holds:
+  /usr/bin/residency
+  /usr/lib/systemd/system/residency.service   (from systemd/)
+  /etc/residency/residency.toml               (a conffile, mode 0640:
+                                               monitor mode)
+  /usr/share/residency/geoip/geo-whois-asn-country.mmdb  (CC0, fetched like
+                                               `cargo xtask geoip` does)
+  /usr/share/man/man1/residency*.1.gz         (`residency man-pages`)
+  /usr/share/doc/residency/                   (copyright, README.md)
+Installing it enables the unit but does not start it; an upgrade restarts
+the service only if it was running; removal stops it and detaches the
+pinned kernel programs; purge keeps the evidence store in /var/lib/residency.
+
+Examples:
+  cargo xtask package
+  cargo xtask package --deb-version 0.1.0-2 --out /tmp/debs
+  sudo dpkg -i target/debian/residency_0.1.0-1_amd64.deb";
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -247,6 +292,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             no_geoip,
         } => image(&root, out, name, no_geoip),
+        Cmd::Package {
+            out,
+            debug,
+            deb_version,
+        } => package(&root, out, debug, deb_version.as_deref()),
         Cmd::Run { args } => {
             ensure_build_tools()?;
             let geoip = ensure_geoip(&root)?;
@@ -406,6 +456,10 @@ fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
     // The end-to-end tests load the real default database too.
     ensure_geoip(&env::current_dir()?)?;
     ensure_kubernetes_validate(&env::current_dir()?)?;
+    // The package test runs `cargo xtask package`: install its tools now,
+    // not inside the test's time.
+    ensure_packages(PACKAGE_PACKAGES)?;
+    ensure_cargo_deb()?;
     let ci = env::var("CI").as_deref() == Ok("true");
     if ci && !is_root() {
         bail!("CI=true but not root: the privileged end-to-end tests must run in CI");
@@ -569,6 +623,90 @@ fn image(
         "xtask: load it with `ctr -n k8s.io images import {}`",
         written.path.display()
     );
+    Ok(())
+}
+
+/// `cargo xtask package`: the daemon's .deb. cargo-deb runs with
+/// `--no-build`: the binary is built here first (a no-op when it is fresh,
+/// as in the tests), and its man pages written, so that cargo-deb only
+/// gathers the files.
+fn package(
+    root: &Path,
+    out: Option<PathBuf>,
+    debug: bool,
+    deb_version: Option<&str>,
+) -> anyhow::Result<()> {
+    ensure_build_tools()?;
+    ensure_packages(PACKAGE_PACKAGES)?;
+    ensure_cargo_deb()?;
+    ensure_geoip(root)?;
+    // With the same packages as every other build (features are unified
+    // over the packages built): building the daemon alone would make a
+    // different binary, and the next test build would make it again.
+    cargo(&build_args(!debug))?;
+    let profile_dir = root.join("target").join(if debug { "debug" } else { "release" });
+
+    // The man pages, where the assets' `target/release/man/` finds them.
+    let man = profile_dir.join("man");
+    let _ = std::fs::remove_dir_all(&man);
+    status(
+        Command::new(profile_dir.join("residency"))
+            .arg("man-pages")
+            .arg(&man)
+            .stdout(std::process::Stdio::null()),
+    )?;
+    for page in std::fs::read_dir(&man)? {
+        // -n: no name or time stamp in the header, so the same page gives
+        // the same bytes.
+        status(Command::new("gzip").arg("-9n").arg(page?.path()))?;
+    }
+
+    let out = out.unwrap_or_else(|| root.join("target/debian"));
+    std::fs::create_dir_all(&out)?;
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args(["deb", "-p", "residency-daemon", "--no-build", "--output"])
+        .arg(&out);
+    if debug {
+        // The dev build carries 300 MB of debug information: strip it, and
+        // compress quickly. (cargo-deb warns that it is meant for release
+        // builds; the test package is the one exception.)
+        cmd.args(["--profile", "dev", "--strip", "--fast"]);
+    }
+    if let Some(v) = deb_version {
+        cmd.args(["--deb-version", v]);
+    }
+    // cargo-deb prints the package's path on standard output.
+    let made = output(cmd.stderr(std::process::Stdio::inherit()))?;
+    let deb = made
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with(".deb"))
+        .context("cargo deb printed no .deb path")?;
+    println!("{}", deb.trim());
+    Ok(())
+}
+
+/// cargo-deb, `cargo install`ed when missing or another version.
+fn ensure_cargo_deb() -> anyhow::Result<()> {
+    let have = Command::new(cargo_bin())
+        .args(["deb", "--version"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !have
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
+    {
+        eprintln!(
+            "xtask: installing cargo-deb {CARGO_DEB_VERSION} (makes the Debian package; takes a minute or two)"
+        );
+        status(Command::new(cargo_bin()).args([
+            "install",
+            "--locked",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+        ]))?;
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ mod exit;
 mod explain;
 mod flows;
 mod lookup;
+mod man_pages;
 mod probe;
 mod run;
 mod test_policy;
@@ -137,6 +138,9 @@ enum Command {
     Probe,
     /// Print the built-in configuration: every setting, commented, with its default.
     DefaultConfig,
+    /// Write the manual pages (residency.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    ManPages(man_pages::Args),
 }
 
 impl Command {
@@ -153,6 +157,7 @@ impl Command {
             Command::Violations(args) => violations::execute(args),
             Command::Probe => probe::execute(),
             Command::DefaultConfig => default_config::execute(),
+            Command::ManPages(args) => man_pages::execute(&args),
         }
     }
 }
