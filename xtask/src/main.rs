@@ -27,7 +27,8 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// receiver of the SIEM sink tests (UDP, TCP and TLS); dnsmasq answers the
 /// DNS queries of the name tests; containerd (with its CRI plugin) and
 /// runc run the pods of the pod identity tests, whose image is made from
-/// busybox-static.
+/// busybox-static; systemd-nspawn (systemd-container) boots the real
+/// systemd the unit's tests run under.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
@@ -41,6 +42,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("runc", "runc"),
     // The test image's only binary (static: no libraries to copy).
     ("busybox", "busybox-static"),
+    // Boots the machine the systemd unit is tested in (tests/src/machine.rs).
+    ("systemd-nspawn", "systemd-container"),
 ];
 
 /// The offline Kubernetes manifest checker the tests run on `kubernetes/`
