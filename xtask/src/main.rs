@@ -42,6 +42,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("runc", "runc"),
     // The test image's only binary (static: no libraries to copy).
     ("busybox", "busybox-static"),
+    // Debian's package checker, run on the .deb `cargo xtask package` makes.
+    ("lintian", "lintian"),
     // Boots the machine the systemd unit is tested in (tests/src/machine.rs).
     ("systemd-nspawn", "systemd-container"),
 ];
@@ -501,7 +503,7 @@ fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
         &["test", "-p", "residency-tests", "--all-targets"],
     ];
     for suite in suites {
-        let mut cmd = Command::new(cargo_bin());
+        let mut cmd = cargo_command();
         cmd.args(suite).args(extra);
         run_counting(&mut cmd, &mut totals)?;
     }
@@ -647,7 +649,9 @@ fn package(
     // over the packages built): building the daemon alone would make a
     // different binary, and the next test build would make it again.
     cargo(&build_args(!debug))?;
-    let profile_dir = root.join("target").join(if debug { "debug" } else { "release" });
+    let profile_dir = root
+        .join("target")
+        .join(if debug { "debug" } else { "release" });
 
     // The man pages, where the assets' `target/release/man/` finds them.
     let man = profile_dir.join("man");
@@ -666,7 +670,7 @@ fn package(
 
     let out = out.unwrap_or_else(|| root.join("target/debian"));
     std::fs::create_dir_all(&out)?;
-    let mut cmd = Command::new(cargo_bin());
+    let mut cmd = cargo_command();
     cmd.args(["deb", "-p", "residency-daemon", "--no-build", "--output"])
         .arg(&out);
     if debug {
@@ -683,7 +687,11 @@ fn package(
     let deb = made
         .lines()
         .rev()
-        .find(|l| l.trim_end().ends_with(".deb"))
+        .find(|l| {
+            Path::new(l.trim())
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("deb"))
+        })
         .context("cargo deb printed no .deb path")?;
     println!("{}", deb.trim());
     Ok(())
@@ -691,7 +699,7 @@ fn package(
 
 /// cargo-deb, `cargo install`ed when missing or another version.
 fn ensure_cargo_deb() -> anyhow::Result<()> {
-    let have = Command::new(cargo_bin())
+    let have = cargo_command()
         .args(["deb", "--version"])
         .output()
         .ok()
@@ -704,7 +712,7 @@ fn ensure_cargo_deb() -> anyhow::Result<()> {
         eprintln!(
             "xtask: installing cargo-deb {CARGO_DEB_VERSION} (makes the Debian package; takes a minute or two)"
         );
-        status(Command::new(cargo_bin()).args([
+        status(cargo_command().args([
             "install",
             "--locked",
             &format!("cargo-deb@{CARGO_DEB_VERSION}"),
@@ -742,7 +750,7 @@ fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
         eprintln!(
             "xtask: installing bpf-linker {BPF_LINKER_VERSION} (links the kernel programs; takes a minute)"
         );
-        status(Command::new(cargo_bin()).args([
+        status(cargo_command().args([
             "install",
             "bpf-linker",
             "--version",
@@ -828,8 +836,33 @@ fn cargo_bin() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
+/// A `cargo` command without the variables `cargo run` set for this xtask
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). Build scripts that read
+/// them (ring's does, with rerun-if-env-changed) would otherwise see other
+/// values than under a `cargo build` from a shell or a test, and cargo would
+/// rebuild them, and everything above them, each time the two alternate.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(cargo_bin());
+    for (key, _) in env::vars_os() {
+        if let Some(key) = key.to_str()
+            && (key.starts_with("CARGO_PKG_")
+                || matches!(
+                    key,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                ))
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    status(Command::new(cargo_bin()).args(args))
+    status(cargo_command().args(args))
 }
 
 fn status(cmd: &mut Command) -> anyhow::Result<()> {

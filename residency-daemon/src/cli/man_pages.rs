@@ -25,7 +25,10 @@ pub fn execute(args: &Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => exit::fail(
-            &format!("cannot write the manual pages to {}: {e}", args.dir.display()),
+            &format!(
+                "cannot write the manual pages to {}: {e}",
+                args.dir.display()
+            ),
             exit::CANTCREAT,
         ),
     }
@@ -78,7 +81,10 @@ fn write(args: &Args) -> std::io::Result<usize> {
     let mut files = Roff::new();
     files.control("SH", ["FILES"]);
     for (path, what) in FILES {
-        files.control("TP", []).text([bold(*path)]).text([roman(*what)]);
+        files
+            .control("TP", [])
+            .text([bold(*path)])
+            .text([roman(*what)]);
     }
     let mut page = std::fs::OpenOptions::new()
         .append(true)
@@ -104,8 +110,15 @@ mod tests {
         let main = std::fs::read_to_string(dir.path().join("residency.1")).unwrap();
         assert!(main.starts_with(".ie"), "not roff: {}", &main[..40]);
         assert!(main.contains(".TH residency 1"), "{main}");
-        assert!(main.contains("residency\\-run(1)"), "no SEE ALSO / subcommand list");
-        for page in ["residency-run.1", "residency-check.1", "residency-evidence-verify.1"] {
+        assert!(
+            main.contains("residency\\-run(1)"),
+            "no SEE ALSO / subcommand list"
+        );
+        for page in [
+            "residency-run.1",
+            "residency-check.1",
+            "residency-evidence-verify.1",
+        ] {
             assert!(dir.path().join(page).is_file(), "{page} missing");
         }
         assert!(!dir.path().join("residency-man-pages.1").exists());

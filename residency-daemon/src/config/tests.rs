@@ -97,7 +97,11 @@ fn builtin_default_parses_and_is_safe() {
 fn the_packaged_config_is_valid_safe_and_names_the_packaged_database() {
     let text = include_str!("../../debian/residency.toml");
     let config = Config::from_toml(text, "debian/residency.toml").unwrap();
-    assert_eq!(config.mode, Mode::Monitor, "a package must never block by surprise");
+    assert_eq!(
+        config.mode,
+        Mode::Monitor,
+        "a package must never block by surprise"
+    );
     assert!(!config.may_block());
     let db = config.geoip.database.expect("names the packaged database");
     assert!(
