@@ -38,8 +38,9 @@ fn version(revision: u32) -> String {
     format!("{}-{revision}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The package of `version`, built once per test process with `cargo xtask
-/// package --debug` (the debug binary is already built: no compile).
+/// The package of `version`, made once per test process with `cargo xtask
+/// package --debug --no-build`: of the debug binary the other end-to-end
+/// tests run, already built, as they expect it (no compile in the test).
 fn package(version: &str) -> anyhow::Result<PathBuf> {
     static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
     // One build at a time: they share the man page directory.
@@ -70,7 +71,7 @@ fn package(version: &str) -> anyhow::Result<PathBuf> {
         }
     }
     let made = cargo
-        .args(["xtask", "package", "--debug", "--out"])
+        .args(["xtask", "package", "--debug", "--no-build", "--out"])
         .arg(&out)
         .args(["--deb-version", version])
         .current_dir(workspace_root())

@@ -148,6 +148,10 @@ enum Cmd {
         /// version, revision 1, e.g. 0.1.0-1].
         #[arg(long, value_name = "V")]
         deb_version: Option<String>,
+        /// Package the binary target/ already holds, without `cargo build`
+        /// (the package test does: the binary it tests is built).
+        #[arg(long)]
+        no_build: bool,
     },
     /// Run a benchmark and write its table into BENCHMARKS.md.
     Bench {
@@ -301,7 +305,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             debug,
             deb_version,
-        } => package(&root, out, debug, deb_version.as_deref()),
+            no_build,
+        } => package(&root, out, debug, deb_version.as_deref(), no_build),
         Cmd::Run { args } => {
             ensure_build_tools()?;
             let geoip = ensure_geoip(&root)?;
@@ -632,26 +637,36 @@ fn image(
 }
 
 /// `cargo xtask package`: the daemon's .deb. cargo-deb runs with
-/// `--no-build`: the binary is built here first (a no-op when it is fresh,
-/// as in the tests), and its man pages written, so that cargo-deb only
-/// gathers the files.
+/// `--no-build`: the binary is built here first (unless `--no-build`), and
+/// its man pages written, so that cargo-deb only gathers the files.
 fn package(
     root: &Path,
     out: Option<PathBuf>,
     debug: bool,
     deb_version: Option<&str>,
+    no_build: bool,
 ) -> anyhow::Result<()> {
-    ensure_build_tools()?;
     ensure_packages(PACKAGE_PACKAGES)?;
     ensure_cargo_deb()?;
     ensure_geoip(root)?;
-    // With the same packages as every other build (features are unified
-    // over the packages built): building the daemon alone would make a
-    // different binary, and the next test build would make it again.
-    cargo(&build_args(!debug))?;
     let profile_dir = root
         .join("target")
         .join(if debug { "debug" } else { "release" });
+    if no_build {
+        if !profile_dir.join("residency").is_file() {
+            bail!(
+                "{} is not built: run without --no-build",
+                profile_dir.join("residency").display()
+            );
+        }
+    } else {
+        ensure_build_tools()?;
+        // With the same packages as every other build (features are
+        // unified over the packages built): building the daemon alone would
+        // make a different binary, and the next test build would make it
+        // again.
+        cargo(&build_args(!debug))?;
+    }
 
     // The man pages, where the assets' `target/release/man/` finds them.
     let man = profile_dir.join("man");
