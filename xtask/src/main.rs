@@ -209,6 +209,14 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Under a real systemd (a container booted by systemd-nspawn): the
+    /// time from `systemctl start` to ready, with the full default GeoIP
+    /// database and without one.
+    Systemd {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Process tracking: what the exec, fork and exit tracepoints cost a
     /// process starting inside the watched cgroup and one outside it.
     Process {
@@ -356,6 +364,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Pods { args },
         } => bench(&root, "pods", &args),
+        Cmd::Bench {
+            which: Bench::Systemd { args },
+        } => bench(&root, "systemd", &args),
     }
 }
 

@@ -177,6 +177,19 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Under a real systemd (a booted container): from `systemctl start`
+    /// to ready, with the full `GeoIP` database and without one.
+    Systemd {
+        /// The full database (default: `RESIDENCY_DEFAULT_GEOIP`, which
+        /// `cargo xtask bench systemd` sets to the fetched CC0 file).
+        #[arg(long, env = "RESIDENCY_DEFAULT_GEOIP")]
+        db: PathBuf,
+        /// Starts per case.
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// (Used by `pods`.) Waits for a pod's cgroup, joins a cgroup below it
     /// and connects to DEST until EPERM; prints both times.
     #[command(hide = true)]
@@ -258,6 +271,8 @@ mod names_bench;
 mod pods_bench;
 #[path = "residency-bench/siem.rs"]
 mod siem_bench;
+#[path = "residency-bench/systemd.rs"]
+mod systemd_bench;
 
 fn main() -> anyhow::Result<()> {
     let (rounds, connects, sends, write) = match Cli::parse().bench {
@@ -327,6 +342,7 @@ fn main() -> anyhow::Result<()> {
             memory_pods,
             write,
         } => return pods_bench::run(pods, memory_pods, write),
+        BenchCmd::Systemd { db, runs, write } => return systemd_bench::run(&db, runs, write),
         BenchCmd::PodProbe { pod_dir, dest } => {
             return pods_bench::probe(&pod_dir, dest, Duration::from_secs(30));
         }
