@@ -27,6 +27,7 @@
 //! - [`trust`]: which files may decide policy when the daemon runs locked;
 //! - [`output`]: the JSON-lines output;
 //! - [`metrics`]: the pipeline's counters for `/metrics`;
+//! - [`watchdog`]: systemd's watchdog, fed by the pipeline's progress;
 //! - [`mod@lookup`]: decisions made in userspace for `lookup`, `explain` and
 //!   `test-policy`;
 //! - [`mod@run`]: the daemon's life, start-up step by step, and shutdown.
@@ -51,6 +52,7 @@ pub mod pods;
 pub mod policy;
 pub mod run;
 pub mod trust;
+pub mod watchdog;
 pub mod workloads;
 
 pub use lookup::{CaseResult, Lookup, LookupError, LookupReport, lookup, test_policy};

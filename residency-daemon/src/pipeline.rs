@@ -40,6 +40,7 @@ use crate::{
     kernel::{CounterReader, DecodeError, Decoded, EventRing, Kernel, KernelCounters, KernelError},
     metrics::PipelineMetrics,
     output::{JsonLines, WriteError},
+    watchdog::{Heartbeat, Watchdog},
 };
 
 /// Addresses whose `GeoIP` detail the writer keeps at hand.
@@ -183,6 +184,10 @@ pub async fn run(
         warn!("cannot notify systemd of readiness: {e}");
     }
 
+    // systemd's watchdog hears from the reader, and only while the writer
+    // comes round too.
+    let beat = Heartbeat::new();
+    let watchdog = Watchdog::from_env(beat.clone(), READER_CHECK);
     let reader = Reader {
         events,
         counters,
@@ -198,6 +203,7 @@ pub async fn run(
         undecodable: 0,
         poll: config.kernel.poll_interval,
         stats: config.kernel.stats_interval,
+        watchdog,
     };
     let reader = tokio::spawn(reader.run(shutdown));
     let writer = tokio::spawn(write_loop(Writer {
@@ -207,6 +213,7 @@ pub async fn run(
         room,
         sources,
         notes,
+        beat,
     }));
 
     let end = writer.await;
@@ -250,6 +257,7 @@ struct Reader {
     undecodable: u64,
     poll: Duration,
     stats: Duration,
+    watchdog: Option<Watchdog>,
 }
 
 impl Reader {
@@ -258,6 +266,8 @@ impl Reader {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stats = interval(self.stats);
         stats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut dog = interval(self.watchdog.as_ref().map_or(self.poll, Watchdog::every));
+        dog.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -268,8 +278,12 @@ impl Reader {
                 r = self.events.readable() => r.map_err(PipelineError::Reader)?,
                 _ = poll.tick() => {}
                 _ = stats.tick() => self.check_losses()?,
+                _ = dog.tick(), if self.watchdog.is_some() => {}
             }
             self.drain().await;
+            if let Some(watchdog) = &mut self.watchdog {
+                watchdog.progress();
+            }
         }
 
         let (totals, enforcement_kept) = if self.persist {
@@ -459,6 +473,8 @@ struct Writer {
     room: Arc<Notify>,
     sources: Sources,
     notes: Notes,
+    /// Beats each time round the loop, for the watchdog.
+    beat: Arc<Heartbeat>,
 }
 
 #[expect(
@@ -473,6 +489,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
         room,
         sources,
         mut notes,
+        beat,
     } = w;
     let mut buf = Vec::with_capacity(1 << 20);
     // The columns of each line in `buf`, for the evidence store.
@@ -480,6 +497,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
     let mut enricher = Enricher::new(sources, DETAIL_CACHE);
     let mut notes_open = true;
     loop {
+        beat.beat();
         let woke = tokio::select! {
             () = ready.notified() => true,
             note = notes.recv(), if notes_open => {

@@ -11,6 +11,7 @@
 //! only ever attached to a [`TestCgroup`], never to the cgroup2 root, and
 //! clients only talk to loopback addresses.
 
+pub mod machine;
 pub mod receivers;
 pub mod runtime;
 

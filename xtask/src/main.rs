@@ -27,7 +27,8 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// receiver of the SIEM sink tests (UDP, TCP and TLS); dnsmasq answers the
 /// DNS queries of the name tests; containerd (with its CRI plugin) and
 /// runc run the pods of the pod identity tests, whose image is made from
-/// busybox-static.
+/// busybox-static; systemd-nspawn (systemd-container) boots the real
+/// systemd the unit's tests run under.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
@@ -41,6 +42,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("runc", "runc"),
     // The test image's only binary (static: no libraries to copy).
     ("busybox", "busybox-static"),
+    // Debian's package checker, run on the .deb `cargo xtask package` makes.
+    ("lintian", "lintian"),
+    // Boots the machine the systemd unit is tested in (tests/src/machine.rs).
+    ("systemd-nspawn", "systemd-container"),
 ];
 
 /// The offline Kubernetes manifest checker the tests run on `kubernetes/`
@@ -54,6 +59,13 @@ const TOOLS_VENV: &str = "target/tools/venv";
 /// Debian packages every build of the daemon needs: `protoc` compiles the
 /// CRI's protobuf definitions (the k8s-cri crate's build script).
 const BUILD_PACKAGES: &[(&str, &str)] = &[("protoc", "protobuf-compiler")];
+
+/// `cargo xtask package` makes the Debian package with cargo-deb (pinned;
+/// bump deliberately), installed with `cargo install` when missing.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+/// Debian packages `cargo xtask package` needs: dpkg-shlibdeps computes the
+/// package's Depends from the libraries the binary links.
+const PACKAGE_PACKAGES: &[(&str, &str)] = &[("dpkg-shlibdeps", "dpkg-dev")];
 
 /// The default GeoIP data: the CC0 geo-whois-asn-country database, as the
 /// npm registry ships it (pinned; bump deliberately).
@@ -122,6 +134,25 @@ enum Cmd {
         #[arg(long)]
         no_geoip: bool,
     },
+    /// Build the Debian package (.deb) of the daemon, with cargo-deb.
+    #[command(long_about = PACKAGE_HELP)]
+    Package {
+        /// Where to write the .deb [default: target/debian/].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Package the dev build (target/debug, stripped) instead of the
+        /// release build: quicker, for tests.
+        #[arg(long)]
+        debug: bool,
+        /// The package's version, with its revision [default: the crate's
+        /// version, revision 1, e.g. 0.1.0-1].
+        #[arg(long, value_name = "V")]
+        deb_version: Option<String>,
+        /// Package the binary target/ already holds, without `cargo build`
+        /// (the package test does: the binary it tests is built).
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Run a benchmark and write its table into BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -187,6 +218,14 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Under a real systemd (a container booted by systemd-nspawn): the
+    /// time from `systemctl start` to ready, with the full default GeoIP
+    /// database and without one.
+    Systemd {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Process tracking: what the exec, fork and exit tracepoints cost a
     /// process starting inside the watched cgroup and one outside it.
     Process {
@@ -233,6 +272,29 @@ Examples:
   cargo xtask image
   cargo xtask image --name registry.example/residency:1.2 --out /tmp/r.oci.tar";
 
+const PACKAGE_HELP: &str = "\
+Build the Debian package (.deb) of the daemon, with cargo-deb (installed
+with `cargo install` when missing), and print its path.
+
+The package (residency-daemon/Cargo.toml, [package.metadata.deb], and
+residency-daemon/debian/) holds:
+  /usr/bin/residency
+  /usr/lib/systemd/system/residency.service   (from systemd/)
+  /etc/residency/residency.toml               (a conffile, mode 0640:
+                                               monitor mode)
+  /usr/share/residency/geoip/geo-whois-asn-country.mmdb  (CC0, fetched like
+                                               `cargo xtask geoip` does)
+  /usr/share/man/man1/residency*.1.gz         (`residency man-pages`)
+  /usr/share/doc/residency/                   (copyright, README.md)
+Installing it enables the unit but does not start it; an upgrade restarts
+the service only if it was running; removal stops it and detaches the
+pinned kernel programs; purge keeps the evidence store in /var/lib/residency.
+
+Examples:
+  cargo xtask package
+  cargo xtask package --deb-version 0.1.0-2 --out /tmp/debs
+  sudo dpkg -i target/debian/residency_0.1.0-1_amd64.deb";
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +318,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             no_geoip,
         } => image(&root, out, name, no_geoip),
+        Cmd::Package {
+            out,
+            debug,
+            deb_version,
+            no_build,
+        } => package(&root, out, debug, deb_version.as_deref(), no_build),
         Cmd::Run { args } => {
             ensure_build_tools()?;
             let geoip = ensure_geoip(&root)?;
@@ -308,6 +376,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Upgrade { args },
         } => bench(&root, "upgrade", &args),
+        Cmd::Bench {
+            which: Bench::Systemd { args },
+        } => bench(&root, "systemd", &args),
     }
 }
 
@@ -418,6 +489,10 @@ fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
     // The end-to-end tests load the real default database too.
     ensure_geoip(&env::current_dir()?)?;
     ensure_kubernetes_validate(&env::current_dir()?)?;
+    // The package test runs `cargo xtask package`: install its tools now,
+    // not inside the test's time.
+    ensure_packages(PACKAGE_PACKAGES)?;
+    ensure_cargo_deb()?;
     let ci = env::var("CI").as_deref() == Ok("true");
     if ci && !is_root() {
         bail!("CI=true but not root: the privileged end-to-end tests must run in CI");
@@ -456,7 +531,7 @@ fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
         &["test", "-p", "residency-tests", "--all-targets"],
     ];
     for suite in suites {
-        let mut cmd = Command::new(cargo_bin());
+        let mut cmd = cargo_command();
         cmd.args(suite).args(extra);
         run_counting(&mut cmd, &mut totals)?;
     }
@@ -584,6 +659,106 @@ fn image(
     Ok(())
 }
 
+/// `cargo xtask package`: the daemon's .deb. cargo-deb runs with
+/// `--no-build`: the binary is built here first (unless `--no-build`), and
+/// its man pages written, so that cargo-deb only gathers the files.
+fn package(
+    root: &Path,
+    out: Option<PathBuf>,
+    debug: bool,
+    deb_version: Option<&str>,
+    no_build: bool,
+) -> anyhow::Result<()> {
+    ensure_packages(PACKAGE_PACKAGES)?;
+    ensure_cargo_deb()?;
+    ensure_geoip(root)?;
+    let profile_dir = root
+        .join("target")
+        .join(if debug { "debug" } else { "release" });
+    if no_build {
+        if !profile_dir.join("residency").is_file() {
+            bail!(
+                "{} is not built: run without --no-build",
+                profile_dir.join("residency").display()
+            );
+        }
+    } else {
+        ensure_build_tools()?;
+        // With the same packages as every other build (features are
+        // unified over the packages built): building the daemon alone would
+        // make a different binary, and the next test build would make it
+        // again.
+        cargo(&build_args(!debug))?;
+    }
+
+    // The man pages, where the assets' `target/release/man/` finds them.
+    let man = profile_dir.join("man");
+    let _ = std::fs::remove_dir_all(&man);
+    status(
+        Command::new(profile_dir.join("residency"))
+            .arg("man-pages")
+            .arg(&man)
+            .stdout(std::process::Stdio::null()),
+    )?;
+    for page in std::fs::read_dir(&man)? {
+        // -n: no name or time stamp in the header, so the same page gives
+        // the same bytes.
+        status(Command::new("gzip").arg("-9n").arg(page?.path()))?;
+    }
+
+    let out = out.unwrap_or_else(|| root.join("target/debian"));
+    std::fs::create_dir_all(&out)?;
+    let mut cmd = cargo_command();
+    cmd.args(["deb", "-p", "residency-daemon", "--no-build", "--output"])
+        .arg(&out);
+    if debug {
+        // The dev build carries 300 MB of debug information: strip it, and
+        // compress quickly. (cargo-deb warns that it is meant for release
+        // builds; the test package is the one exception.)
+        cmd.args(["--profile", "dev", "--strip", "--fast"]);
+    }
+    if let Some(v) = deb_version {
+        cmd.args(["--deb-version", v]);
+    }
+    // cargo-deb prints the package's path on standard output.
+    let made = output(cmd.stderr(std::process::Stdio::inherit()))?;
+    let deb = made
+        .lines()
+        .rev()
+        .find(|l| {
+            Path::new(l.trim())
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("deb"))
+        })
+        .context("cargo deb printed no .deb path")?;
+    println!("{}", deb.trim());
+    Ok(())
+}
+
+/// cargo-deb, `cargo install`ed when missing or another version.
+fn ensure_cargo_deb() -> anyhow::Result<()> {
+    let have = cargo_command()
+        .args(["deb", "--version"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !have
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
+    {
+        eprintln!(
+            "xtask: installing cargo-deb {CARGO_DEB_VERSION} (makes the Debian package; takes a minute or two)"
+        );
+        status(cargo_command().args([
+            "install",
+            "--locked",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+        ]))?;
+    }
+    Ok(())
+}
+
 /// What every build of the daemon needs: the eBPF toolchain and `protoc`.
 fn ensure_build_tools() -> anyhow::Result<()> {
     ensure_ebpf_toolchain()?;
@@ -613,7 +788,7 @@ fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
         eprintln!(
             "xtask: installing bpf-linker {BPF_LINKER_VERSION} (links the kernel programs; takes a minute)"
         );
-        status(Command::new(cargo_bin()).args([
+        status(cargo_command().args([
             "install",
             "bpf-linker",
             "--version",
@@ -699,8 +874,33 @@ fn cargo_bin() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
+/// A `cargo` command without the variables `cargo run` set for this xtask
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). Build scripts that read
+/// them (ring's does, with rerun-if-env-changed) would otherwise see other
+/// values than under a `cargo build` from a shell or a test, and cargo would
+/// rebuild them, and everything above them, each time the two alternate.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(cargo_bin());
+    for (key, _) in env::vars_os() {
+        if let Some(key) = key.to_str()
+            && (key.starts_with("CARGO_PKG_")
+                || matches!(
+                    key,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                ))
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    status(Command::new(cargo_bin()).args(args))
+    status(cargo_command().args(args))
 }
 
 fn status(cmd: &mut Command) -> anyhow::Result<()> {

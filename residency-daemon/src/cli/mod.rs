@@ -15,6 +15,7 @@ mod exit;
 mod explain;
 mod flows;
 mod lookup;
+mod man_pages;
 mod probe;
 mod run;
 mod test_policy;
@@ -150,6 +151,9 @@ enum Command {
         sudo systemctl stop residency && sudo residency detach\n  \
         sudo residency detach --all                            # every instance on this host")]
     Detach(detach::Args),
+    /// Write the manual pages (residency.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    ManPages(man_pages::Args),
 }
 
 impl Command {
@@ -167,6 +171,7 @@ impl Command {
             Command::Probe => probe::execute(),
             Command::DefaultConfig => default_config::execute(),
             Command::Detach(args) => detach::execute(&args),
+            Command::ManPages(args) => man_pages::execute(&args),
         }
     }
 }

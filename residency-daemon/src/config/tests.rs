@@ -90,6 +90,31 @@ fn builtin_default_parses_and_is_safe() {
     assert_eq!(config.output, Output::Stdout);
 }
 
+/// The Debian package's /etc/residency/residency.toml: valid, monitor mode,
+/// and naming the GeoIP database the package installs (one of the places
+/// the daemon also searches).
+#[test]
+fn the_packaged_config_is_valid_safe_and_names_the_packaged_database() {
+    let text = include_str!("../../debian/residency.toml");
+    let config = Config::from_toml(text, "debian/residency.toml").unwrap();
+    assert_eq!(
+        config.mode,
+        Mode::Monitor,
+        "a package must never block by surprise"
+    );
+    assert!(!config.may_block());
+    let db = config.geoip.database.expect("names the packaged database");
+    assert!(
+        crate::geodb::SEARCH_PATHS.contains(&db.to_str().unwrap()),
+        "{} is not where the daemon looks",
+        db.display()
+    );
+    assert_eq!(
+        config.evidence.directory,
+        Config::builtin().unwrap().evidence.directory
+    );
+}
+
 #[test]
 fn empty_file_gives_defaults() {
     let config = parse("").unwrap();

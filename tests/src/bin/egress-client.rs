@@ -43,6 +43,10 @@ struct Args {
     /// have passed.
     #[arg(long)]
     duration_ms: Option<u64>,
+    /// Instead of a count, repeat the list until this file exists (a test
+    /// stops a storm when what it runs across is over).
+    #[arg(long, value_name = "FILE")]
+    until_file: Option<PathBuf>,
     /// Pause this many microseconds after each pass over the list.
     #[arg(long, default_value_t = 0)]
     interval_us: u64,
@@ -112,9 +116,10 @@ fn main() -> anyhow::Result<()> {
         .map(|ms| started + std::time::Duration::from_millis(ms));
     let mut pass = 0u64;
     loop {
-        match deadline {
-            Some(d) if Instant::now() >= d => break,
-            None if pass >= args.repeat => break,
+        match (deadline, &args.until_file) {
+            (Some(d), _) if Instant::now() >= d => break,
+            (None, Some(stop)) if stop.exists() => break,
+            (None, None) if pass >= args.repeat => break,
             _ => {}
         }
         pass += 1;

@@ -199,6 +199,19 @@ enum BenchCmd {
         #[arg(long)]
         until: Option<std::net::SocketAddr>,
     },
+    /// Under a real systemd (a booted container): from `systemctl start`
+    /// to ready, with the full `GeoIP` database and without one.
+    Systemd {
+        /// The full database (default: `RESIDENCY_DEFAULT_GEOIP`, which
+        /// `cargo xtask bench systemd` sets to the fetched CC0 file).
+        #[arg(long, env = "RESIDENCY_DEFAULT_GEOIP")]
+        db: PathBuf,
+        /// Starts per case.
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// (Used by `pods`.) Waits for a pod's cgroup, joins a cgroup below it
     /// and connects to DEST until EPERM; prints both times.
     #[command(hide = true)]
@@ -280,6 +293,8 @@ mod names_bench;
 mod pods_bench;
 #[path = "residency-bench/siem.rs"]
 mod siem_bench;
+#[path = "residency-bench/systemd.rs"]
+mod systemd_bench;
 #[path = "residency-bench/upgrade.rs"]
 mod upgrade_bench;
 
@@ -357,6 +372,7 @@ fn main() -> anyhow::Result<()> {
             keep,
             until,
         } => return upgrade_bench::probe(&cgroup, keep, until, Duration::from_secs(60)),
+        BenchCmd::Systemd { db, runs, write } => return systemd_bench::run(&db, runs, write),
         BenchCmd::PodProbe { pod_dir, dest } => {
             return pods_bench::probe(&pod_dir, dest, Duration::from_secs(30));
         }
