@@ -47,29 +47,7 @@ fn report(c: &Config) -> String {
             .filter(|r| matches!(r.kind, RuleKind::Internal(_)))
             .count(),
     );
-    let k = &c.kernel;
-    let stale = match k.stale_after {
-        None => "tables never count as stale".to_owned(),
-        Some(d) => format!(
-            "after {} s without a daemon the tables are stale and the programs {}",
-            d.as_secs(),
-            match k.when_stale {
-                residency_daemon::kernel::WhenStale::Enforce => "keep enforcing",
-                residency_daemon::kernel::WhenStale::Monitor => "stop blocking",
-            }
-        ),
-    };
-    let _ = writeln!(
-        out,
-        "programs pinned under {}/{}; a clean stop {}; {stale}",
-        residency_daemon::kernel::pins::ROOT,
-        k.instance,
-        if k.persist {
-            "leaves them enforcing (kernel.persist)"
-        } else {
-            "detaches them (kernel.persist = false)"
-        },
-    );
+    let _ = writeln!(out, "{}", pins_line(c));
     for sink in &c.sinks {
         let r = sink.receives;
         let takes: Vec<&str> = [
@@ -142,4 +120,30 @@ fn report(c: &Config) -> String {
         );
     }
     out
+}
+
+/// What stays pinned, and what a stop and stale tables do.
+fn pins_line(c: &Config) -> String {
+    let k = &c.kernel;
+    let stale = match k.stale_after {
+        None => "tables never count as stale".to_owned(),
+        Some(d) => format!(
+            "after {} s without a daemon the tables are stale and the programs {}",
+            d.as_secs(),
+            match k.when_stale {
+                residency_daemon::kernel::WhenStale::Enforce => "keep enforcing",
+                residency_daemon::kernel::WhenStale::Monitor => "stop blocking",
+            }
+        ),
+    };
+    format!(
+        "programs pinned under {}/{}; a clean stop {}; {stale}",
+        residency_daemon::kernel::pins::ROOT,
+        k.instance,
+        if k.persist {
+            "leaves them enforcing (kernel.persist)"
+        } else {
+            "detaches them (kernel.persist = false)"
+        },
+    )
 }

@@ -672,14 +672,14 @@ fn persistence_defaults_and_refusals() {
     assert_eq!(c.kernel.stale_after, None);
     assert_eq!(c.kernel.when_stale, crate::kernel::WhenStale::Enforce);
     let c = parse(
-        "[kernel]\npersist = false\ninstance = \"node-a_1.x\"\nstale_after_secs = 600\nwhen_stale = \"monitor\"\n",
+        "[kernel]\npersist = false\ninstance = \"node-a_1.x\"\nstale_after_secs = 45\nwhen_stale = \"monitor\"\n",
     )
     .unwrap();
     assert!(!c.kernel.persist);
     assert_eq!(c.kernel.instance, "node-a_1.x");
     assert_eq!(
         c.kernel.stale_after,
-        Some(std::time::Duration::from_secs(600))
+        Some(std::time::Duration::from_secs(45))
     );
     assert_eq!(c.kernel.when_stale, crate::kernel::WhenStale::Monitor);
     for bad in ["../x", "", ".hidden", "a/b", "x y"] {

@@ -371,7 +371,7 @@ fn main() -> anyhow::Result<()> {
             cgroup,
             keep,
             until,
-        } => return upgrade_bench::probe(&cgroup, keep, until, Duration::from_secs(60)),
+        } => return upgrade_bench::probe(&cgroup, keep, until, Duration::from_secs(50)),
         BenchCmd::Systemd { db, runs, write } => return systemd_bench::run(&db, runs, write),
         BenchCmd::PodProbe { pod_dir, dest } => {
             return pods_bench::probe(&pod_dir, dest, Duration::from_secs(30));
