@@ -576,7 +576,7 @@ fn upgrade(machine: &Machine, old_pid: &str) -> anyhow::Result<()> {
     let (ok, errors) = op(&storm, DENIED);
     let (allowed_ok, _) = op(&storm, ALLOWED);
     assert!(allowed_ok > 0, "the storm made no connects: {storm}");
-    // needs kernel.persist (lead): the programs stay pinned and attached
+    // kernel.persist: the programs stay pinned and attached
     // while the old daemon stops and the new one starts.
     assert_eq!(
         ok, 0,
