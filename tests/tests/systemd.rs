@@ -385,7 +385,6 @@ fn the_watchdog_restarts_a_hung_daemon() -> anyhow::Result<()> {
 
 #[test]
 fn stop_without_persist_leaves_nothing_attached() -> anyhow::Result<()> {
-    // needs kernel.persist (lead)
     if !privileged_or_skip("stop_without_persist_leaves_nothing_attached") {
         return Ok(());
     }
@@ -400,7 +399,6 @@ fn stop_without_persist_leaves_nothing_attached() -> anyhow::Result<()> {
 
 #[test]
 fn stop_with_default_persist_keeps_enforcing() -> anyhow::Result<()> {
-    // needs kernel.persist (lead)
     if !privileged_or_skip("stop_with_default_persist_keeps_enforcing") {
         return Ok(());
     }
@@ -417,7 +415,6 @@ fn stop_with_default_persist_keeps_enforcing() -> anyhow::Result<()> {
 
 #[test]
 fn restart_keeps_blocked_destinations_blocked() -> anyhow::Result<()> {
-    // needs kernel.persist (lead)
     if !privileged_or_skip("restart_keeps_blocked_destinations_blocked") {
         return Ok(());
     }
@@ -436,7 +433,6 @@ fn restart_keeps_blocked_destinations_blocked() -> anyhow::Result<()> {
 
 #[test]
 fn kill_9_keeps_blocked_destinations_blocked() -> anyhow::Result<()> {
-    // needs kernel.persist (lead)
     if !privileged_or_skip("kill_9_keeps_blocked_destinations_blocked") {
         return Ok(());
     }
