@@ -9,6 +9,14 @@ use residency_daemon::kernel::{
 
 use super::exit;
 
+/// Prints a line; a closed pipe (`| head`) is not an error worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Options of `residency detach`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,7 +43,7 @@ pub fn execute(args: &Args) -> ExitCode {
         );
     }
     if !pins::is_bpffs(std::path::Path::new(pins::BPFFS)) {
-        println!(
+        say!(
             "bpffs is not mounted at {}: nothing is pinned, no programs were left attached",
             pins::BPFFS
         );
@@ -51,7 +59,7 @@ pub fn execute(args: &Args) -> ExitCode {
         .filter(|i| std::path::Path::new(pins::ROOT).join(i).is_dir())
         .collect();
     if present.is_empty() {
-        println!(
+        say!(
             "nothing to detach: no instance{} pinned under {}",
             if args.all {
                 String::new()
@@ -70,20 +78,20 @@ pub fn execute(args: &Args) -> ExitCode {
                     .last_pid
                     .map(|p| format!(", left by pid {p}"))
                     .unwrap_or_default();
-                println!("instance {instance} ({}/{instance}{by}):", pins::ROOT);
+                say!("instance {instance} ({}/{instance}{by}):", pins::ROOT);
                 if removed.links.is_empty() {
-                    println!("  no programs were attached");
+                    say!("  no programs were attached");
                 }
                 for (program, ids) in &removed.links {
                     match ids {
                         Some((link, prog)) => {
-                            println!("  detached {program} (link {link}, program {prog})");
+                            say!("  detached {program} (link {link}, program {prog})");
                         }
-                        None => println!("  detached {program} (its link was already defunct)"),
+                        None => say!("  detached {program} (its link was already defunct)"),
                     }
                 }
                 if !removed.maps.is_empty() {
-                    println!("  removed maps {}", removed.maps.join(", "));
+                    say!("  removed maps {}", removed.maps.join(", "));
                 }
             }
             Err(e) => {
