@@ -83,11 +83,10 @@ pub fn execute(args: &Args) -> ExitCode {
                     say!("  no programs were attached");
                 }
                 for (program, ids) in &removed.links {
-                    match ids {
-                        Some((link, prog)) => {
-                            say!("  detached {program} (link {link}, program {prog})");
-                        }
-                        None => say!("  detached {program} (its link was already defunct)"),
+                    if let Some((link, prog)) = ids {
+                        say!("  detached {program} (link {link}, program {prog})");
+                    } else {
+                        say!("  detached {program} (its link was already defunct)");
                     }
                 }
                 if !removed.maps.is_empty() {
