@@ -50,6 +50,7 @@ pub mod output;
 pub mod pipeline;
 pub mod pods;
 pub mod policy;
+pub mod replay;
 pub mod run;
 pub mod trust;
 pub mod watchdog;

@@ -58,10 +58,10 @@ pub struct PageArgs {
     pub all: bool,
     /// Continue after this cursor (the `next` of a previous page).
     #[arg(long, value_name = "N")]
-    cursor: Option<u64>,
+    pub cursor: Option<u64>,
     /// Oldest first instead of newest first.
     #[arg(long)]
-    asc: bool,
+    pub asc: bool,
 }
 
 /// How the API commands reach the daemon.

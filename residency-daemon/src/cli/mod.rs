@@ -17,6 +17,7 @@ mod flows;
 mod lookup;
 mod man_pages;
 mod probe;
+mod replay;
 mod run;
 mod test_policy;
 mod violations;
@@ -139,6 +140,21 @@ enum Command {
     Probe,
     /// Print the built-in configuration: every setting, commented, with its default.
     DefaultConfig,
+    /// Judge the recorded flows of a period again under another configuration: what would change.
+    ///
+    /// Reads the flows from the running daemon's API (the filters of
+    /// `residency flows` choose them) and decides each as the kernel would
+    /// under CONFIG, without loading anything: the workload by name, then
+    /// the host name it resolved (rules, exceptions and the endpoint catalog
+    /// that name hosts), else the address against the same GeoIP tables.
+    /// Reports, per workload, the flows whose verdict would change, with
+    /// examples. With --fail-on-new-blocks it exits 1 if any flow would be
+    /// newly blocked: run it in CI/CD before deploying a configuration.
+    #[command(after_help = "Examples:\n  \
+        sudo residency replay --config new.toml --from 2026-11-01T00:00:00Z\n  \
+        sudo residency replay --config new.toml --tenant acme --fail-on-new-blocks\n  \
+        residency replay --config new.toml --api http://127.0.0.1:7470 --token-file ./api.token --json")]
+    Replay(replay::Args),
     /// Detach the programs a daemon left attached, and say what was removed.
     ///
     /// A daemon pins its programs under /sys/fs/bpf/residency/INSTANCE, so
@@ -171,6 +187,7 @@ impl Command {
             Command::Probe => probe::execute(),
             Command::DefaultConfig => default_config::execute(),
             Command::Detach(args) => detach::execute(&args),
+            Command::Replay(args) => replay::execute(args),
             Command::ManPages(args) => man_pages::execute(&args),
         }
     }
