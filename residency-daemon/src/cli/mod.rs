@@ -18,6 +18,7 @@ mod lookup;
 mod man_pages;
 mod probe;
 mod replay;
+mod report;
 mod run;
 mod test_policy;
 mod violations;
@@ -155,6 +156,17 @@ enum Command {
         sudo residency replay --config new.toml --tenant acme --fail-on-new-blocks\n  \
         residency replay --config new.toml --api http://127.0.0.1:7470 --token-file ./api.token --json")]
     Replay(replay::Args),
+    /// Write the record of one tenant's transfers over a period, for an auditor.
+    ///
+    /// From the running daemon's API: each destination country and
+    /// provider with its transfer basis and condition and the flow counts
+    /// (GDPR Art. 30(1)(e), Art. 44-49), the violations with their NIS2
+    /// timeline and how they were handled, and the evidence proof (the
+    /// newest signed checkpoint, and how to verify it offline).
+    #[command(after_help = "Examples:\n  \
+        sudo residency report --tenant acme --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --out acme-2026-11.html\n  \
+        sudo residency report --tenant acme --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --format json")]
+    Report(report::Args),
     /// Detach the programs a daemon left attached, and say what was removed.
     ///
     /// A daemon pins its programs under /sys/fs/bpf/residency/INSTANCE, so
@@ -188,6 +200,7 @@ impl Command {
             Command::DefaultConfig => default_config::execute(),
             Command::Detach(args) => detach::execute(&args),
             Command::Replay(args) => replay::execute(args),
+            Command::Report(args) => report::execute(&args),
             Command::ManPages(args) => man_pages::execute(&args),
         }
     }

@@ -1,0 +1,206 @@
+//! The transfer report of a tenant and period, made from a daemon's store
+//! of real flows: its numbers are the API's for the same tenant and period,
+//! and the HTML page holds the tables an auditor reads.
+
+use std::{
+    ffi::OsStr,
+    net::{IpAddr, Ipv4Addr},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use residency_tests::{
+    ClientOptions, Daemon, Listener, Op, TestCgroup, de_us_db, privileged_or_skip, run_client,
+    workspace_bin,
+};
+use serde_json::Value;
+
+fn config(root: &str) -> String {
+    format!(
+        r#"
+mode = "monitor"
+[kernel]
+poll_interval_ms = 5
+[policy]
+# Loopback stands in for the world here: only 10/8 counts as local.
+local_networks = ["10.0.0.0/8"]
+[evidence]
+checkpoint_records = 1000
+checkpoint_interval_secs = 1
+
+[[tenant]]
+id = "acme"
+allowed = ["EEA"]
+mode = "enforce"
+
+[[workload]]
+name = "acme-llm"
+role = "llm"
+tenants = ["acme"]
+cgroup = ["{root}/llm"]
+"#
+    )
+}
+
+fn residency(args: &[&OsStr]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(workspace_bin("residency")?)
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "flows, the API, the JSON report, the page"
+)]
+fn the_report_numbers_are_the_apis_and_the_page_has_its_tables() -> anyhow::Result<()> {
+    if !privileged_or_skip("the_report_numbers_are_the_apis_and_the_page_has_its_tables") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = de_us_db(dir.path());
+    let de = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 17)))?;
+    let us = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 33)))?;
+    let cg = TestCgroup::new("report")?;
+    let llm = cg.child("llm")?;
+    let daemon = Daemon::start_with(
+        &config(&cg.relative()?),
+        &cg,
+        &[OsStr::new("--geoip"), db.as_os_str()],
+    )?;
+    let from = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    // Four connects to Germany (allowed), two to the US (blocked: a
+    // violation of acme's policy).
+    run_client(
+        &[Op::Tcp(de.tcp), Op::Tcp(de.tcp), Op::Tcp(us.tcp)],
+        &ClientOptions {
+            cgroup_dir: Some(&llm),
+            repeat: Some(2),
+            ..Default::default()
+        },
+    )?;
+    let socket = daemon.socket.clone();
+    let api = |args: &[&str]| -> anyhow::Result<Value> {
+        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        all.extend([
+            OsStr::new("--api"),
+            socket.as_os_str(),
+            OsStr::new("--json"),
+        ]);
+        let (code, out, err) = residency(&all)?;
+        anyhow::ensure!(code == 0, "residency {args:?} failed ({code}): {err}");
+        Ok(serde_json::from_str(&out)?)
+    };
+    let to = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
+    let (from, to) = (from.to_string(), to.to_string());
+    let period = [
+        "--tenant",
+        "acme",
+        "--from",
+        from.as_str(),
+        "--to",
+        to.as_str(),
+    ];
+    // Wait for the six flows and a checkpoint over them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let mut args = vec!["report", "--format", "json"];
+        args.extend(period);
+        let r = api(&args)?;
+        if r["totals"]["flows"] == 6 && r["checkpoint"]["seq"].as_u64().unwrap_or(0) > 0 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flows never reached the store: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let t = &report["totals"];
+    assert_eq!(
+        (t["allowed"].as_u64(), t["blocked"].as_u64()),
+        (Some(4), Some(2)),
+        "{t}"
+    );
+    assert_eq!(t["countries"], 2, "{t}");
+    assert_eq!(t["violations"], 1, "{t}");
+
+    // The same numbers as the API's, for the same tenant and period.
+    // `flows --all --json` prints one object per line.
+    let (code, out, err) = residency(&[
+        OsStr::new("flows"),
+        OsStr::new("--tenant"),
+        OsStr::new("acme"),
+        OsStr::new("--from"),
+        OsStr::new(&from),
+        OsStr::new("--to"),
+        OsStr::new(&to),
+        OsStr::new("--all"),
+        OsStr::new("--json"),
+        OsStr::new("--api"),
+        socket.as_os_str(),
+    ])?;
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<Value> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(listed.len(), 6, "{out}");
+    let violations = api(&[
+        "violations",
+        "--tenant",
+        "acme",
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ])?;
+    assert_eq!(
+        violations["items"].as_array().map(Vec::len),
+        Some(1),
+        "{violations}"
+    );
+    for row in report["transfers"].as_array().into_iter().flatten() {
+        let country = row["country"].as_str().unwrap_or("");
+        // The country the kernel judged, as the summary counts it.
+        let n = listed
+            .iter()
+            .filter(|f| f["record"]["residency"]["country"] == country)
+            .count();
+        assert_eq!(
+            row["flows"].as_u64(),
+            Some(u64::try_from(n)?),
+            "{country}: {row}"
+        );
+    }
+
+    // The page: the totals, the transfer and violation tables, the proof.
+    let page = dir.path().join("acme.html");
+    let mut args: Vec<&OsStr> = ["report", "--out"].iter().map(OsStr::new).collect();
+    args.push(page.as_os_str());
+    args.extend(period.iter().map(OsStr::new));
+    args.extend([OsStr::new("--api"), socket.as_os_str()]);
+    let (code, _, err) = residency(&args)?;
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(&page)?;
+    for needle in [
+        "<td data-total=\"flows\">6</td>",
+        "<td data-total=\"blocked\">2</td>",
+        "<table id=\"transfers\">",
+        "<table id=\"violations\">",
+        "<table id=\"checkpoint\">",
+        "127.0.0.33",
+        "residency evidence verify --bundle FILE --public-key KEY",
+    ] {
+        assert!(html.contains(needle), "the page lacks {needle}: {html}");
+    }
+    assert!(!html.contains("<script"), "the report carries no script");
+    daemon.stop()?;
+    Ok(())
+}
