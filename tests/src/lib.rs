@@ -1153,3 +1153,53 @@ impl Drop for Dnsmasq {
         let _ = self.child.wait();
     }
 }
+
+/// Every stored record as (seq, kind column, canonical bytes), decoded
+/// the way the daemon's readers do (read-only, beside a running daemon).
+///
+/// # Errors
+/// If the store cannot be read or a record not decoded.
+pub fn stored_records(state: &Path) -> anyhow::Result<Vec<(i64, String, Vec<u8>)>> {
+    let c = rusqlite::Connection::open_with_flags(
+        state.join("evidence.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let dicts = residency_evidence::codec::Dicts::default();
+    let mut stmt = c.prepare("SELECT seq, kind, body, dict FROM records ORDER BY seq")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(seq, kind, body, dict)| {
+            let body = dicts
+                .decode(&c, dict, &body)
+                .map_err(|e| anyhow::anyhow!("record {seq}: {e}"))?
+                .into_owned();
+            Ok((seq, kind, body))
+        })
+        .collect()
+}
+
+/// Runs the built `residency` with `args`: exit code, standard output,
+/// standard error.
+///
+/// # Errors
+/// If the binary is not built or cannot run.
+pub fn residency_cli(args: &[&std::ffi::OsStr]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(workspace_bin("residency")?)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

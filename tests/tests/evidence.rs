@@ -8,13 +8,12 @@ use std::{
     ffi::OsStr,
     net::{IpAddr, Ipv4Addr},
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use residency_tests::{
     ClientOptions, Daemon, Listener, Op, TestCgroup, action, privileged_or_skip, run_client,
-    spawn_client, workspace_bin,
+    spawn_client,
 };
 use serde_json::Value;
 
@@ -52,15 +51,7 @@ cgroup = ["{root}/llm"]
 
 /// `residency` with arguments; (exit code, stdout, stderr).
 fn residency(args: &[&OsStr]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(workspace_bin("residency")?)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    residency_tests::residency_cli(args)
 }
 
 fn verify(state: &Path) -> anyhow::Result<(i32, String)> {
@@ -71,36 +62,6 @@ fn verify(state: &Path) -> anyhow::Result<(i32, String)> {
         state.as_os_str(),
     ])?;
     Ok((code, format!("{out}{err}")))
-}
-
-/// The store's records as (seq, kind, canonical bytes), read with SQL and
-/// decompressed the way the daemon's readers do.
-fn store_kinds(state: &Path) -> anyhow::Result<Vec<(i64, String, Vec<u8>)>> {
-    let c = rusqlite::Connection::open_with_flags(
-        state.join("evidence.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    let dicts = residency_evidence::codec::Dicts::default();
-    let mut stmt = c.prepare("SELECT seq, kind, body, dict FROM records ORDER BY seq")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(seq, kind, body, dict)| {
-            let body = dicts
-                .decode(&c, dict, &body)
-                .map_err(|e| anyhow::anyhow!("record {seq}: {e}"))?
-                .into_owned();
-            Ok((seq, kind, body))
-        })
-        .collect()
 }
 
 /// Records stored compressed (against a trained dictionary).
@@ -209,7 +170,7 @@ fn blocked_connect_is_a_violation_in_the_api_and_its_acknowledgement_verifies() 
     assert!(ack_seq > 0, "{acked}");
 
     daemon.stop()?;
-    let records = store_kinds(&state)?;
+    let records = residency_tests::stored_records(&state)?;
     let (_, kind, body) = records
         .iter()
         .find(|(seq, _, _)| *seq == ack_seq)
@@ -292,7 +253,7 @@ fn a_daemon_killed_mid_ingest_leaves_a_verifiable_store_with_a_gap_record() -> a
     // each batch goes to the store), missing only the uncommitted tail.
     let (code, text) = verify(&state)?;
     assert_eq!(code, 0, "after SIGKILL: {text}");
-    let stored = store_kinds(&state)?;
+    let stored = residency_tests::stored_records(&state)?;
     let output_lines: Vec<String> = written.iter().map(Value::to_string).collect();
     let stored_bodies: Vec<Value> = stored
         .iter()
@@ -334,7 +295,7 @@ fn a_daemon_killed_mid_ingest_leaves_a_verifiable_store_with_a_gap_record() -> a
     // The next run says so before anything else, and the chain continues.
     let daemon = Daemon::start_with(config, &cg, &state_arg)?;
     daemon.stop()?;
-    let after = store_kinds(&state)?;
+    let after = residency_tests::stored_records(&state)?;
     let gap = &after[stored.len()];
     assert_eq!(gap.1, "evidence-gap", "first record of the next run");
     let body: Value = serde_json::from_slice(&gap.2)?;

@@ -188,36 +188,6 @@ fn rows(state: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Every stored record as (seq, kind column, canonical bytes), decoded
-/// the way the daemon's readers do.
-fn stored(state: &Path) -> anyhow::Result<Vec<(i64, String, Vec<u8>)>> {
-    let c = rusqlite::Connection::open_with_flags(
-        state.join("evidence.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    let dicts = residency_evidence::codec::Dicts::default();
-    let mut stmt = c.prepare("SELECT seq, kind, body, dict FROM records ORDER BY seq")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(seq, kind, body, dict)| {
-            let body = dicts
-                .decode(&c, dict, &body)
-                .map_err(|e| anyhow::anyhow!("record {seq}: {e}"))?
-                .into_owned();
-            Ok((seq, kind, body))
-        })
-        .collect()
-}
-
 /// Sequence numbers of the stored `evidence-gap` records.
 fn gap_seqs(state: &Path) -> anyhow::Result<Vec<i64>> {
     let c = rusqlite::Connection::open_with_flags(
@@ -450,7 +420,7 @@ fn a_full_evidence_disk_keeps_enforcing_and_records_the_gap_when_space_returns()
     let mut missed: Vec<&[u8]> = Vec::new();
     let mut after_gap: Vec<&[u8]> = Vec::new();
     let mut gaps = 0;
-    let stored_all = stored(&state)?;
+    let stored_all = residency_tests::stored_records(&state)?;
     for (seq, kind, body) in &stored_all {
         if kind == "evidence-gap" && output.get(next) != Some(&body.as_slice()) {
             let record: Value = serde_json::from_slice(body)?;

@@ -8,7 +8,6 @@ use std::{
     ffi::OsStr,
     net::{IpAddr, Ipv4Addr},
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -63,19 +62,19 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Exit code and everything the command printed.
 fn residency(args: &[&OsStr]) -> anyhow::Result<(i32, String)> {
-    let out = Command::new(workspace_bin("residency")?)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let (code, out, err) = residency_tests::residency_cli(args)?;
+    Ok((code, format!("{out}{err}")))
+}
+
+/// `residency detach --instance` of `pins`.
+fn detach(pins: &TestPins) -> anyhow::Result<(i32, String)> {
+    residency(&[
+        OsStr::new("detach"),
+        OsStr::new("--instance"),
+        OsStr::new(&pins.instance),
+    ])
 }
 
 fn gap(records: &[Value]) -> Option<&Value> {
@@ -333,11 +332,7 @@ fn a_clean_stop_keeps_enforcing_until_detach_removes_it() -> anyhow::Result<()> 
     }
 
     // `residency detach` is what removes it, and says what it removed.
-    let (code, text) = residency(&[
-        OsStr::new("detach"),
-        OsStr::new("--instance"),
-        OsStr::new(&pins.instance),
-    ])?;
+    let (code, text) = detach(&pins)?;
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("detached residency_connect4 (link "),
@@ -358,11 +353,7 @@ fn a_clean_stop_keeps_enforcing_until_detach_removes_it() -> anyhow::Result<()> 
         std::thread::sleep(Duration::from_millis(20));
     }
     // Again: nothing to do is not an error.
-    let (code, text) = residency(&[
-        OsStr::new("detach"),
-        OsStr::new("--instance"),
-        OsStr::new(&pins.instance),
-    ])?;
+    let (code, text) = detach(&pins)?;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("nothing to detach"), "{text}");
 
@@ -376,11 +367,7 @@ fn a_clean_stop_keeps_enforcing_until_detach_removes_it() -> anyhow::Result<()> 
         "{g}"
     );
     // A running daemon's instance is not detached without --force.
-    let (code, text) = residency(&[
-        OsStr::new("detach"),
-        OsStr::new("--instance"),
-        OsStr::new(&pins.instance),
-    ])?;
+    let (code, text) = detach(&pins)?;
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("a residency daemon runs it"), "{text}");
     drop(daemon);

@@ -5,13 +5,11 @@
 use std::{
     ffi::OsStr,
     net::{IpAddr, Ipv4Addr},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use residency_tests::{
     ClientOptions, Daemon, Listener, Op, TestCgroup, de_us_db, privileged_or_skip, run_client,
-    workspace_bin,
 };
 use serde_json::Value;
 
@@ -43,14 +41,7 @@ cgroup = ["{root}/llm"]
 }
 
 fn residency(args: &[&OsStr]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(workspace_bin("residency")?)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    residency_tests::residency_cli(args)
 }
 
 #[test]

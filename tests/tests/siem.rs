@@ -11,7 +11,6 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -553,19 +552,10 @@ fn series(text: &str, name: &str, sink: &str) -> Option<u64> {
 }
 
 /// `residency` with arguments; (exit code, stdout+stderr).
+/// Exit code and everything the command printed.
 fn residency(args: &[&OsStr]) -> anyhow::Result<(i32, String)> {
-    let out = Command::new(workspace_bin("residency")?)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let (code, out, err) = residency_tests::residency_cli(args)?;
+    Ok((code, format!("{out}{err}")))
 }
 
 /// The sequence numbers of the blocked flows in the chain, in order.
