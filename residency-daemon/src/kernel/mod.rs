@@ -452,6 +452,33 @@ pub struct Started {
     pub adoption: Option<Adoption>,
 }
 
+/// Loads `program` and lends its descriptor for the link operation that
+/// follows (see [`borrow`]).
+macro_rules! load_and_lend {
+    ($program:expr, $name:expr) => {{
+        $program
+            .load()
+            .map_err(|e| KernelError::from_program($name, "loading", e))?;
+        let fd = $program
+            .fd()
+            .map_err(|e| KernelError::from_program($name, "preparing", e))?
+            .as_fd();
+        // SAFETY: see `borrow`.
+        unsafe { borrow(fd) }
+    }};
+}
+
+/// Takes the link `id` of `program` out of aya's keeping, as a link that
+/// can be pinned (an old kernel's attachment without a BPF link cannot).
+macro_rules! fd_link {
+    ($program:expr, $id:expr, $name:expr) => {{
+        let link = $program
+            .take_link($id)
+            .map_err(|e| KernelError::from_program($name, "taking the link of", e))?;
+        FdLink::try_from(link).map_err(|e| no_link($name, &e))
+    }};
+}
+
 /// Loads the programs, installs the first policy generation (`compiled`,
 /// with the cgroups that select workloads) and the first `GeoIP` tables
 /// (`geo`, when there are any), and only then puts the programs in force
@@ -588,15 +615,7 @@ pub fn start(
     let mut wanted: Vec<&str> = Vec::new();
     for name in names::PROGRAMS {
         let program: &mut CgroupSockAddr = find_program(&mut ebpf, name)?;
-        program
-            .load()
-            .map_err(|e| KernelError::from_program(name, "loading", e))?;
-        let fd = program
-            .fd()
-            .map_err(|e| KernelError::from_program(name, "preparing", e))?
-            .as_fd();
-        // SAFETY: see `borrow`.
-        let fd = unsafe { borrow(fd) };
+        let fd = load_and_lend!(program, name);
         let path = pins.link_path(name);
         let outcome = pins::install_link(&path, fd, reuse, || {
             // On kernels with BPF links (5.7+) aya attaches through a link,
@@ -606,10 +625,7 @@ pub fn start(
             let id = program
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-            let link = program
-                .take_link(id)
-                .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
-            FdLink::try_from(link).map_err(|e| no_link(name, &e))
+            fd_link!(program, id, name)
         })?;
         held.keep(name, outcome);
         wanted.push(name);
@@ -792,23 +808,12 @@ fn attach_name_programs(
             continue;
         }
         let program: &mut CgroupSkb = find_program(ebpf, name)?;
-        program
-            .load()
-            .map_err(|e| KernelError::from_program(name, "loading", e))?;
-        let fd = program
-            .fd()
-            .map_err(|e| KernelError::from_program(name, "preparing", e))?
-            .as_fd();
-        // SAFETY: see `borrow`.
-        let fd = unsafe { borrow(fd) };
+        let fd = load_and_lend!(program, name);
         let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
             let id = program
                 .attach(cgroup, attach, CgroupAttachMode::Single)
                 .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-            let link = program
-                .take_link(id)
-                .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
-            FdLink::try_from(link).map_err(|e| no_link(name, &e))
+            fd_link!(program, id, name)
         })?;
         held.keep(name, outcome);
         debug!(program = name, cgroup = %target.path.display(), "in force");
@@ -825,23 +830,12 @@ fn track_processes(ebpf: &mut Ebpf, pins: &Pins, held: &mut Held) -> Result<(), 
     ensure_tracefs()?;
     for (name, category, tracepoint) in names::PROCESS_PROGRAMS {
         let program: &mut TracePoint = find_program(ebpf, name)?;
-        program
-            .load()
-            .map_err(|e| KernelError::from_program(name, "loading", e))?;
-        let fd = program
-            .fd()
-            .map_err(|e| KernelError::from_program(name, "preparing", e))?
-            .as_fd();
-        // SAFETY: see `borrow`.
-        let fd = unsafe { borrow(fd) };
+        let fd = load_and_lend!(program, name);
         let outcome = pins::install_link(&pins.link_path(name), fd, false, || {
             let id = program
                 .attach(category, tracepoint)
                 .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-            let link = program
-                .take_link(id)
-                .map_err(|e| KernelError::from_program(name, "taking the link of", e))?;
-            FdLink::try_from(link).map_err(|e| no_link(name, &e))
+            fd_link!(program, id, name)
         })?;
         held.keep(name, outcome);
         debug!(program = name, tracepoint = %format!("{category}/{tracepoint}"), "attached");
