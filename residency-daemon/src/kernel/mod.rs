@@ -379,8 +379,6 @@ pub struct Adoption {
     pub waiting: u64,
     /// Decisions that found the ring full and that no record accounts for.
     pub not_recorded: u64,
-    /// Each program's link.
-    pub links: Vec<(String, LinkOutcome)>,
 }
 
 /// Everything the rest of the daemon gets from the kernel stage.
@@ -679,7 +677,6 @@ pub fn start(
                 } else {
                     0
                 },
-                links: held.outcomes.clone(),
             })
         }
         None => None,

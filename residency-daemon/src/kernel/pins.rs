@@ -58,8 +58,6 @@ pub struct Pins {
     _lock: Flock<File>,
     /// What the daemon before this one left, if anything.
     pub previous: Option<Previous>,
-    /// Whether this daemon mounted bpffs itself.
-    pub mounted_bpffs: bool,
 }
 
 /// The state the previous daemon of this instance left in its pins.
@@ -81,7 +79,7 @@ impl Pins {
     /// If bpffs cannot be mounted, the directory cannot be made, or another
     /// daemon keeps the instance for longer than [`LOCK_WAIT`].
     pub fn open(instance: &str) -> Result<Self, KernelError> {
-        let mounted_bpffs = ensure_bpffs()?;
+        ensure_bpffs()?;
         let dir = Path::new(ROOT).join(instance);
         for sub in ["", "maps", "links"] {
             fs::DirBuilder::new()
@@ -97,7 +95,6 @@ impl Pins {
             instance: instance.to_owned(),
             _lock: lock,
             previous,
-            mounted_bpffs,
         })
     }
 
