@@ -51,7 +51,6 @@ pub mod pipeline;
 pub mod pods;
 pub mod policy;
 pub mod replay;
-pub mod report;
 pub mod run;
 pub mod trust;
 pub mod watchdog;

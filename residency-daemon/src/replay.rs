@@ -179,6 +179,63 @@ impl<'a> Replay<'a> {
     }
 }
 
+/// What-if replay for the dashboard: a pasted configuration judged over
+/// the store's flows, in the daemon's process, against the GeoIP database
+/// the daemon itself uses (a path in the pasted text is not opened).
+pub struct Replayer {
+    /// The daemon's `geoip.database` (`None`: found where the daemon
+    /// finds it).
+    pub geoip: Option<std::path::PathBuf>,
+}
+
+impl residency_ui::WhatIf for Replayer {
+    fn replay(
+        &self,
+        reader: &residency_evidence::Reader,
+        config: &str,
+        filter: &residency_evidence::Filter,
+        max: u64,
+    ) -> Result<Value, String> {
+        use residency_evidence::{Order, Page, query::MAX_PAGE};
+        let config =
+            Config::from_toml(config, "<pasted in the dashboard>").map_err(|e| e.to_string())?;
+        let geoip = crate::geodb::discover(self.geoip.as_deref());
+        let lookup = Lookup::new(&config, geoip.as_deref()).map_err(|e| e.to_string())?;
+        let mut replay = Replay::new(&config, lookup, DEFAULT_EXAMPLES);
+        let mut cursor = None;
+        let mut seen = 0u64;
+        let mut truncated = false;
+        loop {
+            let page = reader
+                .flows(
+                    filter,
+                    &Page {
+                        cursor,
+                        limit: MAX_PAGE,
+                        order: Order::Asc,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            for item in &page.items {
+                let record: Value = serde_json::from_str(item.record.get()).unwrap_or_default();
+                replay.add(item.seq, &record);
+                seen += 1;
+            }
+            match page.next {
+                Some(_) if seen >= max => {
+                    truncated = true;
+                    break;
+                }
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let mut out = serde_json::to_value(replay.finish()).map_err(|e| e.to_string())?;
+        out["truncated"] = Value::Bool(truncated);
+        Ok(out)
+    }
+}
+
 impl Report {
     /// The report as text: a summary line, then one block per change.
     #[must_use]

@@ -146,7 +146,11 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
     let output = JsonLines::open(&config.output).await?;
     let evidence = open_evidence(&config)?;
     let metrics = Metrics::new(evidence.stats());
-    let serving = start_api(&config, &evidence, &metrics, &signals).await?;
+    let geoip = options
+        .geoip
+        .clone()
+        .or_else(|| config.geoip.database.clone());
+    let serving = start_api(&config, &evidence, &metrics, &signals, geoip).await?;
     // Records for the chain from outside the kernel path (policy and
     // GeoIP loads, sinks that skipped).
     let (notes, notes_rx) = mpsc::unbounded_channel();
@@ -310,8 +314,14 @@ async fn start_api(
     evidence: &Evidence,
     metrics: &Metrics,
     signals: &Signals,
+    geoip: Option<PathBuf>,
 ) -> Result<Serving, RunError> {
-    let serving = residency_api::serve(
+    // The dashboard (/ui) on the TCP listener; its what-if replay judges
+    // pasted configurations against the GeoIP database in use.
+    let replayer = Arc::new(crate::replay::Replayer { geoip });
+    let dashboard: residency_api::Extra =
+        Box::new(move |state, token| residency_ui::router(state, token, Some(replayer)));
+    let serving = residency_api::serve_with(
         &config.api,
         &config.evidence.directory,
         ApiState {
@@ -320,6 +330,7 @@ async fn start_api(
             metrics: metrics.registry.clone(),
             attached: metrics.pipeline.attached.clone(),
         },
+        Some(dashboard),
         signals.stop.clone(),
     )
     .await?;

@@ -46,6 +46,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("lintian", "lintian"),
     // Boots the machine the systemd unit is tested in (tests/src/machine.rs).
     ("systemd-nspawn", "systemd-container"),
+    // The browser the dashboard is tested in (tests/ui/dashboard.mjs), and
+    // Node.js to drive it with playwright-core.
+    ("chromium", "chromium"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    // pdftoppm: the report's PDF, rendered to pictures.
+    ("pdftoppm", "poppler-utils"),
 ];
 
 /// The offline Kubernetes manifest checker the tests run on `kubernetes/`
@@ -439,6 +446,24 @@ fn ensure_geoip(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(file)
 }
 
+/// playwright-core (pinned in tests/ui/package-lock.json), which drives
+/// Debian's Chromium through the dashboard, installed with `npm ci` when
+/// missing. It never downloads a browser of its own.
+fn ensure_browser_driver(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("tests/ui");
+    if dir.join("node_modules/playwright-core/package.json").is_file() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing playwright-core into {}", dir.display());
+    status(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .current_dir(&dir),
+    )
+    .context("npm ci in tests/ui (the npm registry must be reachable)")
+}
+
 /// `kubernetes-validate`, pip-installed into [`TOOLS_VENV`] when missing
 /// (Debian's python3 needs python3-venv for that).
 fn ensure_kubernetes_validate(root: &Path) -> anyhow::Result<()> {
@@ -489,6 +514,7 @@ fn test(no_lint: bool, extra: &[OsString]) -> anyhow::Result<()> {
     // The end-to-end tests load the real default database too.
     ensure_geoip(&env::current_dir()?)?;
     ensure_kubernetes_validate(&env::current_dir()?)?;
+    ensure_browser_driver(&env::current_dir()?)?;
     // The package test runs `cargo xtask package`: install its tools now,
     // not inside the test's time.
     ensure_packages(PACKAGE_PACKAGES)?;

@@ -105,6 +105,18 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return exit::fail(&e, exit::DATAERR),
     };
+    // A store's directory keeps the outcome, for the dashboard; one that
+    // cannot be written to (a read-only copy) only loses that note.
+    if bundle.is_none()
+        && args.store.is_dir()
+        && let Err(e) = verify::LastVerify::of(&report).save(&args.store)
+    {
+        eprintln!(
+            "note: cannot write {} in {}: {e}",
+            verify::LAST_VERIFY,
+            args.store.display()
+        );
+    }
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(t) => println!("{t}"),

@@ -4,7 +4,7 @@
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use residency_api::client::{self, ClientError};
-use residency_daemon::report::Data;
+use residency_ui::report::Data;
 
 use super::api::{self, ApiArgs};
 

@@ -56,6 +56,7 @@ use tracing::{error, info};
 
 pub use auth::{Caller, Peer, load_or_create_token};
 pub use errors::{ApiError, Problem};
+pub use handlers::MAX_NOTE;
 pub use state::ApiState;
 use state::Shared;
 
@@ -150,6 +151,26 @@ pub async fn serve(
     state: ApiState,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Serving, ApiError> {
+    serve_with(config, state_dir, state, None, shutdown).await
+}
+
+/// More routes for the TCP listener, made from the API's state and its
+/// bearer token: the dashboard (`residency-ui`), which keeps its own
+/// session and checks.
+pub type Extra = Box<dyn FnOnce(ApiState, &str) -> Router + Send>;
+
+/// [`serve`], with `extra` routes merged into the TCP listener's router
+/// (never the socket's: the dashboard is for browsers).
+///
+/// # Errors
+/// An [`ApiError`] naming the setting and what is wrong with it.
+pub async fn serve_with(
+    config: &ApiConfig,
+    state_dir: &Path,
+    state: ApiState,
+    extra: Option<Extra>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Serving, ApiError> {
     let tcp = match config.listen {
         Some(addr) => {
             let token = load_or_create_token(&config.token_file)?;
@@ -182,7 +203,10 @@ pub async fn serve(
     let mut tasks = Vec::new();
     let bound = tcp.as_ref().map(|(_, b, _)| *b);
     if let Some((listener, bound, token)) = tcp {
-        let app = router(state.clone(), &token);
+        let mut app = router(state.clone(), &token);
+        if let Some(extra) = extra {
+            app = app.merge(extra(state.clone(), &token));
+        }
         let stop = stopped(shutdown.clone());
         info!(
             address = %bound,

@@ -414,6 +414,27 @@ impl Reader {
         })
     }
 
+    /// The newest gap records (events lost in the kernel, records the
+    /// chain lacks, alerts a sink did not send), newest first, at most
+    /// `limit`: read through the partial index `records_gaps`, so the cost
+    /// does not grow with the store.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub fn gaps(&self, limit: u32) -> Result<Vec<StoredRecord>, EvidenceError> {
+        let sql = format!(
+            "SELECT seq, hash, body, dict FROM records WHERE {} ORDER BY seq DESC LIMIT ?1",
+            gap_kinds()
+        );
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map([limit], |r| stored(r, c, &self.dicts))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().collect()
+        })
+    }
+
     /// Violations, newest first.
     ///
     /// # Errors
@@ -457,6 +478,52 @@ impl Reader {
                 |r| checkpoint_row(r, &key),
             )
             .optional()?)
+        })
+    }
+
+    /// The newest checkpoint, checked now: does its signature verify under
+    /// the store's key, and is the chain hash of the record it covers the
+    /// head it signed? Two reads, whatever the store's size (the whole
+    /// chain is `residency evidence verify`'s work).
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub fn check_latest_checkpoint(&self) -> Result<Option<(Checkpoint, bool)>, EvidenceError> {
+        let key = chain::public_key_text(&self.public_key);
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT seq, ts, head, signature FROM checkpoints ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, Vec<u8>>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((seq, ts, head, signature)) = row else {
+                return Ok(None);
+            };
+            let checkpoint = c.query_row(
+                "SELECT seq, ts, head, reason, key_id, signature FROM checkpoints WHERE seq = ?1",
+                [seq],
+                |r| checkpoint_row(r, &key),
+            )?;
+            let record_hash: Option<Vec<u8>> = c
+                .query_row("SELECT hash FROM records WHERE seq = ?1", [seq], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let signed = <[u8; 32]>::try_from(head.as_slice())
+                .is_ok_and(|h| chain::verify(&self.public_key, seq_of(seq), &h, ts, &signature));
+            // A pruned record is no longer there to compare; the
+            // signature alone then speaks for the checkpoint.
+            let head_matches = record_hash.is_none_or(|h| h == head);
+            Ok(Some((checkpoint, signed && head_matches)))
         })
     }
 
@@ -758,7 +825,7 @@ fn damaged(seq: u64, why: &str) -> Vec<u8> {
 /// so a new kind of gap is sent to every sink that takes gaps.
 fn sink_kinds(flows: bool, violations: bool, gaps: bool) -> Option<String> {
     use residency_common::Verdict;
-    use residency_record::{Lifecycle, index::FLOW, verdict_str};
+    use residency_record::{index::FLOW, verdict_str};
     let mut kinds = Vec::new();
     if flows {
         kinds.push(format!("kind = '{FLOW}'"));
@@ -770,14 +837,22 @@ fn sink_kinds(flows: bool, violations: bool, gaps: bool) -> Option<String> {
         ));
     }
     if gaps {
-        let names: Vec<String> = Lifecycle::ALL
-            .into_iter()
-            .filter(|a| a.is_gap())
-            .map(|a| format!("'{a}'"))
-            .collect();
-        kinds.push(format!("kind IN ({})", names.join(", ")));
+        kinds.push(gap_kinds());
     }
     (!kinds.is_empty()).then(|| kinds.join(" OR "))
+}
+
+/// The gap records ([`residency_record::Lifecycle::is_gap`]) as an SQL
+/// condition on `kind`. The partial index `records_gaps` is made with the
+/// same text, so that a query with it reads only the gaps.
+pub(crate) fn gap_kinds() -> String {
+    use residency_record::Lifecycle;
+    let names: Vec<String> = Lifecycle::ALL
+        .into_iter()
+        .filter(|a| a.is_gap())
+        .map(|a| format!("'{a}'"))
+        .collect();
+    format!("kind IN ({})", names.join(", "))
 }
 
 /// SQL conditions and their parameters, built up filter by filter.

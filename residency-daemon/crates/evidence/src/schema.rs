@@ -16,7 +16,7 @@
 //! configuration's text, from its `policy-loaded` record) and `checkpoints`
 //! (signatures over the chain head).
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension as _};
 
 /// Bumped when the layout changes; a store of another format is refused.
 pub const FORMAT: i64 = 4;
@@ -234,6 +234,7 @@ pub fn create(conn: &Connection) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     conn.execute_batch(PRAGMAS).map_err(|e| e.to_string())?;
     conn.execute_batch(TABLES).map_err(|e| e.to_string())?;
+    gap_index(conn).map_err(|e| format!("indexing the gap records: {e}"))?;
     let format: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)
@@ -271,6 +272,26 @@ pub fn create(conn: &Connection) -> Result<(), String> {
             "the store has format {other}; this build reads format {FORMAT}"
         )),
     }
+}
+
+/// The partial index of the gap records (a few among millions), made
+/// again if the set of gap kinds has changed since it was made.
+fn gap_index(conn: &Connection) -> rusqlite::Result<()> {
+    let want = format!(
+        "CREATE INDEX records_gaps ON records (seq) WHERE {}",
+        crate::query::gap_kinds()
+    );
+    let have: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'records_gaps'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if have.as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    conn.execute_batch(&format!("DROP INDEX IF EXISTS records_gaps; {want};"))
 }
 
 /// Format 2 counted transfers without the destination's catalog entry:

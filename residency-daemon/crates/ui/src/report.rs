@@ -190,7 +190,7 @@ impl Data {
     }
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:80em}\
+pub(crate) const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:80em}\
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #999;padding:.3em .5em;\
 text-align:left;vertical-align:top}td.n{text-align:right}code{word-break:break-all}\
 @media print{body{margin:0}h2{break-after:avoid}tr{break-inside:avoid}}";
