@@ -103,7 +103,11 @@ fn the_report_numbers_are_the_apis_and_the_page_has_its_tables() -> anyhow::Resu
         let mut args = vec!["report", "--format", "json"];
         args.extend(period);
         let r = api(&args)?;
-        if r["totals"]["flows"] == 6 && r["checkpoint"]["seq"].as_u64().unwrap_or(0) > 0 {
+        // A checkpoint signed over the last of them (one a second).
+        if r["totals"]["flows"] == 6
+            && r["proof"]["after"]["seq"].as_u64() >= r["proof"]["last_seq"].as_u64()
+            && r["proof"]["after"].is_object()
+        {
             break r;
         }
         assert!(
@@ -192,6 +196,65 @@ fn the_report_numbers_are_the_apis_and_the_page_has_its_tables() -> anyhow::Resu
         assert!(html.contains(needle), "the page lacks {needle}: {html}");
     }
     assert!(!html.contains("<script"), "the report carries no script");
+    // The period's proof: where its flows are in the chain, and the
+    // checkpoint whose signature covers them.
+    assert!(html.contains("<p id=\"proof\">"), "{html}");
+    assert!(html.contains("<table id=\"proof-after\">"), "{html}");
+
+    // The PDF: Chromium prints the same page; pdftoppm renders its pages
+    // (kept under target/screenshots/report to look at) and pdftotext
+    // reads its tables back.
+    let pdf = dir.path().join("acme.pdf");
+    let mut args: Vec<&OsStr> = ["report", "--format", "pdf", "--out"]
+        .iter()
+        .map(OsStr::new)
+        .collect();
+    args.push(pdf.as_os_str());
+    args.extend(period.iter().map(OsStr::new));
+    args.extend([OsStr::new("--api"), socket.as_os_str()]);
+    let (code, _, err) = residency(&args)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&pdf)?.starts_with(b"%PDF-"));
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/report");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots)?;
+    let rendered = std::process::Command::new("pdftoppm")
+        .args(["-png", "-r", "70"])
+        .arg(&pdf)
+        .arg(shots.join("page"))
+        .output()?;
+    assert!(
+        rendered.status.success(),
+        "pdftoppm: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let pages = std::fs::read_dir(&shots)?.count();
+    assert!((1..=4).contains(&pages), "{pages} pages");
+    let text = std::process::Command::new("pdftotext")
+        .args(["-layout"])
+        .arg(&pdf)
+        .arg("-")
+        .output()?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    for needle in [
+        "Record of transfers: tenant acme",
+        "Transfers by destination",
+        "Violations and how they were handled",
+        "Signed over the period",
+        "127.0.0.33",
+    ] {
+        assert!(text.contains(needle), "the PDF lacks {needle}: {text}");
+    }
+    // The totals table: 6 flows, 2 blocked, as the API counted them.
+    let number_after = |label: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_owned)
+    };
+    assert_eq!(number_after("Flows").as_deref(), Some("6"), "{text}");
+    assert_eq!(number_after("Blocked").as_deref(), Some("2"), "{text}");
     daemon.stop()?;
     Ok(())
 }

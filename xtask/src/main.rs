@@ -451,7 +451,10 @@ fn ensure_geoip(root: &Path) -> anyhow::Result<PathBuf> {
 /// missing. It never downloads a browser of its own.
 fn ensure_browser_driver(root: &Path) -> anyhow::Result<()> {
     let dir = root.join("tests/ui");
-    if dir.join("node_modules/playwright-core/package.json").is_file() {
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
         return Ok(());
     }
     eprintln!("xtask: installing playwright-core into {}", dir.display());

@@ -233,6 +233,14 @@ pub async fn checkpoint(State(s): S, uri: Uri) -> Result<Response, Problem> {
     }
 }
 
+pub async fn proof(State(s): S, uri: Uri) -> Result<Response, Problem> {
+    let q = Query::parse(&uri, params::EXPORT)?;
+    let (from, to) = (q.time("from"), q.time("to"));
+    let reader = s.api.reader.clone();
+    let proof = blocking(move || reader.period_proof(from, to)).await?;
+    Ok(Json(proof).into_response())
+}
+
 pub async fn public_key(State(s): S, uri: Uri) -> Result<Response, Problem> {
     Query::parse(&uri, &[])?;
     let key = s.api.reader.public_key();

@@ -113,6 +113,7 @@ fn handler(route: &routes::Route) -> MethodRouter<Arc<Shared>> {
         E::Transfers => on(m, handlers::transfers),
         E::Policy => on(m, handlers::policy),
         E::Checkpoint => on(m, handlers::checkpoint),
+        E::Proof => on(m, handlers::proof),
         E::PublicKey => on(m, handlers::public_key),
         E::Export => on(m, handlers::export),
     }

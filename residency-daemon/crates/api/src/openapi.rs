@@ -314,6 +314,15 @@ fn schemas() -> Value {
                 "public_key": { "type": "string", "description": "base64" }
             }
         },
+        "PeriodProof": {
+            "type": "object",
+            "properties": {
+                "first_seq": seq,
+                "last_seq": seq,
+                "before": { "$ref": "#/components/schemas/Checkpoint" },
+                "after": { "$ref": "#/components/schemas/Checkpoint" }
+            }
+        },
         "PublicKey": {
             "type": "object",
             "required": ["public_key", "key_id"],

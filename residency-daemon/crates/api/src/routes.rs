@@ -61,6 +61,7 @@ pub enum Endpoint {
     Transfers,
     Policy,
     Checkpoint,
+    Proof,
     PublicKey,
     Export,
 }
@@ -421,6 +422,28 @@ pub static ROUTES: &[Route] = &[
             description: "The checkpoint.",
         },
         errors: &[E404_CHECKPOINT, E500],
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/checkpoints",
+        endpoint: Endpoint::Proof,
+        public: false,
+        tag: "evidence",
+        summary: "The signed checkpoints that cover the flows of a period",
+        description: "The newest checkpoint signed before the period's first flow record and the \
+                      oldest signed at or after its last: the second's signature covers every \
+                      record of the period through the hash chain. A transfer report cites them; \
+                      `residency evidence verify --bundle` checks them offline.",
+        path_params: &[],
+        query: params::EXPORT,
+        body: None,
+        reply: Reply {
+            media: JSON,
+            schema: "PeriodProof",
+            description: "The period's first and last flow records and the checkpoints around \
+                          them (each absent when there is none).",
+        },
+        errors: &[E400, E500],
     },
     Route {
         method: Method::Get,

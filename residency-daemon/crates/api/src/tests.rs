@@ -1066,6 +1066,34 @@ async fn readiness_names_the_check_that_failed() {
 }
 
 #[tokio::test]
+async fn the_checkpoints_around_a_period_cover_its_flows() {
+    let f = Fixture::empty();
+    let r = f.tcp();
+    // Flows at 10:00:00..05, a checkpoint; then 10:00:06..09, another.
+    f.append(&(0..6).map(flow_line).collect::<Vec<_>>()).await;
+    f.append(&(6..10).map(flow_line).collect::<Vec<_>>()).await;
+    let p = get_ok(
+        &r,
+        "/v1/checkpoints?from=2026-11-22T10:00:07Z&to=2026-11-22T10:00:09Z",
+    )
+    .await;
+    // Flows 7 and 8 (records 8 and 9), between the two checkpoints.
+    assert_eq!(
+        (p["first_seq"].as_u64(), p["last_seq"].as_u64()),
+        (Some(8), Some(9)),
+        "{p}"
+    );
+    assert_eq!(p["before"]["seq"], 6, "{p}");
+    assert_eq!(p["after"]["seq"], 10, "{p}");
+    assert_eq!(p["after"]["signature"].as_str().map(str::len), Some(88));
+    // A period with no flows proves nothing, and says so by leaving it out.
+    let none = get_ok(&r, "/v1/checkpoints?from=2027-01-01T00:00:00Z").await;
+    assert_eq!(none, json!({}));
+    let bad = get(&r, "/v1/checkpoints?from=yesterday").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn checkpoints_keys_policy_and_export() {
     let f = Fixture::empty();
     let r = f.tcp();

@@ -258,6 +258,27 @@ pub struct Checkpoint {
     pub public_key: String,
 }
 
+/// The signed checkpoints that cover the flows of a period: the newest
+/// signed before its first flow (where the period's records start in the
+/// chain) and the oldest signed at or after its last (whose signature
+/// covers every record of the period, through the hash chain).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeriodProof {
+    /// The period's first and last flow records (absent: no flows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+    /// Signed before the period's first record (absent: none was, the
+    /// chain starts in the period).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Checkpoint>,
+    /// Signed over the period's last record (absent: not signed yet; the
+    /// next checkpoint will be).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<Checkpoint>,
+}
+
 /// A version of the policy, as loaded.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyVersion {
@@ -478,6 +499,51 @@ impl Reader {
                 |r| checkpoint_row(r, &key),
             )
             .optional()?)
+        })
+    }
+
+    /// The checkpoints that cover the flows between `from` and `to`
+    /// ([`PeriodProof`]).
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub fn period_proof(
+        &self,
+        from: Option<jiff::Timestamp>,
+        to: Option<jiff::Timestamp>,
+    ) -> Result<PeriodProof, EvidenceError> {
+        let key = chain::public_key_text(&self.public_key);
+        let ns = |t: Option<jiff::Timestamp>, none: i64| {
+            t.map_or(none, |t| {
+                i64::try_from(t.as_nanosecond()).unwrap_or(if none == 0 { 0 } else { i64::MAX })
+            })
+        };
+        let (lo, hi) = (ns(from, 0), ns(to, i64::MAX));
+        self.with(|c| {
+            let (first, last): (Option<i64>, Option<i64>) = c.query_row(
+                "SELECT min(seq), max(seq) FROM ix.cols WHERE ts >= ?1 AND ts < ?2",
+                params![lo, hi],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let (Some(first), Some(last)) = (first, last) else {
+                return Ok(PeriodProof::default());
+            };
+            let one = |sql: &str, seq: i64| {
+                c.query_row(sql, [seq], |r| checkpoint_row(r, &key))
+                    .optional()
+            };
+            Ok(PeriodProof {
+                first_seq: Some(seq_of(first)),
+                last_seq: Some(seq_of(last)),
+                before: one(
+                    "SELECT seq, ts, head, reason, key_id, signature FROM checkpoints WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
+                    first,
+                )?,
+                after: one(
+                    "SELECT seq, ts, head, reason, key_id, signature FROM checkpoints WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+                    last,
+                )?,
+            })
         })
     }
 

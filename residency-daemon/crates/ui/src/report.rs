@@ -3,7 +3,10 @@
 //! Art. 44-49, from what the daemon's API serves: each destination country
 //! and provider with its transfer basis and condition and the flow counts,
 //! the violations with their NIS2 timeline and how they were handled, and
-//! the evidence proof (the signed checkpoint and how to verify it offline).
+//! the evidence proof (the signed checkpoints that cover the period and how
+//! to verify them offline). As HTML (one page, no script), JSON, or PDF:
+//! the same page printed by a headless Chromium (`residency report
+//! --format pdf`), so the two never differ.
 
 use maud::{DOCTYPE, Markup, html};
 use serde::Serialize;
@@ -23,6 +26,9 @@ pub struct Data {
     pub violations: Vec<Value>,
     /// `/v1/checkpoints/latest` (null before the first).
     pub checkpoint: Value,
+    /// `/v1/checkpoints?from=&to=`: the period's first and last flow
+    /// records and the checkpoints signed around them.
+    pub proof: Value,
 }
 
 /// The totals a reader checks first.
@@ -88,8 +94,8 @@ impl Data {
                 body {
                     h1 { "Record of transfers: tenant " (self.tenant) }
                     p.period {
-                        "Period " time { (self.from) } " to " time { (self.to) }
-                        ". Made " (self.made) " by residency " (env!("CARGO_PKG_VERSION"))
+                        "Period " time datetime=(self.from) { (when(&Value::String(self.from.clone()))) } " to " time datetime=(self.to) { (when(&Value::String(self.to.clone()))) }
+                        ". Made " (when(&Value::String(self.made.clone()))) " by residency " (env!("CARGO_PKG_VERSION"))
                         " from its evidence store."
                     }
                     h2 { "Summary" }
@@ -119,8 +125,8 @@ impl Data {
                                 td.n { (r["allowed"].as_u64().unwrap_or(0)) }
                                 td.n { (r["flagged"].as_u64().unwrap_or(0)) }
                                 td.n { (r["blocked"].as_u64().unwrap_or(0)) }
-                                td { (text(&r["first_seen"])) }
-                                td { (text(&r["last_seen"])) }
+                                td { (when(&r["first_seen"])) }
+                                td { (when(&r["last_seen"])) }
                             }
                         }
                     }
@@ -143,15 +149,15 @@ impl Data {
                                     td { (text(&v["workload"])) }
                                     td { (destination(&v["destination"])) }
                                     td.n { (v["count"].as_u64().unwrap_or(0)) }
-                                    td { (text(&v["nis2"]["aware_at"])) }
-                                    td { (text(&v["nis2"]["early_warning_due"])) }
-                                    td { (text(&v["nis2"]["notification_due"])) }
-                                    td { (text(&v["nis2"]["final_report_due"])) }
+                                    td { (when(&v["nis2"]["aware_at"])) }
+                                    td { (when(&v["nis2"]["early_warning_due"])) }
+                                    td { (when(&v["nis2"]["notification_due"])) }
+                                    td { (when(&v["nis2"]["final_report_due"])) }
                                     td {
                                         @for (what, key) in [("acknowledged", "acknowledged"), ("resolved", "resolved")] {
                                             @if v[key].is_object() {
                                                 div {
-                                                    (what) " " (text(&v[key]["at"])) " by " (text(&v[key]["by"]))
+                                                    (what) " " (when(&v[key]["at"])) " by " (text(&v[key]["by"]))
                                                     ": " (text(&v[key]["note"])) " (record " (v[key]["seq"].as_u64().unwrap_or(0)) ")"
                                                 }
                                             }
@@ -162,18 +168,14 @@ impl Data {
                         }
                     }
                     h2 { "Evidence" }
+                    (self.proof_html())
                     @if self.checkpoint.is_object() {
                         p {
-                            "Every record above is in a hash chain. The newest signed checkpoint covers it through record "
+                            "The newest signed checkpoint, when the report was made, covers the chain through record "
                             b { (self.checkpoint["seq"].as_u64().unwrap_or(0)) }
-                            ", signed " (text(&self.checkpoint["time"])) ":"
+                            ", signed " (when(&self.checkpoint["time"])) ":"
                         }
-                        table #checkpoint {
-                            tr { th { "Chain head" } td { code { (text(&self.checkpoint["head"])) } } }
-                            tr { th { "Key id" } td { code { (text(&self.checkpoint["key_id"])) } } }
-                            tr { th { "Public key (Ed25519)" } td { code { (text(&self.checkpoint["public_key"])) } } }
-                            tr { th { "Signature" } td { code { (text(&self.checkpoint["signature"])) } } }
-                        }
+                        (checkpoint_table("checkpoint", &self.checkpoint))
                     } @else {
                         p { "No signed checkpoint yet: the chain is not yet signed." }
                     }
@@ -188,18 +190,76 @@ impl Data {
         };
         page.into_string()
     }
+
+    /// The period's proof: where its records are in the chain, and the
+    /// checkpoints signed before and after them.
+    fn proof_html(&self) -> Markup {
+        let p = &self.proof;
+        html! {
+            @match (p["first_seq"].as_u64(), p["last_seq"].as_u64()) {
+                (Some(first), Some(last)) => {
+                    p #proof {
+                        "The period's flows are records " b { (first) } " to " b { (last) }
+                        " of the hash chain (with the other tenants' records between them)."
+                        @if p["before"].is_object() {
+                            " The chain before them was signed at record " (p["before"]["seq"].as_u64().unwrap_or(0)) "."
+                        }
+                        @if p["after"].is_object() {
+                            " The checkpoint signed at record " b { (p["after"]["seq"].as_u64().unwrap_or(0)) }
+                            " covers every one of them: changing, removing or reordering any breaks its signature."
+                        } @else {
+                            " No checkpoint covers the last of them yet; the next one signed will."
+                        }
+                    }
+                    @if p["before"].is_object() {
+                        h3 { "Signed before the period" }
+                        (checkpoint_table("proof-before", &p["before"]))
+                    }
+                    @if p["after"].is_object() {
+                        h3 { "Signed over the period" }
+                        (checkpoint_table("proof-after", &p["after"]))
+                    }
+                }
+                _ => { p #proof { "No flows in the period, so no records to prove." } }
+            }
+        }
+    }
 }
 
-pub(crate) const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:80em}\
+fn checkpoint_table(id: &str, c: &Value) -> Markup {
+    html! {
+        table id=(id) {
+            tr { th { "Record" } td { (c["seq"].as_u64().unwrap_or(0)) } }
+            tr { th { "Signed" } td { (when(&c["time"])) } }
+            tr { th { "Chain head" } td { code { (text(&c["head"])) } } }
+            tr { th { "Key id" } td { code { (text(&c["key_id"])) } } }
+            tr { th { "Public key (Ed25519)" } td { code { (text(&c["public_key"])) } } }
+            tr { th { "Signature" } td { code { (text(&c["signature"])) } } }
+        }
+    }
+}
+
+pub(crate) const STYLE: &str = "@page{size:A4 landscape;margin:12mm}\
+body{font-family:sans-serif;margin:2em;max-width:80em}\
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #999;padding:.3em .5em;\
 text-align:left;vertical-align:top}td.n{text-align:right}code{word-break:break-all}\
-@media print{body{margin:0}h2{break-after:avoid}tr{break-inside:avoid}}";
+@media print{body{margin:0;font-size:9pt;max-width:none}th,td{padding:.2em .35em}\
+h2{break-after:avoid}tr{break-inside:avoid}}";
 
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
+    }
+}
+
+/// A time as people read it, to the second: `2026-12-07 17:31:07 UTC`
+/// (the API's own text when it is not a time).
+fn when(v: &Value) -> String {
+    match v.as_str().map(str::parse::<jiff::Timestamp>) {
+        Some(Ok(t)) => t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        _ => text(v),
     }
 }
 
@@ -261,6 +321,7 @@ mod tests {
             violations: vec![json!({ "id": 7, "state": "acknowledged",
                 "acknowledged": { "at": "t", "by": "dpo", "note": "<b>ticket</b>", "seq": 9 } })],
             checkpoint: Value::Null,
+            proof: Value::Null,
         };
         let t = data.totals();
         assert_eq!((t.flows, t.allowed, t.blocked), (9, 8, 1));

@@ -160,6 +160,8 @@ pub fn report_data(
         .latest_checkpoint()?
         .and_then(|c| serde_json::to_value(c).ok())
         .unwrap_or(serde_json::Value::Null);
+    let proof = serde_json::to_value(reader.period_proof(Some(from), Some(to))?)
+        .unwrap_or(serde_json::Value::Null);
     Ok(report::Data {
         tenant: tenant.to_owned(),
         from: from.to_string(),
@@ -168,6 +170,7 @@ pub fn report_data(
         transfers,
         violations,
         checkpoint,
+        proof,
     })
 }
 
