@@ -217,12 +217,12 @@ mod pdf {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", browser.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         let status = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 Ok(None) => {
                     let _ = child.kill();
