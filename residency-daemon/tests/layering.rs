@@ -1,7 +1,7 @@
 //! The workspace's layering, checked against what cargo resolves: the
 //! daemon's stages are library crates whose dependencies point one way
 //! (common and geoip, then config, then record and the endpoint catalog,
-//! then evidence, then SIEM and API, then the daemon), no library crate
+//! then evidence, then SIEM and API, then the dashboard, then the daemon), no library crate
 //! depends on the daemon, and the stage crates (and everything below them)
 //! build without aya.
 //!
@@ -25,8 +25,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("residency-evidence", 3),
     ("residency-siem", 4),
     ("residency-api", 4),
-    ("residency-daemon", 5),
-    ("residency-tests", 6),
+    ("residency-ui", 5),
+    ("residency-daemon", 6),
+    ("residency-tests", 7),
 ];
 
 /// The library crates of the daemon's stages.
@@ -39,6 +40,7 @@ const STAGES: &[&str] = &[
     "residency-evidence",
     "residency-siem",
     "residency-api",
+    "residency-ui",
 ];
 
 fn cargo(args: &[&str]) -> String {

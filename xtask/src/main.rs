@@ -225,6 +225,13 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// The dashboard over a store of 10 M records: each page's answer
+    /// time over HTTP, its size, and its load time in Chromium.
+    Ui {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Under a real systemd (a container booted by systemd-nspawn): the
     /// time from `systemctl start` to ready, with the full default GeoIP
     /// database and without one.
@@ -386,6 +393,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Systemd { args },
         } => bench(&root, "systemd", &args),
+        Cmd::Bench {
+            which: Bench::Ui { args },
+        } => {
+            ensure_browser_driver(&root)?;
+            bench(&root, "ui", &args)
+        }
     }
 }
 

@@ -55,8 +55,11 @@ pub fn execute(args: Args) -> ExitCode {
     let mut replay = replay::Replay::new(&config, lookup, args.examples);
     let json = args.api.json;
     let mut report = None;
+    // Progress on a terminal: a long period is many pages.
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let code = api::with_api(&args.api, async |c| {
         let mut cursor: Option<u64> = None;
+        let mut judged = 0u64;
         loop {
             let mut q = query.clone();
             q.retain(|(k, _)| k != "cursor");
@@ -67,11 +70,18 @@ pub fn execute(args: Args) -> ExitCode {
             let page = c.get_json(&client::with_query("/v1/flows", &q)).await?;
             for item in page["items"].as_array().into_iter().flatten() {
                 replay.add(item["seq"].as_u64().unwrap_or(0), &item["record"]);
+                judged += 1;
+            }
+            if progress {
+                eprint!("\rreplayed {judged} flows");
             }
             match page["next"].as_u64() {
                 Some(n) => cursor = Some(n),
                 None => break,
             }
+        }
+        if progress {
+            eprintln!();
         }
         let r = replay.finish();
         let text = if json {

@@ -199,6 +199,22 @@ enum BenchCmd {
         #[arg(long)]
         until: Option<std::net::SocketAddr>,
     },
+    /// The dashboard over a large store: each page's answer time over
+    /// HTTP and its load in Chromium.
+    Ui {
+        /// Records in the store.
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// Requests per page.
+        #[arg(long, default_value_t = 50)]
+        loads: usize,
+        /// Where the scratch store goes (default /var/tmp; 10 M records
+        /// take about 6 GB).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Under a real systemd (a booted container): from `systemctl start`
     /// to ready, with the full `GeoIP` database and without one.
     Systemd {
@@ -295,6 +311,8 @@ mod pods_bench;
 mod siem_bench;
 #[path = "residency-bench/systemd.rs"]
 mod systemd_bench;
+#[path = "residency-bench/ui.rs"]
+mod ui_bench;
 #[path = "residency-bench/upgrade.rs"]
 mod upgrade_bench;
 
@@ -373,6 +391,12 @@ fn main() -> anyhow::Result<()> {
             until,
         } => return upgrade_bench::probe(&cgroup, keep, until, Duration::from_secs(50)),
         BenchCmd::Systemd { db, runs, write } => return systemd_bench::run(&db, runs, write),
+        BenchCmd::Ui {
+            records,
+            loads,
+            scratch,
+            write,
+        } => return ui_bench::run(records, loads, scratch, write.as_deref()),
         BenchCmd::PodProbe { pod_dir, dest } => {
             return pods_bench::probe(&pod_dir, dest, Duration::from_secs(30));
         }

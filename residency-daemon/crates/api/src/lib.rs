@@ -207,6 +207,7 @@ pub async fn serve_with(
         let mut app = router(state.clone(), &token);
         if let Some(extra) = extra {
             app = app.merge(extra(state.clone(), &token));
+            info!("dashboard at http://{bound}/ui (log in with the API token)");
         }
         let stop = stopped(shutdown.clone());
         info!(

@@ -393,3 +393,83 @@ async fn what_if_shows_the_replay_and_refuses_a_bad_configuration_in_words() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("bad is not a setting"), "{page}");
 }
+
+#[tokio::test]
+async fn hostile_input_gets_a_clear_answer_and_changes_nothing() {
+    let f = Fixture::new().await;
+    // After login, only a path of these pages is somewhere to go.
+    for next in [
+        "%2F%2Fevil.example%2Fui",
+        "https%3A%2F%2Fevil.example",
+        "%2Fui%5C..%5Cx",
+    ] {
+        let (status, headers, _) = f
+            .post(
+                "/ui/login",
+                None,
+                "http://127.0.0.1:7070",
+                &format!("token={TOKEN}&next={next}"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[header::LOCATION], "/ui", "next={next}");
+    }
+    let (cookie, csrf) = f.login().await;
+    let (status, _, body) = f.get("/ui/violations/abc", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("is not a violation id"), "{body}");
+    let (status, _, _) = f.get("/ui/violations/999", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = f
+        .post(
+            "/ui/violations/1/delete",
+            Some(&cookie),
+            "http://127.0.0.1:7070",
+            &format!("note=x&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An empty note says why it is refused, and the violation stays open.
+    let (status, _, body) = f
+        .post(
+            "/ui/violations/1/resolve",
+            Some(&cookie),
+            "http://127.0.0.1:7070",
+            &format!("note=+++&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("The note must say why"), "{body}");
+    let v = f.evidence.reader().violation(1).unwrap().unwrap();
+    assert_eq!(v.state, residency_evidence::ViolationState::Open);
+    // A configuration larger than the page takes.
+    let big = "x".repeat(300 * 1024);
+    let (status, _, body) = f
+        .post(
+            "/ui/policy/what-if",
+            Some(&cookie),
+            "http://127.0.0.1:7070",
+            &format!("config={big}&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        &body[..body.len().min(300)]
+    );
+    let (status, _, body) = f
+        .post(
+            "/ui/policy/what-if",
+            Some(&cookie),
+            "http://127.0.0.1:7070",
+            &format!("config=x&from=last+week&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("is not a date"), "{body}");
+    // A report needs its tenant, and says so.
+    let (status, _, body) = f.get("/ui/report?from=2026-01-01", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("which tenant"), "{body}");
+}

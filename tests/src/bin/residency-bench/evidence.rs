@@ -79,7 +79,7 @@ pub struct Flows {
 }
 
 impl Flows {
-    fn new() -> anyhow::Result<Self> {
+    pub fn new() -> anyhow::Result<Self> {
         Ok(Flows {
             policy: Arc::new(residency_daemon::policy::view(&config()?)),
             process: Arc::new(ProcessInfo {
@@ -156,7 +156,7 @@ impl Flows {
     }
 }
 
-fn evidence_config(dir: &Path) -> EvidenceConfig {
+pub fn evidence_config(dir: &Path) -> EvidenceConfig {
     EvidenceConfig {
         directory: dir.to_owned(),
         checkpoint_records: 10_000,
@@ -168,7 +168,7 @@ fn evidence_config(dir: &Path) -> EvidenceConfig {
     }
 }
 
-fn pct(v: &mut [f64], q: f64) -> f64 {
+pub fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     #[expect(
         clippy::cast_possible_truncation,
