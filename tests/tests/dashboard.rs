@@ -169,6 +169,7 @@ fn a_compliance_lead_reads_every_page_and_acknowledges_a_violation_in_chromium()
     );
     assert_eq!(seen["apiWithCookieOnly"], 401, "{seen}");
     assert_eq!(seen["afterLogout"], "/ui/login");
+    assert_eq!(seen["oldCookieAfterLogout"], 303, "{seen}");
     // The overview draws what the store holds.
     assert_eq!(o["totalFlows"], "6", "{o}");
     assert!(o["bands"].as_u64().unwrap_or(0) >= 4, "{o}");
@@ -196,8 +197,14 @@ fn a_compliance_lead_reads_every_page_and_acknowledges_a_violation_in_chromium()
         serde_json::json!(["Skip to the content", "Violations"]),
         "Tab order: {seen}"
     );
-    // Flows, filtered, explained.
+    // Flows, filtered, explained; neither list is wider than a laptop.
     assert_eq!(seen["pages"]["flows"]["rows"], 2, "{seen}");
+    for page in ["flows", "violations"] {
+        assert!(
+            seen["pages"][page]["overflow"].as_i64().unwrap_or(1) <= 0,
+            "{page} is wider than a laptop: {seen}"
+        );
+    }
     assert!(
         seen["pages"]["flow"]["why"]
             .as_str()

@@ -54,7 +54,10 @@ try {
   const cookies = await context.cookies();
   const c = cookies.find((x) => x.name === "residency_ui");
   out.cookie = c ? { httpOnly: c.httpOnly, sameSite: c.sameSite, path: c.path } : null;
-  const api = await context.request.get(`${BASE}/v1/flows`);
+  // The JSON API does not take the session, even sent to it by hand.
+  const api = await context.request.get(`${BASE}/v1/flows`, {
+    headers: { cookie: `residency_ui=${c ? c.value : ""}` },
+  });
   out.apiWithCookieOnly = api.status();
 
   // Overview: the flow diagram and the map are drawn.
@@ -94,7 +97,9 @@ try {
   await page.selectOption("select[name=verdict]", "blocked");
   await page.click("form.filters button[type=submit]");
   await page.waitForURL((u) => u.searchParams.get("verdict") === "blocked");
+  const wider = () => page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   out.pages.flows = {
+    overflow: await wider(),
     rows: await page.locator("table.flows tbody tr").count(),
     why: await page.locator("table.flows td.why").first().innerText(),
   };
@@ -109,6 +114,7 @@ try {
   await page.selectOption("select[name=state]", "open");
   await page.click("form.filters button[type=submit]");
   await page.waitForURL((u) => u.searchParams.get("state") === "open");
+  out.pages.violations = { overflow: await wider() };
   await page.screenshot({ path: `${SHOTS}/violations.png`, fullPage: true });
   await page.locator("#violation-list tbody tr a").first().click();
   await page.waitForURL((u) => /^\/ui\/violations\/\d+$/.test(u.pathname));
@@ -143,12 +149,18 @@ try {
   };
   await page.screenshot({ path: `${SHOTS}/report.png`, fullPage: true });
 
-  // Logged out, the pages are closed again.
+  // Logged out, the pages are closed again, and the old cookie, sent by
+  // hand, is no session on the server either.
+  const session = (await context.cookies()).find((x) => x.name === "residency_ui");
   await page.goto(`${BASE}/ui`);
   await page.click("form.logout button");
   await page.waitForURL((u) => u.pathname === "/ui/login");
   await page.goto(`${BASE}/ui/flows`);
   out.afterLogout = new URL(page.url()).pathname;
+  const replayed = await context.request.get(`${BASE}/ui/flows`, {
+    headers: { cookie: `residency_ui=${session ? session.value : ""}` }, maxRedirects: 0,
+  });
+  out.oldCookieAfterLogout = replayed.status();
 } catch (e) {
   // Where it stopped, for the test's message and a look.
   out.failure = String(e);

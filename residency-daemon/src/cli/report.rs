@@ -14,12 +14,14 @@ pub struct Args {
     /// The tenant whose transfers the report records.
     #[arg(long)]
     tenant: String,
-    /// Start of the period (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    /// Start of the period (RFC 3339, e.g. 2026-11-01T00:00:00Z); from
+    /// the midnight (UTC) of its day, as the transfer counts are per day.
     #[arg(long, value_name = "TIME")]
-    from: String,
-    /// End of the period, not included (RFC 3339).
+    from: jiff::Timestamp,
+    /// End of the period, not included (RFC 3339); to the next midnight
+    /// (UTC) if it falls inside a day.
     #[arg(long, value_name = "TIME")]
-    to: String,
+    to: jiff::Timestamp,
     /// `html`: one self-contained page, to read or print; `json`: the
     /// same numbers for machines; `pdf`: the HTML page printed by a
     /// headless Chromium (A4, landscape), to hand to an auditor (needs
@@ -38,18 +40,16 @@ pub struct Args {
 }
 
 pub fn execute(args: &Args) -> ExitCode {
+    // Whole days: the transfer counts, the violations and the proof then
+    // cover the same flows.
+    let (from, to) = residency_ui::report::whole_days(args.from, args.to);
+    let (from, to) = (from.to_string(), to.to_string());
     let period = [
         ("tenant".to_owned(), args.tenant.clone()),
-        ("from".to_owned(), args.from.clone()),
-        ("to".to_owned(), args.to.clone()),
+        ("from".to_owned(), from.clone()),
+        ("to".to_owned(), to.clone()),
     ];
-    let (tenant, from, to, format, out) = (
-        args.tenant.clone(),
-        args.from.clone(),
-        args.to.clone(),
-        args.format.clone(),
-        args.out.clone(),
-    );
+    let (tenant, format, out) = (args.tenant.clone(), args.format.clone(), args.out.clone());
     // Found before the API is asked, so that a missing browser costs
     // nothing.
     let browser = if format == "pdf" {
@@ -185,8 +185,9 @@ mod pdf {
         let work = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
         let page = work.path().join("report.html");
         std::fs::write(&page, html).map_err(|e| format!("{}: {e}", page.display()))?;
-        let out_abs = std::path::absolute(out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let _ = std::fs::remove_file(&out_abs);
+        // Printed into the work directory, then moved: a failed print
+        // leaves an existing file as it was.
+        let printed = work.path().join("report.pdf");
         let mut cmd = Command::new(browser);
         cmd.args([
             "--headless",
@@ -203,7 +204,7 @@ mod pdf {
             "--user-data-dir={}",
             work.path().join("profile").display()
         ))
-        .arg(format!("--print-to-pdf={}", out_abs.display()))
+        .arg(format!("--print-to-pdf={}", printed.display()))
         .arg(format!("file://{}", page.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -232,7 +233,7 @@ mod pdf {
                 Err(e) => return Err(e.to_string()),
             }
         };
-        let pdf = std::fs::read(&out_abs).unwrap_or_default();
+        let pdf = std::fs::read(&printed).unwrap_or_default();
         if !status.success() || !pdf.starts_with(b"%PDF-") {
             let err = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!(
@@ -241,6 +242,6 @@ mod pdf {
                 err.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
             ));
         }
-        Ok(())
+        std::fs::write(out, &pdf).map_err(|e| format!("{}: {e}", out.display()))
     }
 }

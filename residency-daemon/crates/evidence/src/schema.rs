@@ -228,13 +228,19 @@ pub fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Res
 /// # Errors
 /// If the database cannot be written, or holds another format.
 pub fn create(conn: &Connection) -> Result<(), String> {
+    create_tables(conn)?;
+    // Only on a store of this format: one this build refuses is left as
+    // it is.
+    gap_index(conn).map_err(|e| format!("indexing the gap records: {e}"))
+}
+
+fn create_tables(conn: &Connection) -> Result<(), String> {
     // 8 KiB pages: fewer, fuller pages for ~1 KiB records. Only takes
     // effect on a new database.
     conn.execute_batch("PRAGMA page_size = 8192;")
         .map_err(|e| e.to_string())?;
     conn.execute_batch(PRAGMAS).map_err(|e| e.to_string())?;
     conn.execute_batch(TABLES).map_err(|e| e.to_string())?;
-    gap_index(conn).map_err(|e| format!("indexing the gap records: {e}"))?;
     let format: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)

@@ -218,9 +218,10 @@ pub fn per_day(days: &[(String, u64, u64, u64)]) -> Markup {
                 let _ = write!(
                     shapes,
                     "<rect class=\"bar\" data-verdict=\"{which}\" x=\"{x:.1}\" y=\"{y:.1}\" \
-                     width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{label}: {} {which}</title></rect>",
+                     width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {} {which}</title></rect>",
                     h.max(0.5),
                     verdict_colour(which),
+                    esc(label),
                     num(v)
                 );
             }

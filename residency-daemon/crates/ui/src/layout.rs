@@ -21,14 +21,7 @@ pub fn page(title: &str, here: &str, session: &Session, body: &Markup) -> Markup
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · residency" }
-                link rel="stylesheet" href="/ui/assets/ui.css";
-                link rel="icon" href="/ui/assets/favicon.svg" type="image/svg+xml";
-                script src="/ui/assets/ui.js" defer {}
-            }
+            (head(title, true))
             body {
                 a.skip href="#main" { "Skip to the content" }
                 header.top {
@@ -65,14 +58,23 @@ pub fn bare(title: &str, body: &Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · residency" }
-                link rel="stylesheet" href="/ui/assets/ui.css";
-                link rel="icon" href="/ui/assets/favicon.svg" type="image/svg+xml";
-            }
+            (head(title, false))
             body { (body) }
+        }
+    }
+}
+
+/// The `<head>`: the stylesheet, the icon, and (on pages with clocks) the
+/// script, all from here.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · residency" }
+            link rel="stylesheet" href="/ui/assets/ui.css";
+            link rel="icon" href="/ui/assets/favicon.svg" type="image/svg+xml";
+            @if script { script src="/ui/assets/ui.js" defer {} }
         }
     }
 }

@@ -70,6 +70,8 @@ pub(crate) struct Ui {
     pub(crate) api: ApiState,
     pub(crate) sessions: session::Sessions,
     pub(crate) what_if: Option<Arc<dyn WhatIf>>,
+    /// One what-if replay at a time: each may judge a million flows.
+    pub(crate) replaying: tokio::sync::Semaphore,
 }
 
 type S = State<Arc<Ui>>;
@@ -81,6 +83,7 @@ pub fn router(api: ApiState, token: &str, what_if: Option<Arc<dyn WhatIf>>) -> R
         api,
         sessions: session::Sessions::new(token),
         what_if,
+        replaying: tokio::sync::Semaphore::new(1),
     });
     Router::new()
         .route("/ui", get(pages::overview::page))
@@ -148,12 +151,9 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
 fn csp() -> &'static str {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CSP.get_or_init(|| {
-        use base64::Engine as _;
-        use sha2::Digest as _;
-        let report = base64::engine::general_purpose::STANDARD
-            .encode(sha2::Sha256::digest(report::STYLE.as_bytes()));
+        let report = report::style_hash();
         format!(
-            "default-src 'none'; script-src 'self'; style-src 'self' 'sha256-{report}'; \
+            "default-src 'none'; script-src 'self'; style-src 'self' '{report}'; \
              img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
              base-uri 'none'"
         )

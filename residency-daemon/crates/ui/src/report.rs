@@ -31,6 +31,28 @@ pub struct Data {
     pub proof: Value,
 }
 
+/// The period a report covers: whole UTC days, `from`'s midnight to the
+/// midnight at or after `to`. The transfer counts are kept per day, so a
+/// period cut inside a day would count flows its proof and violations do
+/// not cover; rounded, all three cover the same flows.
+#[must_use]
+pub fn whole_days(
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+) -> (jiff::Timestamp, jiff::Timestamp) {
+    const DAY: i64 = 86_400;
+    let floor = |t: jiff::Timestamp| {
+        jiff::Timestamp::from_second(t.as_second().div_euclid(DAY) * DAY).unwrap_or(t)
+    };
+    let start = floor(from);
+    let end = if to == floor(to) {
+        to
+    } else {
+        floor(to) + jiff::SignedDuration::from_hours(24)
+    };
+    (start, end.max(start))
+}
+
 /// The totals a reader checks first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -88,6 +110,10 @@ impl Data {
             html lang="en" {
                 head {
                     meta charset="utf-8";
+                    // Nothing but its own style, also as a file or when
+                    // printed: no script, nothing loaded.
+                    meta http-equiv="Content-Security-Policy"
+                        content=(format!("default-src 'none'; style-src '{}'", style_hash()));
                     title { "Transfer report: " (self.tenant) ", " (self.from) " to " (self.to) }
                     style { (maud::PreEscaped(STYLE)) }
                 }
@@ -95,7 +121,7 @@ impl Data {
                     h1 { "Record of transfers: tenant " (self.tenant) }
                     p.period {
                         "Period " time datetime=(self.from) { (when(&Value::String(self.from.clone()))) } " to " time datetime=(self.to) { (when(&Value::String(self.to.clone()))) }
-                        ". Made " (when(&Value::String(self.made.clone()))) " by residency " (env!("CARGO_PKG_VERSION"))
+                        " (whole UTC days, as the transfer counts are kept). Made " (when(&Value::String(self.made.clone()))) " by residency " (env!("CARGO_PKG_VERSION"))
                         " from its evidence store."
                     }
                     h2 { "Summary" }
@@ -246,6 +272,16 @@ text-align:left;vertical-align:top}td.n{text-align:right}code{word-break:break-a
 @media print{body{margin:0;font-size:9pt;max-width:none}th,td{padding:.2em .35em}\
 h2{break-after:avoid}tr{break-inside:avoid}}";
 
+/// The CSP source of the report's one inline style: `sha256-…`.
+pub(crate) fn style_hash() -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(STYLE.as_bytes()))
+    )
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -333,5 +369,22 @@ mod tests {
         // Canada's adequacy holds on a condition, and the report cites it.
         assert!(page.contains("PIPEDA"), "{page}");
         assert!(page.contains("No signed checkpoint yet"));
+        assert!(page.contains("content=\"default-src 'none'; style-src 'sha256-"));
+    }
+
+    #[test]
+    fn a_report_covers_whole_utc_days() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(
+            whole_days(t("2026-11-01T10:20:00Z"), t("2026-11-03T00:00:01Z")),
+            (t("2026-11-01T00:00:00Z"), t("2026-11-04T00:00:00Z"))
+        );
+        assert_eq!(
+            whole_days(t("2026-11-01T00:00:00Z"), t("2026-11-02T00:00:00Z")),
+            (t("2026-11-01T00:00:00Z"), t("2026-11-02T00:00:00Z"))
+        );
+        // Backwards is an empty period, not a negative one.
+        let (a, b) = whole_days(t("2026-11-05T10:00:00Z"), t("2026-11-01T00:00:00Z"));
+        assert_eq!(a, b);
     }
 }

@@ -148,7 +148,9 @@ impl Sessions {
 /// Only a path of these pages is a place to go back to after logging in.
 fn next_of(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/ui") && !n.starts_with("//") && !n.contains('\\') => {
+        Some(n)
+            if n.starts_with("/ui") && !n.contains('\\') && !n.chars().any(char::is_control) =>
+        {
             n.to_owned()
         }
         _ => "/ui".to_owned(),

@@ -17,7 +17,7 @@ use crate::{explain, layout};
 /// The filter fields, as `GET /v1/flows` names them: (name, label, kind).
 const FIELDS: &[(&str, &str, &str)] = &[
     ("from", "From", "date"),
-    ("to", "To", "date"),
+    ("to", "To (included)", "date"),
     ("tenant", "Tenant", "text"),
     ("workload", "Workload", "text"),
     ("role", "Role", "text"),
@@ -71,9 +71,7 @@ pub(crate) async fn list(
         Err(p) => return bad_filter(&session, &p),
     };
     let (filter, page) = (q.filter(), q.page());
-    let shown: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let shown = super::pairs(&query);
     let get = |k: &str| {
         shown
             .iter()
@@ -85,25 +83,12 @@ pub(crate) async fn list(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let next = found.next.map(|n| {
-        let mut rest: Vec<(String, String)> = shown
-            .iter()
-            .filter(|(k, _)| k != "cursor")
-            .cloned()
-            .collect();
-        rest.push(("cursor".into(), n.to_string()));
-        format!(
-            "/ui/flows?{}",
-            form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(rest)
-                .finish()
-        )
-    });
+    let next = found.next.map(|n| super::next_page("/ui/flows", &shown, n));
     let body = html! {
         form.filters method="get" action="/ui/flows" {
             @for (name, label, kind) in FIELDS {
                 @let value = get(name);
-                @let value = if *kind == "date" { value.get(..10).unwrap_or("").to_owned() } else { value };
+                @let value = if *kind == "date" { super::date_field(name, &value) } else { value };
                 label { (label) " " input type=(kind) name=(name) value=(value); }
             }
             label { "Verdict "

@@ -44,8 +44,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// The query as a filter form sends it: empty fields dropped, a date
-/// (`2026-12-07`, from a date field) taken as midnight UTC, and the
-/// dashboard's own parameters (`keep`) set aside, decoded.
+/// (`2026-12-07`, from a date field) taken as midnight UTC (for `to`, the
+/// midnight after it: the day is included), and the dashboard's own
+/// parameters (`keep`) set aside, decoded.
 pub(crate) fn cleaned(raw: Option<&str>, keep: &[&str]) -> (String, Vec<(String, String)>) {
     let mut api = form_urlencoded::Serializer::new(String::new());
     let mut own = Vec::new();
@@ -58,13 +59,52 @@ pub(crate) fn cleaned(raw: Option<&str>, keep: &[&str]) -> (String, Vec<(String,
             own.push((k.into_owned(), v.to_owned()));
             continue;
         }
-        if (k == "from" || k == "to") && is_date(v) {
+        if k == "from" && is_date(v) {
             api.append_pair(&k, &format!("{v}T00:00:00Z"));
+        } else if k == "to" && is_date(v) {
+            let next = format!("{v}T00:00:00Z")
+                .parse::<jiff::Timestamp>()
+                .map(|t| t + jiff::SignedDuration::from_hours(24));
+            match next {
+                Ok(t) => api.append_pair(&k, &t.to_string()),
+                // Not a real day (2026-02-31): the API's parser says so.
+                Err(_) => api.append_pair(&k, v),
+            };
         } else {
             api.append_pair(&k, v);
         }
     }
     (api.finish(), own)
+}
+
+/// What a date field shows for the API's `from` or `to`: the day, and for
+/// `to` at midnight the day before (the last one included).
+pub(crate) fn date_field(name: &str, api: &str) -> String {
+    match api.parse::<jiff::Timestamp>() {
+        Ok(t) if name == "to" && t.as_second().rem_euclid(86_400) == 0 => (t
+            - jiff::SignedDuration::from_hours(24))
+        .strftime("%Y-%m-%d")
+        .to_string(),
+        Ok(t) => t.strftime("%Y-%m-%d").to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A query's pairs, decoded (to fill the filter form back in).
+pub(crate) fn pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The link to the next page: the same filters, the page's `next` as the
+/// cursor.
+pub(crate) fn next_page(base: &str, shown: &[(String, String)], next: u64) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(shown.iter().filter(|(k, _)| k != "cursor"))
+        .append_pair("cursor", &next.to_string())
+        .finish();
+    format!("{base}?{query}")
 }
 
 /// `YYYY-MM-DD`, as a date field sends it.
@@ -198,6 +238,7 @@ pub(crate) async fn report(
         to.checked_sub(jiff::SignedDuration::from_hours(30 * 24))
             .unwrap_or(to)
     });
+    let (from, to) = report::whole_days(from, to);
     let reader = ui_reader(&ui);
     match blocking(&session, move || report_data(&reader, &tenant, from, to)).await {
         Ok(data) => axum::response::Html(data.html()).into_response(),

@@ -36,6 +36,8 @@ pub(crate) struct Params {
 
 /// Everything the page shows, read in one go.
 struct Data {
+    /// The first whole UTC day shown.
+    from: jiff::Timestamp,
     rows: Vec<TransferRow>,
     per_day: Vec<(String, u64, u64, u64)>,
     open: Vec<Violation>,
@@ -109,6 +111,7 @@ pub(crate) async fn page(
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
         Ok(Data {
+            from,
             rows,
             per_day,
             open,
@@ -216,11 +219,8 @@ fn render(d: &Data, days: u32, now: jiff::Timestamp) -> Markup {
     let total: u64 = d.rows.iter().map(|r| r.flows).sum();
     let blocked: u64 = d.rows.iter().map(|r| r.blocked).sum();
     let flagged: u64 = d.rows.iter().map(|r| r.flagged).sum();
-    let report_from = now
-        .checked_sub(jiff::SignedDuration::from_hours(24 * i64::from(days)))
-        .unwrap_or(now)
-        .strftime("%Y-%m-%d")
-        .to_string();
+    // The report covers the days this page shows, today included.
+    let report_from = d.from.strftime("%Y-%m-%d").to_string();
     let report_to = now
         .checked_add(jiff::SignedDuration::from_hours(24))
         .unwrap_or(now)
@@ -238,11 +238,15 @@ fn render(d: &Data, days: u32, now: jiff::Timestamp) -> Markup {
             }
         }
         section.totals aria-label="Totals" {
-            div.total { span.n #total-flows { (num(total)) } span { "flows" } }
+            div.total { span.n #total-flows { (num(total)) } span { "tenant transfers" } }
             div.total data-verdict="flagged" { span.n { (num(flagged)) } span { "flagged" } }
             div.total data-verdict="blocked" { span.n { (num(blocked)) } span { "blocked" } }
             div.total { span.n { (by_country.len()) } span { "countries" } }
-            div.total { span.n { (d.open.len()) @if d.open_more { "+" } } span { "open violations" } }
+            div.total { span.n { (d.open.len()) @if d.open_more { "+" } } span { "violations not resolved" } }
+        }
+        p.hint {
+            "Counted as the transfer summary counts: per tenant. A flow of a workload that serves several "
+            "tenants is one transfer of each tenant's data, and counts once for each."
         }
         section #where {
             h2 { "Where the data went" }
@@ -272,11 +276,11 @@ fn render(d: &Data, days: u32, now: jiff::Timestamp) -> Markup {
             }
         }
         section #days {
-            h2 { "Flows per day" }
+            h2 { "Tenant transfers per day" }
             (charts::per_day(&d.per_day))
         }
         section #violations {
-            h2 { "Open violations and their NIS2 clocks" }
+            h2 { "Violations not resolved, and their NIS2 clocks" }
             @if d.open.is_empty() {
                 p { "None open." }
             } @else {
@@ -300,7 +304,12 @@ fn render(d: &Data, days: u32, now: jiff::Timestamp) -> Markup {
                         }
                     }
                 }
-                @if d.open_more { p { a href="/ui/violations?state=open" { "All open violations" } } }
+                @if d.open_more {
+                    p {
+                        "All " a href="/ui/violations?state=open" { "open" } " and "
+                        a href="/ui/violations?state=acknowledged" { "acknowledged" } " violations"
+                    }
+                }
             }
         }
         section #tenants {

@@ -155,7 +155,7 @@ fn what_if_form(session: &Session, config: &str, from: &str, to: &str, tenant: &
             textarea #config name="config" rows="14" required maxlength=(MAX_CONFIG) spellcheck="false" { (config) }
             div.filters {
                 label { "From " input type="date" name="from" value=(from); }
-                label { "To " input type="date" name="to" value=(to); }
+                label { "To (included) " input type="date" name="to" value=(to); }
                 label { "Tenant " input type="text" name="tenant" value=(tenant); }
             }
             button type="submit" { "Replay" }
@@ -185,9 +185,15 @@ fn day(v: &str, what: &str) -> Result<Option<jiff::Timestamp>, String> {
     } else {
         v.to_owned()
     };
-    full.parse()
-        .map(Some)
-        .map_err(|_| format!("{what}: {v:?} is not a date (2026-12-07) or an RFC 3339 time"))
+    let t: jiff::Timestamp = full
+        .parse()
+        .map_err(|_| format!("{what}: {v:?} is not a date (2026-12-07) or an RFC 3339 time"))?;
+    // A day given as `to` is included: up to the midnight after it.
+    Ok(Some(if what == "to" && v.len() == 10 {
+        t + jiff::SignedDuration::from_hours(24)
+    } else {
+        t
+    }))
 }
 
 pub(crate) async fn what_if(
@@ -233,6 +239,16 @@ pub(crate) async fn what_if(
         (Err(e), _) | (_, Err(e)) => {
             return (StatusCode::BAD_REQUEST, again(&e, None)).into_response();
         }
+    };
+    let Ok(_one_at_a_time) = ui.replaying.try_acquire() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            again(
+                "Another replay is running; send this again when it has finished.",
+                None,
+            ),
+        )
+            .into_response();
     };
     let reader = ui_reader(&ui);
     let config = f.config.clone();

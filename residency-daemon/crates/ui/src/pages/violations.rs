@@ -76,8 +76,8 @@ fn filter_form(q: &[(String, String)]) -> Markup {
                     }
                 }
             }
-            label { "From " input type="date" name="from" value=(get("from").get(..10).unwrap_or("")); }
-            label { "To " input type="date" name="to" value=(get("to").get(..10).unwrap_or("")); }
+            label { "From " input type="date" name="from" value=(super::date_field("from", &get("from"))); }
+            label { "To (included) " input type="date" name="to" value=(super::date_field("to", &get("to"))); }
             button type="submit" { "Filter" }
         }
     }
@@ -94,29 +94,16 @@ pub(crate) async fn list(
         Err(p) => return bad_filter(&session, &p),
     };
     let (filter, page) = (q.violation_filter(), q.page());
-    let shown: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let shown = super::pairs(&query);
     let reader = ui_reader(&ui);
     let found = match blocking(&session, move || reader.violations(&filter, &page)).await {
         Ok(f) => f,
         Err(r) => return r,
     };
     let now = jiff::Timestamp::now();
-    let next = found.next.map(|n| {
-        let mut rest: Vec<(String, String)> = shown
-            .iter()
-            .filter(|(k, _)| k != "cursor")
-            .cloned()
-            .collect();
-        rest.push(("cursor".into(), n.to_string()));
-        format!(
-            "/ui/violations?{}",
-            form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(rest)
-                .finish()
-        )
-    });
+    let next = found
+        .next
+        .map(|n| super::next_page("/ui/violations", &shown, n));
     let body = html! {
         (filter_form(&shown))
         @if found.items.is_empty() {
@@ -185,28 +172,7 @@ pub(crate) async fn one(
         let Some(v) = reader.violation(id)? else {
             return Ok(None);
         };
-        // Its flows: the same workload, verdict and destination, from its
-        // last occurrence back to its first.
-        let filter = Filter {
-            workload: v.workload.clone(),
-            verdict: Some(v.verdict.clone()),
-            dst_ip: v.destination.ip.as_deref().and_then(|ip| ip.parse().ok()),
-            namespace: v.namespace.clone(),
-            ..Filter::default()
-        };
-        let page = reader.flows(
-            &filter,
-            &Page {
-                cursor: Some(v.last_seq + 1),
-                limit: 20,
-                ..Page::default()
-            },
-        )?;
-        let flows: Vec<_> = page
-            .items
-            .into_iter()
-            .filter(|r| r.seq >= v.first_seq)
-            .collect();
+        let flows = own_flows(&reader, &v)?;
         Ok(Some((v, flows)))
     })
     .await;
@@ -223,7 +189,9 @@ pub(crate) async fn one(
     };
     let done = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "done")
-        .map(|(_, v)| v.into_owned());
+        .map(|(_, v)| v.into_owned())
+        // Only what this page itself redirects with, never other words.
+        .filter(|d| d == "acknowledged" || d == "resolved");
     let now = jiff::Timestamp::now();
     let resolved = v.state == ViolationState::Resolved;
     let body = html! {
@@ -271,6 +239,44 @@ pub(crate) async fn one(
         &body,
     )
     .into_response()
+}
+
+/// A violation's newest flows: the same workload, verdict and destination,
+/// from its last occurrence back to its first.
+fn own_flows(
+    reader: &residency_evidence::Reader,
+    v: &Violation,
+) -> Result<Vec<residency_evidence::StoredRecord>, EvidenceError> {
+    // Its flows: the same workload, verdict and destination, from its
+    // last occurrence back to its first.
+    let filter = Filter {
+        workload: v.workload.clone(),
+        verdict: Some(v.verdict.clone()),
+        dst_ip: v.destination.ip.as_deref().and_then(|ip| ip.parse().ok()),
+        namespace: v.namespace.clone(),
+        ..Filter::default()
+    };
+    let page = reader.flows(
+        &filter,
+        &Page {
+            cursor: Some(v.last_seq + 1),
+            limit: 200,
+            ..Page::default()
+        },
+    )?;
+    // The rest of its key, which the index does not hold: the port,
+    // the rule, and no workload when it has none.
+    let own = |r: &residency_evidence::StoredRecord| {
+        let doc: serde_json::Value = serde_json::from_str(r.record.get()).unwrap_or_default();
+        let port = doc["destination"]["port"].as_u64();
+        let rule = doc["rule"]["name"].as_str();
+        let workload = doc["residency"]["workload"]["name"].as_str();
+        r.seq >= v.first_seq
+            && (v.destination.port.is_none() || port == v.destination.port.map(u64::from))
+            && (v.rule.is_none() || rule == v.rule.as_deref())
+            && (v.workload.is_some() || workload.is_none())
+    };
+    Ok(page.items.into_iter().filter(own).take(20).collect())
 }
 
 fn note_form(session: &Session, id: i64, action: &str, label: &str, hint: &str) -> Markup {
