@@ -156,6 +156,10 @@ impl Data {
                             }
                         }
                     }
+                    h2 { "Where the data went" }
+                    p { "Each country the tenant's data went to, coloured by its worst verdict in the period "
+                        "(green allowed, amber flagged, red blocked; grey: none)." }
+                    (crate::map::world(&self.by_country()))
                     h2 { "Violations and how they were handled (NIS2 Art. 23)" }
                     @if self.violations.is_empty() {
                         p { "None in the period." }
@@ -217,6 +221,20 @@ impl Data {
         page.into_string()
     }
 
+    /// The verdict counts per destination country, for the map.
+    fn by_country(&self) -> std::collections::BTreeMap<String, crate::map::Counts> {
+        let mut by = std::collections::BTreeMap::new();
+        for r in &self.transfers {
+            if let Some(c) = r["country"].as_str() {
+                let e: &mut crate::map::Counts = by.entry(c.to_owned()).or_default();
+                e.allowed += r["allowed"].as_u64().unwrap_or(0);
+                e.flagged += r["flagged"].as_u64().unwrap_or(0);
+                e.blocked += r["blocked"].as_u64().unwrap_or(0);
+            }
+        }
+        by
+    }
+
     /// The period's proof: where its records are in the chain, and the
     /// checkpoints signed before and after them.
     fn proof_html(&self) -> Markup {
@@ -269,7 +287,8 @@ pub(crate) const STYLE: &str = "@page{size:A4 landscape;margin:12mm}\
 body{font-family:sans-serif;margin:2em;max-width:80em}\
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #999;padding:.3em .5em;\
 text-align:left;vertical-align:top}td.n{text-align:right}code{word-break:break-all}\
-@media print{body{margin:0;font-size:9pt;max-width:none}th,td{padding:.2em .35em}\
+svg.map{width:100%;max-width:60em;height:auto;border:1px solid #ccc}\
+@media print{body{margin:0;font-size:9pt;max-width:none}svg.map{width:auto;height:95mm;max-width:100%;break-inside:avoid}th,td{padding:.2em .35em}\
 h2{break-after:avoid}tr{break-inside:avoid}}";
 
 /// The CSP source of the report's one inline style: `sha256-…`.
@@ -368,6 +387,13 @@ mod tests {
         assert!(page.contains("&lt;b&gt;ticket&lt;/b&gt;"));
         // Canada's adequacy holds on a condition, and the report cites it.
         assert!(page.contains("PIPEDA"), "{page}");
+        // The map: Germany allowed, Canada allowed, nothing blocked but
+        // one flow to Germany, which makes Germany red.
+        assert!(
+            page.contains("data-country=\"DE\" data-verdict=\"blocked\""),
+            "{page}"
+        );
+        assert!(page.contains("data-country=\"CA\" data-verdict=\"allowed\""));
         assert!(page.contains("No signed checkpoint yet"));
         assert!(page.contains("content=\"default-src 'none'; style-src 'sha256-"));
     }
