@@ -64,6 +64,35 @@ impl Fixture {
             dict_samples: 200,
         };
         let (evidence, _) = Evidence::open(&config).unwrap();
+        // Two policy versions, the second allowing one more country.
+        let policy = |hash: &str, text: &str| {
+            let v = serde_json::json!({
+                "@timestamp": "2026-11-17T09:00:00Z",
+                "event": {"kind": "event", "category": ["configuration"], "type": ["change"],
+                          "action": "policy-loaded", "outcome": "success", "module": "residency",
+                          "dataset": "residency.lifecycle"},
+                "residency": {"policy": {"hash": hash, "source": "/etc/residency/residency.toml",
+                                         "text": text}}
+            });
+            format!("{v}\n")
+        };
+        evidence
+            .append(
+                [
+                    policy(
+                        "aaaa1111",
+                        "[[tenant]]\nid = \"acme\"\nallowed = [\"EEA\"]\n",
+                    ),
+                    policy(
+                        "bbbb2222",
+                        "[[tenant]]\nid = \"acme\"\nallowed = [\"EEA\", \"<US>\"]\n",
+                    ),
+                ]
+                .concat()
+                .into_bytes(),
+            )
+            .await
+            .unwrap();
         let lines: Vec<String> = (0..40)
             .map(|i| {
                 let (country, verdict) = match i % 4 {
@@ -281,7 +310,7 @@ async fn every_page_renders_from_the_store() {
     let (status, _, _) = f.get("/ui/flows?from=2026-01-01&to=", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
 
-    let (status, _, page) = f.get("/ui/flows/1", Some(&cookie)).await;
+    let (status, _, page) = f.get("/ui/flows/3", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         page.contains("Decided by the kernel under policy version abc"),
@@ -293,9 +322,25 @@ async fn every_page_renders_from_the_store() {
     let (status, _, page) = f.get("/ui/violations", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("id=\"violation-list\""), "{page}");
+    // The policy page: the newest version in force, and by default the
+    // difference from the one before, line by line, escaped.
     let (status, _, page) = f.get("/ui/policy", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("What if?"));
+    assert!(page.contains("Version <code>bbbb2222</code>"), "{page}");
+    assert!(
+        page.contains("<span class=\"del\">-allowed = [&quot;EEA&quot;]\n</span>"),
+        "{page}"
+    );
+    assert!(page.contains(
+        "<span class=\"ins\">+allowed = [&quot;EEA&quot;, &quot;&lt;US&gt;&quot;]\n</span>"
+    ));
+    // Chosen versions, by a prefix of their hash, the other way round.
+    let (_, _, page) = f.get("/ui/policy?a=bbbb&b=aaaa", Some(&cookie)).await;
+    assert!(
+        page.contains("<span class=\"ins\">+allowed = [&quot;EEA&quot;]\n</span>"),
+        "{page}"
+    );
     let (status, _, page) = f
         .get(
             "/ui/report?tenant=acme&from=2026-01-01&to=2027-01-01",

@@ -143,7 +143,12 @@ pub(crate) async fn one(
                 dt { "Command line" } dd { code { (r["process"]["command_line"].as_str().unwrap_or("")) } }
             }
         } @else {
-            p { (r["message"].as_str().unwrap_or("A lifecycle record.")) }
+            p {
+                @match r["message"].as_str() {
+                    Some(m) => { (m) }
+                    None => { "A " code { (r["event"]["action"].as_str().unwrap_or("lifecycle")) } " record." }
+                }
+            }
         }
         dl.facts {
             dt { "Chain hash" } dd { code { (found.hash) } }
