@@ -33,7 +33,8 @@
 //! - [`mod@run`]: the daemon's life, start-up step by step, and shutdown.
 //!
 //! The binary, the tests and the benchmarks all call [`run::run`]. Only
-//! [`kernel`] has unsafe code (reading the ring buffer's records).
+//! [`kernel`] (reading the ring buffer's records) and [`memory`] (one call
+//! to glibc's `malloc_trim`) have unsafe code.
 
 pub mod config;
 pub mod control;
@@ -43,6 +44,7 @@ pub mod identity;
 pub mod kernel;
 pub mod kube;
 pub mod lookup;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod naming;

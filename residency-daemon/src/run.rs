@@ -136,6 +136,7 @@ const SINK_DRAIN: Duration = Duration::from_secs(3);
 /// A [`RunError`] that says in one line why the daemon could not start or
 /// had to stop.
 pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, RunError> {
+    crate::memory::configure();
     options.apply(&mut config);
     let attach = AttachPoint::find(&config, &options)?;
     // Signals first, so that a SIGTERM during start-up is not lost, and
@@ -174,6 +175,8 @@ pub async fn run(mut config: Config, options: RunOptions) -> Result<StopInfo, Ru
         geo.prepared.as_ref().map(|p| (&p.v4, &p.v6[..])),
         pins,
     )?;
+    // The GeoIP tables are in the kernel: the flattening's peak goes back.
+    crate::memory::release();
     let start = announce(&attach, &policy, &geo, &started, &notes);
     if let Some(gap) = away_gap(started.adoption.as_ref(), &evidence) {
         let _ = notes.send(gap);

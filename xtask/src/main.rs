@@ -225,6 +225,13 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// The daemon's resident memory (`VmRSS`), idle with the full GeoIP
+    /// tables and the API up, and after 1 M flows.
+    Memory {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// The dashboard over a store of 10 M records: each page's answer
     /// time over HTTP, its size, and its load time in Chromium.
     Ui {
@@ -393,6 +400,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Systemd { args },
         } => bench(&root, "systemd", &args),
+        Cmd::Bench {
+            which: Bench::Memory { args },
+        } => bench(&root, "memory", &args),
         Cmd::Bench {
             which: Bench::Ui { args },
         } => {

@@ -403,6 +403,7 @@ async fn reload(mut w: Watch, path: PathBuf) -> Watch {
     match installed {
         Ok(installed) => {
             w.identity = prepared.identity;
+            crate::memory::release();
             let _ = w
                 .notes
                 .send(loaded_note(&path, &version, &prepared, &installed));

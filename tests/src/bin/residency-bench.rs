@@ -199,6 +199,21 @@ enum BenchCmd {
         #[arg(long)]
         until: Option<std::net::SocketAddr>,
     },
+    /// The daemon's resident memory, idle with the full `GeoIP` tables and
+    /// the API up, and after many flows.
+    Memory {
+        /// The full database (default: `RESIDENCY_DEFAULT_GEOIP`).
+        #[arg(long, env = "RESIDENCY_DEFAULT_GEOIP")]
+        db: PathBuf,
+        /// Fresh daemons measured (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// UDP datagrams sent (each a record) before the second reading.
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: u64,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// The dashboard over a large store: each page's answer time over
     /// HTTP and its load in Chromium.
     Ui {
@@ -303,6 +318,8 @@ destinations = ["192.0.2.0/24", "2001:db8::/32"]
 
 #[path = "residency-bench/evidence.rs"]
 mod evidence_bench;
+#[path = "residency-bench/memory.rs"]
+mod memory_bench;
 #[path = "residency-bench/names.rs"]
 mod names_bench;
 #[path = "residency-bench/pods.rs"]
@@ -391,6 +408,12 @@ fn main() -> anyhow::Result<()> {
             until,
         } => return upgrade_bench::probe(&cgroup, keep, until, Duration::from_secs(50)),
         BenchCmd::Systemd { db, runs, write } => return systemd_bench::run(&db, runs, write),
+        BenchCmd::Memory {
+            db,
+            rounds,
+            flows,
+            write,
+        } => return memory_bench::run(&db, rounds, flows, write),
         BenchCmd::Ui {
             records,
             loads,
