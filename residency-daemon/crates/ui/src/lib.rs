@@ -7,7 +7,7 @@
 //! indexed queries (the same [`Reader`](residency_evidence::Reader) the
 //! REST API answers from); the charts are SVG drawn in [`charts`] and
 //! [`map`], so a page needs no script to show its numbers, and the report
-//! (HTML and PDF) draws the same pictures. One small script, served from
+//! (HTML and PDF) draws the same map. One small script, served from
 //! here, counts the NIS2 clocks down. Nothing comes from elsewhere: the
 //! world map's shapes (world-atlas 2.0.2, from the npm registry) and the
 //! stylesheet are compiled in.

@@ -408,6 +408,42 @@ async fn acknowledging_from_the_dashboard_is_recorded_in_the_chain_with_who() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body.contains("was not acknowledged"), "{body}");
+    // Resolved, with its own note and record; the page then offers no
+    // form, and its clocks say handled.
+    let (status, headers, body) = f
+        .post(
+            &format!("/ui/violations/{id}/resolve"),
+            Some(&cookie),
+            "http://127.0.0.1:7070",
+            &format!("note=Bucket+moved+to+eu-west-1&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(
+        headers[header::LOCATION],
+        format!("/ui/violations/{id}?done=resolved")
+    );
+    let v = f.evidence.reader().violation(id).unwrap().unwrap();
+    let resolved = v.resolved.expect("resolved");
+    assert_eq!(
+        (resolved.by.as_str(), resolved.note.as_str()),
+        ("ui:Dana DPO (token)", "Bucket moved to eu-west-1")
+    );
+    assert!(resolved.seq > ack.seq);
+    let (_, _, page) = f
+        .get(&format!("/ui/violations/{id}?done=resolved"), Some(&cookie))
+        .await;
+    assert!(
+        page.contains("Recorded in the evidence chain: resolved."),
+        "{page}"
+    );
+    assert!(!page.contains("<form class=\"note\""), "{page}");
+    assert!(page.contains("data-state=\"done\""), "{page}");
+    // Words other than the two outcomes are not put on the page.
+    let (_, _, page) = f
+        .get(&format!("/ui/violations/{id}?done=hacked"), Some(&cookie))
+        .await;
+    assert!(!page.contains("hacked"), "{page}");
 }
 
 #[tokio::test]
