@@ -1203,3 +1203,104 @@ pub fn residency_cli(args: &[&std::ffi::OsStr]) -> anyhow::Result<(i32, String, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// The configuration of [`AcmeFlows`]: monitor mode, tenant acme enforcing
+/// `acme_allows` (TOML list items, e.g. `"EEA"`) on workload `acme-llm`
+/// in the cgroup `<root>/llm`; loopback stands in for the world (only
+/// 10/8 is local); a checkpoint signed every second.
+#[must_use]
+pub fn acme_config(root: &str, acme_allows: &str) -> String {
+    format!(
+        r#"
+mode = "monitor"
+[kernel]
+poll_interval_ms = 5
+[policy]
+# Loopback stands in for the world here: only 10/8 counts as local.
+local_networks = ["10.0.0.0/8"]
+[evidence]
+checkpoint_records = 1000
+checkpoint_interval_secs = 1
+
+[[tenant]]
+id = "acme"
+allowed = [{acme_allows}]
+mode = "enforce"
+
+[[workload]]
+name = "acme-llm"
+role = "llm"
+tenants = ["acme"]
+cgroup = ["{root}/llm"]
+"#
+    )
+}
+
+/// Tenant acme's flows, as the report and dashboard tests read them: a
+/// daemon on [`acme_config`] allowing the EEA, with a GeoIP database that
+/// puts 127.0.0.17 in Germany and 127.0.0.33 in the US, and six connects
+/// from `acme-llm`: four to Germany (allowed) and two to the US (blocked:
+/// a violation of acme's policy).
+pub struct AcmeFlows {
+    pub daemon: Daemon,
+    /// The test cgroup's path relative to the cgroup2 root (for
+    /// [`acme_config`]).
+    pub root: String,
+    /// Holds the GeoIP database, and whatever else the test writes.
+    pub dir: tempfile::TempDir,
+    _listeners: (Listener, Listener),
+    _cgroup: TestCgroup,
+}
+
+impl AcmeFlows {
+    /// Starts the daemon on a test cgroup named `name` and makes the six
+    /// connects (they may not be stored yet when this returns).
+    ///
+    /// # Errors
+    /// If the cgroup, the listeners, the daemon or the client fail.
+    pub fn start(name: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let db = de_us_db(dir.path());
+        let de = Listener::bind(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 17)))?;
+        let us = Listener::bind(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 33)))?;
+        let cgroup = TestCgroup::new(name)?;
+        let llm = cgroup.child("llm")?;
+        let root = cgroup.relative()?;
+        let daemon = Daemon::start_with(
+            &acme_config(&root, "\"EEA\""),
+            &cgroup,
+            &[std::ffi::OsStr::new("--geoip"), db.as_os_str()],
+        )?;
+        run_client(
+            &[Op::Tcp(de.tcp), Op::Tcp(de.tcp), Op::Tcp(us.tcp)],
+            &ClientOptions {
+                cgroup_dir: Some(&llm),
+                repeat: Some(2),
+                ..Default::default()
+            },
+        )?;
+        Ok(AcmeFlows {
+            daemon,
+            root,
+            dir,
+            _listeners: (de, us),
+            _cgroup: cgroup,
+        })
+    }
+
+    /// `residency ARGS --api <the daemon's socket> --json`, parsed.
+    ///
+    /// # Errors
+    /// If the command fails or does not print JSON.
+    pub fn api(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        all.extend([
+            std::ffi::OsStr::new("--api"),
+            self.daemon.socket.as_os_str(),
+            std::ffi::OsStr::new("--json"),
+        ]);
+        let (code, out, err) = residency_cli(&all)?;
+        ensure!(code == 0, "residency {args:?} failed ({code}): {err}");
+        Ok(serde_json::from_str(&out)?)
+    }
+}

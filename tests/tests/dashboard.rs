@@ -9,44 +9,13 @@
 
 use std::{
     ffi::OsStr,
-    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use residency_tests::{
-    ClientOptions, Daemon, Listener, Op, TestCgroup, de_us_db, privileged_or_skip, residency_cli,
-    run_client,
-};
+use residency_tests::{AcmeFlows, acme_config, privileged_or_skip, residency_cli};
 use serde_json::Value;
-
-fn config(root: &str, acme_allows: &str) -> String {
-    format!(
-        r#"
-mode = "monitor"
-[kernel]
-poll_interval_ms = 5
-[policy]
-# Loopback stands in for the world here: only 10/8 counts as local.
-local_networks = ["10.0.0.0/8"]
-[evidence]
-checkpoint_records = 1000
-checkpoint_interval_secs = 1
-
-[[tenant]]
-id = "acme"
-allowed = [{acme_allows}]
-mode = "enforce"
-
-[[workload]]
-name = "acme-llm"
-role = "llm"
-tenants = ["acme"]
-cgroup = ["{root}/llm"]
-"#
-    )
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,40 +44,9 @@ fn a_compliance_lead_reads_every_page_and_acknowledges_a_violation_in_chromium()
         "Chromium (/usr/bin/chromium) or playwright-core (tests/ui/node_modules) is missing: \
          `cargo xtask test` installs both"
     );
-    let dir = tempfile::tempdir()?;
-    let db = de_us_db(dir.path());
-    let de = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 17)))?;
-    let us = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 33)))?;
-    let cg = TestCgroup::new("dashboard")?;
-    let llm = cg.child("llm")?;
-    let root = cg.relative()?;
-    let daemon = Daemon::start_with(
-        &config(&root, "\"EEA\""),
-        &cg,
-        &[OsStr::new("--geoip"), db.as_os_str()],
-    )?;
-    // Four connects to Germany (allowed), two to the US (blocked: a
-    // violation of acme's policy).
-    run_client(
-        &[Op::Tcp(de.tcp), Op::Tcp(de.tcp), Op::Tcp(us.tcp)],
-        &ClientOptions {
-            cgroup_dir: Some(&llm),
-            repeat: Some(2),
-            ..Default::default()
-        },
-    )?;
-    let socket = daemon.socket.clone();
-    let api = |args: &[&str]| -> anyhow::Result<Value> {
-        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        all.extend([
-            OsStr::new("--api"),
-            socket.as_os_str(),
-            OsStr::new("--json"),
-        ]);
-        let (code, out, err) = residency_cli(&all)?;
-        anyhow::ensure!(code == 0, "residency {args:?} failed ({code}): {err}");
-        Ok(serde_json::from_str(&out)?)
-    };
+    let flows = AcmeFlows::start("dashboard")?;
+    let daemon = &flows.daemon;
+    let api = |args: &[&str]| flows.api(args);
     let from = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)).to_string();
     let to = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -127,8 +65,8 @@ fn a_compliance_lead_reads_every_page_and_acknowledges_a_violation_in_chromium()
     }
 
     // A stricter policy to paste: acme may no longer send to Germany.
-    let stricter = dir.path().join("stricter.toml");
-    std::fs::write(&stricter, config(&root, "\"FR\""))?;
+    let stricter = flows.dir.path().join("stricter.toml");
+    std::fs::write(&stricter, acme_config(&flows.root, "\"FR\""))?;
     let token = std::fs::read_to_string(daemon.state.join("api.token"))?;
     let addr = std::fs::read_to_string(daemon.state.join("api.addr"))?;
     let shots = repo().join("target/screenshots/dashboard");
@@ -276,6 +214,6 @@ fn a_compliance_lead_reads_every_page_and_acknowledges_a_violation_in_chromium()
         daemon.state.as_os_str(),
     ])?;
     assert_eq!(code, 0, "evidence verify: {out}{err}");
-    daemon.stop()?;
+    flows.daemon.stop()?;
     Ok(())
 }

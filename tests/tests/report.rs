@@ -4,41 +4,11 @@
 
 use std::{
     ffi::OsStr,
-    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
-use residency_tests::{
-    ClientOptions, Daemon, Listener, Op, TestCgroup, de_us_db, privileged_or_skip, run_client,
-};
+use residency_tests::privileged_or_skip;
 use serde_json::Value;
-
-fn config(root: &str) -> String {
-    format!(
-        r#"
-mode = "monitor"
-[kernel]
-poll_interval_ms = 5
-[policy]
-# Loopback stands in for the world here: only 10/8 counts as local.
-local_networks = ["10.0.0.0/8"]
-[evidence]
-checkpoint_records = 1000
-checkpoint_interval_secs = 1
-
-[[tenant]]
-id = "acme"
-allowed = ["EEA"]
-mode = "enforce"
-
-[[workload]]
-name = "acme-llm"
-role = "llm"
-tenants = ["acme"]
-cgroup = ["{root}/llm"]
-"#
-    )
-}
 
 fn residency(args: &[&OsStr]) -> anyhow::Result<(i32, String, String)> {
     residency_tests::residency_cli(args)
@@ -53,40 +23,11 @@ fn the_report_numbers_are_the_apis_and_the_page_has_its_tables() -> anyhow::Resu
     if !privileged_or_skip("the_report_numbers_are_the_apis_and_the_page_has_its_tables") {
         return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let db = de_us_db(dir.path());
-    let de = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 17)))?;
-    let us = Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 33)))?;
-    let cg = TestCgroup::new("report")?;
-    let llm = cg.child("llm")?;
-    let daemon = Daemon::start_with(
-        &config(&cg.relative()?),
-        &cg,
-        &[OsStr::new("--geoip"), db.as_os_str()],
-    )?;
     let from = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
-    // Four connects to Germany (allowed), two to the US (blocked: a
-    // violation of acme's policy).
-    run_client(
-        &[Op::Tcp(de.tcp), Op::Tcp(de.tcp), Op::Tcp(us.tcp)],
-        &ClientOptions {
-            cgroup_dir: Some(&llm),
-            repeat: Some(2),
-            ..Default::default()
-        },
-    )?;
+    let flows = residency_tests::AcmeFlows::start("report")?;
+    let (daemon, dir) = (&flows.daemon, &flows.dir);
     let socket = daemon.socket.clone();
-    let api = |args: &[&str]| -> anyhow::Result<Value> {
-        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        all.extend([
-            OsStr::new("--api"),
-            socket.as_os_str(),
-            OsStr::new("--json"),
-        ]);
-        let (code, out, err) = residency(&all)?;
-        anyhow::ensure!(code == 0, "residency {args:?} failed ({code}): {err}");
-        Ok(serde_json::from_str(&out)?)
-    };
+    let api = |args: &[&str]| flows.api(args);
     let to = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
     let (from, to) = (from.to_string(), to.to_string());
     let period = [
@@ -255,6 +196,6 @@ fn the_report_numbers_are_the_apis_and_the_page_has_its_tables() -> anyhow::Resu
     };
     assert_eq!(number_after("Flows").as_deref(), Some("6"), "{text}");
     assert_eq!(number_after("Blocked").as_deref(), Some("2"), "{text}");
-    daemon.stop()?;
+    flows.daemon.stop()?;
     Ok(())
 }

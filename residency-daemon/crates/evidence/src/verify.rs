@@ -19,65 +19,8 @@ use residency_record::{Index, Lifecycle, RecordView};
 
 use crate::{EvidenceError, chain, chain::Hash, query::open_read_only};
 
-/// The file, in the store's directory, where the last verification of the
-/// store left its outcome (the dashboard shows it).
-pub const LAST_VERIFY: &str = "last-verify.json";
-
-/// The outcome of the last `residency evidence verify` of a store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LastVerify {
-    pub at: jiff::Timestamp,
-    pub ok: bool,
-    pub records: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_signed_seq: Option<u64>,
-    pub faults: u64,
-    /// The first fault, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_fault: Option<String>,
-    pub seconds: f64,
-}
-
-impl LastVerify {
-    #[must_use]
-    pub fn of(report: &Report) -> Self {
-        LastVerify {
-            at: jiff::Timestamp::now(),
-            ok: report.ok(),
-            records: report.records,
-            first_seq: report.first_seq,
-            last_seq: report.last_seq,
-            last_signed_seq: report.last_signed_seq,
-            faults: report.faults.len() as u64 + report.more_faults,
-            first_fault: report.faults.first().map(|f| match f.seq {
-                Some(seq) => format!("record {seq}: {}", f.what),
-                None => f.what.clone(),
-            }),
-            seconds: report.elapsed.as_secs_f64(),
-        }
-    }
-
-    /// Writes it to `dir` (replaced whole).
-    ///
-    /// # Errors
-    /// If the file cannot be written.
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{LAST_VERIFY}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, dir.join(LAST_VERIFY))
-    }
-
-    /// What the last verification of the store in `dir` left (`None`:
-    /// never verified, or the file is unreadable).
-    #[must_use]
-    pub fn load(dir: &Path) -> Option<Self> {
-        serde_json::from_slice(&std::fs::read(dir.join(LAST_VERIFY)).ok()?).ok()
-    }
-}
+mod last;
+pub use last::{LAST_VERIFY, LastVerify};
 
 /// At most this many faults are listed (the first is what matters).
 const MAX_FAULTS: usize = 50;

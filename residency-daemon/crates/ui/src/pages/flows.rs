@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use residency_api::params;
 use residency_evidence::StoredRecord;
 
-use super::{S, Session, bad_filter, blocking, cleaned, parse, ui_reader};
+use super::{S, Session, bad_filter, blocking, ui_reader};
 use crate::{explain, layout};
 
 /// The filter fields, as `GET /v1/flows` names them: (name, label, kind).
@@ -65,19 +65,12 @@ pub(crate) async fn list(
     Extension(session): Extension<Session>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (query, _) = cleaned(raw.as_deref(), &[]);
-    let q = match parse(&query, params::FLOWS) {
+    let (q, shown) = match super::filter_query(raw.as_deref(), params::FLOWS) {
         Ok(q) => q,
         Err(p) => return bad_filter(&session, &p),
     };
     let (filter, page) = (q.filter(), q.page());
-    let shown = super::pairs(&query);
-    let get = |k: &str| {
-        shown
-            .iter()
-            .find(|(n, _)| n == k)
-            .map_or(String::new(), |(_, v)| v.clone())
-    };
+    let get = |k: &str| super::value(&shown, k);
     let reader = ui_reader(&ui);
     let found = match blocking(&session, move || reader.flows(&filter, &page)).await {
         Ok(f) => f,

@@ -90,6 +90,25 @@ pub(crate) fn date_field(name: &str, api: &str) -> String {
     }
 }
 
+/// A list page's filter query: cleaned, parsed as the API parses it for
+/// `allowed`, and its pairs (to fill the form back in and page on).
+pub(crate) fn filter_query(
+    raw: Option<&str>,
+    allowed: &'static [params::Param],
+) -> Result<(params::Query, Vec<(String, String)>), Problem> {
+    let (query, _) = cleaned(raw, &[]);
+    let q = parse(&query, allowed)?;
+    Ok((q, pairs(&query)))
+}
+
+/// The value of `name` among a form's pairs (empty when absent).
+pub(crate) fn value(shown: &[(String, String)], name: &str) -> String {
+    shown
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(String::new(), |(_, v)| v.clone())
+}
+
 /// A query's pairs, decoded (to fill the filter form back in).
 pub(crate) fn pairs(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.as_bytes())

@@ -18,7 +18,7 @@ use residency_evidence::{
 };
 use serde::Deserialize;
 
-use super::{S, Session, bad_filter, blocking, cleaned, parse, stale_form, ui_reader};
+use super::{S, Session, bad_filter, blocking, stale_form, ui_reader};
 use crate::layout::{self, num, when};
 
 /// Longest note, as the API takes it.
@@ -52,11 +52,7 @@ pub(crate) fn target(v: &Violation) -> String {
 
 /// The filter form: the fields of `GET /v1/violations`.
 fn filter_form(q: &[(String, String)]) -> Markup {
-    let get = |k: &str| {
-        q.iter()
-            .find(|(n, _)| n == k)
-            .map_or(String::new(), |(_, v)| v.clone())
-    };
+    let get = |k: &str| super::value(q, k);
     html! {
         form.filters method="get" action="/ui/violations" {
             label { "State "
@@ -88,13 +84,11 @@ pub(crate) async fn list(
     Extension(session): Extension<Session>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (query, _) = cleaned(raw.as_deref(), &[]);
-    let q = match parse(&query, params::VIOLATIONS) {
+    let (q, shown) = match super::filter_query(raw.as_deref(), params::VIOLATIONS) {
         Ok(q) => q,
         Err(p) => return bad_filter(&session, &p),
     };
     let (filter, page) = (q.violation_filter(), q.page());
-    let shown = super::pairs(&query);
     let reader = ui_reader(&ui);
     let found = match blocking(&session, move || reader.violations(&filter, &page)).await {
         Ok(f) => f,
