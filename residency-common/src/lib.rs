@@ -56,7 +56,9 @@ pub mod names {
     /// what the kernel has learnt (DNS names, `ClientHello`s in progress).
     /// The policy and `GeoIP` maps are not among them: each daemon fills
     /// its own and swaps them in with its programs.
-    pub const PINNED_MAPS: [&str; 5] = [EVENTS, STATS, DAEMON, DNS_NAMES, TLS_PENDING];
+    /// The socket storage of [`crate::FlowState`] is among them: a socket
+    /// keeps its flow's totals and decision across a daemon restart.
+    pub const PINNED_MAPS: [&str; 6] = [EVENTS, STATS, DAEMON, DNS_NAMES, TLS_PENDING, FLOWS];
     /// Single-entry array: the [`crate::GeoActive`] generation of the tables.
     pub const GEO_ACTIVE: &str = "GEO_ACTIVE";
     /// Hash of maps, generation -> IPv4 level-1 array (`u32` x 65,536).
@@ -137,6 +139,22 @@ pub mod names {
     /// The `cgroup_skb` programs: DNS answers in, TLS `ClientHello`s out.
     pub const DNS_INGRESS: &str = "residency_dns";
     pub const TLS_EGRESS: &str = "residency_tls";
+
+    /// Socket storage: socket -> [`crate::FlowState`], the flow a socket
+    /// carries now (its decision and its totals).
+    pub const FLOWS: &str = "FLOWS";
+    /// Load-time global (`.rodata`): 1 if flows are followed (totals
+    /// counted, repeats decided from socket storage, ends reported).
+    pub const FLOWS_ENABLED: &str = "FLOWS_ENABLED";
+    /// Load-time global (`.rodata`): a flow that keeps moving bytes is
+    /// reported at least this often, in ns.
+    pub const FLOW_REPORT_NS: &str = "FLOW_REPORT_NS";
+    /// The flow programs: bytes out, bytes in (`cgroup_skb`), and the
+    /// socket's end (`cgroup/sock_release`).
+    pub const FLOW_PROGRAMS: [&str; 3] = [COUNT_EGRESS, COUNT_INGRESS, SOCK_RELEASE];
+    pub const COUNT_EGRESS: &str = "residency_bytes_out";
+    pub const COUNT_INGRESS: &str = "residency_bytes_in";
+    pub const SOCK_RELEASE: &str = "residency_release";
 }
 
 /// Bytes of an `execve`'s arguments the kernel keeps (NUL-separated). Each
@@ -208,6 +226,8 @@ pub enum EventKind {
     Dns = 5,
     /// A [`TlsEvent`]: the first bytes a watched TCP connection sent.
     Tls = 6,
+    /// A [`FlowEvent`]: a flow's totals, while it moves bytes and at its end.
+    Flow = 7,
 }
 
 /// Which kernel hook produced an event.
@@ -348,10 +368,15 @@ pub enum Stat {
     /// the ring buffer full. The kernel's names still judged; only the
     /// daemon's copy (for the records) is missing.
     NamesDropped = 3,
+    /// Flow totals ([`FlowEvent`]) that found the ring buffer full. An
+    /// update that is lost is carried by the next one (totals add up); a
+    /// lost end loses the flow's last bytes, and the daemon reports it as
+    /// a gap.
+    FlowsDropped = 4,
 }
 
 /// Number of entries in the `STATS` array.
-pub const STAT_COUNT: u32 = 4;
+pub const STAT_COUNT: u32 = 5;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u8 = 2;
@@ -442,6 +467,12 @@ pub struct ConnectEvent {
     /// A `NAME_*` state: whether a name was known for the destination.
     pub name_state: u8,
     pub _pad: [u8; 3],
+    /// The flow's number on its socket (1, 2, ... as the socket's
+    /// destination or verdict changes); with the cookie it names the flow
+    /// that later [`FlowEvent`]s total. 0: no totals follow (flows are not
+    /// followed, or a blocked connect()).
+    pub flow: u32,
+    pub _pad2: u32,
 }
 
 /// [`ConnectEvent::name_state`]: names are not tracked.
@@ -555,6 +586,7 @@ pub const PIN_ABI: u32 = {
         size_of::<NameKey>(),
         size_of::<NameEntry>(),
         size_of::<TlsPending>(),
+        size_of::<FlowState>(),
         STAT_COUNT as usize,
     ];
     let mut h: u32 = 1;
@@ -771,6 +803,83 @@ pub struct TlsEvent {
     pub data: [u8; TLS_EVENT_BYTES],
 }
 
+/// What moved on a flow, as counted in the kernel. Bytes are IP packet
+/// lengths as the cgroup `skb` hooks see them (headers included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowTotals {
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    /// Calls the flow's decision covered: 1 for a connect(), and every
+    /// datagram sent (or refused) to the destination for a `sendmsg()`.
+    pub calls: u64,
+}
+
+/// The flow a socket carries now (`FLOWS` socket storage): the decision
+/// as it was reported, what has moved since, and what was last reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// The decision, exactly as the [`ConnectEvent`] that began the flow.
+    pub decision: ConnectEvent,
+    pub totals: FlowTotals,
+    /// The totals as of the last report that reached the ring.
+    pub reported: FlowTotals,
+    /// `CLOCK_BOOTTIME` of that report (or of the decision).
+    pub reported_ns: u64,
+    /// When a repeat was last decided in full (`sendmsg()` repeats are
+    /// decided again at least every [`FLOW_REDECIDE_NS`]).
+    pub decided_ns: u64,
+    /// When a TCP flow was first seen established (an egress segment in
+    /// state `ESTABLISHED`); 0: not (yet).
+    pub established_ns: u64,
+    /// Flows begun on this socket so far (the next one is numbered one
+    /// more).
+    pub count: u32,
+    pub _pad: u32,
+}
+
+/// A repeat `sendmsg()` to a flow's destination is decided from its
+/// socket storage for at most this long, then in full again: names learnt
+/// since, a staleness release, or a policy the same generation cannot
+/// express take effect within it.
+pub const FLOW_REDECIDE_NS: u64 = 1_000_000_000;
+
+/// [`FlowEvent::stage`]: the flow still moves bytes (periodic report).
+pub const FLOW_UPDATE: u8 = 1;
+/// [`FlowEvent::stage`]: the socket was released (closed).
+pub const FLOW_END: u8 = 2;
+/// [`FlowEvent::stage`]: the socket turned to another destination,
+/// verdict or policy; its next flow begins with a new decision.
+pub const FLOW_SUPERSEDED: u8 = 3;
+
+/// A flow's totals: periodically while it moves bytes, and at its end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub header: EventHeader,
+    /// `CLOCK_BOOTTIME` of this report.
+    pub boot_ns: u64,
+    /// The flow's decision (its `boot_ns` is the flow's start; `cookie`
+    /// and `flow` name it).
+    pub decision: ConnectEvent,
+    /// Totals since the flow began.
+    pub totals: FlowTotals,
+    /// Totals as of the previous report that reached the ring (zero for
+    /// the first).
+    pub previous: FlowTotals,
+    /// See [`FlowState::established_ns`].
+    pub established_ns: u64,
+    /// `FLOW_UPDATE`, `FLOW_END` or `FLOW_SUPERSEDED`.
+    pub stage: u8,
+    /// The socket's TCP state (`TCP_ESTABLISHED` 1 ... `TCP_CLOSE` 7) at
+    /// the report; 0 for other sockets.
+    pub tcp_state: u8,
+    pub _pad: [u8; 6],
+}
+
 // Layout checks: a change here is a change of the kernel ABI between the two
 // halves and must be deliberate.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 8);
@@ -821,7 +930,11 @@ pub struct ProcessEvent {
 /// [`ProcessEvent::flags`] of an `Exit`: the last thread of the process.
 pub const EXIT_GROUP_DEAD: u32 = 1;
 
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 136);
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, flow) == 128);
+const _: () = assert!(core::mem::size_of::<FlowTotals>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 136 + 80 + 32);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 136 + 80 + 16);
 const _: () = assert!(core::mem::size_of::<PatternKey>() == 8 + PATTERN_BYTES);
 const _: () = assert!(core::mem::size_of::<NameClass>() == 40);
 const _: () = assert!(core::mem::size_of::<NameKey>() == 32);

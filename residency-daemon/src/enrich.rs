@@ -239,7 +239,147 @@ pub fn decode(ev: &ConnectEvent, clock: &Clock) -> Result<Flow, EnrichError> {
         name: None,
         cookie: ev.cookie,
         pod: None,
+        flow_id: flow_id(ev.cookie, ev.flow),
+        totals: None,
     })
+}
+
+/// The first 8 hex digits of the kernel's boot id: socket cookies count
+/// from boot, so the flow id needs it to be unique across reboots.
+fn boot_prefix() -> &'static str {
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.chars().filter(char::is_ascii_hexdigit).take(8).collect())
+            .unwrap_or_else(|_| "00000000".to_owned())
+    })
+}
+
+/// `<boot>-<cookie>-<n>`, or none when the kernel does not follow the
+/// flow (`n` 0).
+fn flow_id(cookie: u64, n: u32) -> Option<Arc<str>> {
+    (n != 0).then(|| Arc::from(format!("{}-{cookie}-{n}", boot_prefix())))
+}
+
+/// A kernel record with no flow to total (the kernel never writes one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("flow totals without a flow number")]
+pub struct NoFlow;
+
+/// What the writer remembers of a live flow between its records: the
+/// totals last written (a report two CPUs made at once is then counted
+/// once) and the name its decision was explained with (a week later the
+/// answer that named it has expired).
+#[derive(Debug, Clone, Default)]
+pub struct FlowMemo {
+    last: residency_record::FlowCounts,
+    name: Option<Box<residency_record::DestName>>,
+}
+
+/// Live flows the writer remembers, at most (an older flow's next
+/// totals then rely on the kernel's own "previous").
+const FLOW_MEMOS: usize = 16_384;
+
+fn counts(t: &residency_common::FlowTotals) -> residency_record::FlowCounts {
+    residency_record::FlowCounts {
+        bytes_out: t.bytes_out,
+        bytes_in: t.bytes_in,
+        packets_out: t.packets_out,
+        packets_in: t.packets_in,
+        calls: t.calls,
+    }
+}
+
+/// The larger of each count.
+fn newest(a: residency_record::FlowCounts, b: residency_record::FlowCounts) -> residency_record::FlowCounts {
+    residency_record::FlowCounts {
+        bytes_out: a.bytes_out.max(b.bytes_out),
+        bytes_in: a.bytes_in.max(b.bytes_in),
+        packets_out: a.packets_out.max(b.packets_out),
+        packets_in: a.packets_in.max(b.packets_in),
+        calls: a.calls.max(b.calls),
+    }
+}
+
+/// Builds a flow's totals record from a kernel report: the decision as
+/// it began, with what moved since.
+///
+/// # Errors
+/// As [`decode`], or [`NoFlow`].
+pub fn decode_totals(
+    ev: &residency_common::FlowEvent,
+    clock: &Clock,
+    memos: &mut lru::LruCache<(u64, u32), FlowMemo>,
+) -> Result<(Flow, Option<Box<residency_record::DestName>>), String> {
+    use residency_record::{FlowReport, FlowStage};
+    let d = &ev.decision;
+    if d.flow == 0 {
+        return Err(NoFlow.to_string());
+    }
+    let mut flow = decode(d, clock).map_err(|e| e.to_string())?;
+    let start = flow.time;
+    flow.time = clock.wall(ev.boot_ns);
+    let stage = match ev.stage {
+        residency_common::FLOW_UPDATE => FlowStage::Update,
+        residency_common::FLOW_END => FlowStage::Closed,
+        residency_common::FLOW_SUPERSEDED => FlowStage::Superseded,
+        other => return Err(format!("unknown flow stage {other}")),
+    };
+    let key = (d.cookie, d.flow);
+    let totals = counts(&ev.totals);
+    let memo = if stage.ended() {
+        memos.pop(&key)
+    } else {
+        memos.get(&key).cloned()
+    };
+    let base = newest(
+        counts(&ev.previous),
+        memo.as_ref().map(|m| m.last).unwrap_or_default(),
+    );
+    let name = memo.and_then(|m| m.name);
+    if !stage.ended() {
+        memos.put(
+            key,
+            FlowMemo {
+                last: newest(base, totals),
+                name: name.clone(),
+            },
+        );
+    }
+    let tcp = flow.transport == Transport::Tcp;
+    flow.totals = Some(Box::new(FlowReport {
+        stage,
+        start,
+        established_after_ns: (tcp && ev.established_ns != 0)
+            .then(|| ev.established_ns.saturating_sub(d.boot_ns)),
+        tcp_state: if tcp {
+            residency_record::tcp_state_str(ev.tcp_state)
+        } else {
+            None
+        },
+        totals,
+        delta: totals.since(&base),
+    }));
+    Ok((flow, name))
+}
+
+/// A new memo store for [`decode_totals`].
+#[must_use]
+pub fn flow_memos() -> lru::LruCache<(u64, u32), FlowMemo> {
+    lru::LruCache::new(std::num::NonZeroUsize::new(FLOW_MEMOS).unwrap_or(std::num::NonZeroUsize::MIN))
+}
+
+/// Remembers a decision's name for its flow's later totals records.
+pub fn remember_decision(memos: &mut lru::LruCache<(u64, u32), FlowMemo>, flow: &Flow, ev: &ConnectEvent) {
+    if ev.flow != 0 {
+        memos.put(
+            (ev.cookie, ev.flow),
+            FlowMemo {
+                last: residency_record::FlowCounts::default(),
+                name: flow.name.clone(),
+            },
+        );
+    }
 }
 
 /// Adds the `GeoIP` detail: from the generation the kernel consulted, or
@@ -294,6 +434,8 @@ mod tests {
             name_pattern: 0,
             name_state: 0,
             _pad: [0; 3],
+            flow: 0,
+            _pad2: 0,
         }
     }
 

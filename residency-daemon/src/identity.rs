@@ -145,7 +145,7 @@ impl Processes {
                     self.cache.pop(&ev.parent);
                 }
             }
-            Decoded::Connect(_) | Decoded::Dns(_) | Decoded::Tls(_) => {}
+            Decoded::Connect(_) | Decoded::Dns(_) | Decoded::Tls(_) | Decoded::Flow(_) => {}
         }
     }
 

@@ -22,9 +22,40 @@ pub struct VerdictLabel {
     pub verdict: &'static str,
 }
 
+/// Label of `residency_flow_reports_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// `update`, `closed` or `superseded`.
+    pub stage: &'static str,
+}
+
+/// Labels of `residency_flow_bytes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabel {
+    /// `out` (sent) or `in` (received).
+    pub direction: &'static str,
+    pub tenant: String,
+    /// ISO alpha-2, or `unknown`.
+    pub country: String,
+}
+
+/// Series of `residency_flow_bytes_total` at most: tenants come from the
+/// configuration and countries from ISO 3166, but their product is not
+/// small; past this, new pairs count under tenant and country `_other`.
+pub const MAX_BYTES_SERIES: usize = 2048;
+
 /// The pipeline's counters.
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
+    /// Bytes of followed flows, by direction, tenant and country (from
+    /// each totals record's delta).
+    pub flow_bytes: Family<BytesLabel, Counter>,
+    /// Distinct (tenant, country) pairs in `flow_bytes`.
+    bytes_pairs: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Flow totals records written, by stage.
+    pub flow_reports: Family<StageLabel, Counter>,
+    /// Flow totals the kernel could not report (ring buffer full).
+    pub kernel_flows_dropped: Gauge,
     /// Decisions written, by verdict (`allowed`, `flagged`, `blocked`).
     pub events: Family<VerdictLabel, Counter>,
     /// Records that were not decisions (lifecycle, gaps, notes).
@@ -59,8 +90,77 @@ impl PipelineMetrics {
         self.events.get_or_create(&VerdictLabel { verdict }).inc();
     }
 
+    /// Counts a flow's totals record: its bytes by tenant and country.
+    pub fn flow_totals(&self, flow: &residency_record::Flow) {
+        let Some(t) = flow.totals.as_deref() else {
+            return;
+        };
+        self.flow_reports
+            .get_or_create(&StageLabel {
+                stage: t.stage.as_str(),
+            })
+            .inc();
+        let tenants: &[String] = flow
+            .policy_view
+            .as_ref()
+            .and_then(|d| d.0.policy(flow.policy))
+            .and_then(|p| p.workload.as_ref())
+            .map_or(&[], |w| w.tenants.as_slice());
+        let country = flow
+            .country
+            .as_ref()
+            .map_or("unknown", geoip::CountryCode::as_str);
+        let none = [String::new()];
+        let tenants = if tenants.is_empty() { &none[..] } else { tenants };
+        for tenant in tenants {
+            let (tenant, country) = self.bounded(tenant, country);
+            for (direction, n) in [("out", t.delta.bytes_out), ("in", t.delta.bytes_in)] {
+                if n > 0 {
+                    self.flow_bytes
+                        .get_or_create(&BytesLabel {
+                            direction,
+                            tenant: tenant.clone(),
+                            country: country.clone(),
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+    }
+
+    /// The labels a (tenant, country) pair counts under: itself, or
+    /// `_other` once [`MAX_BYTES_SERIES`] pairs are taken.
+    fn bounded(&self, tenant: &str, country: &str) -> (String, String) {
+        let mut pairs = self
+            .bytes_pairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (tenant.to_owned(), country.to_owned());
+        if pairs.contains(&key) || pairs.len() < MAX_BYTES_SERIES {
+            pairs.insert(key.clone());
+            key
+        } else {
+            ("_other".to_owned(), "_other".to_owned())
+        }
+    }
+
     /// Adds the pipeline's series to a registry.
     pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "flow_bytes",
+            "Bytes of followed flows (IP packet lengths), by direction (out, in), tenant and country",
+            self.flow_bytes.clone(),
+        );
+        r.register(
+            "flow_reports",
+            "Flow totals records written, by stage (update, closed, superseded)",
+            self.flow_reports.clone(),
+        );
+        r.register(
+            "kernel_flows_dropped",
+            "Flow totals the kernel could not report (ring buffer full)",
+            self.kernel_flows_dropped.clone(),
+        );
         // Every verdict has a series from the start, at 0, so dashboards
         // and alerts see it before the first such decision.
         for v in [Verdict::Allowed, Verdict::Flagged, Verdict::Blocked] {

@@ -70,6 +70,11 @@ enum Item {
         count: u64,
         total: u64,
     },
+    /// Flow totals the kernel could not report (ring buffer full).
+    FlowsLost {
+        count: u64,
+        total: u64,
+    },
     Stopped(StopInfo),
 }
 
@@ -199,6 +204,7 @@ pub async fn run(
         state,
         persist,
         reported_lost: baseline.lost_reported,
+        flows_lost: None,
         received: baseline.consumed,
         undecodable: 0,
         poll: config.kernel.poll_interval,
@@ -253,6 +259,9 @@ struct Reader {
     ready: Arc<Notify>,
     room: Arc<Notify>,
     reported_lost: u64,
+    /// Flow totals the kernel could not report, as reported so far (from
+    /// the first read: drops while no daemon ran are not known here).
+    flows_lost: Option<u64>,
     received: u64,
     undecodable: u64,
     poll: Duration,
@@ -412,6 +421,24 @@ impl Reader {
         self.metrics
             .kernel_names_dropped
             .set(i64::try_from(totals.names_dropped).unwrap_or(i64::MAX));
+        self.metrics
+            .kernel_flows_dropped
+            .set(i64::try_from(totals.flows_dropped).unwrap_or(i64::MAX));
+        let flows_lost = *self.flows_lost.get_or_insert(totals.flows_dropped);
+        if totals.flows_dropped > flows_lost && self.producer.vacant_len() > 0 {
+            let count = totals.flows_dropped - flows_lost;
+            warn!(
+                count,
+                total = totals.flows_dropped,
+                "kernel ring buffer full: flow totals not reported"
+            );
+            let _ = self.producer.try_push(Item::FlowsLost {
+                count,
+                total: totals.flows_dropped,
+            });
+            self.flows_lost = Some(totals.flows_dropped);
+            self.ready.notify_one();
+        }
         if totals.dropped > self.reported_lost && self.producer.vacant_len() > 0 {
             let count = totals.dropped - self.reported_lost;
             warn!(
@@ -495,6 +522,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
     // The columns of each line in `buf`, for the evidence store.
     let mut index: Vec<Option<Index>> = Vec::with_capacity(4096);
     let mut enricher = Enricher::new(sources, DETAIL_CACHE);
+    let mut memos = enrich::flow_memos();
     let mut notes_open = true;
     loop {
         beat.beat();
@@ -536,6 +564,7 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                     Ok(mut flow) => {
                         enricher.enrich(&mut flow);
                         enricher.name(&mut flow, &ev);
+                        enrich::remember_decision(&mut memos, &flow, &ev);
                         metrics.decision(verdict_str(flow.verdict));
                         Record::Flow(flow)
                     }
@@ -543,6 +572,29 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                         reason: format!("kernel record: {e}"),
                     },
                 },
+                Item::Process(Decoded::Flow(ev)) => {
+                    match enrich::decode_totals(&ev, &clock, &mut memos) {
+                        Ok((mut flow, name)) => {
+                            enricher.enrich(&mut flow);
+                            match name {
+                                Some(name) => flow.name = Some(name),
+                                None => {
+                                    // Not remembered (the daemon started
+                                    // after the decision): named as the
+                                    // decision was, where names still hold.
+                                    let mut d = ev.decision;
+                                    d.flags &= !residency_common::FLAG_TLS_WATCHED;
+                                    enricher.name(&mut flow, &d);
+                                }
+                            }
+                            metrics.flow_totals(&flow);
+                            Record::Flow(flow)
+                        }
+                        Err(e) => Record::Undecodable {
+                            reason: format!("kernel flow totals: {e}"),
+                        },
+                    }
+                }
                 Item::Process(p) => {
                     enricher.observe(&p);
                     match enricher.observe_names(&p, &metrics) {
@@ -557,6 +609,15 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                     }
                 }
                 Item::Lost { count, total } => Record::Lost { count, total },
+                Item::FlowsLost { count, total } => Record::note(
+                    residency_record::Lifecycle::FlowTotalsLost,
+                    format!(
+                        "{count} flow totals reports were lost (kernel ring buffer full): a lost \
+                         update is carried by the flow's next report, a lost end loses the bytes \
+                         its flow moved after its last report"
+                    ),
+                    serde_json::json!({ "count": count, "total": total }),
+                ),
                 Item::Stopped(info) => {
                     // Notes still queued (a gap found at start, a reload
                     // just before the stop) go in before the last record.

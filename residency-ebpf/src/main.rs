@@ -46,6 +46,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 
+mod flows;
 mod names;
 mod process;
 use residency_common::{
@@ -293,6 +294,18 @@ struct Applied<'a> {
 }
 
 fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u8) -> i32 {
+    let (family, daddr) = match dest {
+        Dest::V4(a) => (
+            AF_INET,
+            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        Dest::V6(a) => (AF_INET6, *a),
+    };
+    if matches!(hook, Hook::Sendmsg4 | Hook::Sendmsg6)
+        && let Some(r) = flows::repeat(ctx, family, &daddr, port_be)
+    {
+        return r;
+    }
     let Some(applied) = applied_policy() else {
         // No policy loaded yet: the daemon loads one before it attaches,
         // so this does not happen; allow and report nothing.
@@ -312,9 +325,21 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
         }
         Action::Flag | Action::Block | Action::Judge => Verdict::Flagged,
     };
-    report(
-        ctx, hook, dest, port_be, flags, verdict, &finding, &names, &applied,
+    let begun = flows::begin(
+        ctx,
+        hook,
+        family,
+        &daddr,
+        port_be,
+        verdict,
+        applied.generation,
+        finding.geo_gen,
     );
+    if !matches!(begun, flows::Begun::Same) {
+        report(
+            ctx, hook, family, &daddr, port_be, flags, verdict, &finding, &names, &applied, &begun,
+        );
+    }
     if matches!(verdict, Verdict::Blocked) {
         DENY
     } else {
@@ -846,7 +871,7 @@ fn action_of(ctx: &SockAddrContext, rule: &DestRule) -> Action {
 
 /// The generation of tables in force, or 0.
 #[inline(always)]
-fn active_generation() -> u32 {
+pub(crate) fn active_generation() -> u32 {
     GEO_ACTIVE.get(0).map_or(0, |a| a.generation)
 }
 
@@ -933,13 +958,15 @@ fn may_block() -> bool {
 fn report(
     ctx: &SockAddrContext,
     hook: Hook,
-    dest: &Dest,
+    family: u8,
+    daddr: &[u8; 16],
     port_be: u32,
     flags: u8,
     verdict: Verdict,
     finding: &Finding,
     names: &NameFacts,
     applied: &Applied<'_>,
+    begun: &flows::Begun,
 ) {
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count(Stat::Dropped);
@@ -947,12 +974,9 @@ fn report(
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let (family, daddr) = match dest {
-        Dest::V4(a) => (
-            AF_INET,
-            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        ),
-        Dest::V6(a) => (AF_INET6, *a),
+    let flow = match begun {
+        flows::Begun::New(_, n) => *n,
+        _ => 0,
     };
     // SAFETY: a helper call without pointer arguments.
     let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -984,7 +1008,7 @@ fn report(
         dest_kind: finding.kind as u8,
         #[expect(clippy::cast_possible_truncation, reason = "at most MAX_POLICIES")]
         policy: applied.index as u16,
-        daddr,
+        daddr: *daddr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         policy_gen: applied.generation,
         // SAFETY: a helper call on the program's own context.
@@ -994,7 +1018,12 @@ fn report(
         name_pattern: names.pattern,
         name_state: names.state,
         _pad: [0; 3],
+        flow,
+        _pad2: 0,
     });
+    if let flows::Begun::New(st, _) = begun {
+        flows::keep(*st, entry.as_ptr());
+    }
     let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes() {
         BPF_RB_FORCE_WAKEUP
     } else {

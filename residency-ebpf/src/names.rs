@@ -550,7 +550,7 @@ fn remember(key: &NameKey, stamp: u64, expires: u64, pattern: u32) {
 }
 
 #[inline(always)]
-fn submit<T>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
+pub(crate) fn submit<T>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes() {
         BPF_RB_FORCE_WAKEUP
     } else {

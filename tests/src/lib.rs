@@ -375,6 +375,34 @@ impl Daemon {
         }
     }
 
+    /// GET `path` from the daemon's API over its root-only socket:
+    /// (status, body).
+    ///
+    /// # Errors
+    /// If the request cannot be made.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use residency_api::client::{Client, Target};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = Client::new(Target::Socket(self.socket.clone()), None);
+        let reply = rt.block_on(client.request(hyper::Method::GET, path, None))?;
+        Ok((
+            reply.status,
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        ))
+    }
+
+    /// GET `path` as JSON, which must answer 200.
+    ///
+    /// # Errors
+    /// If the request fails, answers otherwise, or is not JSON.
+    pub fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.get(path)?;
+        ensure!(status == 200, "GET {path}: {status} {body}");
+        serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+    }
+
     /// The daemon's process id (to signal it).
     #[must_use]
     pub fn pid(&self) -> Option<Pid> {
@@ -566,12 +594,28 @@ pub fn action(record: &Value) -> &str {
     record["event"]["action"].as_str().unwrap_or("")
 }
 
-/// Flow records (connect/sendmsg decisions).
+/// Flow records (connect/sendmsg decisions), without the flows' totals
+/// records.
 #[must_use]
 pub fn flows(records: &[Value]) -> Vec<&Value> {
     records
         .iter()
-        .filter(|r| r["event"]["dataset"] == "residency.flow")
+        .filter(|r| r["event"]["dataset"] == "residency.flow" && !is_totals(r))
+        .collect()
+}
+
+/// Whether a record is a flow's totals (`flow-update`, `flow-end`).
+#[must_use]
+pub fn is_totals(record: &Value) -> bool {
+    matches!(action(record), "flow-update" | "flow-end")
+}
+
+/// The totals records of the flow `id` (`residency.flow.id`), in order.
+#[must_use]
+pub fn totals_of<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| is_totals(r) && r["residency"]["flow"]["id"] == id)
         .collect()
 }
 
@@ -593,6 +637,9 @@ pub enum Op {
         server: IpAddr,
         port: u16,
     },
+    /// Connect, send `bytes`, close the sending side, read until the
+    /// server closes.
+    Bulk { addr: SocketAddr, bytes: u64 },
 }
 
 impl std::fmt::Display for Op {
@@ -602,6 +649,7 @@ impl std::fmt::Display for Op {
             Op::Udp(a) => write!(f, "udp:{a}"),
             Op::Dns { name, server } => write!(f, "dns:{name}@{server}"),
             Op::DnsTcp { name, server, port } => write!(f, "dnstcp:{name}@{server}:{port}"),
+            Op::Bulk { addr, bytes } => write!(f, "bulk:{bytes}@{addr}"),
         }
     }
 }
@@ -655,7 +703,7 @@ pub fn run_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Val
 pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Child> {
     for op in ops {
         let a = match op {
-            Op::Tcp(a) | Op::Udp(a) => a.ip(),
+            Op::Tcp(a) | Op::Udp(a) | Op::Bulk { addr: a, .. } => a.ip(),
             Op::Dns { server, .. } | Op::DnsTcp { server, .. } => *server,
         };
         ensure!(
@@ -771,6 +819,65 @@ impl Listener {
             stop,
             thread: Some(thread),
             _udp: udp,
+        })
+    }
+}
+
+/// A loopback TCP server for bulk transfers: each connection is read to
+/// its end, then answered with `reply` bytes in `chunks` pieces, `pause`
+/// apart, and closed. What each connection sent is kept, in order.
+pub struct BulkServer {
+    pub addr: SocketAddr,
+    /// Bytes received per connection, in the order they ended.
+    pub received: Arc<std::sync::Mutex<Vec<u64>>>,
+    _thread: thread::JoinHandle<()>,
+}
+
+impl BulkServer {
+    /// Serves on `ip` (loopback) at a free port until the process ends.
+    ///
+    /// # Errors
+    /// If binding fails.
+    pub fn start(ip: IpAddr, reply: u64, chunks: u64, pause: Duration) -> anyhow::Result<Self> {
+        use std::io::{Read as _, Write as _};
+        ensure!(is_loopback(ip), "bulk servers stay on loopback");
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
+        let addr = listener.local_addr()?;
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let got = received.clone();
+        let thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                let got = got.clone();
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut n = 0u64;
+                    while let Ok(k) = s.read(&mut buf) {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    let piece = vec![0xa5u8; usize::try_from(reply / chunks.max(1)).unwrap_or(0)];
+                    for i in 0..chunks {
+                        if i > 0 {
+                            thread::sleep(pause);
+                        }
+                        if s.write_all(&piece).is_err() {
+                            break;
+                        }
+                    }
+                    drop(s);
+                    if let Ok(mut g) = got.lock() {
+                        g.push(n);
+                    }
+                });
+            }
+        });
+        Ok(BulkServer {
+            addr,
+            received,
+            _thread: thread,
         })
     }
 }

@@ -21,6 +21,8 @@ pub struct RawKernel {
     instance: Option<Spanned<String>>,
     stale_after_secs: Option<Spanned<u64>>,
     when_stale: Option<Spanned<String>>,
+    flows: Option<bool>,
+    flow_report_secs: Option<Spanned<u64>>,
 }
 
 /// `kernel.when_stale`: what the programs do once no daemon has refreshed
@@ -70,6 +72,14 @@ pub struct KernelConfig {
     /// never).
     pub stale_after: Option<Duration>,
     pub when_stale: WhenStale,
+    /// Whether flows are followed (`kernel.flows`, default true): bytes
+    /// and packets per socket, TCP establishment, the socket's end, and
+    /// repeated datagrams to one destination decided from socket storage
+    /// and counted instead of reported one by one.
+    pub flows: bool,
+    /// A flow that keeps moving bytes is reported at least this often
+    /// (`kernel.flow_report_secs`, default 60).
+    pub flow_report: Duration,
 }
 
 /// The default `kernel.instance`.
@@ -95,6 +105,8 @@ const MAX_RING_KIB: u32 = 1024 * 1024;
 const DEFAULT_POLL_MS: u64 = 10;
 
 const DEFAULT_STATS_MS: u64 = 1000;
+
+const DEFAULT_FLOW_REPORT_SECS: u64 = 60;
 
 impl KernelConfig {
     /// Validates `[kernel]`.
@@ -203,7 +215,18 @@ impl KernelConfig {
             }
         };
 
+        let flow_report_secs = at
+            .ranged(
+                raw.flow_report_secs.as_ref(),
+                "kernel.flow_report_secs",
+                Some(DEFAULT_FLOW_REPORT_SECS),
+                1..=86_400,
+            )?
+            .unwrap_or(DEFAULT_FLOW_REPORT_SECS);
+
         Ok(KernelConfig {
+            flows: raw.flows.unwrap_or(true),
+            flow_report: Duration::from_secs(flow_report_secs),
             persist: raw.persist.unwrap_or(true),
             instance,
             stale_after: (stale_secs > 0).then(|| Duration::from_secs(stale_secs)),

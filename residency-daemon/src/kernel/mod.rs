@@ -30,7 +30,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -280,6 +280,9 @@ pub struct KernelCounters {
     /// DNS answers and TLS bytes that found the ring buffer full (the
     /// kernel still judged by those names; only the records lack them).
     pub names_dropped: u64,
+    /// Flow totals that found the ring buffer full (an update is carried
+    /// by the next one; a lost end loses the flow's last bytes).
+    pub flows_dropped: u64,
 }
 
 /// Reads the kernel's per-CPU counters.
@@ -305,6 +308,7 @@ impl CounterReader {
             dropped: sum(Stat::Dropped)?,
             process_dropped: sum(Stat::ProcessDropped)?,
             names_dropped: sum(Stat::NamesDropped)?,
+            flows_dropped: sum(Stat::FlowsDropped)?,
         })
     }
 }
@@ -510,6 +514,8 @@ pub fn start(
     let names_flag = u8::from(name_tracking.track);
     let sni_flag = u8::from(name_tracking.track && name_tracking.sni);
     let min_ttl_ns = name_tracking.min_ttl_secs.saturating_mul(1_000_000_000);
+    let flows_flag = u8::from(settings.flows);
+    let flow_report_ns = u64::try_from(settings.flow_report.as_nanos()).unwrap_or(u64::MAX);
     let max_ttl_ns = name_tracking.max_ttl_secs.saturating_mul(1_000_000_000);
 
     let previous = pins.previous;
@@ -538,6 +544,8 @@ pub fn start(
         .override_global(names::NAME_MAX_TTL_NS, &max_ttl_ns, true)
         .map_max_entries(names::DNS_NAMES, name_tracking.max_entries)
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+        .override_global(names::FLOWS_ENABLED, &flows_flag, true)
+        .override_global(names::FLOW_REPORT_NS, &flow_report_ns, true)
         .override_global(names::TRACK_CGROUP_ID, &track_id, true)
         .override_global(names::TRACK_CGROUP_LEVEL, &track_level, true)
         .map_max_entries(names::EVENTS, settings.ring_buffer_bytes);
@@ -639,6 +647,9 @@ pub fn start(
         reuse,
         &mut held,
     )?;
+    if settings.flows {
+        attach_flow_programs(&mut ebpf, &cgroup, &target, &pins, reuse, &mut held)?;
+    }
     // Links of programs this configuration does not run any more (names
     // tracking turned off) go now that everything else is in force.
     for name in pins.pinned_links() {
@@ -815,6 +826,45 @@ fn attach_name_programs(
         held.keep(name, outcome);
         debug!(program = name, cgroup = %target.path.display(), "in force");
     }
+    Ok(())
+}
+
+/// The flow programs (`residency-ebpf/src/flows.rs`): bytes out and in,
+/// and the socket's end. They never drop a packet or refuse a close.
+fn attach_flow_programs(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    target: &CgroupTarget,
+    pins: &Pins,
+    reuse: bool,
+    held: &mut Held,
+) -> Result<(), KernelError> {
+    let skb = [
+        (names::COUNT_EGRESS, CgroupSkbAttachType::Egress),
+        (names::COUNT_INGRESS, CgroupSkbAttachType::Ingress),
+    ];
+    for (name, attach) in skb {
+        let program: &mut CgroupSkb = find_program(ebpf, name)?;
+        let fd = load_and_lend!(program, name);
+        let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
+            let id = program
+                .attach(cgroup, attach, CgroupAttachMode::Single)
+                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+            fd_link!(program, id, name)
+        })?;
+        held.keep(name, outcome);
+    }
+    let name = names::SOCK_RELEASE;
+    let program: &mut CgroupSock = find_program(ebpf, name)?;
+    let fd = load_and_lend!(program, name);
+    let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
+        let id = program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+        fd_link!(program, id, name)
+    })?;
+    held.keep(name, outcome);
+    debug!(cgroup = %target.path.display(), "flow programs in force");
     Ok(())
 }
 

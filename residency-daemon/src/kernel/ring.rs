@@ -8,7 +8,7 @@ use std::{io, os::fd::AsRawFd as _};
 
 use aya::maps::{Map, MapData, RingBuf};
 use residency_common::{
-    ConnectEvent, DnsEvent, EventHeader, EventKind, ExecEvent, ProcessEvent, TlsEvent,
+    ConnectEvent, DnsEvent, EventHeader, EventKind, ExecEvent, FlowEvent, ProcessEvent, TlsEvent,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -93,6 +93,8 @@ pub enum Decoded {
     Dns(Box<DnsAnswerBytes>),
     /// First payload bytes of a watched TCP connection.
     Tls(Box<TlsBytes>),
+    /// A flow's totals (boxed: twice the size of a decision).
+    Flow(Box<FlowEvent>),
 }
 
 /// `N` bytes at `at` (within the checked size: the callers read fields of
@@ -193,6 +195,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             size
         }
         k if k == EventKind::Tls as u32 => size_of::<TlsEvent>(),
+        k if k == EventKind::Flow as u32 => size_of::<FlowEvent>(),
         _ => {
             return Err(DecodeError::UnknownKind {
                 kind: header.kind,
@@ -222,6 +225,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             }
             k if k == EventKind::Dns as u32 => Decoded::Dns(Box::new(dns_answer(bytes, want))),
             k if k == EventKind::Tls as u32 => Decoded::Tls(Box::new(tls_bytes(bytes))),
+            k if k == EventKind::Flow as u32 => Decoded::Flow(Box::new(
+                bytes.as_ptr().cast::<FlowEvent>().read_unaligned(),
+            )),
             _ => Decoded::Exit(bytes.as_ptr().cast::<ProcessEvent>().read_unaligned()),
         }
     })
@@ -265,6 +271,8 @@ mod tests {
             name_pattern: 0,
             name_state: 0,
             _pad: [0; 3],
+            flow: 0,
+            _pad2: 0,
         }
     }
 

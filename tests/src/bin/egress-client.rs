@@ -57,13 +57,16 @@ struct Args {
     /// dns:NAME@SERVER (a DNS query and its answer, timed); or
     /// dnstcp:NAME@SERVER:PORT (a DNS query, then a timed connect to the
     /// answer's IPv4 address on PORT). `{i}` in NAME is the pass number,
-    /// so that every pass asks for another name.
+    /// so that every pass asks for another name. bulk:BYTES@ADDR:PORT
+    /// connects, sends BYTES, closes its sending side and reads until the
+    /// server closes (timed as a whole; `received` counts what came back).
     #[arg(required = true)]
     ops: Vec<String>,
 }
 
 enum Op {
     Tcp(SocketAddr),
+    Bulk(SocketAddr, u64),
     Udp(SocketAddr),
     Dns {
         name: String,
@@ -78,6 +81,8 @@ enum Op {
 
 struct Stats {
     ok: u64,
+    /// Bytes read back by `bulk:` operations.
+    received: u64,
     errors: BTreeMap<String, u64>,
     nanos: Vec<u64>,
 }
@@ -104,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|_| Stats {
             ok: 0,
+            received: 0,
             errors: BTreeMap::new(),
             nanos: Vec::new(),
         })
@@ -127,7 +133,20 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_micros(args.interval_us));
         }
         for (op, st) in ops.iter().zip(stats.iter_mut()) {
-            let (result, nanos) = sockets.run(op, pass)?;
+            let (result, nanos) = match op {
+                Op::Bulk(addr, bytes) => {
+                    let t = Instant::now();
+                    let r = bulk(*addr, *bytes);
+                    let ns = elapsed_ns(t);
+                    (
+                        r.map(|got| {
+                            st.received += got;
+                        }),
+                        ns,
+                    )
+                }
+                _ => sockets.run(op, pass)?,
+            };
             match result {
                 Ok(()) => st.ok += 1,
                 Err(e) => *st.errors.entry(format!("{e:?}")).or_default() += 1,
@@ -178,6 +197,7 @@ impl Sockets {
     fn run(&mut self, op: &Op, pass: u64) -> anyhow::Result<(Result<(), Errno>, u64)> {
         Ok(match op {
             Op::Tcp(addr) => tcp_connect(*addr)?,
+            Op::Bulk(..) => unreachable!("run by main"),
             Op::Udp(addr) => {
                 let fd = if addr.is_ipv4() {
                     &self.udp4
@@ -213,7 +233,7 @@ fn report(ops: &[String], stats: &mut [Stats], timing: bool) -> Vec<Value> {
     ops.iter()
         .zip(stats.iter_mut())
         .map(|(name, st)| {
-            let mut v = json!({ "op": name, "ok": st.ok, "errors": st.errors });
+            let mut v = json!({ "op": name, "ok": st.ok, "errors": st.errors, "received": st.received });
             if timing && !st.nanos.is_empty() {
                 st.nanos.sort_unstable();
                 let pct = |p: f64| {
@@ -300,7 +320,41 @@ fn resolve(
     }
 }
 
+/// A bulk transfer: `bytes` out, then whatever the server sends back
+/// until it closes. The bytes read back, or the error.
+fn bulk(addr: SocketAddr, bytes: u64) -> Result<u64, Errno> {
+    use std::io::{Read as _, Write as _};
+    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
+    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+    let chunk = [0x5au8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        s.write_all(&chunk[..n]).map_err(io)?;
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    let mut buf = [0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf).map_err(io)? {
+            0 => return Ok(got),
+            n => got += n as u64,
+        }
+    }
+}
+
 fn parse_op(s: &str) -> anyhow::Result<Op> {
+    if let Some(rest) = s.strip_prefix("bulk:") {
+        let (bytes, addr) = rest.split_once('@').context("expected bulk:BYTES@ADDR:PORT")?;
+        let bytes: u64 = bytes.parse().context("bad byte count")?;
+        let addr: SocketAddr = addr.parse().with_context(|| format!("bad address in {s}"))?;
+        ensure!(
+            residency_tests::is_loopback(addr.ip()),
+            "{s}: bulk transfers go to loopback only"
+        );
+        return Ok(Op::Bulk(addr, bytes));
+    }
     if let Some(rest) = s.strip_prefix("dns:").or_else(|| s.strip_prefix("dnstcp:")) {
         let (name, at) = rest.split_once('@').context("expected NAME@SERVER")?;
         let (server, port) = if s.starts_with("dnstcp:") {

@@ -190,7 +190,24 @@ fn schemas() -> Value {
             "properties": {
                 "seq": seq,
                 "hash": { "type": "string", "description": "Chain hash, hex" },
-                "record": { "type": "object", "description": "The record, as written: ECS field names (@timestamp, event, network, destination, process, rule, residency; for a flow from a Kubernetes pod, container.id/name/image.name and orchestrator.namespace, orchestrator.resource.type pod, .name, .id (the pod UID) and .label (key:value))" }
+                "record": { "type": "object", "description": "The record, as written: ECS field names (@timestamp, event, network, destination, process, rule, residency; for a flow from a Kubernetes pod, container.id/name/image.name and orchestrator.namespace, orchestrator.resource.type pod, .name, .id (the pod UID) and .label (key:value)). A followed flow names itself in residency.flow.id; its totals records (event.action flow-update, flow-end) carry source.bytes/packets (sent), destination.bytes/packets (received), network.bytes/packets, event.start/end/duration and residency.flow.{stage, calls, established, connect_ns, tcp_state, delta}" },
+                "totals": schema_ref("FlowTotals")
+            }
+        },
+        "FlowTotals": {
+            "type": "object",
+            "description": "What a followed flow has moved, from its newest totals record",
+            "required": ["flow_id", "bytes_out", "bytes_in", "packets_out", "packets_in", "calls", "ended", "last_seq", "updated"],
+            "properties": {
+                "flow_id": { "type": "string", "description": "residency.flow.id: <boot>-<socket cookie>-<n>" },
+                "bytes_out": count,
+                "bytes_in": count,
+                "packets_out": count,
+                "packets_in": count,
+                "calls": { "type": "integer", "format": "int64", "minimum": 0, "description": "Calls the decision covered: repeated datagrams to the same destination are counted here" },
+                "ended": { "type": "boolean", "description": "The socket was closed or turned to another flow" },
+                "last_seq": seq,
+                "updated": time
             }
         },
         "RecordPage": {
@@ -259,7 +276,7 @@ fn schemas() -> Value {
         },
         "TransferRow": {
             "type": "object",
-            "required": ["transfer_basis", "provider", "flows", "allowed", "flagged", "blocked", "first_seen", "last_seen"],
+            "required": ["transfer_basis", "provider", "flows", "allowed", "flagged", "blocked", "bytes_out", "bytes_in", "first_seen", "last_seen"],
             "properties": {
                 "tenant": text,
                 "role": text,
@@ -272,6 +289,8 @@ fn schemas() -> Value {
                 "allowed": count,
                 "flagged": count,
                 "blocked": count,
+                "bytes_out": { "type": "integer", "format": "int64", "minimum": 0, "description": "Bytes sent (IP packet lengths) on the days they moved; 0 where flows are not followed" },
+                "bytes_in": { "type": "integer", "format": "int64", "minimum": 0, "description": "Bytes received, likewise" },
                 "first_seen": time,
                 "last_seen": time
             }

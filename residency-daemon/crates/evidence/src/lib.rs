@@ -51,7 +51,9 @@ use std::path::{Path, PathBuf};
 
 pub use config::{DEFAULT_STATE_DIR, EvidenceConfig, RawEvidence};
 pub use indexer::WAL_LIMIT;
-pub use query::{Filter, Order, Page, PageOf, Reader, StoredRecord, Violation, ViolationState};
+pub use query::{
+    FlowTotals, Filter, Order, Page, PageOf, Reader, StoredRecord, Violation, ViolationState,
+};
 pub use stats::Stats;
 pub use store::{Evidence, Opened};
 

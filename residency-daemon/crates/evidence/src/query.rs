@@ -93,6 +93,28 @@ pub struct StoredRecord {
     /// Chain hash, hex.
     pub hash: String,
     pub record: Box<RawValue>,
+    /// A followed flow's totals so far (from its newest totals record),
+    /// on the flow listing; absent where the flow has none yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<FlowTotals>,
+}
+
+/// What a followed flow has moved, from its newest totals record
+/// (`flow-update` or `flow-end`, record `last_seq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowTotals {
+    pub flow_id: String,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    /// Calls the decision covered (repeated datagrams to the same
+    /// destination included).
+    pub calls: u64,
+    /// The socket was closed, or turned to another flow.
+    pub ended: bool,
+    pub last_seq: u64,
+    pub updated: jiff::Timestamp,
 }
 
 /// Where a violation is in its lifecycle.
@@ -232,6 +254,12 @@ pub struct TransferRow {
     pub allowed: u64,
     pub flagged: u64,
     pub blocked: u64,
+    /// Bytes sent to and received from these destinations (IP packet
+    /// lengths), by the day each flow's totals record was written: a
+    /// flow's bytes count on the days they moved. 0 where flows are not
+    /// followed (`kernel.flows = false`).
+    pub bytes_out: u64,
+    pub bytes_in: u64,
     pub first_seen: jiff::Timestamp,
     pub last_seen: jiff::Timestamp,
 }
@@ -841,6 +869,7 @@ fn stored(
             seq: seq_of(seq),
             hash: chain::hex(&hash),
             record,
+            totals: None,
         }))
 }
 
@@ -997,7 +1026,55 @@ fn flows(
         .query_map(params.as_slice(), |r| stored(r, c, dicts))?
         .collect::<Result<Result<Vec<_>, _>, _>>()??;
     let next = paginate(&mut items, limit, |r| r.seq);
+    attach_totals(c, &mut items)?;
     Ok(PageOf { items, next })
+}
+
+/// The totals of each followed flow on a page, by its `residency.flow.id`.
+fn attach_totals(c: &Connection, items: &mut [StoredRecord]) -> Result<(), EvidenceError> {
+    #[derive(serde::Deserialize)]
+    struct Doc<'a> {
+        #[serde(borrow)]
+        residency: Option<Res<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Res<'a> {
+        #[serde(borrow)]
+        flow: Option<Id<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let mut stmt = c.prepare_cached(
+        "SELECT bytes_out, bytes_in, packets_out, packets_in, calls, ended, last_seq, last_ts
+         FROM flow_totals WHERE flow_id = ?1",
+    )?;
+    for item in items {
+        let Ok(doc) = serde_json::from_str::<Doc<'_>>(item.record.get()) else {
+            continue;
+        };
+        let Some(id) = doc.residency.and_then(|r| r.flow).map(|f| f.id) else {
+            continue;
+        };
+        item.totals = stmt
+            .query_row([id.as_ref()], |r| {
+                Ok(FlowTotals {
+                    flow_id: id.clone().into_owned(),
+                    bytes_out: seq_of(r.get(0)?),
+                    bytes_in: seq_of(r.get(1)?),
+                    packets_out: seq_of(r.get(2)?),
+                    packets_in: seq_of(r.get(3)?),
+                    calls: seq_of(r.get(4)?),
+                    ended: r.get::<_, i64>(5)? != 0,
+                    last_seq: seq_of(r.get(6)?),
+                    updated: ts(r.get(7)?),
+                })
+            })
+            .optional()?;
+    }
+    Ok(())
 }
 
 /// Filters on the indexed columns (alias `c`) other than tenant and
@@ -1235,7 +1312,7 @@ fn transfers(c: &Connection, f: &Filter) -> Result<Vec<TransferRow>, EvidenceErr
         w.add("namespace = ?", v.clone());
     }
     let sql = format!(
-        "SELECT tenant, role, country, basis, sum(allowed), sum(flagged), sum(blocked), min(first_ts), max(last_ts), provider, service, namespace
+        "SELECT tenant, role, country, basis, sum(allowed), sum(flagged), sum(blocked), min(first_ts), max(last_ts), provider, service, namespace, sum(bytes_out), sum(bytes_in)
          FROM transfers{} GROUP BY tenant, role, country, basis, provider, service, namespace
          ORDER BY tenant, role, country, basis, provider, service, namespace",
         w.clause()
@@ -1256,6 +1333,8 @@ fn transfers(c: &Connection, f: &Filter) -> Result<Vec<TransferRow>, EvidenceErr
             service: some(r.get(10)?),
             namespace: some(r.get(11)?),
             flows: allowed + flagged + blocked,
+            bytes_out: seq_of(r.get(12)?),
+            bytes_in: seq_of(r.get(13)?),
             allowed,
             flagged,
             blocked,

@@ -19,7 +19,7 @@
 use rusqlite::{Connection, OptionalExtension as _};
 
 /// Bumped when the layout changes; a store of another format is refused.
-pub const FORMAT: i64 = 4;
+pub const FORMAT: i64 = 5;
 
 /// Settings of every connection: WAL so that readers never block the
 /// writer, `synchronous = NORMAL` (a commit survives a crash of the process;
@@ -52,6 +52,8 @@ macro_rules! transfers_table {
     blocked  INTEGER NOT NULL,
     first_ts INTEGER NOT NULL,
     last_ts  INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    bytes_in  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, tenant, role, country, basis, provider, service, namespace)
 ) WITHOUT ROWID;"
     };
@@ -134,6 +136,19 @@ CREATE INDEX IF NOT EXISTS violations_state ON violations (state, id);
 CREATE TABLE IF NOT EXISTS transfers ",
     transfers_table!(),
     "
+
+CREATE TABLE IF NOT EXISTS flow_totals (
+    flow_id     TEXT PRIMARY KEY,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    last_ts     INTEGER NOT NULL,
+    bytes_out   INTEGER NOT NULL,
+    bytes_in    INTEGER NOT NULL,
+    packets_out INTEGER NOT NULL,
+    packets_in  INTEGER NOT NULL,
+    calls       INTEGER NOT NULL,
+    ended       INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS policies (
     hash      TEXT PRIMARY KEY,
@@ -256,6 +271,7 @@ fn create_tables(conn: &Connection) -> Result<(), String> {
             Ok(())
         }
         Some(FORMAT) => Ok(()),
+        Some(4) => upgrade_from_4(conn),
         // Format 1 kept every body as it was: add the dictionary column
         // (NULL: stored as is) and table, then go on as format 2.
         Some(1) => {
@@ -267,13 +283,18 @@ fn create_tables(conn: &Connection) -> Result<(), String> {
             )
             .map_err(|e| format!("upgrading the store from format 1: {e}"))?;
             upgrade_from_2(conn)?;
-            upgrade_from_3(conn)
+            upgrade_from_3(conn)?;
+            upgrade_from_4(conn)
         }
         Some(2) => {
             upgrade_from_2(conn)?;
-            upgrade_from_3(conn)
+            upgrade_from_3(conn)?;
+            upgrade_from_4(conn)
         }
-        Some(3) => upgrade_from_3(conn),
+        Some(3) => {
+            upgrade_from_3(conn)?;
+            upgrade_from_4(conn)
+        }
         Some(other) => Err(format!(
             "the store has format {other}; this build reads format {FORMAT}"
         )),
@@ -357,7 +378,8 @@ fn upgrade_from_3(conn: &Connection) -> Result<(), String> {
              CREATE TABLE transfers ",
             transfers_table!(),
             "
-             INSERT INTO transfers
+             INSERT INTO transfers (day, tenant, role, country, basis, provider, service,
+                                    namespace, allowed, flagged, blocked, first_ts, last_ts)
                  SELECT day, tenant, role, country, basis, provider, service, '',
                         allowed, flagged, blocked, first_ts, last_ts
                  FROM transfers_3;
@@ -372,6 +394,43 @@ fn upgrade_from_3(conn: &Connection) -> Result<(), String> {
             let _ = conn.execute_batch("ROLLBACK;");
             format!("upgrading the store from format 3: {e}")
         })
+}
+
+/// Format 4 counted no bytes: `transfers` gains `bytes_out` and
+/// `bytes_in` (0), which is exact: no build that wrote format 4 followed
+/// flows (and `verify` would say otherwise, since it adds the bytes up
+/// again from the bodies). `flow_totals` is made with the other tables.
+fn upgrade_from_4(conn: &Connection) -> Result<(), String> {
+    let upgrade = || -> rusqlite::Result<()> {
+        // (The format-3 upgrade made the table with them already.)
+        if !has_column(conn, "transfers", "bytes_out")? {
+            conn.execute_batch(
+                "ALTER TABLE transfers ADD COLUMN bytes_out INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE transfers ADD COLUMN bytes_in INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
+        conn.execute_batch("UPDATE meta SET value = 5 WHERE key = 'format';")
+    };
+    conn.execute_batch("BEGIN;")
+        .and_then(|()| upgrade())
+        .and_then(|()| conn.execute_batch("COMMIT;"))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK;");
+            format!("upgrading the store from format 4: {e}")
+        })
+}
+
+/// The byte columns of `transfers` as a `SELECT` list, or zeros in a
+/// store of format 4 or earlier that is read as it is.
+///
+/// # Errors
+/// If the database cannot be read.
+pub fn transfer_byte_columns(conn: &Connection) -> rusqlite::Result<&'static str> {
+    Ok(if has_column(conn, "transfers", "bytes_out")? {
+        "bytes_out, bytes_in"
+    } else {
+        "0, 0"
+    })
 }
 
 /// The columns of `transfers` that later formats added to its key, as a

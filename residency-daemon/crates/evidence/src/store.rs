@@ -445,6 +445,8 @@ struct TransferCount {
     blocked: i64,
     first: i64,
     last: i64,
+    bytes_out: i64,
+    bytes_in: i64,
 }
 
 struct Writer {
@@ -741,6 +743,7 @@ impl Writer {
         let tx = self.conn.unchecked_transaction()?;
         let (mut record_bytes, mut stored_bytes) = (0, 0);
         let mut transfers: HashMap<TransferKey, TransferCount> = HashMap::new();
+        let mut flow_totals: Vec<(i64, Index)> = Vec::new();
         let mut seq = self.next_seq;
         let mut head = self.head;
         let mut newest_ts = 0;
@@ -793,6 +796,9 @@ impl Writer {
                 if index.is_flow() {
                     count_transfer(&mut transfers, &index);
                     stamps.extend(index.boot_ns);
+                } else if index.is_totals() {
+                    count_transfer(&mut transfers, &index);
+                    flow_totals.push((seq_i, index.clone()));
                 }
                 if index.is_violation() {
                     violations.push((seq_i, index.clone()));
@@ -832,6 +838,7 @@ impl Writer {
             record_policy(&tx, seq, ts, &body)?;
         }
         upsert_transfers(&tx, &transfers)?;
+        upsert_flow_totals(&tx, &flow_totals)?;
         if let Some(also) = also {
             also(&tx, i64::try_from(self.next_seq).unwrap_or(i64::MAX))?;
         }
@@ -1272,11 +1279,24 @@ fn count_transfer(transfers: &mut HashMap<TransferKey, TransferCount>, i: &Index
             blocked: 0,
             first: i.ts,
             last: i.ts,
+            bytes_out: 0,
+            bytes_in: 0,
         });
-        match i.verdict.as_deref() {
-            Some("blocked") => c.blocked += 1,
-            Some("flagged") => c.flagged += 1,
-            _ => c.allowed += 1,
+        // A totals record adds the bytes its flow moved since the last
+        // one; a decision counts once, by its verdict.
+        if let Some(t) = &i.totals {
+            c.bytes_out = c
+                .bytes_out
+                .saturating_add(i64::try_from(t.delta.bytes_out).unwrap_or(i64::MAX));
+            c.bytes_in = c
+                .bytes_in
+                .saturating_add(i64::try_from(t.delta.bytes_in).unwrap_or(i64::MAX));
+        } else {
+            match i.verdict.as_deref() {
+                Some("blocked") => c.blocked += 1,
+                Some("flagged") => c.flagged += 1,
+                _ => c.allowed += 1,
+            }
         }
         c.first = c.first.min(i.ts);
         c.last = c.last.max(i.ts);
@@ -1288,14 +1308,16 @@ fn upsert_transfers(
     transfers: &HashMap<TransferKey, TransferCount>,
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO transfers (day, tenant, role, country, basis, provider, service, namespace, allowed, flagged, blocked, first_ts, last_ts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        "INSERT INTO transfers (day, tenant, role, country, basis, provider, service, namespace, allowed, flagged, blocked, first_ts, last_ts, bytes_out, bytes_in)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT(day, tenant, role, country, basis, provider, service, namespace) DO UPDATE SET
            allowed = allowed + excluded.allowed,
            flagged = flagged + excluded.flagged,
            blocked = blocked + excluded.blocked,
            first_ts = min(first_ts, excluded.first_ts),
-           last_ts = max(last_ts, excluded.last_ts)",
+           last_ts = max(last_ts, excluded.last_ts),
+           bytes_out = bytes_out + excluded.bytes_out,
+           bytes_in = bytes_in + excluded.bytes_in",
     )?;
     for (k, c) in transfers {
         stmt.execute(params![
@@ -1311,7 +1333,47 @@ fn upsert_transfers(
             c.flagged,
             c.blocked,
             c.first,
-            c.last
+            c.last,
+            c.bytes_out,
+            c.bytes_in
+        ])?;
+    }
+    Ok(())
+}
+
+/// Each flow's newest totals (they are cumulative, and come in order).
+fn upsert_flow_totals(tx: &Transaction<'_>, rows: &[(i64, Index)]) -> rusqlite::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO flow_totals (flow_id, first_seq, last_seq, last_ts, bytes_out, bytes_in, packets_out, packets_in, calls, ended)
+         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT(flow_id) DO UPDATE SET
+           last_seq = excluded.last_seq,
+           last_ts = excluded.last_ts,
+           bytes_out = excluded.bytes_out,
+           bytes_in = excluded.bytes_in,
+           packets_out = excluded.packets_out,
+           packets_in = excluded.packets_in,
+           calls = excluded.calls,
+           ended = max(ended, excluded.ended)",
+    )?;
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (seq, i) in rows {
+        let (Some(id), Some(t)) = (&i.flow_id, &i.totals) else {
+            continue;
+        };
+        stmt.execute(params![
+            id,
+            seq,
+            i.ts,
+            n(t.totals.bytes_out),
+            n(t.totals.bytes_in),
+            n(t.totals.packets_out),
+            n(t.totals.packets_in),
+            n(t.totals.calls),
+            i64::from(t.ended),
         ])?;
     }
     Ok(())

@@ -96,3 +96,50 @@ pub fn lines(records: impl IntoIterator<Item = String>) -> Vec<u8> {
     }
     out
 }
+
+/// Flow `i` as a followed flow's decision: [`flow`] naming `id`
+/// (`residency.flow.id`).
+///
+/// # Panics
+/// Never: [`flow`] writes an object.
+#[must_use]
+pub fn followed_flow(i: u64, tenant: &str, country: &str, id: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&flow(i, tenant, country, "allowed", "192.0.2.7")).unwrap_or_default();
+    v["residency"]["flow"] = serde_json::json!({ "id": id });
+    v.to_string()
+}
+
+/// A totals record of flow `id` at `i` (as the record crate writes one):
+/// `totals` and `delta` are (bytes out, bytes in); `end` makes it a
+/// `flow-end`.
+///
+/// # Panics
+/// Never: [`flow`] writes an object.
+#[must_use]
+pub fn totals_record(
+    i: u64,
+    tenant: &str,
+    country: &str,
+    id: &str,
+    totals: (u64, u64),
+    delta: (u64, u64),
+    end: bool,
+) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&flow(i, tenant, country, "allowed", "192.0.2.7")).unwrap_or_default();
+    v["event"]["action"] = serde_json::json!(if end { "flow-end" } else { "flow-update" });
+    v["source"] = serde_json::json!({ "bytes": totals.0, "packets": 1 });
+    v["destination"]["bytes"] = serde_json::json!(totals.1);
+    v["destination"]["packets"] = serde_json::json!(1);
+    v["residency"]["flow"] = serde_json::json!({
+        "id": id,
+        "stage": if end { "closed" } else { "update" },
+        "calls": 1,
+        "delta": {
+            "bytes_out": delta.0, "bytes_in": delta.1,
+            "packets_out": 0, "packets_in": 0, "calls": 0,
+        },
+    });
+    v.to_string()
+}

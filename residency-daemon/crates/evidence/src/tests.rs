@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::{
     Evidence, EvidenceConfig, Filter, Order, Page, ViolationState, bundle, chain,
     query::ViolationFilter,
-    testing::{T0, flow, lines, named_flow, pod_flow},
+    testing::{T0, flow, followed_flow, lines, named_flow, pod_flow, totals_record},
     verify,
 };
 
@@ -627,6 +627,100 @@ async fn a_format_3_store_gains_the_pod_columns_and_still_verifies() {
     );
     assert!(rows.iter().any(|r| r.namespace.as_deref() == Some("crm")));
     assert!(rows.iter().any(|r| r.namespace.is_none()));
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "{:?}", r.faults);
+}
+
+/// A followed flow: its decision, an update and its end, the end on the
+/// next day.
+fn followed() -> Vec<u8> {
+    const DAY_MS: u64 = 86_400_000;
+    lines([
+        followed_flow(0, "acme", "DE", "b00t-7-1"),
+        totals_record(1, "acme", "DE", "b00t-7-1", (1000, 50), (1000, 50), false),
+        flow(2, "acme", "DE", "allowed", "192.0.2.8"),
+        totals_record(DAY_MS, "acme", "DE", "b00t-7-1", (1500, 80), (500, 30), true),
+    ])
+}
+
+#[tokio::test]
+async fn flow_totals_add_bytes_on_the_days_they_moved_and_verify_rebuilds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(followed()).await.unwrap();
+    ev.checkpoint().await.unwrap();
+    assert!(ev.wait_indexed(Duration::from_secs(10)).await);
+    let r = ev.reader();
+    let rows = r.transfers(&Filter::default()).unwrap();
+    let sum = |f: fn(&crate::query::TransferRow) -> u64| rows.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|r| r.bytes_out), 1500, "{rows:?}");
+    assert_eq!(sum(|r| r.bytes_in), 80);
+    assert_eq!(sum(|r| r.flows), 2, "totals records are not decisions");
+    // The first day holds the update's bytes; the next the end's.
+    let day0 = r
+        .transfers(&Filter {
+            to: jiff::Timestamp::from_nanosecond(i128::from(T0) + 3_600_000_000_000).ok(),
+            ..Filter::default()
+        })
+        .unwrap();
+    assert_eq!(day0.iter().map(|r| r.bytes_out).sum::<u64>(), 1000);
+    // The listing: two decisions, the followed one with its totals.
+    let listed = r.flows(&Filter::default(), &Page::default()).unwrap();
+    assert_eq!(listed.items.len(), 2);
+    let t = listed
+        .items
+        .iter()
+        .find_map(|i| i.totals.clone())
+        .expect("the followed flow's totals");
+    assert_eq!((t.bytes_out, t.bytes_in, t.ended, t.last_seq), (1500, 80, true, 4));
+    assert!(r.violations(&ViolationFilter::default(), &Page::default()).unwrap().items.is_empty());
+    ev.close().await.unwrap();
+    let report = verify_dir(dir.path());
+    assert!(report.ok(), "{:?}", report.faults);
+
+    // Bytes moved from one row to another, or a flow's totals edited,
+    // are found.
+    db(dir.path())
+        .execute("UPDATE transfers SET bytes_out = bytes_out + 1 WHERE bytes_out > 0", [])
+        .unwrap();
+    assert!(first_fault(dir.path()).contains("bytes"));
+    db(dir.path())
+        .execute("UPDATE transfers SET bytes_out = bytes_out - 1 WHERE bytes_out > 0", [])
+        .unwrap();
+    assert!(verify_dir(dir.path()).ok());
+    db(dir.path())
+        .execute("UPDATE flow_totals SET bytes_in = 1", [])
+        .unwrap();
+    assert!(first_fault(dir.path()).contains("flow_totals"));
+}
+
+#[tokio::test]
+async fn a_format_4_store_gains_the_byte_columns_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(flows_from(0, 20)).await.unwrap();
+    ev.close().await.unwrap();
+    db(dir.path())
+        .execute_batch(
+            "ALTER TABLE transfers DROP COLUMN bytes_out;
+             ALTER TABLE transfers DROP COLUMN bytes_in;
+             DROP TABLE flow_totals;
+             UPDATE meta SET value = 4 WHERE key = 'format';",
+        )
+        .unwrap();
+    let r = verify_dir(dir.path());
+    assert!(r.ok(), "read as it is: {:?}", r.faults);
+    let (ev, _) = Evidence::open(&config(dir.path())).unwrap();
+    ev.append(followed()).await.unwrap();
+    ev.checkpoint().await.unwrap();
+    ev.close().await.unwrap();
+    let format: i64 = db(dir.path())
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(format, crate::schema::FORMAT);
+    let rows = ev.reader().transfers(&Filter::default()).unwrap();
+    assert_eq!(rows.iter().map(|r| r.flows).sum::<u64>(), 22);
+    assert_eq!(rows.iter().map(|r| r.bytes_out).sum::<u64>(), 1500);
     let r = verify_dir(dir.path());
     assert!(r.ok(), "{:?}", r.faults);
 }

@@ -441,9 +441,15 @@ struct Rebuilt {
     open: HashMap<ViolationKey, usize>,
     /// By a hash of (day, tenant, role, country, basis), so that counting
     /// a record allocates nothing; the key is kept for the comparison.
-    transfers: HashMap<u64, (TransferKey, [i64; 5])>,
+    transfers: HashMap<u64, (TransferKey, [i64; 7])>,
+    /// Each followed flow's newest totals, as `flow_totals` keeps them.
+    flow_totals: HashMap<String, FlowTotalsRow>,
     policies: HashMap<String, (i64, i64, Option<String>, Option<String>)>,
 }
+
+/// A `flow_totals` row: first and last seq, last ts, bytes out and in,
+/// packets out and in, calls, ended.
+type FlowTotalsRow = [i64; 9];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RebuiltViolation {
@@ -460,6 +466,27 @@ impl Rebuilt {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         if i.is_flow() {
             self.flow(seq, i);
+            return;
+        }
+        if let (Some(id), Some(t)) = (&i.flow_id, &i.totals) {
+            self.transfer(i);
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let first = self.flow_totals.get(id).map_or(seq, |r| r[0]);
+            let ended = self.flow_totals.get(id).map_or(0, |r| r[8]);
+            self.flow_totals.insert(
+                id.clone(),
+                [
+                    first,
+                    seq,
+                    i.ts,
+                    n(t.totals.bytes_out),
+                    n(t.totals.bytes_in),
+                    n(t.totals.packets_out),
+                    n(t.totals.packets_in),
+                    n(t.totals.calls),
+                    ended.max(i64::from(t.ended)),
+                ],
+            );
             return;
         }
         // Only these change what is rebuilt; the rest are not parsed.
@@ -570,17 +597,73 @@ impl Rebuilt {
                         basis.to_owned(),
                         added.map(str::to_owned),
                     ),
-                    [0, 0, 0, i.ts, i.ts],
+                    [0, 0, 0, i.ts, i.ts, 0, 0],
                 )
             });
-            match i.verdict.as_deref() {
-                Some("blocked") => c[2] += 1,
-                Some("flagged") => c[1] += 1,
-                _ => c[0] += 1,
+            if let Some(t) = &i.totals {
+                c[5] = c[5].saturating_add(i64::try_from(t.delta.bytes_out).unwrap_or(i64::MAX));
+                c[6] = c[6].saturating_add(i64::try_from(t.delta.bytes_in).unwrap_or(i64::MAX));
+            } else {
+                match i.verdict.as_deref() {
+                    Some("blocked") => c[2] += 1,
+                    Some("flagged") => c[1] += 1,
+                    _ => c[0] += 1,
+                }
             }
             c[3] = c[3].min(i.ts);
             c[4] = c[4].max(i.ts);
         }
+    }
+
+    /// Compares each flow's totals with `flow_totals` (which a store of
+    /// format 4 or earlier, read as it is, does not have: then no flow may
+    /// have totals).
+    fn compare_flow_totals(
+        &self,
+        conn: &rusqlite::Connection,
+        v: &mut Verifier,
+    ) -> Result<(), EvidenceError> {
+        let exists = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'flow_totals'")?
+            .exists([])?;
+        let mut stored: HashMap<String, FlowTotalsRow> = HashMap::new();
+        if exists {
+            let mut stmt = conn.prepare(
+                "SELECT flow_id, first_seq, last_seq, last_ts, bytes_out, bytes_in, packets_out, packets_in, calls, ended FROM flow_totals",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let mut row = [0i64; 9];
+                for (k, x) in row.iter_mut().enumerate() {
+                    *x = r.get(k + 1)?;
+                }
+                stored.insert(r.get(0)?, row);
+            }
+        }
+        let mut ids: Vec<&String> = self.flow_totals.keys().collect();
+        ids.sort();
+        for id in ids {
+            if stored.get(id) != self.flow_totals.get(id) {
+                v.fault(
+                    None,
+                    format!(
+                        "the totals of flow {id} in the flow_totals table do not match its last totals record in the chain"
+                    ),
+                );
+                return Ok(());
+            }
+        }
+        if stored.len() != self.flow_totals.len() {
+            v.fault(
+                None,
+                format!(
+                    "the flow_totals table holds {} flows where the chain has totals for {}",
+                    stored.len(),
+                    self.flow_totals.len()
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Compares with the stored tables; faults name the first difference
@@ -643,8 +726,9 @@ impl Rebuilt {
         }
         // Transfers.
         let mut stmt = conn.prepare(&format!(
-            "SELECT day, tenant, role, country, basis, {}, allowed, flagged, blocked, first_ts, last_ts FROM transfers",
-            crate::schema::transfer_added_columns(conn)?
+            "SELECT day, tenant, role, country, basis, {}, allowed, flagged, blocked, first_ts, last_ts, {} FROM transfers",
+            crate::schema::transfer_added_columns(conn)?,
+            crate::schema::transfer_byte_columns(conn)?
         ))?;
         let mut rows = stmt.query([])?;
         let mut n = 0usize;
@@ -659,7 +743,15 @@ impl Rebuilt {
                 r.get(4)?,
                 [r.get(5)?, r.get(6)?, r.get(7)?],
             );
-            let got = [r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?];
+            let got = [
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
+                r.get(14)?,
+            ];
             let h = transfer_hash(
                 key.0,
                 &key.1,
@@ -670,7 +762,7 @@ impl Rebuilt {
             );
             if self.transfers.get(&h) != Some(&(key.clone(), got)) {
                 bad = Some(format!(
-                    "the transfer counts for tenant \"{}\", country \"{}\", basis \"{}\", namespace \"{}\" do not match the chain",
+                    "the transfer counts (or bytes) for tenant \"{}\", country \"{}\", basis \"{}\", namespace \"{}\" do not match the chain",
                     key.1, key.3, key.4, key.5[2]
                 ));
                 break;
@@ -685,6 +777,7 @@ impl Rebuilt {
         if let Some(what) = bad {
             v.fault(None, what);
         }
+        self.compare_flow_totals(conn, v)?;
         // Policies.
         let mut stmt =
             conn.prepare("SELECT hash, first_seq, last_seq, source, text FROM policies")?;

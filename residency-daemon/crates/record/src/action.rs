@@ -42,11 +42,14 @@ pub enum Lifecycle {
     /// connection's flow record (same socket cookie) gains its SNI; a
     /// server name judged differently from the resolved name is flagged.
     TlsServerName,
+    /// The kernel could not report flows' totals (its ring buffer was
+    /// full): the bytes of flows that ended unreported are missing.
+    FlowTotalsLost,
 }
 
 impl Lifecycle {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Lifecycle; 15] = [
+    pub const ALL: [Lifecycle; 16] = [
         Lifecycle::Started,
         Lifecycle::Stopped,
         Lifecycle::EventsLost,
@@ -62,6 +65,7 @@ impl Lifecycle {
         Lifecycle::ViolationAcknowledged,
         Lifecycle::ViolationResolved,
         Lifecycle::TlsServerName,
+        Lifecycle::FlowTotalsLost,
     ];
 
     /// The `event.action` text.
@@ -83,6 +87,7 @@ impl Lifecycle {
             Lifecycle::ViolationAcknowledged => "violation-acknowledged",
             Lifecycle::ViolationResolved => "violation-resolved",
             Lifecycle::TlsServerName => "tls-server-name",
+            Lifecycle::FlowTotalsLost => "flow-totals-lost",
         }
     }
 
@@ -93,7 +98,10 @@ impl Lifecycle {
     pub const fn is_gap(self) -> bool {
         matches!(
             self,
-            Lifecycle::EventsLost | Lifecycle::EvidenceGap | Lifecycle::SinkGap
+            Lifecycle::EventsLost
+                | Lifecycle::EvidenceGap
+                | Lifecycle::SinkGap
+                | Lifecycle::FlowTotalsLost
         )
     }
 
@@ -107,7 +115,8 @@ impl Lifecycle {
             | Lifecycle::GeoipRefused
             | Lifecycle::PolicyRefused
             | Lifecycle::EvidenceGap
-            | Lifecycle::SinkGap => "pipeline_error",
+            | Lifecycle::SinkGap
+            | Lifecycle::FlowTotalsLost => "pipeline_error",
             Lifecycle::Started
             | Lifecycle::Stopped
             | Lifecycle::GeoipLoaded
@@ -165,7 +174,8 @@ mod tests {
             [
                 Lifecycle::EventsLost,
                 Lifecycle::EvidenceGap,
-                Lifecycle::SinkGap
+                Lifecycle::SinkGap,
+                Lifecycle::FlowTotalsLost
             ]
         );
         for g in gaps {

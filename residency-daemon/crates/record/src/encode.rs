@@ -29,6 +29,10 @@ use crate::{
 pub const CONNECT_ACTION: &str = "connect";
 /// `event.action` of a datagram from `sendmsg()`/`sendto()`.
 pub const SENDMSG_ACTION: &str = "sendmsg";
+/// `event.action` of a flow's totals while it moves bytes.
+pub const FLOW_UPDATE_ACTION: &str = "flow-update";
+/// `event.action` of a flow's totals at its end.
+pub const FLOW_END_ACTION: &str = "flow-end";
 
 /// Appends a flow as one line of JSON to `out` and returns the columns the
 /// evidence store indexes it by, taken from the same document, so the
@@ -44,7 +48,17 @@ pub fn encode_flow_indexed(flow: &Flow, out: &mut Vec<u8>) -> serde_json::Result
     let r = &doc.residency;
     Ok(Index {
         ts: i64::try_from(doc.timestamp.as_nanosecond()).unwrap_or(i64::MAX),
-        kind: crate::index::FLOW.to_owned(),
+        kind: if flow.totals.is_some() {
+            doc.event.action.to_owned()
+        } else {
+            crate::index::FLOW.to_owned()
+        },
+        flow_id: flow.flow_id.as_deref().map(str::to_owned),
+        totals: flow.totals.as_deref().map(|t| crate::index::TotalsColumns {
+            totals: t.totals,
+            delta: t.delta,
+            ended: t.stage.ended(),
+        }),
         verdict: Some(r.verdict.to_owned()),
         workload: r.workload.as_ref().map(|w| w.name.to_owned()),
         role: r.workload.as_ref().map(|w| w.role.to_owned()),
@@ -205,6 +219,10 @@ struct FlowDoc<'a> {
     timestamp: jiff::Timestamp,
     event: EventFields,
     network: Network,
+    /// ECS `source.bytes`/`source.packets`: what this host sent (totals
+    /// records only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<Traffic>,
     destination: Destination<'a>,
     process: Process<'a>,
     user: Id<u32>,
@@ -344,6 +362,14 @@ struct EventFields {
     outcome: &'static str,
     module: &'static str,
     dataset: &'static str,
+    /// Totals records: when the flow began, ended (`flow-end`), and how
+    /// long it has lasted, in ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration: Option<i128>,
 }
 
 #[derive(Serialize)]
@@ -352,12 +378,61 @@ struct Network {
     #[serde(rename = "type")]
     ip_type: &'static str,
     direction: &'static str,
+    /// Totals records: both directions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packets: Option<u64>,
+}
+
+/// ECS `*.bytes` and `*.packets` of one side.
+#[derive(Serialize)]
+struct Traffic {
+    bytes: u64,
+    packets: u64,
+}
+
+/// `residency.flow`: the flow's id, and in a totals record its counts.
+#[derive(Serialize)]
+struct FlowFields<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'static str>,
+    /// Calls the decision covered: repeated datagrams to the same
+    /// destination are counted here, not recorded one by one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calls: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    established: Option<bool>,
+    /// TCP: from the decision to the connection established, in ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp_state: Option<&'static str>,
+    /// What moved since this flow's previous totals record: the day's
+    /// transfer summary adds these.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<Delta>,
+}
+
+#[derive(Serialize)]
+struct Delta {
+    bytes_out: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    packets_in: u64,
+    calls: u64,
 }
 
 #[derive(Serialize)]
 struct Destination<'a> {
     ip: std::net::IpAddr,
     port: u16,
+    /// Totals records: what this host received from the destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packets: Option<u64>,
     /// The name the process resolved (ECS `destination.domain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     domain: Option<&'a str>,
@@ -479,6 +554,8 @@ struct Residency<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer_condition: Option<Cited>,
     boot_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flow: Option<FlowFields<'a>>,
 }
 
 /// A condition as a flow record cites it: `commercial organisations
@@ -557,23 +634,37 @@ impl<'a> FlowDoc<'a> {
             Some((c, o)) => (c, Some(o)),
             None => (None, None),
         };
-        let (kind_type, outcome) = match flow.verdict {
+        let (mut kind_type, outcome) = match flow.verdict {
             Verdict::Blocked => (["connection", "denied"], "failure"),
             Verdict::Allowed | Verdict::Flagged => (["connection", "allowed"], "success"),
         };
+        let report = flow.totals.as_deref();
+        let action = match (report, flow.hook) {
+            (Some(t), _) if t.stage.ended() => {
+                kind_type[1] = "end";
+                FLOW_END_ACTION
+            }
+            (Some(_), _) => {
+                kind_type[1] = "info";
+                FLOW_UPDATE_ACTION
+            }
+            (None, Hook::Connect4 | Hook::Connect6) => CONNECT_ACTION,
+            (None, Hook::Sendmsg4 | Hook::Sendmsg6) => SENDMSG_ACTION,
+        };
+        let counts = report.map(|t| t.totals);
         FlowDoc {
             timestamp: flow.time,
             event: EventFields {
                 kind: "event",
                 category: ["network"],
                 kind_type,
-                action: match flow.hook {
-                    Hook::Connect4 | Hook::Connect6 => CONNECT_ACTION,
-                    Hook::Sendmsg4 | Hook::Sendmsg6 => SENDMSG_ACTION,
-                },
+                action,
                 outcome,
                 module: crate::MODULE,
                 dataset: crate::FLOW_DATASET,
+                start: report.map(|t| t.start),
+                end: report.filter(|t| t.stage.ended()).map(|_| flow.time),
+                duration: report.map(|t| flow.time.duration_since(t.start).as_nanos()),
             },
             network: Network {
                 transport: flow.transport.as_str(),
@@ -583,10 +674,18 @@ impl<'a> FlowDoc<'a> {
                     "ipv6"
                 },
                 direction: "egress",
+                bytes: counts.map(|c| c.bytes_out.saturating_add(c.bytes_in)),
+                packets: counts.map(|c| c.packets_out.saturating_add(c.packets_in)),
             },
+            source: counts.map(|c| Traffic {
+                bytes: c.bytes_out,
+                packets: c.packets_out,
+            }),
             destination: Destination {
                 ip: flow.dest_ip,
                 port: flow.dest_port,
+                bytes: counts.map(|c| c.bytes_in),
+                packets: counts.map(|c| c.packets_in),
                 domain: name.and_then(|n| n.name.as_deref()),
                 geo: flow.detail.as_deref().and_then(|d| {
                     let country = d.country.or(d.registered_country);
@@ -696,6 +795,23 @@ impl<'a> FlowDoc<'a> {
                 transfer_basis: transfer_basis.as_str(),
                 transfer_condition: transfer_basis.condition(flow.country).map(Cited),
                 boot_ns: flow.boot_ns,
+                flow: flow.flow_id.as_deref().map(|id| FlowFields {
+                    id,
+                    stage: report.map(|t| t.stage.as_str()),
+                    calls: counts.map(|c| c.calls),
+                    established: report
+                        .filter(|_| flow.transport == crate::Transport::Tcp)
+                        .map(|t| t.established_after_ns.is_some()),
+                    connect_ns: report.and_then(|t| t.established_after_ns),
+                    tcp_state: report.and_then(|t| t.tcp_state),
+                    delta: report.map(|t| Delta {
+                        bytes_out: t.delta.bytes_out,
+                        bytes_in: t.delta.bytes_in,
+                        packets_out: t.delta.packets_out,
+                        packets_in: t.delta.packets_in,
+                        calls: t.delta.calls,
+                    }),
+                }),
             },
         }
     }
@@ -797,6 +913,8 @@ mod tests {
             name: None,
             cookie: 0,
             pod: None,
+            flow_id: None,
+            totals: None,
         }
     }
 
@@ -828,6 +946,18 @@ mod tests {
         let mut in_pod = flow();
         in_pod.pod = Some(pod());
         flows.push(in_pod);
+        let mut followed = flow();
+        followed.flow_id = Some("0badcafe-99-1".into());
+        flows.push(followed.clone());
+        for stage in [
+            crate::FlowStage::Update,
+            crate::FlowStage::Closed,
+            crate::FlowStage::Superseded,
+        ] {
+            let mut t = followed.clone();
+            t.totals = Some(Box::new(totals(stage)));
+            flows.push(t);
+        }
         for f in flows {
             let mut out = Vec::new();
             let index = encode_flow_indexed(&f, &mut out).unwrap();
@@ -837,6 +967,59 @@ mod tests {
             let parsed = Index::of(&line[..line.len() - 1]).unwrap();
             assert_eq!(index, parsed);
         }
+    }
+
+    fn totals(stage: crate::FlowStage) -> crate::FlowReport {
+        crate::FlowReport {
+            stage,
+            start: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            established_after_ns: Some(41_000),
+            tcp_state: Some("established"),
+            totals: crate::FlowCounts {
+                bytes_out: 3_000_052,
+                bytes_in: 1_040,
+                packets_out: 47,
+                packets_in: 20,
+                calls: 1,
+            },
+            delta: crate::FlowCounts {
+                bytes_out: 1_000_000,
+                bytes_in: 40,
+                packets_out: 16,
+                packets_in: 1,
+                calls: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_flows_totals_are_ecs_bytes_and_packets_with_its_id() {
+        let mut f = flow();
+        f.flow_id = Some("0badcafe-99-1".into());
+        let decision = encode(&Record::Flow(f.clone()));
+        assert_eq!(decision["residency"]["flow"], serde_json::json!({"id": "0badcafe-99-1"}));
+        assert_eq!(decision["event"]["action"], "connect");
+        assert!(decision.get("source").is_none());
+        f.totals = Some(Box::new(totals(crate::FlowStage::Closed)));
+        let v = encode(&Record::Flow(f.clone()));
+        assert_eq!(v["event"]["action"], FLOW_END_ACTION);
+        assert_eq!(v["event"]["type"], serde_json::json!(["connection", "end"]));
+        assert_eq!(v["event"]["start"], "2027-01-15T08:00:00Z");
+        assert_eq!(v["event"]["end"], v["@timestamp"]);
+        assert_eq!(v["source"]["bytes"], 3_000_052);
+        assert_eq!(v["destination"]["bytes"], 1_040);
+        assert_eq!(v["network"]["bytes"], 3_001_092);
+        assert_eq!(v["network"]["packets"], 67);
+        let flow = &v["residency"]["flow"];
+        assert_eq!(flow["stage"], "closed");
+        assert_eq!(flow["delta"]["bytes_out"], 1_000_000);
+        assert_eq!(flow["connect_ns"], 41_000);
+        f.totals = Some(Box::new(totals(crate::FlowStage::Update)));
+        let v = encode(&Record::Flow(f));
+        assert_eq!(v["event"]["action"], FLOW_UPDATE_ACTION);
+        assert!(v["event"].get("end").is_none());
+        let view = crate::RecordView::from_value(&v);
+        assert!(view.is_totals() && !view.is_flow() && !view.is_violation());
     }
 
     #[test]

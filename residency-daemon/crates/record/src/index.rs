@@ -8,7 +8,12 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::{FLOW_DATASET, action::Lifecycle, view::NotARecord};
+use crate::{
+    FLOW_DATASET,
+    action::Lifecycle,
+    encode::{FLOW_END_ACTION, FLOW_UPDATE_ACTION},
+    view::NotARecord,
+};
 
 /// The `kind` column of a flow; lifecycle records have their action.
 pub const FLOW: &str = "flow";
@@ -32,6 +37,8 @@ struct ColumnsView<'a> {
     event: EventColumns<'a>,
     #[serde(default, borrow)]
     destination: Option<DestColumns<'a>>,
+    #[serde(default)]
+    source: Option<Traffic>,
     #[serde(default, borrow)]
     rule: Option<RuleColumns<'a>>,
     #[serde(default, borrow)]
@@ -75,6 +82,38 @@ struct ResidencyColumns<'a> {
     boot_ns: Option<u64>,
     #[serde(default, borrow)]
     name: Option<NameColumns<'a>>,
+    #[serde(default, borrow)]
+    flow: Option<FlowColumns<'a>>,
+}
+
+/// `residency.flow.*`, as far as the columns go.
+#[derive(Debug, Deserialize)]
+struct FlowColumns<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(default)]
+    calls: Option<u64>,
+    #[serde(default)]
+    delta: Option<DeltaColumns>,
+}
+
+/// `residency.flow.delta`.
+#[derive(Debug, Deserialize)]
+struct DeltaColumns {
+    bytes_out: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    packets_in: u64,
+    calls: u64,
+}
+
+/// `source.bytes`/`packets` (and the same of `destination`).
+#[derive(Debug, Default, Deserialize)]
+struct Traffic {
+    #[serde(default)]
+    bytes: Option<u64>,
+    #[serde(default)]
+    packets: Option<u64>,
 }
 
 /// `residency.name.*`, as far as the columns go.
@@ -134,6 +173,10 @@ struct DestColumns<'a> {
     port: Option<u16>,
     #[serde(default, borrow)]
     domain: Option<Cow<'a, str>>,
+    #[serde(default)]
+    bytes: Option<u64>,
+    #[serde(default)]
+    packets: Option<u64>,
 }
 
 /// The searchable facts of one record.
@@ -169,6 +212,21 @@ pub struct Index {
     /// (`orchestrator.namespace`, `orchestrator.resource.name`).
     pub namespace: Option<String>,
     pub pod: Option<String>,
+    /// The flow's id (`residency.flow.id`), on decisions the kernel
+    /// follows and on their totals records.
+    pub flow_id: Option<String>,
+    /// A totals record's counts (`flow-update`, `flow-end`).
+    pub totals: Option<TotalsColumns>,
+}
+
+/// What a totals record says moved: since the flow began, and since its
+/// previous totals record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TotalsColumns {
+    pub totals: crate::FlowCounts,
+    pub delta: crate::FlowCounts,
+    /// `flow-end`: no totals follow.
+    pub ended: bool,
 }
 
 impl Index {
@@ -212,11 +270,47 @@ impl Index {
         };
         let owned = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_owned);
         let dest = r.destination.as_ref();
+        let action = r.event.action.as_ref();
+        let is_totals = action == FLOW_UPDATE_ACTION || action == FLOW_END_ACTION;
+        let totals = match (is_totals, res.flow.as_ref()) {
+            (false, _) => None,
+            (true, Some(f)) => {
+                let d = f
+                    .delta
+                    .as_ref()
+                    .ok_or("a totals record without residency.flow.delta")?;
+                let src = r.source.as_ref();
+                Some(TotalsColumns {
+                    totals: crate::FlowCounts {
+                        bytes_out: src.and_then(|s| s.bytes).unwrap_or(0),
+                        bytes_in: dest.and_then(|d| d.bytes).unwrap_or(0),
+                        packets_out: src.and_then(|s| s.packets).unwrap_or(0),
+                        packets_in: dest.and_then(|d| d.packets).unwrap_or(0),
+                        calls: f.calls.unwrap_or(0),
+                    },
+                    delta: crate::FlowCounts {
+                        bytes_out: d.bytes_out,
+                        bytes_in: d.bytes_in,
+                        packets_out: d.packets_out,
+                        packets_in: d.packets_in,
+                        calls: d.calls,
+                    },
+                    ended: action == FLOW_END_ACTION,
+                })
+            }
+            (true, None) => return Err("a totals record without residency.flow".into()),
+        };
         let endpoint = res.name.as_ref().and_then(|n| n.endpoint.as_ref());
         let orchestrator = r.orchestrator.as_ref();
         Ok(Index {
             ts,
-            kind: FLOW.to_owned(),
+            kind: if is_totals {
+                action.to_owned()
+            } else {
+                FLOW.to_owned()
+            },
+            flow_id: res.flow.as_ref().map(|f| f.id.clone().into_owned()),
+            totals,
             verdict: owned(&res.verdict),
             workload: res.workload.as_ref().map(|w| w.name.clone().into_owned()),
             role: res.workload.as_ref().map(|w| w.role.clone().into_owned()),
@@ -242,6 +336,12 @@ impl Index {
     #[must_use]
     pub fn is_flow(&self) -> bool {
         self.kind == FLOW
+    }
+
+    /// A flow's totals record (`flow-update`, `flow-end`)?
+    #[must_use]
+    pub fn is_totals(&self) -> bool {
+        self.totals.is_some()
     }
 
     /// What a lifecycle record's columns say happened.

@@ -34,8 +34,9 @@ pub use action::Lifecycle;
 pub use encode::{encode_flow_indexed, encode_line};
 pub use index::Index;
 pub use model::{
-    ContainerInfo, Decider, DestName, EndpointInfo, Flow, GeoDetail, NameSource, Note, PodInfo,
-    ProcessInfo, Record, StartInfo, StopInfo, Transport, hook_str, kind_str, verdict_str,
+    ContainerInfo, Decider, DestName, EndpointInfo, Flow, FlowCounts, FlowReport, FlowStage,
+    GeoDetail, NameSource, Note, PodInfo, ProcessInfo, Record, StartInfo, StopInfo, Transport,
+    hook_str, kind_str, tcp_state_str, verdict_str,
 };
 pub use notes::{EvidenceGap, PolicyLoaded, Pruned, ViolationChange};
 pub use policy::{PolicyView, TransferBasis};

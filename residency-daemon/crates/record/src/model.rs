@@ -232,6 +232,108 @@ pub struct Flow {
     /// The Kubernetes pod (and container) the flow came from; `None` on a
     /// host that runs no pods, or when the cgroup is not a pod's.
     pub pod: Option<Arc<PodInfo>>,
+    /// The flow's id, `<boot>-<cookie>-<n>` (the first 8 hex digits of
+    /// the kernel's boot id, the socket cookie, the flow's number on the
+    /// socket), when the kernel follows the flow: its totals records
+    /// carry the same id.
+    pub flow_id: Option<Arc<str>>,
+    /// In a totals record (`flow-update`, `flow-end`): what moved. The
+    /// rest of the record is the flow's decision, as it began.
+    pub totals: Option<Box<FlowReport>>,
+}
+
+/// Where a flow is when its totals are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowStage {
+    /// Still moving bytes (a periodic report).
+    Update,
+    /// The socket was closed.
+    Closed,
+    /// The socket turned to another destination, verdict or policy: its
+    /// next flow has its own decision record.
+    Superseded,
+}
+
+impl FlowStage {
+    /// `residency.flow.stage`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStage::Update => "update",
+            FlowStage::Closed => "closed",
+            FlowStage::Superseded => "superseded",
+        }
+    }
+
+    /// Whether the flow is over.
+    #[must_use]
+    pub fn ended(self) -> bool {
+        !matches!(self, FlowStage::Update)
+    }
+}
+
+/// Counts of what moved on a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowCounts {
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    /// Calls the decision covered (1 for a connect(); each datagram sent
+    /// or refused for `sendmsg()`).
+    pub calls: u64,
+}
+
+impl FlowCounts {
+    /// What moved since `earlier` (never negative: counters only grow).
+    #[must_use]
+    pub fn since(&self, earlier: &FlowCounts) -> FlowCounts {
+        FlowCounts {
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            packets_out: self.packets_out.saturating_sub(earlier.packets_out),
+            packets_in: self.packets_in.saturating_sub(earlier.packets_in),
+            calls: self.calls.saturating_sub(earlier.calls),
+        }
+    }
+}
+
+/// A flow's totals as one report gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowReport {
+    pub stage: FlowStage,
+    /// When the flow began (its decision).
+    pub start: jiff::Timestamp,
+    /// For TCP: how long after the decision the connection was
+    /// established; `None` if it was not (yet).
+    pub established_after_ns: Option<u64>,
+    /// The socket's TCP state at the report (`established`, `close`...).
+    pub tcp_state: Option<&'static str>,
+    /// Since the flow began.
+    pub totals: FlowCounts,
+    /// Since the flow's previous totals record (what the day's transfer
+    /// summary adds).
+    pub delta: FlowCounts,
+}
+
+/// The name of a TCP state number (`include/net/tcp_states.h`).
+#[must_use]
+pub fn tcp_state_str(state: u8) -> Option<&'static str> {
+    Some(match state {
+        1 => "established",
+        2 => "syn-sent",
+        3 => "syn-recv",
+        4 => "fin-wait1",
+        5 => "fin-wait2",
+        6 => "time-wait",
+        7 => "close",
+        8 => "close-wait",
+        9 => "last-ack",
+        10 => "listen",
+        11 => "closing",
+        12 => "new-syn-recv",
+        _ => return None,
+    })
 }
 
 /// The Kubernetes pod, and container, a flow came from.

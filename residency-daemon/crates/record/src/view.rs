@@ -389,17 +389,25 @@ impl<'a> RecordView<'a> {
         self.timestamp.parse().ok()
     }
 
-    /// Is it a decision (a flow)?
+    /// Is it a decision (a flow)? A flow's totals record is not.
     #[must_use]
     pub fn is_flow(&self) -> bool {
+        self.event.dataset == FLOW_DATASET && !self.is_totals()
+    }
+
+    /// Is it a flow's totals record (`flow-update`, `flow-end`)?
+    #[must_use]
+    pub fn is_totals(&self) -> bool {
         self.event.dataset == FLOW_DATASET
+            && (self.event.action == crate::encode::FLOW_UPDATE_ACTION
+                || self.event.action == crate::encode::FLOW_END_ACTION)
     }
 
     /// What a lifecycle record says happened (`None` for a flow, or an
     /// action this build does not know).
     #[must_use]
     pub fn lifecycle(&self) -> Option<Lifecycle> {
-        if self.is_flow() {
+        if self.event.dataset == FLOW_DATASET {
             return None;
         }
         self.event.action.parse().ok()
@@ -879,6 +887,8 @@ mod tests {
             name: None,
             cookie: 0,
             pod: None,
+            flow_id: None,
+            totals: None,
         }
     }
 

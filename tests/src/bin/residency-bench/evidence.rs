@@ -139,6 +139,8 @@ impl Flows {
             name: None,
             cookie: 0,
             pod: None,
+            flow_id: None,
+            totals: None,
         };
         // As the pipeline does: the line, and its columns from the same
         // document.

@@ -672,6 +672,8 @@ mod tests {
                     image: "registry.example/crm/sync:1.4".into(),
                 }),
             })),
+            flow_id: None,
+            totals: None,
         };
         let mut line = Vec::new();
         residency_record::encode_line(&Record::Flow(flow), &mut line).unwrap();
