@@ -58,7 +58,8 @@ pub mod names {
     /// its own and swaps them in with its programs.
     /// The socket storage of [`crate::FlowState`] is among them: a socket
     /// keeps its flow's totals and decision across a daemon restart.
-    pub const PINNED_MAPS: [&str; 6] = [EVENTS, STATS, DAEMON, DNS_NAMES, TLS_PENDING, FLOWS];
+    pub const PINNED_MAPS: [&str; 7] =
+        [EVENTS, STATS, DAEMON, DNS_NAMES, TLS_PENDING, FLOWS, DGRAMS];
     /// Single-entry array: the [`crate::GeoActive`] generation of the tables.
     pub const GEO_ACTIVE: &str = "GEO_ACTIVE";
     /// Hash of maps, generation -> IPv4 level-1 array (`u32` x 65,536).
@@ -140,9 +141,13 @@ pub mod names {
     pub const DNS_INGRESS: &str = "residency_dns";
     pub const TLS_EGRESS: &str = "residency_tls";
 
-    /// Socket storage: socket -> [`crate::FlowState`], the flow a socket
-    /// carries now (its decision and its totals).
+    /// Socket storage: socket -> [`crate::FlowState`], the flow a
+    /// connected socket carries (its decision and its totals), and the
+    /// socket's count of flows.
     pub const FLOWS: &str = "FLOWS";
+    /// Socket storage: socket -> [`crate::DgramFlows`], the flows of an
+    /// unconnected UDP socket, one per destination it sends to.
+    pub const DGRAMS: &str = "DGRAMS";
     /// Load-time global (`.rodata`): 1 if flows are followed (totals
     /// counted, repeats decided from socket storage, ends reported).
     pub const FLOWS_ENABLED: &str = "FLOWS_ENABLED";
@@ -470,7 +475,7 @@ pub struct ConnectEvent {
     /// The flow's number on its socket (1, 2, ... as the socket's
     /// destination or verdict changes); with the cookie it names the flow
     /// that later [`FlowEvent`]s total. 0: no totals follow (flows are not
-    /// followed, or a blocked connect()).
+    /// followed, or a blocked `connect()`).
     pub flow: u32,
     pub _pad2: u32,
 }
@@ -587,6 +592,7 @@ pub const PIN_ABI: u32 = {
         size_of::<NameEntry>(),
         size_of::<TlsPending>(),
         size_of::<FlowState>(),
+        size_of::<DgramFlows>(),
         STAT_COUNT as usize,
     ];
     let mut h: u32 = 1;
@@ -812,7 +818,7 @@ pub struct FlowTotals {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub packets_in: u64,
-    /// Calls the flow's decision covered: 1 for a connect(), and every
+    /// Calls the flow's decision covered: 1 for a `connect()`, and every
     /// datagram sent (or refused) to the destination for a `sendmsg()`.
     pub calls: u64,
 }
@@ -830,14 +836,32 @@ pub struct FlowState {
     /// `CLOCK_BOOTTIME` of that report (or of the decision).
     pub reported_ns: u64,
     /// When a repeat was last decided in full (`sendmsg()` repeats are
-    /// decided again at least every [`FLOW_REDECIDE_NS`]).
+    /// decided again at least every [`FLOW_REDECIDE_NS`]); in a datagram
+    /// slot, also when it was last used.
     pub decided_ns: u64,
     /// When a TCP flow was first seen established (an egress segment in
     /// state `ESTABLISHED`); 0: not (yet).
     pub established_ns: u64,
     /// Flows begun on this socket so far (the next one is numbered one
-    /// more).
+    /// more; kept in `FLOWS` for every decided socket, unused in a
+    /// datagram slot).
     pub count: u32,
+    pub _pad: u32,
+}
+
+/// Destinations an unconnected UDP socket's flows are kept for at once:
+/// a socket that sends to more at a time ends (reports) the flow it used
+/// least recently to begin another.
+pub const DGRAM_SLOTS: usize = 16;
+
+/// The flows of an unconnected UDP socket (`DGRAMS` socket storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DgramFlows {
+    /// One per destination (`decision.flow` 0: free).
+    pub slots: [FlowState; DGRAM_SLOTS],
+    /// The slot used last (looked at first).
+    pub hint: u32,
     pub _pad: u32,
 }
 
@@ -934,6 +958,7 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 136);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, flow) == 128);
 const _: () = assert!(core::mem::size_of::<FlowTotals>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 136 + 80 + 32);
+const _: () = assert!(core::mem::size_of::<DgramFlows>() == DGRAM_SLOTS * 248 + 8);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 136 + 80 + 16);
 const _: () = assert!(core::mem::size_of::<PatternKey>() == 8 + PATTERN_BYTES);
 const _: () = assert!(core::mem::size_of::<NameClass>() == 40);

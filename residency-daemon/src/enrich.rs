@@ -249,9 +249,10 @@ pub fn decode(ev: &ConnectEvent, clock: &Clock) -> Result<Flow, EnrichError> {
 fn boot_prefix() -> &'static str {
     static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BOOT.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.chars().filter(char::is_ascii_hexdigit).take(8).collect())
-            .unwrap_or_else(|_| "00000000".to_owned())
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map_or_else(
+            |_| "00000000".to_owned(),
+            |s| s.chars().filter(char::is_ascii_hexdigit).take(8).collect(),
+        )
     })
 }
 
@@ -291,7 +292,10 @@ fn counts(t: &residency_common::FlowTotals) -> residency_record::FlowCounts {
 }
 
 /// The larger of each count.
-fn newest(a: residency_record::FlowCounts, b: residency_record::FlowCounts) -> residency_record::FlowCounts {
+fn newest(
+    a: residency_record::FlowCounts,
+    b: residency_record::FlowCounts,
+) -> residency_record::FlowCounts {
     residency_record::FlowCounts {
         bytes_out: a.bytes_out.max(b.bytes_out),
         bytes_in: a.bytes_in.max(b.bytes_in),
@@ -366,11 +370,17 @@ pub fn decode_totals(
 /// A new memo store for [`decode_totals`].
 #[must_use]
 pub fn flow_memos() -> lru::LruCache<(u64, u32), FlowMemo> {
-    lru::LruCache::new(std::num::NonZeroUsize::new(FLOW_MEMOS).unwrap_or(std::num::NonZeroUsize::MIN))
+    lru::LruCache::new(
+        std::num::NonZeroUsize::new(FLOW_MEMOS).unwrap_or(std::num::NonZeroUsize::MIN),
+    )
 }
 
 /// Remembers a decision's name for its flow's later totals records.
-pub fn remember_decision(memos: &mut lru::LruCache<(u64, u32), FlowMemo>, flow: &Flow, ev: &ConnectEvent) {
+pub fn remember_decision(
+    memos: &mut lru::LruCache<(u64, u32), FlowMemo>,
+    flow: &Flow,
+    ev: &ConnectEvent,
+) {
     if ev.flow != 0 {
         memos.put(
             (ev.cookie, ev.flow),

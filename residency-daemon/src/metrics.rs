@@ -111,7 +111,11 @@ impl PipelineMetrics {
             .as_ref()
             .map_or("unknown", geoip::CountryCode::as_str);
         let none = [String::new()];
-        let tenants = if tenants.is_empty() { &none[..] } else { tenants };
+        let tenants = if tenants.is_empty() {
+            &none[..]
+        } else {
+            tenants
+        };
         for tenant in tenants {
             let (tenant, country) = self.bounded(tenant, country);
             for (direction, n) in [("out", t.delta.bytes_out), ("in", t.delta.bytes_in)] {

@@ -576,16 +576,15 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                     match enrich::decode_totals(&ev, &clock, &mut memos) {
                         Ok((mut flow, name)) => {
                             enricher.enrich(&mut flow);
-                            match name {
-                                Some(name) => flow.name = Some(name),
-                                None => {
-                                    // Not remembered (the daemon started
-                                    // after the decision): named as the
-                                    // decision was, where names still hold.
-                                    let mut d = ev.decision;
-                                    d.flags &= !residency_common::FLAG_TLS_WATCHED;
-                                    enricher.name(&mut flow, &d);
-                                }
+                            if let Some(name) = name {
+                                flow.name = Some(name);
+                            } else {
+                                // Not remembered (the daemon started after
+                                // the decision): named as the decision
+                                // was, where names still hold.
+                                let mut d = ev.decision;
+                                d.flags &= !residency_common::FLAG_TLS_WATCHED;
+                                enricher.name(&mut flow, &d);
                             }
                             metrics.flow_totals(&flow);
                             Record::Flow(flow)

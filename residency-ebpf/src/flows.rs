@@ -3,17 +3,19 @@
 //!
 //! A flow is one decision and what follows from it on one socket: a TCP
 //! connection, a connected UDP socket, or an unconnected UDP socket's
-//! datagrams to one destination. Its state lives in socket storage
-//! (`FLOWS`), which the kernel frees with the socket, so nothing here can
-//! leak or be evicted while the socket lives.
+//! datagrams to one destination. Its state lives in socket storage, which
+//! the kernel frees with the socket: `FLOWS` for a connected socket (and
+//! every decided socket's count of flows), `DGRAMS` for an unconnected
+//! UDP socket, one slot per destination (`DGRAM_SLOTS`; a socket that
+//! sends to more at once ends the flow it used least recently, reported).
 //!
 //! - The `sock_addr` programs begin a flow when they report a decision
 //!   (`begin`, then `keep` copies the reported decision), and a repeated
-//!   `sendmsg()` to the same destination, by the same process, under the
-//!   same policy and `GeoIP` generations, within `FLOW_REDECIDE_NS` of its
-//!   last full decision, is decided from the storage and counted, with no
-//!   record (`repeat`). A blocked destination stays blocked: the stored
-//!   verdict is returned on every datagram.
+//!   `sendmsg()` to a destination the socket has a flow for, by the same
+//!   process, under the same policy and `GeoIP` generations, within
+//!   `FLOW_REDECIDE_NS` of its last full decision, is decided from the
+//!   storage and counted, with no record (`repeat`). A blocked destination
+//!   stays blocked: the stored verdict is returned on every datagram.
 //! - `residency_bytes_out` / `residency_bytes_in` (`cgroup_skb`) add each
 //!   packet of a flow's socket to its totals, and report the totals when
 //!   `FLOW_REPORT_NS` has passed since the last report, so a connection
@@ -37,8 +39,9 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 use residency_common::{
-    ConnectEvent, EventHeader, EventKind, FLOW_END, FLOW_REDECIDE_NS, FLOW_SUPERSEDED,
-    FLOW_UPDATE, FlowEvent, FlowState, FlowTotals, Hook, IPPROTO_TCP, Stat, Verdict,
+    AF_INET, AF_INET6, ConnectEvent, DGRAM_SLOTS, DgramFlows, EventHeader, EventKind, FLOW_END,
+    FLOW_REDECIDE_NS, FLOW_SUPERSEDED, FLOW_UPDATE, FlowEvent, FlowState, FlowTotals, Hook,
+    IPPROTO_TCP, IPPROTO_UDP, Stat, Verdict,
 };
 
 use crate::{ALLOW, DENY, EVENTS, POLICY_ACTIVE, active_generation, count, names::submit};
@@ -50,6 +53,9 @@ static FLOW_REPORT_NS: u64 = 60_000_000_000;
 
 #[btf_map]
 static FLOWS: SkStorage<FlowState> = SkStorage::new();
+
+#[btf_map]
+static DGRAMS: SkStorage<DgramFlows> = SkStorage::new();
 
 const TCP_ESTABLISHED: u32 = 1;
 
@@ -89,21 +95,14 @@ fn add(counter: &mut u64, n: u64) {
     }
 }
 
-/// The socket's flow, if it has one (no storage is made).
+/// The socket's datagram flows, if it has any (no storage is made).
 #[inline(always)]
-fn existing(ctx: &SockAddrContext) -> Option<&'static mut FlowState> {
+fn dgrams(ctx: &SockAddrContext) -> Option<&'static mut DgramFlows> {
     // SAFETY: the helper reads the context's socket; the pointer it gives
     // is to this socket's storage, valid while the program runs.
-    let st = unsafe { FLOWS.get_ptr_mut(ctx) };
+    let st = unsafe { DGRAMS.get_ptr_mut(ctx) };
     // SAFETY: checked for null; the storage is never aliased by this program.
     unsafe { st.as_mut() }
-}
-
-/// Whether the call is a repeat of the socket's flow, as its decision
-/// recorded it.
-#[inline(always)]
-fn same(d: &ConnectEvent, family: u8, daddr: &[u8; 16], dport: u16, tgid: u32) -> bool {
-    d.dport == dport && d.family == family && d.tgid == tgid && same_addr(&d.daddr, daddr)
 }
 
 /// Two addresses, compared word by word (an array comparison may become
@@ -114,43 +113,124 @@ fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
 }
 
-/// A repeated `sendmsg()`: the stored verdict, counted, when the call
-/// goes where the socket's flow goes and nothing that decided it has
-/// changed. `None`: decide in full.
+/// The slot of the flow to `(family, daddr, dport)`: the hint first (a
+/// socket that sends to one destination finds it there), then each.
 #[inline(always)]
-pub(crate) fn repeat(
-    ctx: &SockAddrContext,
-    family: u8,
-    daddr: &[u8; 16],
-    port_be: u32,
-) -> Option<i32> {
+fn slot_of(dg: &mut DgramFlows, family: u8, daddr: &[u8; 16], dport: u16) -> Option<usize> {
+    let at = |dg: &DgramFlows, i: usize| {
+        let d = &dg.slots[i].decision;
+        d.flow != 0 && d.dport == dport && d.family == family && same_addr(&d.daddr, daddr)
+    };
+    let hint = (dg.hint as usize) & (DGRAM_SLOTS - 1);
+    if at(dg, hint) {
+        return Some(hint);
+    }
+    let mut i = 0;
+    while i < DGRAM_SLOTS {
+        if at(dg, i) {
+            dg.hint = i as u32;
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// One pass over a socket's datagram slots: the slot of the flow to
+/// `(family, daddr, dport)`, if any, and the slot a new flow would take
+/// (a free one, else the one decided least recently).
+#[inline(always)]
+fn scan(dg: &DgramFlows, family: u8, daddr: &[u8; 16], dport: u16) -> (Option<usize>, usize) {
+    let hint = (dg.hint as usize) & (DGRAM_SLOTS - 1);
+    let d = &dg.slots[hint].decision;
+    if d.flow != 0 && d.dport == dport && d.family == family && same_addr(&d.daddr, daddr) {
+        return (Some(hint), hint);
+    }
+    let mut victim = 0;
+    let mut victim_ns = u64::MAX;
+    let mut i = 0;
+    while i < DGRAM_SLOTS {
+        let s = &dg.slots[i];
+        let d = &s.decision;
+        if d.flow == 0 {
+            if victim_ns != 0 {
+                victim = i;
+                victim_ns = 0;
+            }
+        } else if d.dport == dport && d.family == family && same_addr(&d.daddr, daddr) {
+            return (Some(i), i);
+        } else if s.decided_ns < victim_ns {
+            victim = i;
+            victim_ns = s.decided_ns;
+        }
+        i += 1;
+    }
+    (None, victim)
+}
+
+/// What a `sendmsg()`'s socket storage says before the call is decided.
+pub(crate) enum Probe {
+    /// Flows are not followed.
+    Off,
+    /// A repeat, decided from storage and counted: return this.
+    Repeat(i32),
+    /// Decide in full. The slot the flow goes in is left in the storage
+    /// (`hint`, and `_pad` 1 when that slot holds this destination's flow
+    /// already), not carried in a register: a constant slot number per
+    /// path would multiply the paths the verifier walks through the rest
+    /// of the program by the number of slots.
+    Decide,
+}
+
+/// A `sendmsg()` before it is decided: a repeat to a destination whose
+/// flow the socket keeps, by the same process, with nothing that decided
+/// it changed and decided in full within `FLOW_REDECIDE_NS`, gets the
+/// stored verdict (counted, no record); anything else is decided in full
+/// and told which slot its flow takes. The slots are searched here, at
+/// the start of the program, where the verifier sees few paths; `begin`
+/// then indexes the slot directly.
+#[inline(always)]
+pub(crate) fn probe(ctx: &SockAddrContext, family: u8, daddr: &[u8; 16], port_be: u32) -> Probe {
     if !enabled() {
-        return None;
+        return Probe::Off;
     }
-    let st = existing(ctx)?;
-    let d = &st.decision;
-    if d.flow == 0 {
-        return None;
-    }
-    if now().wrapping_sub(st.decided_ns) >= FLOW_REDECIDE_NS {
-        return None;
-    }
-    #[expect(clippy::cast_possible_truncation, reason = "the port sits in the low 16 bits")]
+    let Some(dg) = dgrams(ctx) else {
+        // `begin` makes the storage, zeroed: slot 0, free.
+        return Probe::Decide;
+    };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port sits in the low 16 bits"
+    )]
     let dport = u16::from_be(port_be as u16);
-    #[expect(clippy::cast_possible_truncation, reason = "the tgid is the high half")]
+    let (found, victim) = scan(dg, family, daddr, dport);
+    #[expect(clippy::cast_possible_truncation, reason = "a slot index")]
+    let Some(i) = found else {
+        dg.hint = victim as u32;
+        dg._pad = 0;
+        return Probe::Decide;
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "a slot index")]
+    let index = i as u32;
+    dg.hint = index;
+    dg._pad = 1;
+    let st = &mut dg.slots[i & (DGRAM_SLOTS - 1)];
+    let d = &st.decision;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !same(d, family, daddr, dport, tgid) {
-        return None;
-    }
-    if POLICY_ACTIVE.get(0)?.generation != d.policy_gen {
-        return None;
-    }
-    if d.geo_gen != 0 && active_generation() != d.geo_gen {
-        return None;
+    let fresh = now().wrapping_sub(st.decided_ns) < FLOW_REDECIDE_NS;
+    let same_policy = POLICY_ACTIVE
+        .get(0)
+        .is_some_and(|a| a.generation == d.policy_gen);
+    if !fresh
+        || d.tgid != tgid
+        || !same_policy
+        || (d.geo_gen != 0 && active_generation() != d.geo_gen)
+    {
+        return Probe::Decide;
     }
     let blocked = d.verdict == Verdict::Blocked as u8;
     add(&mut st.totals.calls, 1);
-    Some(if blocked { DENY } else { ALLOW })
+    Probe::Repeat(if blocked { DENY } else { ALLOW })
 }
 
 /// What a decided call does to its socket's flow.
@@ -167,13 +247,10 @@ pub(crate) enum Begun {
 /// The flow a decided call belongs to. The socket's previous flow, if
 /// this one differs, is reported (superseded) first.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "the facts of one decision")]
 pub(crate) fn begin(
     ctx: &SockAddrContext,
     hook: Hook,
-    family: u8,
-    daddr: &[u8; 16],
-    port_be: u32,
+    probe: &Probe,
     verdict: Verdict,
     policy_gen: u32,
     geo_gen: u32,
@@ -185,35 +262,55 @@ pub(crate) fn begin(
     if !send && matches!(verdict, Verdict::Blocked) {
         return Begun::Untracked;
     }
-    // SAFETY: as in `existing`; the storage is made zeroed if missing.
+    // Every decided socket keeps its count of flows here; a connected one
+    // keeps its flow here too. Made zeroed if missing.
+    // SAFETY: as in `dgrams`.
     let st = unsafe { FLOWS.get_or_insert_ptr_mut(ctx, None) };
-    // SAFETY: checked for null below.
+    // SAFETY: checked for null.
     let Some(st) = (unsafe { st.as_mut() }) else {
         return Begun::Untracked;
     };
     let now = now();
-    if st.decision.flow != 0 {
-        #[expect(clippy::cast_possible_truncation, reason = "the port sits in the low 16 bits")]
-        let dport = u16::from_be(port_be as u16);
-        #[expect(clippy::cast_possible_truncation, reason = "the tgid is the high half")]
+    let n = st.count.wrapping_add(1);
+    if !send {
+        if st.decision.flow != 0 {
+            report(st, FLOW_SUPERSEDED, 0, now);
+        }
+        st.decision.flow = 0;
+        st.count = n;
+        return Begun::New(st, n);
+    }
+    // SAFETY: as above.
+    let dg = unsafe { DGRAMS.get_or_insert_ptr_mut(ctx, None) };
+    // SAFETY: checked for null.
+    let Some(dg) = (unsafe { dg.as_mut() }) else {
+        return Begun::Untracked;
+    };
+    if !matches!(probe, Probe::Decide) {
+        return Begun::Untracked;
+    }
+    let index = (dg.hint as usize) & (DGRAM_SLOTS - 1);
+    let matched = dg._pad == 1;
+    let slot = &mut dg.slots[index];
+    if slot.decision.flow != 0 {
+        let d = &slot.decision;
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let d = &st.decision;
-        if send
-            && same(d, family, daddr, dport, tgid)
+        if matched
+            && d.tgid == tgid
             && d.verdict == verdict as u8
             && d.policy_gen == policy_gen
             && d.geo_gen == geo_gen
         {
-            st.decided_ns = now;
-            add(&mut st.totals.calls, 1);
+            slot.decided_ns = now;
+            add(&mut slot.totals.calls, 1);
             return Begun::Same;
         }
-        report(st, FLOW_SUPERSEDED, 0, now);
+        report(slot, FLOW_SUPERSEDED, 0, now);
+        slot.decision.flow = 0;
     }
-    st.decision.flow = 0;
-    let n = st.count.wrapping_add(1);
+    dg._pad = 0;
     st.count = n;
-    Begun::New(st, n)
+    Begun::New(slot, n)
 }
 
 /// Stores the decision that began a flow, as it was reported, and starts
@@ -313,9 +410,73 @@ fn on_packet(ctx: &SkBuffContext, out: bool) {
     let Some(st) = (unsafe { st.as_mut() }) else {
         return;
     };
-    if st.decision.flow == 0 {
+    if st.decision.flow != 0 {
+        tally(st, sk, len, out);
         return;
     }
+    // An unconnected UDP socket: the flow of the packet's peer.
+    let map = ptr::from_ref(&DGRAMS).cast_mut().cast();
+    // SAFETY: as above.
+    let dg = unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) }.cast::<DgramFlows>();
+    // SAFETY: checked for null; valid for the program's run.
+    let Some(dg) = (unsafe { dg.as_mut() }) else {
+        return;
+    };
+    let Some((family, addr, port)) = peer(ctx, out) else {
+        return;
+    };
+    if let Some(i) = slot_of(dg, family, &addr, port) {
+        tally(&mut dg.slots[i], sk, len, out);
+    }
+}
+
+/// The packet's peer: its destination going out, its source coming in
+/// (family, address as flows keep it, port). UDP only.
+#[inline(always)]
+fn peer(ctx: &SkBuffContext, out: bool) -> Option<(u8, [u8; 16], u16)> {
+    let b0: u8 = ctx.load::<u8>(0).ok()?;
+    let mut addr = [0u8; 16];
+    match b0 >> 4 {
+        4 => {
+            let ihl = usize::from(b0 & 0xf) * 4;
+            if ihl < 20 || ctx.load::<u8>(9).ok()? != IPPROTO_UDP {
+                return None;
+            }
+            let a: [u8; 4] = ctx.load(if out { 16 } else { 12 }).ok()?;
+            let ports: [u8; 4] = ctx.load(ihl).ok()?;
+            addr[0] = a[0];
+            addr[1] = a[1];
+            addr[2] = a[2];
+            addr[3] = a[3];
+            let p = if out {
+                [ports[2], ports[3]]
+            } else {
+                [ports[0], ports[1]]
+            };
+            Some((AF_INET, addr, u16::from_be_bytes(p)))
+        }
+        6 => {
+            if ctx.load::<u8>(6).ok()? != IPPROTO_UDP {
+                return None;
+            }
+            let a: [u8; 16] = ctx.load(if out { 24 } else { 8 }).ok()?;
+            let ports: [u8; 4] = ctx.load(40).ok()?;
+            let p = if out {
+                [ports[2], ports[3]]
+            } else {
+                [ports[0], ports[1]]
+            };
+            // An IPv4-mapped destination leaves as IPv4; the flow is kept
+            // as IPv4 too, so an IPv6 packet here is a real IPv6 one.
+            Some((AF_INET6, a, u16::from_be_bytes(p)))
+        }
+        _ => None,
+    }
+}
+
+/// Adds a packet to a flow's totals, and reports them when due.
+#[inline(always)]
+fn tally(st: &mut FlowState, sk: *mut bpf_sock, len: u32, out: bool) {
     if out {
         add(&mut st.totals.bytes_out, u64::from(len));
         add(&mut st.totals.packets_out, 1);
@@ -355,12 +516,27 @@ fn on_release(sk: *mut bpf_sock) {
     let Some(st) = (unsafe { st.as_mut() }) else {
         return;
     };
-    if st.decision.flow == 0 {
-        return;
+    let now = now();
+    if st.decision.flow != 0 {
+        // SAFETY: a field of the program's context.
+        let state = unsafe { (*sk).state };
+        let s = tcp_state(st, state);
+        report(st, FLOW_END, s, now);
+        st.decision.flow = 0;
     }
-    // SAFETY: a field of the program's context.
-    let state = unsafe { (*sk).state };
-    let s = tcp_state(st, state);
-    report(st, FLOW_END, s, now());
-    st.decision.flow = 0;
+    let map = ptr::from_ref(&DGRAMS).cast_mut().cast();
+    // SAFETY: as above.
+    let dg = unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) }.cast::<DgramFlows>();
+    // SAFETY: checked for null; valid for the program's run.
+    let Some(dg) = (unsafe { dg.as_mut() }) else {
+        return;
+    };
+    let mut i = 0;
+    while i < DGRAM_SLOTS {
+        if dg.slots[i].decision.flow != 0 {
+            report(&mut dg.slots[i], FLOW_END, 0, now);
+            dg.slots[i].decision.flow = 0;
+        }
+        i += 1;
+    }
 }

@@ -301,11 +301,14 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
         ),
         Dest::V6(a) => (AF_INET6, *a),
     };
-    if matches!(hook, Hook::Sendmsg4 | Hook::Sendmsg6)
-        && let Some(r) = flows::repeat(ctx, family, &daddr, port_be)
-    {
-        return r;
-    }
+    let probe = if matches!(hook, Hook::Sendmsg4 | Hook::Sendmsg6) {
+        match flows::probe(ctx, family, &daddr, port_be) {
+            flows::Probe::Repeat(r) => return r,
+            p => p,
+        }
+    } else {
+        flows::Probe::Off
+    };
     let Some(applied) = applied_policy() else {
         // No policy loaded yet: the daemon loads one before it attaches,
         // so this does not happen; allow and report nothing.
@@ -328,9 +331,7 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
     let begun = flows::begin(
         ctx,
         hook,
-        family,
-        &daddr,
-        port_be,
+        &probe,
         verdict,
         applied.generation,
         finding.geo_gen,

@@ -639,7 +639,10 @@ pub enum Op {
     },
     /// Connect, send `bytes`, close the sending side, read until the
     /// server closes.
-    Bulk { addr: SocketAddr, bytes: u64 },
+    Bulk {
+        addr: SocketAddr,
+        bytes: u64,
+    },
 }
 
 impl std::fmt::Display for Op {

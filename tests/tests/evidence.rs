@@ -215,7 +215,8 @@ fn a_daemon_killed_mid_ingest_leaves_a_verifiable_store_with_a_gap_record() -> a
     let cg = TestCgroup::new("evidence-crash")?;
     let state = dir.path().join("state");
     let state_arg = [OsStr::new("--state-dir"), state.as_os_str()];
-    let config = "mode = \"monitor\"\n[kernel]\npoll_interval_ms = 5\n";
+    // Flows not followed: each datagram is a record (steady writes).
+    let config = "mode = \"monitor\"\n[kernel]\npoll_interval_ms = 5\nflows = false\n";
     let daemon = Daemon::start_with(config, &cg, &state_arg)?;
 
     // Steady traffic, and SIGKILL while it flows, once the store has

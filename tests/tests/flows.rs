@@ -6,8 +6,9 @@
 //!   bytes and packets each way, and when it was established; their bytes
 //!   match what the client and server moved, within the IP and TCP headers.
 //! - Repeated datagrams to one destination are one decision record and a
-//!   count; a blocked destination is refused on every datagram; a change
-//!   of destination is a new decision.
+//!   count; a blocked destination is refused on every datagram; a socket
+//!   keeps a flow per destination (up to 16), and ends the one it used
+//!   least recently, reported, to begin another.
 //! - The transfer summary, `/v1/flows`, `/metrics` and `evidence verify`
 //!   all add the same bytes up.
 
@@ -144,7 +145,10 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
     // The end: what moved, both ways, within the headers.
     let out = u(&end["source"]["bytes"]);
     let back = u(&end["destination"]["bytes"]);
-    assert!(within_headers(out, sent), "sent {sent}, counted {out}: {end}");
+    assert!(
+        within_headers(out, sent),
+        "sent {sent}, counted {out}: {end}"
+    );
     assert!(
         within_headers(back, received),
         "received {received}, counted {back}: {end}"
@@ -162,7 +166,10 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
     // summary counts its bytes under them.
     assert_eq!(end["residency"]["tenants"][0], "acme");
     assert_eq!(end["residency"]["country"], "DE");
-    assert_eq!(end["residency"]["transfer_basis"], d["residency"]["transfer_basis"]);
+    assert_eq!(
+        end["residency"]["transfer_basis"],
+        d["residency"]["transfer_basis"]
+    );
 
     // Reported while it lasted: updates before the end, growing, and the
     // deltas add up to the end's totals.
@@ -191,28 +198,40 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
         "the first update came before the last reply piece"
     );
 
-    // The API: the summary adds the bytes under acme/DE, the flow listing
-    // carries the totals, and /metrics counts them.
-    // (The records file is written with the store; the API reads the
-    // store's summary, which the same commit updated.)
-    let summary = s.daemon.get_json("/v1/transfers/summary?tenant=acme")?;
-    let de: Vec<&Value> = summary["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["country"] == "DE")
-        .collect();
-    let (bo, bi): (u64, u64) = de
-        .iter()
-        .map(|r| (u(&r["bytes_out"]), u(&r["bytes_in"])))
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    assert_eq!((bo, bi), (out, back), "{summary}");
-    let listed = s.daemon.get_json("/v1/flows?tenant=acme")?;
+    api_adds_up(&s.daemon, &id, out, back)?;
+    verify_after_stop(s)
+}
+
+/// The API: the summary adds the bytes of flow `id` under acme/DE, the
+/// flow listing carries its totals, and `/metrics` counts them.
+fn api_adds_up(daemon: &Daemon, id: &str, out: u64, back: u64) -> anyhow::Result<()> {
+    // The output file is written before each batch goes to the store:
+    // wait for the store to have it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let summary = daemon.get_json("/v1/transfers/summary?tenant=acme")?;
+        let (bo, bi): (u64, u64) = summary["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["country"] == "DE")
+            .map(|r| (u(&r["bytes_out"]), u(&r["bytes_in"])))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if (bo, bi) == (out, back) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && bo <= out && bi <= back,
+            "the summary's bytes {bo}/{bi} are not the flow's {out}/{back}: {summary}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = daemon.get_json("/v1/flows?tenant=acme")?;
     let item = listed["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|i| i["record"]["residency"]["flow"]["id"] == id.as_str())
+        .find(|i| i["record"]["residency"]["flow"]["id"] == id)
         .expect("the decision is listed");
     assert_eq!(item["totals"]["bytes_out"], out, "{item}");
     assert_eq!(item["totals"]["bytes_in"], back, "{item}");
@@ -225,7 +244,7 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
             .any(|i| is_totals(&i["record"])),
         "totals records are not listed as decisions"
     );
-    let (_, metrics) = s.daemon.get("/metrics")?;
+    let (_, metrics) = daemon.get("/metrics")?;
     let line = metrics
         .lines()
         .find(|l| {
@@ -238,7 +257,7 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
     let counted: u64 = line.rsplit(' ').next().unwrap_or("0").parse()?;
     assert_eq!(counted, out, "{line}");
 
-    verify_after_stop(s)
+    Ok(())
 }
 
 #[test]
@@ -274,21 +293,33 @@ fn repeated_datagrams_are_one_decision_and_a_count() -> anyhow::Result<()> {
     )?;
     assert_eq!(to_us["ops"][0]["ok"], 0, "{to_us}");
     assert_eq!(to_us["ops"][0]["errors"]["EPERM"], 300, "{to_us}");
-    // A socket that alternates between two destinations: each change is
-    // a decision of its own.
-    let alternating = run_client(&[Op::Udp(de.udp), Op::Udp(us.udp)], &ClientOptions {
-        repeat: Some(3),
-        ..opts.clone()
-    })?;
+    // A socket that alternates between two destinations keeps a flow for
+    // each; one that sends to 17 (one more than the kernel keeps per
+    // socket) ends the least recently used to begin the 17th.
+    let alternating = run_client(
+        &[Op::Udp(de.udp), Op::Udp(us.udp)],
+        &ClientOptions {
+            repeat: Some(3),
+            ..opts.clone()
+        },
+    )?;
     let alt_pid = u(&alternating["pid"]);
-
+    let many: Vec<Listener> = (0..17u8)
+        .map(|i| Listener::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 10 + i))))
+        .collect::<Result<_, _>>()?;
+    let spread = run_client(
+        &many.iter().map(|l| Op::Udp(l.udp)).collect::<Vec<_>>(),
+        &opts,
+    )?;
+    let spread_pid = u(&spread["pid"]);
     let de_pid = u(&to_de["pid"]);
     let us_pid = u(&to_us["pid"]);
     // Each client closed its socket: three flow-ends for the two storms
     // are there once the last one is.
     s.daemon.wait_for(Duration::from_secs(15), |r| {
-        action(r) == "flow-end" && u(&r["process"]["pid"]) == alt_pid
+        action(r) == "flow-end" && u(&r["process"]["pid"]) == spread_pid
     })?;
+    std::thread::sleep(Duration::from_millis(500));
     let records = s.daemon.records()?;
     let of = |pid: u64, port: u16| -> Vec<&Value> {
         flows(&records)
@@ -298,7 +329,9 @@ fn repeated_datagrams_are_one_decision_and_a_count() -> anyhow::Result<()> {
     };
     let de_decisions = of(de_pid, de.udp.port());
     assert_eq!(de_decisions.len(), 1, "one decision: {de_decisions:#?}");
-    let id = de_decisions[0]["residency"]["flow"]["id"].as_str().unwrap_or("");
+    let id = de_decisions[0]["residency"]["flow"]["id"]
+        .as_str()
+        .unwrap_or("");
     let de_totals = totals_of(&records, id);
     let end = de_totals.last().expect("totals");
     assert_eq!(action(end), "flow-end");
@@ -310,27 +343,46 @@ fn repeated_datagrams_are_one_decision_and_a_count() -> anyhow::Result<()> {
     let us_decisions = of(us_pid, us.udp.port());
     assert_eq!(us_decisions.len(), 1, "{us_decisions:#?}");
     assert_eq!(us_decisions[0]["residency"]["verdict"], "blocked");
-    let id = us_decisions[0]["residency"]["flow"]["id"].as_str().unwrap_or("");
+    let id = us_decisions[0]["residency"]["flow"]["id"]
+        .as_str()
+        .unwrap_or("");
     let end = *totals_of(&records, id).last().expect("totals");
     assert_eq!(end["residency"]["flow"]["calls"], 300, "{end}");
     assert_eq!(end["source"]["packets"], 0, "refused: nothing left: {end}");
 
-    // Alternating: six decisions, five superseded flows and one closed.
-    let alt: Vec<&Value> = flows(&records)
-        .into_iter()
-        .filter(|r| u(&r["process"]["pid"]) == alt_pid)
-        .collect();
-    assert_eq!(alt.len(), 6, "{alt:#?}");
-    let stages: Vec<&str> = records
-        .iter()
-        .filter(|r| action(r) == "flow-end" && u(&r["process"]["pid"]) == alt_pid)
-        .map(|r| r["residency"]["flow"]["stage"].as_str().unwrap_or(""))
-        .collect();
+    // Alternating: two decisions, each flow ended with its 3 calls.
+    let ends = |pid: u64| -> Vec<(String, u64)> {
+        records
+            .iter()
+            .filter(|r| action(r) == "flow-end" && u(&r["process"]["pid"]) == pid)
+            .map(|r| {
+                (
+                    r["residency"]["flow"]["stage"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                    u(&r["residency"]["flow"]["calls"]),
+                )
+            })
+            .collect()
+    };
+    let of_pid = |pid: u64| {
+        flows(&records)
+            .into_iter()
+            .filter(|r| u(&r["process"]["pid"]) == pid)
+            .count()
+    };
+    assert_eq!(of_pid(alt_pid), 2);
     assert_eq!(
-        stages,
-        ["superseded", "superseded", "superseded", "superseded", "superseded", "closed"]
+        ends(alt_pid),
+        [("closed".to_owned(), 3), ("closed".to_owned(), 3)]
     );
-    // One violation for the US destination, counted once per decision
-    // record (the storm's 300 refusals are the flow's count).
+    // 17 destinations: 17 decisions; the first flow was superseded to
+    // make room (reported then, not lost), the other 16 closed.
+    assert_eq!(of_pid(spread_pid), 17);
+    let mut stages: Vec<String> = ends(spread_pid).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(stages.len(), 17, "{stages:?}");
+    assert_eq!(stages.remove(0), "superseded");
+    assert!(stages.iter().all(|s| s == "closed"), "{stages:?}");
     verify_after_stop(s)
 }

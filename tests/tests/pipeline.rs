@@ -234,7 +234,9 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
         .unwrap_or_default();
     if let Some(progs) = bpftool_attached(&cg)? {
         // With name tracking (on by default), the DNS-answer and TLS
-        // programs too; none of them is on the cgroup2 root.
+        // programs too, and with flows followed (also on by default) the
+        // byte counters out and in and the socket-release program; none
+        // of them is on the cgroup2 root.
         let mut kinds: Vec<&str> = progs
             .iter()
             .map(|p| p.split(':').next().unwrap_or(""))
@@ -246,11 +248,14 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
                 "cgroup_inet4_connect",
                 "cgroup_inet6_connect",
                 "cgroup_inet_egress",
+                "cgroup_inet_egress",
                 "cgroup_inet_ingress",
+                "cgroup_inet_ingress",
+                "cgroup_inet_sock_release",
                 "cgroup_udp4_sendmsg",
                 "cgroup_udp6_sendmsg"
             ],
-            "connect4/6, sendmsg4/6 and the name programs attached: {progs:?}"
+            "connect4/6, sendmsg4/6, the name and the flow programs attached: {progs:?}"
         );
     }
 
@@ -404,9 +409,12 @@ fn a_full_ring_buffer_is_counted_and_reported_never_silent() -> anyhow::Result<(
     let cg = TestCgroup::new("drops")?;
     let l4 = Listener::bind(v4(1))?;
     // One page of ring (about 42 records), no wakeups, and a slow timer: a
-    // burst of sends must overflow it.
+    // burst of sends must overflow it. Flows are not followed, so that
+    // each datagram is a decision record (followed, repeats are counted
+    // in the kernel: `tests/flows.rs`).
     let config = "
 [kernel]
+flows = false
 ring_buffer_kib = 4
 wakeup_kib = 4
 poll_interval_ms = 500

@@ -680,10 +680,12 @@ retry_max_secs = 1
             .unwrap_or_default()
     );
     let daemon = s.start(&sinks)?;
-    // 1,500 allowed UDP sends to Germany: flows the sink cannot deliver.
+    // 1,500 allowed connects to Germany (each its own socket, so each is
+    // a decision record; repeated datagrams would be one): flows the sink
+    // cannot deliver.
     let de = Listener::bind(v4(17))?;
     let report = run_client(
-        &vec![Op::Udp(de.udp); 1500],
+        &vec![Op::Tcp(de.tcp); 1500],
         &ClientOptions {
             cgroup_dir: Some(&s.llm),
             ..Default::default()

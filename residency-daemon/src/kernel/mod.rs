@@ -30,7 +30,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        TracePoint,
         links::{FdLink, PinnedLink},
     },
 };

@@ -233,7 +233,8 @@ fn report(ops: &[String], stats: &mut [Stats], timing: bool) -> Vec<Value> {
     ops.iter()
         .zip(stats.iter_mut())
         .map(|(name, st)| {
-            let mut v = json!({ "op": name, "ok": st.ok, "errors": st.errors, "received": st.received });
+            let mut v =
+                json!({ "op": name, "ok": st.ok, "errors": st.errors, "received": st.received });
             if timing && !st.nanos.is_empty() {
                 st.nanos.sort_unstable();
                 let pct = |p: f64| {
@@ -326,7 +327,7 @@ fn bulk(addr: SocketAddr, bytes: u64) -> Result<u64, Errno> {
     use std::io::{Read as _, Write as _};
     let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
     let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
-    let chunk = [0x5au8; 64 * 1024];
+    let chunk = vec![0x5au8; 64 * 1024];
     let mut left = bytes;
     while left > 0 {
         let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
@@ -334,7 +335,7 @@ fn bulk(addr: SocketAddr, bytes: u64) -> Result<u64, Errno> {
         left -= n as u64;
     }
     s.shutdown(std::net::Shutdown::Write).map_err(io)?;
-    let mut buf = [0u8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0u64;
     loop {
         match s.read(&mut buf).map_err(io)? {
@@ -346,9 +347,13 @@ fn bulk(addr: SocketAddr, bytes: u64) -> Result<u64, Errno> {
 
 fn parse_op(s: &str) -> anyhow::Result<Op> {
     if let Some(rest) = s.strip_prefix("bulk:") {
-        let (bytes, addr) = rest.split_once('@').context("expected bulk:BYTES@ADDR:PORT")?;
+        let (bytes, addr) = rest
+            .split_once('@')
+            .context("expected bulk:BYTES@ADDR:PORT")?;
         let bytes: u64 = bytes.parse().context("bad byte count")?;
-        let addr: SocketAddr = addr.parse().with_context(|| format!("bad address in {s}"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("bad address in {s}"))?;
         ensure!(
             residency_tests::is_loopback(addr.ip()),
             "{s}: bulk transfers go to loopback only"

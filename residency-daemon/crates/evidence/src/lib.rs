@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 pub use config::{DEFAULT_STATE_DIR, EvidenceConfig, RawEvidence};
 pub use indexer::WAL_LIMIT;
 pub use query::{
-    FlowTotals, Filter, Order, Page, PageOf, Reader, StoredRecord, Violation, ViolationState,
+    Filter, FlowTotals, Order, Page, PageOf, Reader, StoredRecord, Violation, ViolationState,
 };
 pub use stats::Stats;
 pub use store::{Evidence, Opened};

@@ -639,7 +639,15 @@ fn followed() -> Vec<u8> {
         followed_flow(0, "acme", "DE", "b00t-7-1"),
         totals_record(1, "acme", "DE", "b00t-7-1", (1000, 50), (1000, 50), false),
         flow(2, "acme", "DE", "allowed", "192.0.2.8"),
-        totals_record(DAY_MS, "acme", "DE", "b00t-7-1", (1500, 80), (500, 30), true),
+        totals_record(
+            DAY_MS,
+            "acme",
+            "DE",
+            "b00t-7-1",
+            (1500, 80),
+            (500, 30),
+            true,
+        ),
     ])
 }
 
@@ -672,8 +680,16 @@ async fn flow_totals_add_bytes_on_the_days_they_moved_and_verify_rebuilds_them()
         .iter()
         .find_map(|i| i.totals.clone())
         .expect("the followed flow's totals");
-    assert_eq!((t.bytes_out, t.bytes_in, t.ended, t.last_seq), (1500, 80, true, 4));
-    assert!(r.violations(&ViolationFilter::default(), &Page::default()).unwrap().items.is_empty());
+    assert_eq!(
+        (t.bytes_out, t.bytes_in, t.ended, t.last_seq),
+        (1500, 80, true, 4)
+    );
+    assert!(
+        r.violations(&ViolationFilter::default(), &Page::default())
+            .unwrap()
+            .items
+            .is_empty()
+    );
     ev.close().await.unwrap();
     let report = verify_dir(dir.path());
     assert!(report.ok(), "{:?}", report.faults);
@@ -681,11 +697,17 @@ async fn flow_totals_add_bytes_on_the_days_they_moved_and_verify_rebuilds_them()
     // Bytes moved from one row to another, or a flow's totals edited,
     // are found.
     db(dir.path())
-        .execute("UPDATE transfers SET bytes_out = bytes_out + 1 WHERE bytes_out > 0", [])
+        .execute(
+            "UPDATE transfers SET bytes_out = bytes_out + 1 WHERE bytes_out > 0",
+            [],
+        )
         .unwrap();
     assert!(first_fault(dir.path()).contains("bytes"));
     db(dir.path())
-        .execute("UPDATE transfers SET bytes_out = bytes_out - 1 WHERE bytes_out > 0", [])
+        .execute(
+            "UPDATE transfers SET bytes_out = bytes_out - 1 WHERE bytes_out > 0",
+            [],
+        )
         .unwrap();
     assert!(verify_dir(dir.path()).ok());
     db(dir.path())
@@ -715,7 +737,9 @@ async fn a_format_4_store_gains_the_byte_columns_and_still_verifies() {
     ev.checkpoint().await.unwrap();
     ev.close().await.unwrap();
     let format: i64 = db(dir.path())
-        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(format, crate::schema::FORMAT);
     let rows = ev.reader().transfers(&Filter::default()).unwrap();

@@ -997,7 +997,10 @@ mod tests {
         let mut f = flow();
         f.flow_id = Some("0badcafe-99-1".into());
         let decision = encode(&Record::Flow(f.clone()));
-        assert_eq!(decision["residency"]["flow"], serde_json::json!({"id": "0badcafe-99-1"}));
+        assert_eq!(
+            decision["residency"]["flow"],
+            serde_json::json!({"id": "0badcafe-99-1"})
+        );
         assert_eq!(decision["event"]["action"], "connect");
         assert!(decision.get("source").is_none());
         f.totals = Some(Box::new(totals(crate::FlowStage::Closed)));

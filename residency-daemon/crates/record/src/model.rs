@@ -279,7 +279,7 @@ pub struct FlowCounts {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub packets_in: u64,
-    /// Calls the decision covered (1 for a connect(); each datagram sent
+    /// Calls the decision covered (1 for a `connect()`; each datagram sent
     /// or refused for `sendmsg()`).
     pub calls: u64,
 }
