@@ -33,7 +33,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_ktime_get_boot_ns, bpf_sk_storage_get},
+        generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_sk_storage_get},
     },
     macros::{btf_map, cgroup_skb, cgroup_sock},
     programs::{SkBuffContext, SockAddrContext, SockContext},
@@ -71,10 +71,20 @@ fn report_ns() -> u64 {
     unsafe { ptr::read_volatile(&raw const FLOW_REPORT_NS) }
 }
 
+/// `CLOCK_BOOTTIME`, for what reports carry.
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: a helper call without pointer arguments.
     unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` (a tick's resolution, a fraction of the cost):
+/// the flows' own timers, `reported_ns` and `decided_ns`, read on every
+/// packet and repeated datagram.
+#[inline(always)]
+fn coarse() -> u64 {
+    // SAFETY: a helper call without pointer arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Adds to a counter that several CPUs may add to at once (egress on one,
@@ -217,7 +227,7 @@ pub(crate) fn probe(ctx: &SockAddrContext, family: u8, daddr: &[u8; 16], port_be
     let st = &mut dg.slots[i & (DGRAM_SLOTS - 1)];
     let d = &st.decision;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let fresh = now().wrapping_sub(st.decided_ns) < FLOW_REDECIDE_NS;
+    let fresh = coarse().wrapping_sub(st.decided_ns) < FLOW_REDECIDE_NS;
     let same_policy = POLICY_ACTIVE
         .get(0)
         .is_some_and(|a| a.generation == d.policy_gen);
@@ -251,15 +261,21 @@ pub(crate) fn begin(
     ctx: &SockAddrContext,
     hook: Hook,
     probe: &Probe,
-    verdict: Verdict,
-    policy_gen: u32,
-    geo_gen: u32,
+    decision: *const ConnectEvent,
 ) -> Begun {
     if !enabled() {
         return Begun::Untracked;
     }
+    // SAFETY: the ring entry the caller just wrote.
+    let (verdict, policy_gen, geo_gen) = unsafe {
+        (
+            (*decision).verdict,
+            (*decision).policy_gen,
+            (*decision).geo_gen,
+        )
+    };
     let send = matches!(hook, Hook::Sendmsg4 | Hook::Sendmsg6);
-    if !send && matches!(verdict, Verdict::Blocked) {
+    if !send && verdict == Verdict::Blocked as u8 {
         return Begun::Untracked;
     }
     // Every decided socket keeps its count of flows here; a connected one
@@ -270,11 +286,10 @@ pub(crate) fn begin(
     let Some(st) = (unsafe { st.as_mut() }) else {
         return Begun::Untracked;
     };
-    let now = now();
     let n = st.count.wrapping_add(1);
     if !send {
         if st.decision.flow != 0 {
-            report(st, FLOW_SUPERSEDED, 0, now);
+            report(st, FLOW_SUPERSEDED, 0);
         }
         st.decision.flow = 0;
         st.count = n;
@@ -297,15 +312,15 @@ pub(crate) fn begin(
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if matched
             && d.tgid == tgid
-            && d.verdict == verdict as u8
+            && d.verdict == verdict
             && d.policy_gen == policy_gen
             && d.geo_gen == geo_gen
         {
-            slot.decided_ns = now;
+            slot.decided_ns = coarse();
             add(&mut slot.totals.calls, 1);
             return Begun::Same;
         }
-        report(slot, FLOW_SUPERSEDED, 0, now);
+        report(slot, FLOW_SUPERSEDED, 0);
         slot.decision.flow = 0;
     }
     dg._pad = 0;
@@ -313,14 +328,14 @@ pub(crate) fn begin(
     Begun::New(slot, n)
 }
 
-/// Stores the decision that began a flow, as it was reported, and starts
+/// Stores the decision that began a flow, as it is reported, and starts
 /// its totals.
 #[inline(always)]
 pub(crate) fn keep(st: *mut FlowState, decision: *const ConnectEvent) {
     // SAFETY: `st` is the socket's storage from `begin`, and `decision`
     // the ring entry just written; both are valid for the program's run.
+    let now = coarse();
     unsafe {
-        let now = (*decision).boot_ns;
         (*st).decision = *decision;
         (*st).totals = FlowTotals {
             calls: 1,
@@ -336,8 +351,8 @@ pub(crate) fn keep(st: *mut FlowState, decision: *const ConnectEvent) {
 /// Reports a flow's totals. Only a report that reached the ring moves
 /// the "previous" totals on.
 #[inline(always)]
-fn report(st: &mut FlowState, stage: u8, tcp_state: u8, now: u64) {
-    st.reported_ns = now;
+fn report(st: &mut FlowState, stage: u8, tcp_state: u8) {
+    st.reported_ns = coarse();
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         count(Stat::FlowsDropped);
         return;
@@ -352,7 +367,7 @@ fn report(st: &mut FlowState, stage: u8, tcp_state: u8, now: u64) {
             #[expect(clippy::cast_possible_truncation, reason = "a small struct")]
             size: size_of::<FlowEvent>() as u32,
         };
-        (*e).boot_ns = now;
+        (*e).boot_ns = now();
         (*e).decision = st.decision;
         (*e).totals = totals;
         (*e).previous = st.reported;
@@ -401,37 +416,87 @@ fn on_packet(ctx: &SkBuffContext, out: bool) {
     if sk.is_null() {
         return;
     }
+    // A datagram: the flow of its peer on an unconnected socket, if the
+    // socket has one (one storage lookup in the common case).
+    if let Some((family, addr, port)) = udp_peer(ctx, out) {
+        let map = ptr::from_ref(&DGRAMS).cast_mut().cast();
+        // SAFETY: `sk` is the packet's socket, checked for null; the helper
+        // gives this socket's storage (null for sockets without one, and
+        // for sockets that are not full sockets).
+        let dg =
+            unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) }.cast::<DgramFlows>();
+        // SAFETY: checked for null; valid for the program's run.
+        if let Some(dg) = unsafe { dg.as_mut() }
+            && let Some(i) = slot_of(dg, family, &addr, port)
+        {
+            tally(&mut dg.slots[i], sk, len, out);
+            return;
+        }
+    }
     let map = ptr::from_ref(&FLOWS).cast_mut().cast();
-    // SAFETY: `sk` is the packet's socket, checked for null; the helper
-    // gives this socket's storage (null for sockets without one, and for
-    // sockets that are not full sockets).
+    // SAFETY: as above.
     let st = unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) }.cast::<FlowState>();
     // SAFETY: checked for null; valid for the program's run.
-    let Some(st) = (unsafe { st.as_mut() }) else {
-        return;
-    };
-    if st.decision.flow != 0 {
+    if let Some(st) = unsafe { st.as_mut() }
+        && st.decision.flow != 0
+    {
         tally(st, sk, len, out);
-        return;
-    }
-    // An unconnected UDP socket: the flow of the packet's peer.
-    let map = ptr::from_ref(&DGRAMS).cast_mut().cast();
-    // SAFETY: as above.
-    let dg = unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) }.cast::<DgramFlows>();
-    // SAFETY: checked for null; valid for the program's run.
-    let Some(dg) = (unsafe { dg.as_mut() }) else {
-        return;
-    };
-    let Some((family, addr, port)) = peer(ctx, out) else {
-        return;
-    };
-    if let Some(i) = slot_of(dg, family, &addr, port) {
-        tally(&mut dg.slots[i], sk, len, out);
     }
 }
 
-/// The packet's peer: its destination going out, its source coming in
-/// (family, address as flows keep it, port). UDP only.
+/// A UDP packet's peer: its destination going out, its source coming in
+/// (family, address as flows keep it, port). `None` for anything else.
+/// Read from the linear area with direct packet access (no helper calls),
+/// else with `bpf_skb_load_bytes`.
+#[inline(always)]
+fn udp_peer(ctx: &SkBuffContext, out: bool) -> Option<(u8, [u8; 16], u16)> {
+    let skb = ctx.skb.skb;
+    // SAFETY: reads of the program's own context.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let mut addr = [0u8; 16];
+    if start + 48 <= end {
+        let p = start as *const u8;
+        // SAFETY: every read below is within the 48 bytes checked above.
+        unsafe {
+            let b0 = *p;
+            let (family, l4, proto) = match b0 >> 4 {
+                4 => (AF_INET, usize::from(b0 & 0xf) * 4, *p.add(9)),
+                6 => (AF_INET6, 40, *p.add(6)),
+                _ => return None,
+            };
+            if proto != IPPROTO_UDP {
+                return None;
+            }
+            if family == AF_INET {
+                if !(20..=40).contains(&l4) || start + l4 + 4 > end {
+                    return peer(ctx, out);
+                }
+                let a = if out { 16 } else { 12 };
+                addr[0] = *p.add(a);
+                addr[1] = *p.add(a + 1);
+                addr[2] = *p.add(a + 2);
+                addr[3] = *p.add(a + 3);
+            } else {
+                let a = if out { 24 } else { 8 };
+                let mut i = 0;
+                while i < 16 {
+                    addr[i] = *p.add(a + i);
+                    i += 1;
+                }
+            }
+            let port = if out { l4 + 2 } else { l4 };
+            if start + port + 2 > end {
+                return peer(ctx, out);
+            }
+            let port = u16::from_be_bytes([*p.add(port), *p.add(port + 1)]);
+            return Some((family, addr, port));
+        }
+    }
+    peer(ctx, out)
+}
+
+/// [`udp_peer`] through `bpf_skb_load_bytes`, for headers outside the
+/// linear area.
 #[inline(always)]
 fn peer(ctx: &SkBuffContext, out: bool) -> Option<(u8, [u8; 16], u16)> {
     let b0: u8 = ctx.load::<u8>(0).ok()?;
@@ -484,18 +549,17 @@ fn tally(st: &mut FlowState, sk: *mut bpf_sock, len: u32, out: bool) {
         add(&mut st.totals.bytes_in, u64::from(len));
         add(&mut st.totals.packets_in, 1);
     }
-    let now = now();
     // SAFETY: `state` of a socket the packet belongs to (readable on any
     // `sock_common`).
     let state = unsafe { (*sk).state };
     // The ACK that completes the handshake is the first segment sent in
     // ESTABLISHED.
     if out && st.established_ns == 0 && state == TCP_ESTABLISHED {
-        st.established_ns = now;
+        st.established_ns = now();
     }
-    if now.wrapping_sub(st.reported_ns) >= report_ns() {
+    if coarse().wrapping_sub(st.reported_ns) >= report_ns() {
         let s = tcp_state(st, state);
-        report(st, FLOW_UPDATE, s, now);
+        report(st, FLOW_UPDATE, s);
     }
 }
 
@@ -516,12 +580,11 @@ fn on_release(sk: *mut bpf_sock) {
     let Some(st) = (unsafe { st.as_mut() }) else {
         return;
     };
-    let now = now();
     if st.decision.flow != 0 {
         // SAFETY: a field of the program's context.
         let state = unsafe { (*sk).state };
         let s = tcp_state(st, state);
-        report(st, FLOW_END, s, now);
+        report(st, FLOW_END, s);
         st.decision.flow = 0;
     }
     let map = ptr::from_ref(&DGRAMS).cast_mut().cast();
@@ -534,7 +597,7 @@ fn on_release(sk: *mut bpf_sock) {
     let mut i = 0;
     while i < DGRAM_SLOTS {
         if dg.slots[i].decision.flow != 0 {
-            report(&mut dg.slots[i], FLOW_END, 0, now);
+            report(&mut dg.slots[i], FLOW_END, 0);
             dg.slots[i].decision.flow = 0;
         }
         i += 1;

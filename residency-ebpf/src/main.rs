@@ -328,19 +328,9 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: &Dest, port_be: u32, flags: u
         }
         Action::Flag | Action::Block | Action::Judge => Verdict::Flagged,
     };
-    let begun = flows::begin(
-        ctx,
-        hook,
-        &probe,
-        verdict,
-        applied.generation,
-        finding.geo_gen,
+    report(
+        ctx, hook, family, &daddr, port_be, flags, verdict, &finding, &names, &applied, &probe,
     );
-    if !matches!(begun, flows::Begun::Same) {
-        report(
-            ctx, hook, family, &daddr, port_be, flags, verdict, &finding, &names, &applied, &begun,
-        );
-    }
     if matches!(verdict, Verdict::Blocked) {
         DENY
     } else {
@@ -967,7 +957,7 @@ fn report(
     finding: &Finding,
     names: &NameFacts,
     applied: &Applied<'_>,
-    begun: &flows::Begun,
+    probe: &flows::Probe,
 ) {
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count(Stat::Dropped);
@@ -975,10 +965,6 @@ fn report(
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let flow = match begun {
-        flows::Begun::New(_, n) => *n,
-        _ => 0,
-    };
     // SAFETY: a helper call without pointer arguments.
     let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     let cgroup_id = applied.cgroup_id;
@@ -1019,11 +1005,25 @@ fn report(
         name_pattern: names.pattern,
         name_state: names.state,
         _pad: [0; 3],
-        flow,
+        flow: 0,
         _pad2: 0,
     });
-    if let flows::Begun::New(st, _) = begun {
-        flows::keep(*st, entry.as_ptr());
+    // The flow the call belongs to is worked out from the record as
+    // written, not from the values that made it: past this point nothing
+    // of the decision is live in registers, so the verifier sees every
+    // path of the decision as one state here.
+    let e = entry.as_mut_ptr();
+    match flows::begin(ctx, hook, probe, e) {
+        flows::Begun::Same => {
+            entry.discard(u64::from(BPF_RB_NO_WAKEUP));
+            return;
+        }
+        flows::Begun::New(st, n) => {
+            // SAFETY: `e` is the entry written above.
+            unsafe { (*e).flow = n };
+            flows::keep(st, e);
+        }
+        flows::Begun::Untracked => {}
     }
     let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes() {
         BPF_RB_FORCE_WAKEUP

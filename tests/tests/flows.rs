@@ -350,6 +350,13 @@ fn repeated_datagrams_are_one_decision_and_a_count() -> anyhow::Result<()> {
     assert_eq!(end["residency"]["flow"]["calls"], 300, "{end}");
     assert_eq!(end["source"]["packets"], 0, "refused: nothing left: {end}");
 
+    per_destination(&records, alt_pid, spread_pid);
+    verify_after_stop(s)
+}
+
+/// A socket that alternated between two destinations (`alt_pid`), and one
+/// that sent to 17 (`spread_pid`): their decisions and flow ends.
+fn per_destination(records: &[Value], alt_pid: u64, spread_pid: u64) {
     // Alternating: two decisions, each flow ended with its 3 calls.
     let ends = |pid: u64| -> Vec<(String, u64)> {
         records
@@ -367,7 +374,7 @@ fn repeated_datagrams_are_one_decision_and_a_count() -> anyhow::Result<()> {
             .collect()
     };
     let of_pid = |pid: u64| {
-        flows(&records)
+        flows(records)
             .into_iter()
             .filter(|r| u(&r["process"]["pid"]) == pid)
             .count()
@@ -384,5 +391,4 @@ fn repeated_datagrams_are_one_decision_and_a_count() -> anyhow::Result<()> {
     assert_eq!(stages.len(), 17, "{stages:?}");
     assert_eq!(stages.remove(0), "superseded");
     assert!(stages.iter().all(|s| s == "closed"), "{stages:?}");
-    verify_after_stop(s)
 }

@@ -33,6 +33,14 @@ const VARIANTS: &[(&str, &str)] = &[
         "names without TLS server names, smallest name map",
         "[names]\nsni = false\nmax_entries = 1024\n",
     ),
+    (
+        "enforce, flows not followed",
+        "mode = \"enforce\"\n[kernel]\nflows = false\n",
+    ),
+    (
+        "enforce, flows reported every second, no names",
+        "mode = \"enforce\"\n[kernel]\nflow_report_secs = 1\n[names]\ntrack = false\n",
+    ),
 ];
 
 #[test]
@@ -83,6 +91,15 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
             if config.names.sni {
                 want.push("cgroup_inet_egress");
             }
+            // The flow programs (bytes out and in, the socket's end) come
+            // with flows followed, on unless a variant turns it off.
+            if config.kernel.flows {
+                want.extend([
+                    "cgroup_inet_egress",
+                    "cgroup_inet_ingress",
+                    "cgroup_inet_sock_release",
+                ]);
+            }
             want.sort_unstable();
             assert_eq!(kinds, want, "{name}: {progs:?}");
         }
@@ -131,9 +148,11 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
             eprintln!("SKIPPED monitor_mode_programs_have_no_deny_path: bpftool is not installed");
             return Ok(());
         };
-        // The name programs never deny, in either mode.
+        // The name and flow programs never deny, in either mode.
         s.retain(|(hook, _)| {
-            !hook.starts_with("cgroup_inet_ingress") && !hook.starts_with("cgroup_inet_egress")
+            !hook.starts_with("cgroup_inet_ingress")
+                && !hook.starts_with("cgroup_inet_egress")
+                && !hook.starts_with("cgroup_inet_sock_release")
         });
         drop(k);
         sizes.push(s);

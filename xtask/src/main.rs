@@ -53,6 +53,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("npm", "npm"),
     // pdftoppm: the report's PDF, rendered to pictures.
     ("pdftoppm", "poppler-utils"),
+    // The nftables country set `cargo xtask bench flows` compares with.
+    ("nft", "nftables"),
 ];
 
 /// The offline Kubernetes manifest checker the tests run on `kubernetes/`
@@ -232,6 +234,15 @@ enum Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Following flows: `connect()` and `sendto()` latency and bulk TCP
+    /// throughput with flows off and on, with the daemon, and with the
+    /// nftables country set users deploy today; then the evidence 1 M
+    /// datagrams to 10 destinations leave, with flows off and on.
+    Flows {
+        /// Arguments for the benchmark binary (see `--help` there).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// The dashboard over a store of 10 M records: each page's answer
     /// time over HTTP, its size, and its load time in Chromium.
     Ui {
@@ -403,6 +414,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             which: Bench::Memory { args },
         } => bench(&root, "memory", &args),
+        Cmd::Bench {
+            which: Bench::Flows { args },
+        } => bench(&root, "flows", &args),
         Cmd::Bench {
             which: Bench::Ui { args },
         } => {
