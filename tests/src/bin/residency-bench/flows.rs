@@ -339,9 +339,9 @@ fn head(state: &Path) -> anyhow::Result<(u64, u64)> {
     ))
 }
 
-/// Targets of the issue: sendto() p50 to a repeated destination at most
+/// Targets of the issue: `sendto()` p50 to a repeated destination at most
 /// +15% over no programs and at most half the nftables set's overhead;
-/// connect() p50 and p99 with flows on within +10%.
+/// `connect()` p50 and p99 with flows on within +10%.
 const UDP_TARGET_PCT: f64 = 15.0;
 const CONNECT_TARGET_PCT: f64 = 10.0;
 
