@@ -489,6 +489,76 @@ mod tests {
         assert_eq!(decode(&ev, &clock), Err(EnrichError::Hook(9)));
     }
 
+    fn totals_event(
+        stage: u8,
+        totals: (u64, u64),
+        previous: (u64, u64),
+    ) -> residency_common::FlowEvent {
+        let mut decision = event(AF_INET, [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        decision.protocol = IPPROTO_TCP;
+        decision.cookie = 77;
+        decision.flow = 2;
+        let t = |(o, i): (u64, u64)| residency_common::FlowTotals {
+            bytes_out: o,
+            bytes_in: i,
+            packets_out: 1,
+            packets_in: 1,
+            calls: 1,
+        };
+        residency_common::FlowEvent {
+            header: EventHeader {
+                kind: EventKind::Flow as u32,
+                size: 248,
+            },
+            boot_ns: 3_000_000_000,
+            decision,
+            totals: t(totals),
+            previous: t(previous),
+            established_ns: 1_000_050_000,
+            stage,
+            tcp_state: 1,
+            _pad: [0; 6],
+        }
+    }
+
+    #[test]
+    fn totals_carry_the_decision_and_count_each_byte_once() {
+        use residency_common::{FLOW_END, FLOW_UPDATE};
+        use residency_record::FlowStage;
+        let clock = Clock {
+            realtime_minus_boot_ns: 1_700_000_000_000_000_000,
+        };
+        let mut memos = flow_memos();
+        let (f, _) = decode_totals(&totals_event(FLOW_UPDATE, (100, 10), (0, 0)), &clock, &mut memos)
+            .unwrap();
+        let r = f.totals.as_deref().unwrap();
+        assert_eq!(r.stage, FlowStage::Update);
+        assert_eq!((r.delta.bytes_out, r.delta.bytes_in), (100, 10));
+        assert_eq!(r.established_after_ns, Some(50_000));
+        assert_eq!(r.tcp_state, Some("established"));
+        assert_eq!(f.time.as_nanosecond(), 1_700_000_003_000_000_000);
+        assert_eq!(r.start.as_nanosecond(), 1_700_000_001_000_000_000);
+        assert!(f.flow_id.as_deref().unwrap().ends_with("-77-2"));
+        // Two CPUs reported the same totals at once: the second adds nothing.
+        let (f, _) = decode_totals(&totals_event(FLOW_UPDATE, (100, 10), (0, 0)), &clock, &mut memos)
+            .unwrap();
+        assert_eq!(f.totals.as_deref().unwrap().delta.bytes_out, 0);
+        // The end adds what moved since, and forgets the flow.
+        let (f, _) = decode_totals(&totals_event(FLOW_END, (250, 40), (100, 10)), &clock, &mut memos)
+            .unwrap();
+        let r = f.totals.as_deref().unwrap();
+        assert_eq!((r.stage, r.delta.bytes_out, r.delta.bytes_in), (FlowStage::Closed, 150, 30));
+        assert!(memos.is_empty());
+        // Without the writer's memory (a restart), the kernel's previous
+        // totals give the delta.
+        let (f, _) = decode_totals(&totals_event(FLOW_END, (250, 40), (200, 40)), &clock, &mut memos)
+            .unwrap();
+        assert_eq!(f.totals.as_deref().unwrap().delta.bytes_out, 50);
+        // A stage this build does not know is refused, in words.
+        let e = decode_totals(&totals_event(9, (1, 1), (0, 0)), &clock, &mut memos).unwrap_err();
+        assert!(e.contains("stage 9"), "{e}");
+    }
+
     #[test]
     fn clock_tracks_realtime() {
         let c = Clock::now();

@@ -199,7 +199,34 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
     );
 
     api_adds_up(&s.daemon, &id, out, back)?;
+    refused_is_not_established(&s)?;
     verify_after_stop(s)
+}
+
+/// A connect() the destination refuses: its flow ends never established.
+fn refused_is_not_established(s: &Setup) -> anyhow::Result<()> {
+    let closed = std::net::TcpListener::bind((DE, 0))?.local_addr()?;
+    // (Dropped: nothing listens there now.)
+    let report = run_client(
+        &[Op::Tcp(closed)],
+        &ClientOptions {
+            cgroup_dir: Some(&s.llm),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(
+        report["ops"][0]["errors"]["ECONNREFUSED"], 1,
+        "{report}"
+    );
+    let end = s.daemon.wait_for(Duration::from_secs(10), |r| {
+        action(r) == "flow-end" && r["destination"]["port"] == closed.port()
+    })?;
+    let flow = &end["residency"]["flow"];
+    assert_eq!(flow["established"], false, "{end}");
+    assert!(flow.get("connect_ns").is_none(), "{end}");
+    assert_eq!(flow["tcp_state"], "close", "{end}");
+    assert_eq!(end["source"]["packets"], 1, "the SYN alone: {end}");
+    Ok(())
 }
 
 /// The API: the summary adds the bytes of flow `id` under acme/DE, the

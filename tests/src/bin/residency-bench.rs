@@ -230,7 +230,7 @@ enum BenchCmd {
         /// UDP sends per case per round.
         #[arg(long, default_value_t = 100_000)]
         sends: u64,
-        /// MiB per bulk transfer (three per case per round).
+        /// MiB per bulk transfer (five per case per round).
         #[arg(long, default_value_t = 256)]
         bulk_mib: u64,
         /// Datagrams of the evidence volume case.

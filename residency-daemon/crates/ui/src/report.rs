@@ -60,6 +60,9 @@ pub struct Totals {
     pub allowed: u64,
     pub flagged: u64,
     pub blocked: u64,
+    /// Bytes sent and received by the tenant's followed flows.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
     pub countries: usize,
     pub violations: usize,
     pub open_violations: usize,
@@ -86,6 +89,8 @@ impl Data {
             allowed: sum("allowed"),
             flagged: sum("flagged"),
             blocked: sum("blocked"),
+            bytes_out: sum("bytes_out"),
+            bytes_in: sum("bytes_in"),
             countries: countries.len(),
             violations: self.violations.len(),
             open_violations: self
@@ -130,6 +135,7 @@ impl Data {
                         tr { th { "Allowed" } td data-total="allowed" { (t.allowed) } }
                         tr { th { "Flagged" } td data-total="flagged" { (t.flagged) } }
                         tr { th { "Blocked" } td data-total="blocked" { (t.blocked) } }
+                        tr { th { "Bytes sent / received" } td data-total="bytes" { (bytes(t.bytes_out)) " / " (bytes(t.bytes_in)) } }
                         tr { th { "Destination countries" } td data-total="countries" { (t.countries) } }
                         tr { th { "Violations (open)" } td data-total="violations" { (t.violations) " (" (t.open_violations) ")" } }
                     }
@@ -138,7 +144,8 @@ impl Data {
                         tr {
                             th { "Country" } th { "Transfer basis" } th { "Condition" }
                             th { "Provider" } th { "Role" } th { "Flows" } th { "Allowed" }
-                            th { "Flagged" } th { "Blocked" } th { "First seen" } th { "Last seen" }
+                            th { "Flagged" } th { "Blocked" } th { "Sent / received" }
+                            th { "First seen" } th { "Last seen" }
                         }
                         @for r in &self.transfers {
                             tr {
@@ -151,6 +158,10 @@ impl Data {
                                 td.n { (r["allowed"].as_u64().unwrap_or(0)) }
                                 td.n { (r["flagged"].as_u64().unwrap_or(0)) }
                                 td.n { (r["blocked"].as_u64().unwrap_or(0)) }
+                                td.n {
+                                    (bytes(r["bytes_out"].as_u64().unwrap_or(0))) " / "
+                                    (bytes(r["bytes_in"].as_u64().unwrap_or(0)))
+                                }
                                 td { (when(&r["first_seen"])) }
                                 td { (when(&r["last_seen"])) }
                             }
@@ -301,6 +312,29 @@ pub(crate) fn style_hash() -> String {
     )
 }
 
+/// Bytes as people read them: `0 B`, `950 B`, `3.1 MB`, `2.40 GB` (SI).
+#[must_use]
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a size to read, in 3 digits")]
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if v < 10.0 {
+        format!("{v:.2} {}", UNITS[unit])
+    } else if v < 100.0 {
+        format!("{v:.1} {}", UNITS[unit])
+    } else {
+        format!("{v:.0} {}", UNITS[unit])
+    }
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -371,7 +405,8 @@ mod tests {
                 json!({ "country": "CA", "transfer_basis": "adequacy", "provider": "unlisted",
                         "flows": 3, "allowed": 3, "flagged": 0, "blocked": 0 }),
                 json!({ "country": "DE", "transfer_basis": "eea", "provider": "openai",
-                        "flows": 2, "allowed": 1, "flagged": 0, "blocked": 1 }),
+                        "flows": 2, "allowed": 1, "flagged": 0, "blocked": 1,
+                        "bytes_out": 3_097_996, "bytes_in": 402_424 }),
             ],
             violations: vec![json!({ "id": 7, "state": "acknowledged",
                 "acknowledged": { "at": "t", "by": "dpo", "note": "<b>ticket</b>", "seq": 9 } })],
@@ -381,7 +416,9 @@ mod tests {
         let t = data.totals();
         assert_eq!((t.flows, t.allowed, t.blocked), (9, 8, 1));
         assert_eq!((t.countries, t.violations, t.open_violations), (2, 1, 0));
+        assert_eq!((t.bytes_out, t.bytes_in), (3_097_996, 402_424));
         let page = data.html();
+        assert!(page.contains("3.10 MB / 402 kB"), "{page}");
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("&lt;b&gt;ticket&lt;/b&gt;"));
@@ -396,6 +433,22 @@ mod tests {
         assert!(page.contains("data-country=\"CA\" data-verdict=\"allowed\""));
         assert!(page.contains("No signed checkpoint yet"));
         assert!(page.contains("content=\"default-src 'none'; style-src 'sha256-"));
+    }
+
+    #[test]
+    fn bytes_read_as_people_read_them() {
+        let cases = [
+            (0, "0 B"),
+            (999, "999 B"),
+            (1000, "1.00 kB"),
+            (402_424, "402 kB"),
+            (3_097_996, "3.10 MB"),
+            (45_600_000_000, "45.6 GB"),
+            (u64::MAX, "18447 PB"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(bytes(n), want, "{n}");
+        }
     }
 
     #[test]

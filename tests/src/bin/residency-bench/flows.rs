@@ -118,6 +118,7 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
     bulk_rate(&cg, bulk.addr, args.bulk_mib)?;
 
     let mut rounds: Vec<(usize, Case, Round)> = Vec::new();
+    let mut kernel_time: Vec<(Case, KernelTime)> = Vec::new();
     let mut nft_load = Vec::new();
     for round in 0..args.rounds {
         for i in 0..Case::ALL.len() {
@@ -135,6 +136,16 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
                 Case::FlowsOff | Case::FlowsOn => {
                     let attached = Programs::attach(&config(case == Case::FlowsOn), &cg, &runtime)?;
                     let r = measure(&cg)?;
+                    // Then, untimed, the programs' own run time per call.
+                    let per_call = KernelTime {
+                        connect: kernel_ns(|| {
+                            storm(&cg, Op::Tcp(listener.tcp), args.connects).map(|_| args.connects)
+                        })?,
+                        sendto: kernel_ns(|| {
+                            storm(&cg, Op::Udp(listener.udp), args.sends).map(|_| args.sends)
+                        })?,
+                    };
+                    kernel_time.push((case, per_call));
                     drop(attached);
                     r
                 }
@@ -163,7 +174,8 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
         .collect::<anyhow::Result<Vec<_>>>()?;
     drop(cg);
 
-    let (body, met) = render(args, &rounds, us.len(), median(nft_load), &volume);
+    let (mut body, met) = render(args, &rounds, us.len(), median(nft_load), &volume);
+    body.push_str(&render_kernel_time(&kernel_time));
     println!("{body}");
     if let Some(path) = write {
         write_section(&path, "flows", &body)?;
@@ -173,20 +185,108 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Median payload bytes per second of three bulk transfers of `mib` MiB.
+/// What residency's programs ran per call, by the kernel's own count
+/// (`kernel.bpf_stats_enabled`): the run time of every program of ours,
+/// over the calls of an untimed storm.
+#[derive(Clone, Copy, Debug, Default)]
+struct KernelTime {
+    /// ns per `connect()` (connect4, and the programs on its packets and
+    /// its socket's release).
+    connect: f64,
+    /// ns per `sendto()`.
+    sendto: f64,
+}
+
+/// Per-program `(run_cnt, run_time_ns)` of residency's programs.
+fn prog_stats() -> anyhow::Result<std::collections::HashMap<(u64, String), (u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running bpftool")?;
+    ensure!(out.status.success(), "bpftool prog show failed");
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            name.starts_with("residency_").then(|| {
+                (
+                    (p["id"].as_u64().unwrap_or(0), name.to_owned()),
+                    (
+                        p["run_cnt"].as_u64().unwrap_or(0),
+                        p["run_time_ns"].as_u64().unwrap_or(0),
+                    ),
+                )
+            })
+        })
+        .collect())
+}
+
+/// The run time of residency's programs per call of `storm` (which
+/// returns its number of calls), with the kernel's BPF statistics on for
+/// it alone (they cost every program two clock reads).
+fn kernel_ns(storm: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<f64> {
+    const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(SWITCH).unwrap_or_default();
+    std::fs::write(SWITCH, "1")?;
+    let before = prog_stats();
+    let calls = storm();
+    let after = prog_stats();
+    let _ = std::fs::write(SWITCH, if was.trim() == "1" { "1" } else { "0" });
+    let (before, after, calls) = (before?, after?, calls?);
+    let ns: u64 = after
+        .iter()
+        .map(|(k, (_, t))| t.saturating_sub(before.get(k).map_or(0, |b| b.1)))
+        .sum();
+    #[expect(clippy::cast_precision_loss, reason = "a rate")]
+    Ok(ns as f64 / calls.max(1) as f64)
+}
+
+fn render_kernel_time(samples: &[(Case, KernelTime)]) -> String {
+    let of = |case: Case, f: fn(&KernelTime) -> f64| {
+        median(
+            samples
+                .iter()
+                .filter(|(c, _)| *c == case)
+                .map(|(_, k)| f(k))
+                .collect(),
+        )
+    };
+    let mut out = String::from(
+        "\nThe programs' own run time per call, by the kernel's count (`kernel.bpf_stats_enabled`, \
+         on for an untimed storm after each timed one; it adds two clock reads to every program \
+         run, so these are upper bounds), median over rounds:\n\n\
+         | | per connect() | per sendto() (repeated destination) |\n|---|---:|---:|\n",
+    );
+    for case in [Case::FlowsOff, Case::FlowsOn] {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} ns | {:.0} ns |",
+            case.name(),
+            of(case, |k| k.connect),
+            of(case, |k| k.sendto)
+        );
+    }
+    out
+}
+
+/// Median payload bytes per second of five bulk transfers of `mib` MiB.
 fn bulk_rate(cg: &TestCgroup, addr: std::net::SocketAddr, mib: u64) -> anyhow::Result<f64> {
     let bytes = mib * 1024 * 1024;
     let report = run_client(
         &[Op::Bulk { addr, bytes }],
         &ClientOptions {
             cgroup: Some(cg),
-            repeat: Some(3),
+            repeat: Some(5),
             timing: true,
             ..Default::default()
         },
     )?;
     let op = &report["ops"][0];
-    ensure!(op["ok"] == 3, "a bulk transfer failed: {report}");
+    ensure!(op["ok"] == 5, "a bulk transfer failed: {report}");
     let ns = op["p50_ns"].as_f64().context("no p50")?;
     #[expect(clippy::cast_precision_loss, reason = "a rate")]
     Ok(bytes as f64 / (ns / 1e9))
@@ -264,6 +364,9 @@ struct Volume {
     file_bytes: u64,
     rss_kb: u64,
     calls_counted: u64,
+    /// Decisions the kernel could not report (ring buffer full), from the
+    /// `events-lost` records.
+    lost: u64,
 }
 
 fn evidence_volume(db: &Path, flows: bool, datagrams: u64) -> anyhow::Result<Volume> {
@@ -306,6 +409,11 @@ fn evidence_volume(db: &Path, flows: bool, datagrams: u64) -> anyhow::Result<Vol
         .filter(|r| residency_tests::action(r) == "flow-end")
         .map(|r| r["residency"]["flow"]["calls"].as_u64().unwrap_or(0))
         .sum();
+    let lost = records
+        .iter()
+        .filter(|r| residency_tests::action(r) == "events-lost")
+        .map(|r| r["residency"]["lost"]["count"].as_u64().unwrap_or(0))
+        .sum();
     let (after, body_bytes) = head(&state)?;
     let file_bytes = ["evidence.db", "evidence.db-wal"]
         .iter()
@@ -318,6 +426,7 @@ fn evidence_volume(db: &Path, flows: bool, datagrams: u64) -> anyhow::Result<Vol
         file_bytes,
         rss_kb,
         calls_counted,
+        lost,
     })
 }
 
@@ -370,6 +479,24 @@ fn vs_none(rounds: &[(usize, Case, Round)], case: Case, f: fn(&Round) -> f64) ->
     median(v)
 }
 
+/// The median over rounds of `f(flows on) / f(flows off)` of the same
+/// round, in %: what following flows adds to the programs.
+fn vs_off(rounds: &[(usize, Case, Round)], f: fn(&Round) -> f64) -> f64 {
+    let mut v = Vec::new();
+    for (round, c, r) in rounds {
+        if *c != Case::FlowsOn {
+            continue;
+        }
+        if let Some((_, _, off)) = rounds
+            .iter()
+            .find(|(rr, cc, _)| rr == round && *cc == Case::FlowsOff)
+        {
+            v.push(pct(f(r), f(off)));
+        }
+    }
+    median(v)
+}
+
 fn of(rounds: &[(usize, Case, Round)], case: Case, f: fn(&Round) -> f64) -> f64 {
     median(
         rounds
@@ -393,7 +520,7 @@ fn render(
         out,
         "Measured {} by `cargo xtask bench flows` on this {cpus}-CPU VM: {} rounds, cases \
          interleaved; per case and round {} loopback TCP connects, {} UDP sends to one \
-         destination (one socket: repeats), and 3 bulk TCP transfers of {} MiB. p50/p99 per call, \
+         destination (one socket: repeats), and 5 bulk TCP transfers of {} MiB. p50/p99 per call, \
          median over rounds; \"vs none\" compares with the same round's no-programs case (median \
          over rounds). The nftables case is an interval set of the database's {us_prefixes} US \
          IPv4 prefixes, looked up for the bench cgroup's packets on output (loaded in {:.2} s).\n",
@@ -434,9 +561,9 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| flows | records stored | record bytes | database on disk | calls counted in flow ends | daemon RSS after |"
+        "| flows | records stored | record bytes | database on disk | calls counted in flow ends | decisions lost (ring full) | daemon RSS after |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     for v in volume {
         #[expect(clippy::cast_precision_loss, reason = "sizes in MB")]
         let mb = |b: u64| b as f64 / 1e6;
@@ -444,12 +571,13 @@ fn render(
         let rss = v.rss_kb as f64 / 1024.0;
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} MB | {:.1} MB | {} | {rss:.1} MB |",
+            "| {} | {} | {:.1} MB | {:.1} MB | {} | {} | {rss:.1} MB |",
             if v.flows { "on" } else { "off" },
             v.records,
             mb(v.body_bytes),
             mb(v.file_bytes),
             v.calls_counted,
+            v.lost,
         );
     }
     out.push('\n');
@@ -460,7 +588,8 @@ fn render(
     let tcp99 = vs_none(rounds, Case::FlowsOn, |r| r.tcp.p99);
     let d50 = vs_none(rounds, Case::Daemon, |r| r.tcp.p50);
     let d99 = vs_none(rounds, Case::Daemon, |r| r.tcp.p99);
-    let bulk = vs_none(rounds, Case::FlowsOn, |r| r.bulk);
+    let bulk = vs_off(rounds, |r| r.bulk);
+    let tcp_vs_off = vs_off(rounds, |r| r.tcp.p50);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let udp_met = udp <= UDP_TARGET_PCT && udp <= nft / 2.0;
     let tcp_met = tcp50 <= CONNECT_TARGET_PCT && tcp99 <= CONNECT_TARGET_PCT;
@@ -471,7 +600,8 @@ fn render(
          alone {udp_programs:+.1}%), nftables set {nft:+.1}%: at most +{UDP_TARGET_PCT:.0}% and \
          at most half the set's: {}. connect() with flows on, programs: p50 {tcp50:+.1}%, p99 \
          {tcp99:+.1}% (target +{CONNECT_TARGET_PCT:.0}%): {}; with the daemon: p50 {d50:+.1}%, \
-         p99 {d99:+.1}%: {}. Bulk TCP with bytes counted: {bulk:+.1}% throughput.",
+         p99 {d99:+.1}%: {}. With flows on against off in the same round (median over \
+         rounds): connect() p50 {tcp_vs_off:+.1}%, bulk TCP throughput {bulk:+.1}%.",
         verdict(udp_met),
         verdict(tcp_met),
         verdict(daemon_met),
