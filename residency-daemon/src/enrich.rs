@@ -529,8 +529,12 @@ mod tests {
             realtime_minus_boot_ns: 1_700_000_000_000_000_000,
         };
         let mut memos = flow_memos();
-        let (f, _) = decode_totals(&totals_event(FLOW_UPDATE, (100, 10), (0, 0)), &clock, &mut memos)
-            .unwrap();
+        let (f, _) = decode_totals(
+            &totals_event(FLOW_UPDATE, (100, 10), (0, 0)),
+            &clock,
+            &mut memos,
+        )
+        .unwrap();
         let r = f.totals.as_deref().unwrap();
         assert_eq!(r.stage, FlowStage::Update);
         assert_eq!((r.delta.bytes_out, r.delta.bytes_in), (100, 10));
@@ -540,19 +544,34 @@ mod tests {
         assert_eq!(r.start.as_nanosecond(), 1_700_000_001_000_000_000);
         assert!(f.flow_id.as_deref().unwrap().ends_with("-77-2"));
         // Two CPUs reported the same totals at once: the second adds nothing.
-        let (f, _) = decode_totals(&totals_event(FLOW_UPDATE, (100, 10), (0, 0)), &clock, &mut memos)
-            .unwrap();
+        let (f, _) = decode_totals(
+            &totals_event(FLOW_UPDATE, (100, 10), (0, 0)),
+            &clock,
+            &mut memos,
+        )
+        .unwrap();
         assert_eq!(f.totals.as_deref().unwrap().delta.bytes_out, 0);
         // The end adds what moved since, and forgets the flow.
-        let (f, _) = decode_totals(&totals_event(FLOW_END, (250, 40), (100, 10)), &clock, &mut memos)
-            .unwrap();
+        let (f, _) = decode_totals(
+            &totals_event(FLOW_END, (250, 40), (100, 10)),
+            &clock,
+            &mut memos,
+        )
+        .unwrap();
         let r = f.totals.as_deref().unwrap();
-        assert_eq!((r.stage, r.delta.bytes_out, r.delta.bytes_in), (FlowStage::Closed, 150, 30));
+        assert_eq!(
+            (r.stage, r.delta.bytes_out, r.delta.bytes_in),
+            (FlowStage::Closed, 150, 30)
+        );
         assert!(memos.is_empty());
         // Without the writer's memory (a restart), the kernel's previous
         // totals give the delta.
-        let (f, _) = decode_totals(&totals_event(FLOW_END, (250, 40), (200, 40)), &clock, &mut memos)
-            .unwrap();
+        let (f, _) = decode_totals(
+            &totals_event(FLOW_END, (250, 40), (200, 40)),
+            &clock,
+            &mut memos,
+        )
+        .unwrap();
         assert_eq!(f.totals.as_deref().unwrap().delta.bytes_out, 50);
         // A stage this build does not know is refused, in words.
         let e = decode_totals(&totals_event(9, (1, 1), (0, 0)), &clock, &mut memos).unwrap_err();

@@ -203,7 +203,7 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
     verify_after_stop(s)
 }
 
-/// A connect() the destination refuses: its flow ends never established.
+/// A `connect()` the destination refuses: its flow ends never established.
 fn refused_is_not_established(s: &Setup) -> anyhow::Result<()> {
     let closed = std::net::TcpListener::bind((DE, 0))?.local_addr()?;
     // (Dropped: nothing listens there now.)
@@ -214,10 +214,7 @@ fn refused_is_not_established(s: &Setup) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    assert_eq!(
-        report["ops"][0]["errors"]["ECONNREFUSED"], 1,
-        "{report}"
-    );
+    assert_eq!(report["ops"][0]["errors"]["ECONNREFUSED"], 1, "{report}");
     let end = s.daemon.wait_for(Duration::from_secs(10), |r| {
         action(r) == "flow-end" && r["destination"]["port"] == closed.port()
     })?;

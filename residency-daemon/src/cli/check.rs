@@ -48,21 +48,7 @@ fn report(c: &Config) -> String {
             .count(),
     );
     let _ = writeln!(out, "{}", pins_line(c));
-    let _ = writeln!(
-        out,
-        "{}",
-        if c.kernel.flows {
-            format!(
-                "flows followed: bytes, packets, TCP establishment and the end of each, \
-                 reported at least every {} s while they move bytes; repeated datagrams \
-                 counted in their flow (kernel.flows)",
-                c.kernel.flow_report.as_secs()
-            )
-        } else {
-            "flows not followed: every call is a record, no bytes are counted (kernel.flows = false)"
-                .to_owned()
-        }
-    );
+    let _ = writeln!(out, "{}", flows_line(c));
     for sink in &c.sinks {
         let r = sink.receives;
         let takes: Vec<&str> = [
@@ -135,6 +121,21 @@ fn report(c: &Config) -> String {
         );
     }
     out
+}
+
+/// Whether flows are followed.
+fn flows_line(c: &Config) -> String {
+    if c.kernel.flows {
+        format!(
+            "flows followed: bytes, packets, TCP establishment and the end of each, \
+             reported at least every {} s while they move bytes; repeated datagrams \
+             counted in their flow (kernel.flows)",
+            c.kernel.flow_report.as_secs()
+        )
+    } else {
+        "flows not followed: every call is a record, no bytes are counted (kernel.flows = false)"
+            .to_owned()
+    }
 }
 
 /// What stays pinned, and what a stop and stale tables do.
