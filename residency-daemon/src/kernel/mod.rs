@@ -816,17 +816,32 @@ fn attach_name_programs(
         if name == names::TLS_EGRESS && !name_tracking.sni {
             continue;
         }
-        let program: &mut CgroupSkb = find_program(ebpf, name)?;
-        let fd = load_and_lend!(program, name);
-        let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
-            let id = program
-                .attach(cgroup, attach, CgroupAttachMode::Single)
-                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-            fd_link!(program, id, name)
-        })?;
-        held.keep(name, outcome);
+        attach_skb(ebpf, cgroup, name, attach, pins, reuse, held)?;
         debug!(program = name, cgroup = %target.path.display(), "in force");
     }
+    Ok(())
+}
+
+/// Loads a `cgroup_skb` program and puts it in force on `cgroup` behind
+/// its pinned link (taken over in place where `reuse`).
+fn attach_skb(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    name: &str,
+    attach: CgroupSkbAttachType,
+    pins: &Pins,
+    reuse: bool,
+    held: &mut Held,
+) -> Result<(), KernelError> {
+    let program: &mut CgroupSkb = find_program(ebpf, name)?;
+    let fd = load_and_lend!(program, name);
+    let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
+        let id = program
+            .attach(cgroup, attach, CgroupAttachMode::Single)
+            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+        fd_link!(program, id, name)
+    })?;
+    held.keep(name, outcome);
     Ok(())
 }
 
@@ -845,15 +860,7 @@ fn attach_flow_programs(
         (names::COUNT_INGRESS, CgroupSkbAttachType::Ingress),
     ];
     for (name, attach) in skb {
-        let program: &mut CgroupSkb = find_program(ebpf, name)?;
-        let fd = load_and_lend!(program, name);
-        let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
-            let id = program
-                .attach(cgroup, attach, CgroupAttachMode::Single)
-                .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-            fd_link!(program, id, name)
-        })?;
-        held.keep(name, outcome);
+        attach_skb(ebpf, cgroup, name, attach, pins, reuse, held)?;
     }
     let name = names::SOCK_RELEASE;
     let program: &mut CgroupSock = find_program(ebpf, name)?;
