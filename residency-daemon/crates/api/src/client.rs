@@ -585,6 +585,29 @@ fn endpoint(ip: &Value, port: &Value) -> String {
     )
 }
 
+/// Bytes as people read them: `0 B`, `950 B`, `3.1 MB`, `2.40 GB` (SI).
+#[must_use]
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a size to read, in 3 digits")]
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if v < 10.0 {
+        format!("{v:.2} {}", UNITS[unit])
+    } else if v < 100.0 {
+        format!("{v:.1} {}", UNITS[unit])
+    } else {
+        format!("{v:.0} {}", UNITS[unit])
+    }
+}
+
 fn endpoint_of(ip: Option<&str>, port: Option<u16>) -> String {
     match (ip, port) {
         (Some(ip), Some(port)) if ip.contains(':') => format!("[{ip}]:{port}"),
@@ -616,6 +639,13 @@ pub fn flows_table(items: &[Value]) -> String {
                 dash(r.dst_domain()),
                 dash(r.country()),
                 dash(r.rule().1),
+                match (
+                    item["totals"]["bytes_out"].as_u64(),
+                    item["totals"]["bytes_in"].as_u64(),
+                ) {
+                    (Some(o), Some(i)) => format!("{}/{}", human_bytes(o), human_bytes(i)),
+                    _ => "-".to_owned(),
+                },
             ]
         })
         .collect();
@@ -630,6 +660,7 @@ pub fn flows_table(items: &[Value]) -> String {
             "NAME",
             "COUNTRY",
             "RULE",
+            "SENT/RECEIVED",
         ],
         &rows,
     )

@@ -1363,7 +1363,11 @@ fn tables_are_aligned() {
             } else {
                 flow_line(*i)
             };
-            json!({ "seq": 10 + i, "hash": "00", "record": serde_json::from_str::<Value>(&line).unwrap() })
+            let mut item = json!({ "seq": 10 + i, "hash": "00", "record": serde_json::from_str::<Value>(&line).unwrap() });
+            if *i == 4 {
+                item["totals"] = json!({ "bytes_out": 3_097_996, "bytes_in": 402_424 });
+            }
+            item
         })
         .collect();
     let t = client::flows_table(&items);
@@ -1377,6 +1381,10 @@ fn tables_are_aligned() {
     let name = lines[0].find("NAME").unwrap();
     assert!(lines[1][name..].starts_with("- "), "{t}");
     assert!(lines[3][name..].starts_with("eu.api.openai.com"), "{t}");
+    // A followed flow shows what it moved; the others a dash.
+    let moved = lines[0].find("SENT/RECEIVED").unwrap();
+    assert_eq!(&lines[3][moved..], "3.10 MB/402 kB", "{t}");
+    assert_eq!(&lines[1][moved..], "-", "{t}");
     assert!(lines[1].contains("2026-11-22 10:00:00"), "{t}");
     assert!(lines.iter().all(|l| !l.ends_with(' ')));
 

@@ -312,28 +312,7 @@ pub(crate) fn style_hash() -> String {
     )
 }
 
-/// Bytes as people read them: `0 B`, `950 B`, `3.1 MB`, `2.40 GB` (SI).
-#[must_use]
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
-    if n < 1000 {
-        return format!("{n} B");
-    }
-    #[expect(clippy::cast_precision_loss, reason = "a size to read, in 3 digits")]
-    let mut v = n as f64 / 1000.0;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if v < 10.0 {
-        format!("{v:.2} {}", UNITS[unit])
-    } else if v < 100.0 {
-        format!("{v:.1} {}", UNITS[unit])
-    } else {
-        format!("{v:.0} {}", UNITS[unit])
-    }
-}
+pub use residency_api::client::human_bytes as bytes;
 
 fn text(v: &Value) -> String {
     match v {

@@ -50,7 +50,15 @@ pub(crate) fn table(items: &[StoredRecord]) -> Markup {
                             td { (res["workload"]["name"].as_str().unwrap_or("")) }
                             td { (explain::destination(&r)) }
                             td { (res["country"].as_str().unwrap_or("")) }
-                            td { (layout::verdict(res["verdict"].as_str().unwrap_or(""))) }
+                            td {
+                                (layout::verdict(res["verdict"].as_str().unwrap_or("")))
+                                @if let Some(t) = &item.totals {
+                                    br;
+                                    small.moved title="sent / received (IP bytes)" {
+                                        (crate::report::bytes(t.bytes_out)) " / " (crate::report::bytes(t.bytes_in))
+                                    }
+                                }
+                            }
                             td.why { (explain::why(&r)) }
                         }
                     }
