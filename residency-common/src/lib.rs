@@ -833,14 +833,17 @@ pub struct FlowState {
     pub totals: FlowTotals,
     /// The totals as of the last report that reached the ring.
     pub reported: FlowTotals,
-    /// `CLOCK_BOOTTIME` of that report (or of the decision).
+    /// When that report was made (or the decision), on
+    /// `CLOCK_MONOTONIC_COARSE`: a timer of the kernel's own, never in a
+    /// record.
     pub reported_ns: u64,
     /// When a repeat was last decided in full (`sendmsg()` repeats are
     /// decided again at least every [`FLOW_REDECIDE_NS`]); in a datagram
-    /// slot, also when it was last used.
+    /// slot, also when it was last used. `CLOCK_MONOTONIC_COARSE`, as
+    /// `reported_ns`.
     pub decided_ns: u64,
-    /// When a TCP flow was first seen established (an egress segment in
-    /// state `ESTABLISHED`); 0: not (yet).
+    /// `CLOCK_BOOTTIME` when a TCP flow was first seen established (an
+    /// egress segment in state `ESTABLISHED`); 0: not (yet).
     pub established_ns: u64,
     /// Flows begun on this socket so far (the next one is numbered one
     /// more; kept in `FLOWS` for every decided socket, unused in a

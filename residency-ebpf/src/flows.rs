@@ -10,18 +10,19 @@
 //! sends to more at once ends the flow it used least recently, reported).
 //!
 //! - The `sock_addr` programs begin a flow when they report a decision
-//!   (`begin`, then `keep` copies the reported decision), and a repeated
-//!   `sendmsg()` to a destination the socket has a flow for, by the same
-//!   process, under the same policy and `GeoIP` generations, within
-//!   `FLOW_REDECIDE_NS` of its last full decision, is decided from the
-//!   storage and counted, with no record (`repeat`). A blocked destination
-//!   stays blocked: the stored verdict is returned on every datagram.
+//!   (`begin`, from the record as written, then `keep` copies it), and a
+//!   `sendmsg()` first `probe`s the socket's slots: a repeat to a
+//!   destination the socket has a flow for, by the same process, under the
+//!   same policy and `GeoIP` generations, within `FLOW_REDECIDE_NS` of its
+//!   last full decision, is decided from the storage and counted, with no
+//!   record. A blocked destination stays blocked: the stored verdict is
+//!   returned on every datagram.
 //! - `residency_bytes_out` / `residency_bytes_in` (`cgroup_skb`) add each
 //!   packet of a flow's socket to its totals, and report the totals when
 //!   `FLOW_REPORT_NS` has passed since the last report, so a connection
 //!   that lasts a week is seen while it lasts. They never drop a packet.
-//! - `residency_release` (`cgroup/sock_release`) reports the totals when
-//!   the socket is closed.
+//! - `residency_release` (`cgroup/sock_release`) reports the totals of
+//!   each of the socket's flows when the socket is closed.
 //!
 //! Reports carry cumulative totals and the totals of the previous report
 //! that reached the ring, so a lost update is carried by the next one.
