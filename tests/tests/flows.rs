@@ -30,13 +30,10 @@ const US: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 33);
 /// Tenant acme (EEA only, enforced) on `<root>/llm`, with flows reported
 /// every second.
 fn config(root: &str) -> String {
-    format!(
-        "{}\n# (appended)\n",
-        acme_config(root, "\"EEA\"").replace(
-            "[kernel]\npoll_interval_ms = 5\n",
-            "[kernel]\npoll_interval_ms = 5\nflow_report_secs = 1\n",
-        )
-    )
+    let base = acme_config(root, "\"EEA\"");
+    let kernel = "[kernel]\npoll_interval_ms = 5\n";
+    assert!(base.contains(kernel), "acme_config changed: {base}");
+    base.replace(kernel, &format!("{kernel}flow_report_secs = 1\n"))
 }
 
 struct Setup {

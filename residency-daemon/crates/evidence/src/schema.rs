@@ -463,3 +463,16 @@ pub fn pod_columns(conn: &Connection, table: &str) -> rusqlite::Result<&'static 
         "NULL, NULL"
     })
 }
+
+/// A flow's counts as the tables keep them (`INTEGER`): bytes out and
+/// in, packets out and in, calls.
+pub(crate) fn counts_row(c: &residency_record::FlowCounts) -> [i64; 5] {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    [
+        n(c.bytes_out),
+        n(c.bytes_in),
+        n(c.packets_out),
+        n(c.packets_in),
+        n(c.calls),
+    ]
+}

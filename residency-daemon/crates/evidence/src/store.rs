@@ -26,12 +26,15 @@ use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use residency_record::{
-    EvidenceGap, Index, Lifecycle, Pruned, RecordView, ViolationChange, encode_line,
-};
+use residency_record::{EvidenceGap, Index, Lifecycle, Pruned, ViolationChange, encode_line};
 
+mod derived;
 mod unwritable;
 
+use derived::{
+    TransferCount, TransferKey, ViolationKey, count_transfer, open_violation, record_policy,
+    upsert_flow_totals, upsert_transfers,
+};
 pub use unwritable::{RETRY, ROOM_TO_RETRY};
 use unwritable::{Unwritable, out_of_room};
 
@@ -396,59 +399,6 @@ impl Evidence {
     }
 }
 
-/// An open violation's identity: repeats of the same breach count up on
-/// one violation until it is resolved. The Kubernetes namespace is part
-/// of it (the same workload in two namespaces is two deployments, often
-/// two tenants' or stages'); the pod is not (pods of one deployment come
-/// and go, and each would open a violation of its own).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ViolationKey {
-    workload: Option<String>,
-    namespace: Option<String>,
-    verdict: String,
-    dst_ip: Option<String>,
-    dst_port: Option<u16>,
-    rule: Option<String>,
-}
-
-impl ViolationKey {
-    fn of(i: &Index) -> Self {
-        ViolationKey {
-            workload: i.workload.clone(),
-            namespace: i.namespace.clone(),
-            verdict: i.verdict.clone().unwrap_or_default(),
-            dst_ip: i.dst_ip.clone(),
-            dst_port: i.dst_port,
-            rule: i.rule.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct TransferKey {
-    day: i64,
-    tenant: String,
-    role: String,
-    country: String,
-    basis: String,
-    /// The catalog entry's provider and service; empty: none.
-    provider: String,
-    service: String,
-    /// The Kubernetes namespace; empty: none.
-    namespace: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct TransferCount {
-    allowed: i64,
-    flagged: i64,
-    blocked: i64,
-    first: i64,
-    last: i64,
-    bytes_out: i64,
-    bytes_in: i64,
-}
-
 struct Writer {
     conn: Connection,
     key: SigningKey,
@@ -475,8 +425,6 @@ struct Writer {
     /// full): stored before the next records instead of trained again.
     pending_dict: Option<Vec<u8>>,
 }
-
-const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
 impl Writer {
     fn new(
@@ -1220,178 +1168,6 @@ fn count_lines(lines: &[u8]) -> u64 {
     #[expect(clippy::naive_bytecount, reason = "once per batch; not worth a crate")]
     let n = lines.iter().filter(|&&b| b == b'\n').count();
     n as u64
-}
-
-/// Opens a new violation with its first occurrence.
-fn open_violation(
-    open: &mut HashMap<ViolationKey, i64>,
-    tx: &Transaction<'_>,
-    key: ViolationKey,
-    seq: i64,
-    index: &Index,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO violations (state, verdict, workload, role, tenants, country, dst_ip, dst_port, dst_name, rule, basis,
-                                 count, first_seq, last_seq, first_ts, last_ts, aware_ts, namespace, pod)
-         VALUES ('open', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?12, ?12, ?13, ?14, ?15)",
-    )?
-    .execute(params![
-        index.verdict,
-        index.workload,
-        index.role,
-        index.tenants_column(),
-        index.country,
-        index.dst_ip,
-        index.dst_port,
-        index.dst_name,
-        index.rule,
-        index.basis,
-        seq,
-        index.ts,
-        now_ns(),
-        index.namespace,
-        index.pod,
-    ])?;
-    open.insert(key, tx.last_insert_rowid());
-    Ok(())
-}
-
-fn count_transfer(transfers: &mut HashMap<TransferKey, TransferCount>, i: &Index) {
-    let tenants: &[String] = if i.tenants.is_empty() {
-        &[String::new()]
-    } else {
-        &i.tenants
-    };
-    for t in tenants {
-        let key = TransferKey {
-            day: i.ts.div_euclid(NS_PER_DAY),
-            tenant: t.clone(),
-            role: i.role.clone().unwrap_or_default(),
-            country: i.country.clone().unwrap_or_default(),
-            basis: i.basis.clone().unwrap_or_default(),
-            provider: i.provider.clone().unwrap_or_default(),
-            service: i.service.clone().unwrap_or_default(),
-            namespace: i.namespace.clone().unwrap_or_default(),
-        };
-        let c = transfers.entry(key).or_insert(TransferCount {
-            allowed: 0,
-            flagged: 0,
-            blocked: 0,
-            first: i.ts,
-            last: i.ts,
-            bytes_out: 0,
-            bytes_in: 0,
-        });
-        // A totals record adds the bytes its flow moved since the last
-        // one; a decision counts once, by its verdict.
-        if let Some(t) = &i.totals {
-            c.bytes_out = c
-                .bytes_out
-                .saturating_add(i64::try_from(t.delta.bytes_out).unwrap_or(i64::MAX));
-            c.bytes_in = c
-                .bytes_in
-                .saturating_add(i64::try_from(t.delta.bytes_in).unwrap_or(i64::MAX));
-        } else {
-            match i.verdict.as_deref() {
-                Some("blocked") => c.blocked += 1,
-                Some("flagged") => c.flagged += 1,
-                _ => c.allowed += 1,
-            }
-        }
-        c.first = c.first.min(i.ts);
-        c.last = c.last.max(i.ts);
-    }
-}
-
-fn upsert_transfers(
-    tx: &Transaction<'_>,
-    transfers: &HashMap<TransferKey, TransferCount>,
-) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO transfers (day, tenant, role, country, basis, provider, service, namespace, allowed, flagged, blocked, first_ts, last_ts, bytes_out, bytes_in)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-         ON CONFLICT(day, tenant, role, country, basis, provider, service, namespace) DO UPDATE SET
-           allowed = allowed + excluded.allowed,
-           flagged = flagged + excluded.flagged,
-           blocked = blocked + excluded.blocked,
-           first_ts = min(first_ts, excluded.first_ts),
-           last_ts = max(last_ts, excluded.last_ts),
-           bytes_out = bytes_out + excluded.bytes_out,
-           bytes_in = bytes_in + excluded.bytes_in",
-    )?;
-    for (k, c) in transfers {
-        stmt.execute(params![
-            k.day,
-            k.tenant,
-            k.role,
-            k.country,
-            k.basis,
-            k.provider,
-            k.service,
-            k.namespace,
-            c.allowed,
-            c.flagged,
-            c.blocked,
-            c.first,
-            c.last,
-            c.bytes_out,
-            c.bytes_in
-        ])?;
-    }
-    Ok(())
-}
-
-/// Each flow's newest totals (they are cumulative, and come in order).
-fn upsert_flow_totals(tx: &Transaction<'_>, rows: &[(i64, Index)]) -> rusqlite::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO flow_totals (flow_id, first_seq, last_seq, last_ts, bytes_out, bytes_in, packets_out, packets_in, calls, ended)
-         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT(flow_id) DO UPDATE SET
-           last_seq = excluded.last_seq,
-           last_ts = excluded.last_ts,
-           bytes_out = excluded.bytes_out,
-           bytes_in = excluded.bytes_in,
-           packets_out = excluded.packets_out,
-           packets_in = excluded.packets_in,
-           calls = excluded.calls,
-           ended = max(ended, excluded.ended)",
-    )?;
-    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    for (seq, i) in rows {
-        let (Some(id), Some(t)) = (&i.flow_id, &i.totals) else {
-            continue;
-        };
-        stmt.execute(params![
-            id,
-            seq,
-            i.ts,
-            n(t.totals.bytes_out),
-            n(t.totals.bytes_in),
-            n(t.totals.packets_out),
-            n(t.totals.packets_in),
-            n(t.totals.calls),
-            i64::from(t.ended),
-        ])?;
-    }
-    Ok(())
-}
-
-fn record_policy(tx: &Transaction<'_>, seq: i64, ts: i64, body: &[u8]) -> rusqlite::Result<()> {
-    let Ok(doc) = RecordView::parse(body) else {
-        return Ok(());
-    };
-    let Some((hash, source, text)) = doc.policy_loaded() else {
-        return Ok(());
-    };
-    tx.prepare_cached(
-        "INSERT INTO policies (hash, first_seq, last_seq, loaded_ts, source, text) VALUES (?1, ?2, ?2, ?3, ?4, ?5)
-         ON CONFLICT(hash) DO UPDATE SET last_seq = excluded.last_seq",
-    )?
-    .execute(params![hash, seq, ts, source, text])?;
-    Ok(())
 }
 
 fn meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {

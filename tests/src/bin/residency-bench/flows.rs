@@ -37,7 +37,7 @@ use residency_tests::{
     BulkServer, ClientOptions, Daemon, Listener, Op, TestCgroup, privileged_or_skip, run_client,
 };
 
-use super::{Programs, Sample, median, storm, write_section};
+use super::{Programs, Sample, median, memory_bench::loopback_monitor, storm, write_section};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Case {
@@ -65,19 +65,6 @@ impl Case {
             Case::Nft => "nftables US set (no residency)",
         }
     }
-}
-
-const CONFIG: &str = r#"
-mode = "monitor"
-[policy]
-# Loopback stands in for the world: only 10/8 is local.
-local_networks = ["10.0.0.0/8"]
-[kernel]
-flows = FLOWS
-"#;
-
-fn config(flows: bool) -> String {
-    CONFIG.replace("FLOWS", if flows { "true" } else { "false" })
 }
 
 /// One case's numbers in one round.
@@ -134,7 +121,8 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
             let r = match case {
                 Case::None => measure(&cg)?,
                 Case::FlowsOff | Case::FlowsOn => {
-                    let attached = Programs::attach(&config(case == Case::FlowsOn), &cg, &runtime)?;
+                    let attached =
+                        Programs::attach(&loopback_monitor(case == Case::FlowsOn), &cg, &runtime)?;
                     let r = measure(&cg)?;
                     // Then, untimed, the programs' own run time per call.
                     let per_call = KernelTime {
@@ -150,7 +138,7 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
                     r
                 }
                 Case::Daemon => {
-                    let daemon = Daemon::start(&config(true), &cg)?;
+                    let daemon = Daemon::start(&loopback_monitor(true), &cg)?;
                     let r = measure(&cg)?;
                     daemon.stop()?;
                     r
@@ -304,6 +292,12 @@ fn us_prefixes(db: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Where nftables resolves a `socket cgroupv2` path: its compiled-in
+/// `SYSFS_CGROUPSV2_PATH`, whatever the host mounts there (on these
+/// machines the cgroup2 mount is its `unified` child). Not a cgroup this
+/// bench touches: the rule names the bench's own child cgroup under it.
+const NFT_CGROUPV2_BASE: &str = "/sys/fs/cgroup";
+
 /// An nftables table with the country set and one rule, for the bench
 /// cgroup's packets only; deleted on drop.
 struct NftSet {
@@ -312,14 +306,28 @@ struct NftSet {
 
 impl NftSet {
     fn load(cg: &TestCgroup, prefixes: &[String]) -> anyhow::Result<Self> {
-        // nft names a cgroup by its path under /sys/fs/cgroup and its level
-        // in the cgroup2 tree (the test cgroup is a child of the root).
+        // nft names a cgroup by a path under its own base and its level in
+        // the cgroup2 tree: the bench's child cgroup (level 1), checked by
+        // inode to be that cgroup and nothing above it.
         let path = cg
             .path
-            .strip_prefix("/sys/fs/cgroup")
-            .context("the cgroup2 mount is not under /sys/fs/cgroup")?
+            .strip_prefix(NFT_CGROUPV2_BASE)
+            .with_context(|| {
+                format!(
+                    "{} is not under {NFT_CGROUPV2_BASE}, where nft looks for cgroups",
+                    cg.path.display()
+                )
+            })?
             .to_string_lossy()
             .into_owned();
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let named = std::fs::metadata(Path::new(NFT_CGROUPV2_BASE).join(&path))?.ino();
+            ensure!(
+                !path.is_empty() && named == cg.id()?,
+                "the nft rule would not name the bench's own cgroup ({path})"
+            );
+        }
         let table = format!("residency_bench_{}", std::process::id());
         let mut script = format!(
             "table inet {table} {{\n set us4 {{\n  type ipv4_addr\n  flags interval\n  elements = {{ "
@@ -378,7 +386,7 @@ fn evidence_volume(db: &Path, flows: bool, datagrams: u64) -> anyhow::Result<Vol
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let daemon = Daemon::start_with(
-        &config(flows),
+        &loopback_monitor(flows),
         &cg,
         &[
             OsStr::new("--geoip"),

@@ -25,18 +25,22 @@ use residency_tests::{
 
 use super::write_section;
 
-/// Flows are not followed here, so that each datagram is a record: the
-/// reading is of 1 M records written and stored (`bench flows` measures
-/// the same datagrams with flows followed).
-const CONFIG: &str = r#"
+/// Monitor mode on loopback (only 10/8 local), flows followed or not.
+/// The memory bench does not follow them, so that each datagram is a
+/// record: its reading is of 1 M records written and stored (`bench
+/// flows` measures the same datagrams with flows followed).
+pub(super) fn loopback_monitor(flows: bool) -> String {
+    format!(
+        r#"
 mode = "monitor"
 [policy]
 # Loopback stands in for the world: only 10/8 is local.
 local_networks = ["10.0.0.0/8"]
 [kernel]
-flows = false
-"#;
-
+flows = {flows}
+"#
+    )
+}
 /// kB figures of `/proc/PID/status`.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Rss {
@@ -98,7 +102,11 @@ pub fn run(db: &Path, rounds: usize, flows: u64, write: Option<PathBuf>) -> anyh
     let mut busy = Vec::new();
     for round in 1..=rounds {
         let cg = TestCgroup::new("memory")?;
-        let daemon = Daemon::start_with(CONFIG, &cg, &[OsStr::new("--geoip"), db.as_os_str()])?;
+        let daemon = Daemon::start_with(
+            &loopback_monitor(false),
+            &cg,
+            &[OsStr::new("--geoip"), db.as_os_str()],
+        )?;
         let pid = daemon.pid().context("the daemon's pid")?.as_raw();
         std::thread::sleep(Duration::from_secs(5));
         let at_rest = rss(pid)?;
