@@ -137,13 +137,15 @@ pub mod names {
     pub const NAME_MIN_TTL_NS: &str = "NAME_MIN_TTL_NS";
     /// Load-time global (`.rodata`): the most time, in ns, a name is kept.
     pub const NAME_MAX_TTL_NS: &str = "NAME_MAX_TTL_NS";
-    /// The `cgroup_skb` programs: DNS answers in, TLS `ClientHello`s out.
-    pub const DNS_INGRESS: &str = "residency_dns";
-    pub const TLS_EGRESS: &str = "residency_tls";
+    /// The `cgroup_skb` programs, one per direction: each runs the parts
+    /// switched on at load time (names: DNS answers in, TLS
+    /// `ClientHello`s out; flows: every packet's bytes).
+    pub const SKB_INGRESS: &str = "residency_ingress";
+    pub const SKB_EGRESS: &str = "residency_egress";
 
-    /// Socket storage: socket -> [`crate::FlowState`], the flow a
-    /// connected socket carries (its decision and its totals), and the
-    /// socket's count of flows.
+    /// Hash: socket cookie -> [`crate::FlowState`], the flow a connected
+    /// socket carries (its decision and its totals, and its count of
+    /// flows); entries allocated as used, removed at the socket's release.
     pub const FLOWS: &str = "FLOWS";
     /// Socket storage: socket -> [`crate::DgramFlows`], the flows of an
     /// unconnected UDP socket, one per destination it sends to.
@@ -154,11 +156,8 @@ pub mod names {
     /// Load-time global (`.rodata`): a flow that keeps moving bytes is
     /// reported at least this often, in ns.
     pub const FLOW_REPORT_NS: &str = "FLOW_REPORT_NS";
-    /// The flow programs: bytes out, bytes in (`cgroup_skb`), and the
-    /// socket's end (`cgroup/sock_release`).
-    pub const FLOW_PROGRAMS: [&str; 3] = [COUNT_EGRESS, COUNT_INGRESS, SOCK_RELEASE];
-    pub const COUNT_EGRESS: &str = "residency_bytes_out";
-    pub const COUNT_INGRESS: &str = "residency_bytes_in";
+    /// The socket's end (`cgroup/sock_release`), when flows are followed
+    /// (their bytes are counted by [`SKB_EGRESS`] and [`SKB_INGRESS`]).
     pub const SOCK_RELEASE: &str = "residency_release";
 }
 
@@ -376,7 +375,9 @@ pub enum Stat {
     /// Flow totals ([`FlowEvent`]) that found the ring buffer full. An
     /// update that is lost is carried by the next one (totals add up); a
     /// lost end loses the flow's last bytes, and the daemon reports it as
-    /// a gap.
+    /// a gap. Also a flow that could not be followed at all (more than
+    /// [`FLOW_CAPACITY`] connected sockets at once): its decision is
+    /// reported, its totals never are.
     FlowsDropped = 4,
 }
 
@@ -595,7 +596,8 @@ pub const PIN_ABI: u32 = {
         size_of::<DgramFlows>(),
         STAT_COUNT as usize,
     ];
-    let mut h: u32 = 1;
+    // 2: `FLOWS` became a hash by socket cookie (same value size).
+    let mut h: u32 = 2;
     let mut i = 0;
     while i < sizes.len() {
         #[expect(clippy::cast_possible_truncation, reason = "a hash: sizes are small")]
@@ -823,7 +825,7 @@ pub struct FlowTotals {
     pub calls: u64,
 }
 
-/// The flow a socket carries now (`FLOWS` socket storage): the decision
+/// The flow a socket carries now (`FLOWS`, by socket cookie): the decision
 /// as it was reported, what has moved since, and what was last reported.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -845,9 +847,8 @@ pub struct FlowState {
     /// `CLOCK_BOOTTIME` when a TCP flow was first seen established (an
     /// egress segment in state `ESTABLISHED`); 0: not (yet).
     pub established_ns: u64,
-    /// Flows begun on this socket so far (the next one is numbered one
-    /// more; kept in `FLOWS` for every decided socket, unused in a
-    /// datagram slot).
+    /// Flows begun on this connected socket so far (the next one is
+    /// numbered one more; unused in a datagram slot).
     pub count: u32,
     pub _pad: u32,
 }
@@ -863,10 +864,23 @@ pub const DGRAM_SLOTS: usize = 16;
 pub struct DgramFlows {
     /// One per destination (`decision.flow` 0: free).
     pub slots: [FlowState; DGRAM_SLOTS],
-    /// The slot used last (looked at first).
+    /// The slot used last (looked at first); while a `sendmsg()` is
+    /// decided, the slot its flow goes in.
     pub hint: u32,
+    /// While a `sendmsg()` is decided: 1 if `hint`'s slot holds its
+    /// destination's flow already.
+    pub matched: u32,
+    /// Datagram flows begun on this socket so far (a socket that also
+    /// carries a connected flow numbers both from the larger count).
+    pub count: u32,
     pub _pad: u32,
 }
+
+/// Connected sockets whose flows the kernel follows at once, by default
+/// (`FLOWS`' size, `kernel.max_flows`; entries allocated as used). A
+/// `connect()` beyond it is decided and reported as ever; only its totals
+/// are not followed (counted as `Stat::FlowsDropped`).
+pub const FLOW_CAPACITY: u32 = 65_536;
 
 /// A repeat `sendmsg()` to a flow's destination is decided from its
 /// socket storage for at most this long, then in full again: names learnt
@@ -961,7 +975,7 @@ const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 136);
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, flow) == 128);
 const _: () = assert!(core::mem::size_of::<FlowTotals>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 136 + 80 + 32);
-const _: () = assert!(core::mem::size_of::<DgramFlows>() == DGRAM_SLOTS * 248 + 8);
+const _: () = assert!(core::mem::size_of::<DgramFlows>() == DGRAM_SLOTS * 248 + 16);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 136 + 80 + 16);
 const _: () = assert!(core::mem::size_of::<PatternKey>() == 8 + PATTERN_BYTES);
 const _: () = assert!(core::mem::size_of::<NameClass>() == 40);

@@ -162,7 +162,8 @@ impl PipelineMetrics {
         );
         r.register(
             "kernel_flows_dropped",
-            "Flow totals the kernel could not report (ring buffer full)",
+            "Flow totals the kernel could not report (ring buffer full, or more connected \
+             sockets at once than it follows)",
             self.kernel_flows_dropped.clone(),
         );
         // Every verdict has a series from the start, at 0, so dashboards

@@ -70,7 +70,8 @@ enum Item {
         count: u64,
         total: u64,
     },
-    /// Flow totals the kernel could not report (ring buffer full).
+    /// Flow totals the kernel could not report (ring buffer full, or
+    /// more connected sockets at once than `FLOW_CAPACITY`).
     FlowsLost {
         count: u64,
         total: u64,
@@ -430,7 +431,8 @@ impl Reader {
             warn!(
                 count,
                 total = totals.flows_dropped,
-                "kernel ring buffer full: flow totals not reported"
+                "flow totals not reported (kernel ring buffer full, or more connected sockets \
+                 than the kernel follows at once)"
             );
             let _ = self.producer.try_push(Item::FlowsLost {
                 count,
@@ -611,9 +613,10 @@ async fn write_loop(w: Writer) -> Result<WriterEnd, WriteError> {
                 Item::FlowsLost { count, total } => Record::note(
                     residency_record::Lifecycle::FlowTotalsLost,
                     format!(
-                        "{count} flow totals reports were lost (kernel ring buffer full): a lost \
-                         update is carried by the flow's next report, a lost end loses the bytes \
-                         its flow moved after its last report"
+                        "{count} flow totals reports were lost (kernel ring buffer full, or more \
+                         connected sockets at once than kernel.max_flows): a lost update is \
+                         carried by the flow's next report; a lost end, or a flow not followed, \
+                         loses the bytes it moved after its last report"
                     ),
                     serde_json::json!({ "count": count, "total": total }),
                 ),

@@ -3,11 +3,15 @@
 //!
 //! A flow is one decision and what follows from it on one socket: a TCP
 //! connection, a connected UDP socket, or an unconnected UDP socket's
-//! datagrams to one destination. Its state lives in socket storage, which
-//! the kernel frees with the socket: `FLOWS` for a connected socket (and
-//! every decided socket's count of flows), `DGRAMS` for an unconnected
-//! UDP socket, one slot per destination (`DGRAM_SLOTS`; a socket that
-//! sends to more at once ends the flow it used least recently, reported).
+//! datagrams to one destination. A connected socket's flow is in `FLOWS`,
+//! a hash by socket cookie whose entries are allocated as used and
+//! removed at the socket's release: making socket storage in `connect()`
+//! cost 1.2-1.5 µs per call here (a memory-cgroup-charged allocation),
+//! an entry of this hash a fraction of that. An unconnected UDP socket's
+//! flows are in `DGRAMS`, socket storage (made once, on its first
+//! datagram, freed with the socket), one slot per destination
+//! (`DGRAM_SLOTS`; a socket that sends to more at once ends the flow it
+//! used least recently, reported).
 //!
 //! - The `sock_addr` programs begin a flow when they report a decision
 //!   (`begin`, from the record as written, then `keep` copies it), and a
@@ -17,7 +21,7 @@
 //!   last full decision, is decided from the storage and counted, with no
 //!   record. A blocked destination stays blocked: the stored verdict is
 //!   returned on every datagram.
-//! - `residency_bytes_out` / `residency_bytes_in` (`cgroup_skb`) add each
+//! - `count_packet`, in `residency_egress` / `residency_ingress` (`cgroup_skb`, see `packets`), adds each
 //!   packet of a flow's socket to its totals, and report the totals when
 //!   `FLOW_REPORT_NS` has passed since the last report, so a connection
 //!   that lasts a week is seen while it lasts. They never drop a packet.
@@ -30,19 +34,23 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::bpf_sock,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock},
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_sk_storage_get},
+        generated::{
+            bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns,
+            bpf_sk_storage_get,
+        },
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock},
+    macros::{btf_map, cgroup_sock, map},
+    maps::{HashMap, PerCpuArray},
     programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 use residency_common::{
-    AF_INET, AF_INET6, ConnectEvent, DGRAM_SLOTS, DgramFlows, EventHeader, EventKind, FLOW_END,
-    FLOW_REDECIDE_NS, FLOW_SUPERSEDED, FLOW_UPDATE, FlowEvent, FlowState, FlowTotals, Hook,
-    IPPROTO_TCP, IPPROTO_UDP, Stat, Verdict,
+    AF_INET, AF_INET6, ConnectEvent, DGRAM_SLOTS, DgramFlows, EventHeader, EventKind,
+    FLOW_CAPACITY, FLOW_END, FLOW_REDECIDE_NS, FLOW_SUPERSEDED, FLOW_UPDATE, FlowEvent, FlowState,
+    FlowTotals, Hook, IPPROTO_TCP, IPPROTO_UDP, Stat, Verdict,
 };
 
 use crate::{ALLOW, DENY, EVENTS, POLICY_ACTIVE, active_generation, count, names::submit};
@@ -52,8 +60,14 @@ static FLOWS_ENABLED: u8 = 0;
 #[unsafe(no_mangle)]
 static FLOW_REPORT_NS: u64 = 60_000_000_000;
 
-#[btf_map]
-static FLOWS: SkStorage<FlowState> = SkStorage::new();
+/// Connected sockets' flows, by socket cookie.
+#[map]
+static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(FLOW_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Where a connected socket's new flow is made before it goes into
+/// `FLOWS` (too large for the stack beside a decision's frame).
+#[map]
+static FLOW_NEW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
 #[btf_map]
 static DGRAMS: SkStorage<DgramFlows> = SkStorage::new();
@@ -186,8 +200,8 @@ pub(crate) enum Probe {
     /// A repeat, decided from storage and counted: return this.
     Repeat(i32),
     /// Decide in full. The slot the flow goes in is left in the storage
-    /// (`hint`, and `_pad` 1 when that slot holds this destination's flow
-    /// already), not carried in a register: a constant slot number per
+    /// (`hint`, and `matched` 1 when that slot holds this destination's
+    /// flow already), not carried in a register: a constant slot number per
     /// path would multiply the paths the verifier walks through the rest
     /// of the program by the number of slots.
     Decide,
@@ -218,13 +232,13 @@ pub(crate) fn probe(ctx: &SockAddrContext, family: u8, daddr: &[u8; 16], port_be
     #[expect(clippy::cast_possible_truncation, reason = "a slot index")]
     let Some(i) = found else {
         dg.hint = victim as u32;
-        dg._pad = 0;
+        dg.matched = 0;
         return Probe::Decide;
     };
     #[expect(clippy::cast_possible_truncation, reason = "a slot index")]
     let index = i as u32;
     dg.hint = index;
-    dg._pad = 1;
+    dg.matched = 1;
     let st = &mut dg.slots[i & (DGRAM_SLOTS - 1)];
     let d = &st.decision;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -252,7 +266,27 @@ pub(crate) enum Begun {
     /// and not reported again.
     Same,
     /// A new flow, numbered; `keep` stores its decision once reported.
-    New(*mut FlowState, u32),
+    New(Kept),
+}
+
+/// Where a new flow's state is kept.
+pub(crate) struct Kept {
+    st: *mut FlowState,
+    /// The flow's number on its socket.
+    pub(crate) n: u32,
+    /// `Some(cookie)`: `st` is `FLOW_NEW`, to go into `FLOWS` under the
+    /// socket's cookie once filled.
+    insert: Option<u64>,
+}
+
+/// The socket's connected flow, if it has one.
+#[inline(always)]
+fn connected(cookie: u64) -> Option<&'static mut FlowState> {
+    // SAFETY: an entry of `FLOWS`, valid while the program runs (entries
+    // are freed after an RCU grace period).
+    FLOWS
+        .get_ptr_mut(cookie)
+        .and_then(|p| unsafe { p.as_mut() })
 }
 
 /// The flow a decided call belongs to. The socket's previous flow, if
@@ -268,35 +302,53 @@ pub(crate) fn begin(
         return Begun::Untracked;
     }
     // SAFETY: the ring entry the caller just wrote.
-    let (verdict, policy_gen, geo_gen) = unsafe {
+    let (verdict, policy_gen, geo_gen, cookie, protocol) = unsafe {
         (
             (*decision).verdict,
             (*decision).policy_gen,
             (*decision).geo_gen,
+            (*decision).cookie,
+            (*decision).protocol,
         )
     };
     let send = matches!(hook, Hook::Sendmsg4 | Hook::Sendmsg6);
-    if !send && verdict == Verdict::Blocked as u8 {
-        return Begun::Untracked;
-    }
-    // Every decided socket keeps its count of flows here; a connected one
-    // keeps its flow here too. Made zeroed if missing.
-    // SAFETY: as in `dgrams`.
-    let st = unsafe { FLOWS.get_or_insert_ptr_mut(ctx, None) };
-    // SAFETY: checked for null.
-    let Some(st) = (unsafe { st.as_mut() }) else {
-        return Begun::Untracked;
-    };
-    let n = st.count.wrapping_add(1);
     if !send {
-        if st.decision.flow != 0 {
-            report(st, FLOW_SUPERSEDED, 0);
+        if verdict == Verdict::Blocked as u8 {
+            return Begun::Untracked;
         }
-        st.decision.flow = 0;
-        st.count = n;
-        return Begun::New(st, n);
+        // A UDP socket may have datagram flows too: number on from them.
+        let dgram_count = if protocol == IPPROTO_UDP {
+            dgrams(ctx).map_or(0, |dg| dg.count)
+        } else {
+            0
+        };
+        if let Some(st) = connected(cookie) {
+            // A connected UDP socket connected again.
+            if st.decision.flow != 0 {
+                report(st, FLOW_SUPERSEDED, 0);
+            }
+            st.decision.flow = 0;
+            let n = max(st.count, dgram_count).wrapping_add(1);
+            st.count = n;
+            return Begun::New(Kept {
+                st,
+                n,
+                insert: None,
+            });
+        }
+        let Some(st) = FLOW_NEW.get_ptr_mut(0) else {
+            return Begun::Untracked;
+        };
+        let n = dgram_count.wrapping_add(1);
+        // SAFETY: this CPU's scratch entry, checked for null by the map.
+        unsafe { (*st).count = n };
+        return Begun::New(Kept {
+            st,
+            n,
+            insert: Some(cookie),
+        });
     }
-    // SAFETY: as above.
+    // SAFETY: as in `dgrams`.
     let dg = unsafe { DGRAMS.get_or_insert_ptr_mut(ctx, None) };
     // SAFETY: checked for null.
     let Some(dg) = (unsafe { dg.as_mut() }) else {
@@ -306,7 +358,8 @@ pub(crate) fn begin(
         return Begun::Untracked;
     }
     let index = (dg.hint as usize) & (DGRAM_SLOTS - 1);
-    let matched = dg._pad == 1;
+    let matched = dg.matched == 1;
+    dg.matched = 0;
     let slot = &mut dg.slots[index];
     if slot.decision.flow != 0 {
         let d = &slot.decision;
@@ -324,18 +377,35 @@ pub(crate) fn begin(
         report(slot, FLOW_SUPERSEDED, 0);
         slot.decision.flow = 0;
     }
-    dg._pad = 0;
-    st.count = n;
-    Begun::New(slot, n)
+    // A socket with a connected flow too numbers on from it.
+    let mut n = dg.count.wrapping_add(1);
+    if let Some(st) = connected(cookie) {
+        n = max(n, st.count.wrapping_add(1));
+        st.count = n;
+    }
+    dg.count = n;
+    Begun::New(Kept {
+        st: slot,
+        n,
+        insert: None,
+    })
+}
+
+#[inline(always)]
+fn max(a: u32, b: u32) -> u32 {
+    if a > b { a } else { b }
 }
 
 /// Stores the decision that began a flow, as it is reported, and starts
-/// its totals.
+/// its totals. A connected socket's first flow goes into `FLOWS` here; if
+/// the hash is full, the flow is not followed (counted).
 #[inline(always)]
-pub(crate) fn keep(st: *mut FlowState, decision: *const ConnectEvent) {
-    // SAFETY: `st` is the socket's storage from `begin`, and `decision`
-    // the ring entry just written; both are valid for the program's run.
+pub(crate) fn keep(kept: &Kept, decision: *const ConnectEvent) {
+    let st = kept.st;
     let now = coarse();
+    // SAFETY: `st` is the socket's storage, its `FLOWS` entry or this
+    // CPU's `FLOW_NEW` (from `begin`), and `decision` the ring entry just
+    // written; all are valid for the program's run.
     unsafe {
         (*st).decision = *decision;
         (*st).totals = FlowTotals {
@@ -346,6 +416,13 @@ pub(crate) fn keep(st: *mut FlowState, decision: *const ConnectEvent) {
         (*st).reported_ns = now;
         (*st).decided_ns = now;
         (*st).established_ns = 0;
+    }
+    if let Some(cookie) = kept.insert {
+        // SAFETY: as above.
+        let value = unsafe { &*st };
+        if FLOWS.insert(cookie, value, u64::from(BPF_NOEXIST)).is_err() {
+            count(Stat::FlowsDropped);
+        }
     }
 }
 
@@ -393,20 +470,13 @@ fn tcp_state(st: &FlowState, state: u32) -> u8 {
     }
 }
 
-#[cgroup_skb(egress)]
-pub fn residency_bytes_out(ctx: SkBuffContext) -> i32 {
+/// The flows part of `residency_egress` and `residency_ingress`
+/// (`crate::packets`): adds the packet to its flow.
+#[inline(never)]
+pub(crate) fn count_packet(ctx: &SkBuffContext, out: bool) {
     if enabled() {
-        on_packet(&ctx, true);
+        on_packet(ctx, out);
     }
-    1
-}
-
-#[cgroup_skb(ingress)]
-pub fn residency_bytes_in(ctx: SkBuffContext) -> i32 {
-    if enabled() {
-        on_packet(&ctx, false);
-    }
-    1
 }
 
 #[inline(always)]
@@ -434,11 +504,9 @@ fn on_packet(ctx: &SkBuffContext, out: bool) {
             return;
         }
     }
-    let map = ptr::from_ref(&FLOWS).cast_mut().cast();
-    // SAFETY: as above.
-    let st = unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) }.cast::<FlowState>();
-    // SAFETY: checked for null; valid for the program's run.
-    if let Some(st) = unsafe { st.as_mut() }
+    // SAFETY: a helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    if let Some(st) = connected(cookie)
         && st.decision.flow != 0
     {
         tally(st, sk, len, out);
@@ -574,19 +642,18 @@ pub fn residency_release(ctx: SockContext) -> i32 {
 
 #[inline(always)]
 fn on_release(sk: *mut bpf_sock) {
-    let map = ptr::from_ref(&FLOWS).cast_mut().cast();
     // SAFETY: `sk` is the program's context (the socket being released).
-    let st = unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) }.cast::<FlowState>();
-    // SAFETY: checked for null; valid for the program's run.
-    let Some(st) = (unsafe { st.as_mut() }) else {
-        return;
-    };
-    if st.decision.flow != 0 {
-        // SAFETY: a field of the program's context.
-        let state = unsafe { (*sk).state };
-        let s = tcp_state(st, state);
-        report(st, FLOW_END, s);
-        st.decision.flow = 0;
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    if let Some(st) = connected(cookie) {
+        if st.decision.flow != 0 {
+            // SAFETY: a field of the program's context.
+            let state = unsafe { (*sk).state };
+            let s = tcp_state(st, state);
+            report(st, FLOW_END, s);
+            st.decision.flow = 0;
+        }
+        // Reported first: the entry is read until the report is written.
+        let _ = FLOWS.remove(cookie);
     }
     let map = ptr::from_ref(&DGRAMS).cast_mut().cast();
     // SAFETY: as above.

@@ -48,6 +48,7 @@ use aya_log_ebpf::warn;
 
 mod flows;
 mod names;
+mod packets;
 mod process;
 use residency_common::{
     AF_INET, AF_INET6, Action, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, CLASS_CATALOG, CLASS_RESOLVER,
@@ -1018,10 +1019,10 @@ fn report(
             entry.discard(u64::from(BPF_RB_NO_WAKEUP));
             return;
         }
-        flows::Begun::New(st, n) => {
+        flows::Begun::New(kept) => {
             // SAFETY: `e` is the entry written above.
-            unsafe { (*e).flow = n };
-            flows::keep(st, e);
+            unsafe { (*e).flow = kept.n };
+            flows::keep(&kept, e);
         }
         flows::Begun::Untracked => {}
     }

@@ -1,7 +1,7 @@
 //! Names: which host name a workload resolved for an address, seen in the
 //! kernel before the process can use the answer.
 //!
-//! - `residency_dns` (cgroup_skb ingress) reads every DNS answer a watched
+//! - `dns_in` (in `residency_ingress`, see `packets`) reads every DNS answer a watched
 //!   socket receives (UDP or TCP, source port 53: from a local stub such as
 //!   127.0.0.53 or a remote resolver alike). It matches the question name
 //!   against the patterns the daemon compiled (most specific first: the
@@ -11,11 +11,11 @@
 //!   before `recvmsg()` returns: a `connect()` a microsecond later finds it.
 //!   It then copies the message to the daemon, which parses it in full for
 //!   the records (the kernel parse is only what the verdict needs).
-//! - `residency_tls` (cgroup_skb egress) copies TCP segments that start a
+//! - `tls_out` (in `residency_egress`) copies TCP segments that start a
 //!   TLS `ClientHello` (and, through `TLS_PENDING`, the segments that
 //!   continue one), so that the daemon can read its server name.
 //!
-//! Neither program ever drops a packet: both return 1 whatever they find.
+//! Neither ever drops a packet: the programs return 1 whatever they find.
 //! Every read is bounds-checked by `bpf_skb_load_bytes`; every loop has a
 //! constant bound, so hostile packets (compression loops, lengths past the
 //! end) end a parse early and change nothing else.
@@ -29,7 +29,7 @@ use aya_ebpf::{
         bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_loop, bpf_skb_cgroup_id,
         bpf_skb_load_bytes,
     },
-    macros::{btf_map, cgroup_skb, map},
+    macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray},
     programs::SkBuffContext,
 };
@@ -151,12 +151,12 @@ fn transport(ctx: &SkBuffContext) -> Option<(u32, u8, u32, u32)> {
     }
 }
 
-#[cgroup_skb(ingress)]
-pub fn residency_dns(ctx: SkBuffContext) -> i32 {
+/// The DNS part of `residency_ingress` (`crate::packets`).
+#[inline(never)]
+pub(crate) fn dns_in(ctx: &SkBuffContext) {
     if names_enabled() {
-        let _ = on_answer(&ctx);
+        let _ = on_answer(ctx);
     }
-    1
 }
 
 /// The generation's slot, for the pattern maps.
@@ -559,12 +559,12 @@ pub(crate) fn submit<T>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     entry.submit(u64::from(wakeup));
 }
 
-#[cgroup_skb(egress)]
-pub fn residency_tls(ctx: SkBuffContext) -> i32 {
+/// The TLS part of `residency_egress` (`crate::packets`).
+#[inline(never)]
+pub(crate) fn tls_out(ctx: &SkBuffContext) {
     if sni_enabled() {
-        let _ = on_egress(&ctx);
+        let _ = on_egress(ctx);
     }
-    1
 }
 
 /// The TCP payload length of an outgoing segment, read from the headers in

@@ -11,6 +11,8 @@
 //!   least recently, reported, to begin another.
 //! - The transfer summary, `/v1/flows`, `/metrics` and `evidence verify`
 //!   all add the same bytes up.
+//! - Connections beyond `kernel.max_flows` at once are recorded, and the
+//!   totals the kernel could not follow are counted and said in the chain.
 
 use std::{
     ffi::OsStr,
@@ -46,13 +48,19 @@ struct Setup {
 }
 
 fn setup(name: &str) -> anyhow::Result<Setup> {
+    setup_with(name, "")
+}
+
+/// [`setup`], with `kernel` lines added to `[kernel]`.
+fn setup_with(name: &str, kernel: &str) -> anyhow::Result<Setup> {
     let dir = tempfile::tempdir()?;
     let db = de_us_db(dir.path());
     let cgroup = TestCgroup::new(name)?;
     let llm = cgroup.child("llm")?;
     let state = dir.path().join("state");
+    let config = config(&cgroup.relative()?).replace("[kernel]\n", &format!("[kernel]\n{kernel}"));
     let daemon = Daemon::start_with(
-        &config(&cgroup.relative()?),
+        &config,
         &cgroup,
         &[
             OsStr::new("--geoip"),
@@ -279,6 +287,73 @@ fn api_adds_up(daemon: &Daemon, id: &str, out: u64, back: u64) -> anyhow::Result
     assert_eq!(counted, out, "{line}");
 
     Ok(())
+}
+
+/// More connected sockets at once than the kernel follows
+/// (`kernel.max_flows`): every connection is decided and recorded; those
+/// beyond the bound have no totals, and say so (counted, and a
+/// `flow-totals-lost` record in the chain).
+#[test]
+fn connections_beyond_max_flows_are_recorded_and_counted() -> anyhow::Result<()> {
+    const FOLLOWED: usize = 16;
+    const OPEN: usize = 24;
+    if !privileged_or_skip("connections_beyond_max_flows_are_recorded_and_counted") {
+        return Ok(());
+    }
+    let s = setup_with("flows-bound", &format!("max_flows = {FOLLOWED}\n"))?;
+    // Each connection lasts at least 2 s (the reply comes in 3 pieces a
+    // second apart), so all of them are open at once.
+    let server = BulkServer::start(IpAddr::V4(DE), 3_000, 3, Duration::from_secs(1))?;
+    let clients: Vec<_> = (0..OPEN)
+        .map(|_| {
+            let llm = s.llm.clone();
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                run_client(
+                    &[Op::Bulk { addr, bytes: 1_000 }],
+                    &ClientOptions {
+                        cgroup_dir: Some(&llm),
+                        ..Default::default()
+                    },
+                )
+            })
+        })
+        .collect();
+    for c in clients {
+        let report = c.join().expect("a client thread")?;
+        assert_eq!(report["ops"][0]["ok"], 1, "{report}");
+    }
+    let to_server = |r: &Value| r["destination"]["port"] == server.addr.port();
+    let lost = s
+        .daemon
+        .wait_for(Duration::from_secs(15), |r| action(r) == "flow-totals-lost")?;
+    assert_eq!(
+        u(&lost["residency"]["count"]),
+        u64::try_from(OPEN - FOLLOWED)?,
+        "{lost}"
+    );
+    let records = s.daemon.records()?;
+    let decisions = flows(&records).into_iter().filter(|r| to_server(r)).count();
+    assert_eq!(decisions, OPEN, "every connection is recorded");
+    let ends: Vec<&Value> = records
+        .iter()
+        .filter(|r| action(r) == "flow-end" && to_server(r))
+        .collect();
+    assert_eq!(ends.len(), FOLLOWED, "{ends:#?}");
+    for end in &ends {
+        assert!(within_headers(u(&end["source"]["bytes"]), 1_000), "{end}");
+        assert!(
+            within_headers(u(&end["destination"]["bytes"]), 3_000),
+            "{end}"
+        );
+    }
+    let (_, metrics) = s.daemon.get("/metrics")?;
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("residency_kernel_flows_dropped "))
+        .unwrap_or_else(|| panic!("no kernel_flows_dropped: {metrics}"));
+    assert_eq!(dropped.trim().parse::<usize>()?, OPEN - FOLLOWED);
+    verify_after_stop(s)
 }
 
 #[test]

@@ -38,6 +38,14 @@ const VARIANTS: &[(&str, &str)] = &[
         "mode = \"enforce\"\n[kernel]\nflows = false\n",
     ),
     (
+        "no names, flows not followed: no packet programs",
+        "[kernel]\nflows = false\n[names]\ntrack = false\n",
+    ),
+    (
+        "names without TLS server names, flows not followed: ingress only",
+        "[kernel]\nflows = false\n[names]\nsni = false\n",
+    ),
+    (
         "enforce, flows reported every second, no names",
         "mode = \"enforce\"\n[kernel]\nflow_report_secs = 1\n[names]\ntrack = false\n",
     ),
@@ -77,28 +85,28 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
                 .map(|p| p.split(':').next().unwrap_or(""))
                 .collect();
             kinds.sort_unstable();
-            // The name programs (DNS answers in, TLS hellos out) come with
-            // name tracking, which is on unless a variant turns it off.
+            // One packet program per direction, where a part of it is on:
+            // in, DNS answers (names) and bytes (flows); out, TLS hellos
+            // (server names) and bytes. The socket's end comes with flows.
             let mut want = vec![
                 "cgroup_inet4_connect",
                 "cgroup_inet6_connect",
                 "cgroup_udp4_sendmsg",
                 "cgroup_udp6_sendmsg",
             ];
-            if config.names.track {
+            let (names, sni, flows) = (
+                config.names.track,
+                config.names.track && config.names.sni,
+                config.kernel.flows,
+            );
+            if names || flows {
                 want.push("cgroup_inet_ingress");
             }
-            if config.names.sni {
+            if sni || flows {
                 want.push("cgroup_inet_egress");
             }
-            // The flow programs (bytes out and in, the socket's end) come
-            // with flows followed, on unless a variant turns it off.
-            if config.kernel.flows {
-                want.extend([
-                    "cgroup_inet_egress",
-                    "cgroup_inet_ingress",
-                    "cgroup_inet_sock_release",
-                ]);
+            if flows {
+                want.push("cgroup_inet_sock_release");
             }
             want.sort_unstable();
             assert_eq!(kinds, want, "{name}: {progs:?}");

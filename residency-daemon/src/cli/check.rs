@@ -128,9 +128,11 @@ fn flows_line(c: &Config) -> String {
     if c.kernel.flows {
         format!(
             "flows followed: bytes, packets, TCP establishment and the end of each, \
-             reported at least every {} s while they move bytes; repeated datagrams \
-             counted in their flow (kernel.flows)",
-            c.kernel.flow_report.as_secs()
+             reported at least every {} s while they move bytes, for up to {} connected \
+             sockets at once (kernel.max_flows); repeated datagrams counted in their flow \
+             (kernel.flows)",
+            c.kernel.flow_report.as_secs(),
+            c.kernel.max_flows
         )
     } else {
         "flows not followed: every call is a record, no bytes are counted (kernel.flows = false)"

@@ -692,6 +692,25 @@ fn persistence_defaults_and_refusals() {
 }
 
 #[test]
+fn flow_settings_default_and_refuse_out_of_range() {
+    let c = parse("").unwrap();
+    assert!(c.kernel.flows);
+    assert_eq!(c.kernel.flow_report, Duration::from_mins(1));
+    assert_eq!(c.kernel.max_flows, 65_536);
+    let c = parse("[kernel]\nflow_report_secs = 5\nmax_flows = 100\n").unwrap();
+    assert_eq!(c.kernel.flow_report, Duration::from_secs(5));
+    assert_eq!(c.kernel.max_flows, 100);
+    for (text, field) in [
+        ("max_flows = 8", "kernel.max_flows"),
+        ("max_flows = 99999999999", "kernel.max_flows"),
+        ("flow_report_secs = 0", "kernel.flow_report_secs"),
+    ] {
+        let err = parse(&format!("[kernel]\n{text}\n")).unwrap_err();
+        assert_eq!((err.field.as_str(), err.line), (field, Some(2)), "{text}");
+    }
+}
+
+#[test]
 fn cgroup_paths_are_relative_to_the_mount() {
     let c = parse("[kernel]\ncgroup = \"/system.slice/x.service/\"\n").unwrap();
     assert_eq!(c.kernel.cgroup, PathBuf::from("system.slice/x.service"));

@@ -23,6 +23,7 @@ pub struct RawKernel {
     when_stale: Option<Spanned<String>>,
     flows: Option<bool>,
     flow_report_secs: Option<Spanned<u64>>,
+    max_flows: Option<Spanned<u64>>,
 }
 
 /// `kernel.when_stale`: what the programs do once no daemon has refreshed
@@ -80,6 +81,11 @@ pub struct KernelConfig {
     /// A flow that keeps moving bytes is reported at least this often
     /// (`kernel.flow_report_secs`, default 60).
     pub flow_report: Duration,
+    /// Connected sockets whose flows the kernel follows at once
+    /// (`kernel.max_flows`, default 65,536; entries are allocated as
+    /// used). Beyond it a connection is decided and reported as ever, and
+    /// its totals are not followed (counted, a `flow-totals-lost` record).
+    pub max_flows: u32,
 }
 
 /// The default `kernel.instance`.
@@ -107,6 +113,8 @@ const DEFAULT_POLL_MS: u64 = 10;
 const DEFAULT_STATS_MS: u64 = 1000;
 
 const DEFAULT_FLOW_REPORT_SECS: u64 = 60;
+
+const MAX_FLOWS: u64 = 1 << 24;
 
 impl KernelConfig {
     /// Validates `[kernel]`.
@@ -223,8 +231,17 @@ impl KernelConfig {
                 1..=86_400,
             )?
             .unwrap_or(DEFAULT_FLOW_REPORT_SECS);
+        let max_flows = at
+            .ranged(
+                raw.max_flows.as_ref(),
+                "kernel.max_flows",
+                Some(u64::from(residency_common::FLOW_CAPACITY)),
+                16..=MAX_FLOWS,
+            )?
+            .unwrap_or(u64::from(residency_common::FLOW_CAPACITY));
 
         Ok(KernelConfig {
+            max_flows: u32::try_from(max_flows).unwrap_or(u32::MAX),
             flows: raw.flows.unwrap_or(true),
             flow_report: Duration::from_secs(flow_report_secs),
             persist: raw.persist.unwrap_or(true),

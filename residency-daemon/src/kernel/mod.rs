@@ -535,6 +535,7 @@ pub fn start(
             name_tracking.max_entries,
             "names.max_entries",
         );
+        warn_resized(&pins, names::FLOWS, settings.max_flows, "kernel.max_flows");
     }
     let mut loader = EbpfLoader::new();
     loader
@@ -547,6 +548,7 @@ pub fn start(
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(names::FLOWS_ENABLED, &flows_flag, true)
         .override_global(names::FLOW_REPORT_NS, &flow_report_ns, true)
+        .map_max_entries(names::FLOWS, settings.max_flows)
         .override_global(names::TRACK_CGROUP_ID, &track_id, true)
         .override_global(names::TRACK_CGROUP_LEVEL, &track_level, true)
         .map_max_entries(names::EVENTS, settings.ring_buffer_bytes);
@@ -639,10 +641,14 @@ pub fn start(
         debug!(program = name, cgroup = %target.path.display(), "in force");
     }
 
-    attach_name_programs(
+    attach_packet_programs(
         &mut ebpf,
         &cgroup,
-        name_tracking,
+        &PacketParts {
+            names: name_tracking.track,
+            sni: name_tracking.track && name_tracking.sni,
+            flows: settings.flows,
+        },
         &target,
         &pins,
         reuse,
@@ -652,7 +658,8 @@ pub fn start(
         attach_flow_programs(&mut ebpf, &cgroup, &target, &pins, reuse, &mut held)?;
     }
     // Links of programs this configuration does not run any more (names
-    // tracking turned off) go now that everything else is in force.
+    // or flows turned off, or a program of an earlier build) go now that
+    // everything else is in force.
     for name in pins.pinned_links() {
         if !held.outcomes.iter().any(|(n, _)| *n == name) {
             let _ = std::fs::remove_file(pins.link_path(&name));
@@ -794,32 +801,45 @@ fn warn_resized(pins: &Pins, name: &str, wanted: u32, field: &str) {
     }
 }
 
-/// The name programs, when names are tracked: DNS answers in, TLS hellos
-/// out. They never drop a packet (they return 1 whatever they find).
-fn attach_name_programs(
+/// The packet programs (`residency-ebpf/src/packets.rs`), one per
+/// direction, where a part of them is switched on: in, DNS answers (names)
+/// and bytes (flows); out, TLS hellos (server names) and bytes. They never
+/// drop a packet (they return 1 whatever they find).
+fn attach_packet_programs(
     ebpf: &mut Ebpf,
     cgroup: &File,
-    name_tracking: &NamesConfig,
+    parts: &PacketParts,
     target: &CgroupTarget,
     pins: &Pins,
     reuse: bool,
     held: &mut Held,
 ) -> Result<(), KernelError> {
-    if !name_tracking.track {
-        return Ok(());
-    }
     let skb = [
-        (names::DNS_INGRESS, CgroupSkbAttachType::Ingress),
-        (names::TLS_EGRESS, CgroupSkbAttachType::Egress),
+        (
+            names::SKB_INGRESS,
+            CgroupSkbAttachType::Ingress,
+            parts.names || parts.flows,
+        ),
+        (
+            names::SKB_EGRESS,
+            CgroupSkbAttachType::Egress,
+            parts.sni || parts.flows,
+        ),
     ];
-    for (name, attach) in skb {
-        if name == names::TLS_EGRESS && !name_tracking.sni {
-            continue;
+    for (name, attach, wanted) in skb {
+        if wanted {
+            attach_skb(ebpf, cgroup, name, attach, pins, reuse, held)?;
+            debug!(program = name, cgroup = %target.path.display(), "in force");
         }
-        attach_skb(ebpf, cgroup, name, attach, pins, reuse, held)?;
-        debug!(program = name, cgroup = %target.path.display(), "in force");
     }
     Ok(())
+}
+
+/// Which parts of the packet programs are switched on.
+struct PacketParts {
+    names: bool,
+    sni: bool,
+    flows: bool,
 }
 
 /// Loads a `cgroup_skb` program and puts it in force on `cgroup` behind
@@ -845,8 +865,8 @@ fn attach_skb(
     Ok(())
 }
 
-/// The flow programs (`residency-ebpf/src/flows.rs`): bytes out and in,
-/// and the socket's end. They never drop a packet or refuse a close.
+/// The flows' end program (`residency-ebpf/src/flows.rs`; their bytes
+/// are counted by the packet programs). It never refuses a close.
 fn attach_flow_programs(
     ebpf: &mut Ebpf,
     cgroup: &File,
@@ -855,13 +875,6 @@ fn attach_flow_programs(
     reuse: bool,
     held: &mut Held,
 ) -> Result<(), KernelError> {
-    let skb = [
-        (names::COUNT_EGRESS, CgroupSkbAttachType::Egress),
-        (names::COUNT_INGRESS, CgroupSkbAttachType::Ingress),
-    ];
-    for (name, attach) in skb {
-        attach_skb(ebpf, cgroup, name, attach, pins, reuse, held)?;
-    }
     let name = names::SOCK_RELEASE;
     let program: &mut CgroupSock = find_program(ebpf, name)?;
     let fd = load_and_lend!(program, name);

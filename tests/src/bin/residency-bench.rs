@@ -222,16 +222,16 @@ enum BenchCmd {
         /// daemon's, and the nftables set's US prefixes.
         #[arg(long, env = "RESIDENCY_DEFAULT_GEOIP")]
         db: PathBuf,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 15)]
         rounds: usize,
         /// TCP connects per case per round.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 10_000)]
         connects: u64,
         /// UDP sends per case per round.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 50_000)]
         sends: u64,
         /// MiB per bulk transfer (five per case per round).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 128)]
         bulk_mib: u64,
         /// Datagrams of the evidence volume case.
         #[arg(long, default_value_t = 1_000_000)]

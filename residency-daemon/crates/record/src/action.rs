@@ -43,7 +43,8 @@ pub enum Lifecycle {
     /// server name judged differently from the resolved name is flagged.
     TlsServerName,
     /// The kernel could not report flows' totals (its ring buffer was
-    /// full): the bytes of flows that ended unreported are missing.
+    /// full, or more connected sockets than it follows were open at
+    /// once): the bytes of those flows are missing.
     FlowTotalsLost,
 }
 

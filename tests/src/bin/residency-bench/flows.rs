@@ -2,18 +2,21 @@
 //! one run, against no programs and against the nftables country set users
 //! deploy today.
 //!
-//! Cases, interleaved round after round (the order rotates each round):
+//! Cases, each set up once on its own cgroup, then interleaved round
+//! after round (the order rotates each round; a round is seconds, so the
+//! machine's drift over a run falls on every case alike):
 //! - `none`: nothing attached;
 //! - `programs, flows off`: the kernel programs as before flows
 //!   (`kernel.flows = false`), with a minimal reader;
-//! - `programs, flows on`: the same with flows followed (socket storage,
+//! - `programs, flows on`: the same with flows followed (flow storage,
 //!   byte counting, ends), the default;
 //! - `programs + daemon, flows on`: the real `residency run`;
 //! - `nftables country set`: no residency; an nftables interval set of
 //!   the US IPv4 prefixes of the same database, looked up for every packet
 //!   of the bench cgroup (`socket cgroupv2`) on output, as geoip-shell
 //!   does. The bench traffic is loopback and never matches: each packet
-//!   pays the lookup, nothing is dropped.
+//!   pays the lookup, nothing is dropped. Its chain is hooked in for its
+//!   turns only.
 //!
 //! Each case runs a storm of loopback TCP connects, a storm of UDP sends
 //! to one destination (repeats: decided from socket storage when flows
@@ -56,6 +59,15 @@ impl Case {
         Case::Daemon,
         Case::Nft,
     ];
+    fn slug(self) -> &'static str {
+        match self {
+            Case::None => "none",
+            Case::FlowsOff => "off",
+            Case::FlowsOn => "on",
+            Case::Daemon => "daemon",
+            Case::Nft => "nft",
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Case::None => "no programs",
@@ -94,75 +106,106 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
     );
     let listener = Listener::bind(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
     let bulk = BulkServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, 0, Duration::ZERO)?;
-    let cg = TestCgroup::new("bench-flows")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let us = us_prefixes(db)?;
     eprintln!("flows: {} US IPv4 prefixes for the nftables set", us.len());
 
+    // Every case is set up once, each on its own cgroup, so that the
+    // rounds can alternate between them quickly: a round is a few seconds,
+    // and what the machine does over a run (it drifts by 20% here) falls
+    // on every case alike. The programs only run for their own cgroup's
+    // sockets; the nftables chain is hooked in only for its case's turn,
+    // so no other case pays its lookup.
+    let cgroup = |case: Case| TestCgroup::new(&format!("bench-flows-{}", case.slug()));
+    let cgs: Vec<(Case, TestCgroup)> = Case::ALL
+        .iter()
+        .map(|&c| Ok((c, cgroup(c)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let cg = |case: Case| {
+        &cgs.iter()
+            .find(|(c, _)| *c == case)
+            .expect("a cgroup per case")
+            .1
+    };
+    let off = Programs::attach(&loopback_monitor(false), cg(Case::FlowsOff), &runtime)?;
+    let on = Programs::attach(&loopback_monitor(true), cg(Case::FlowsOn), &runtime)?;
+    let daemon = Daemon::start(&loopback_monitor(true), cg(Case::Daemon))?;
+    let daemon_pid = daemon.pid().context("the daemon's pid")?.as_raw();
+    let started = std::time::Instant::now();
+    let nft = NftSet::load(cg(Case::Nft), &us)?;
+    let nft_load = started.elapsed().as_secs_f64();
+
+    let measure = |case: Case| -> anyhow::Result<Round> {
+        let cg = cg(case);
+        let hooked = if case == Case::Nft {
+            Some(nft.hook()?)
+        } else {
+            None
+        };
+        // The daemon writes a storm's records after it: the next storm,
+        // and the next case's turn, begin once it is idle again, so that
+        // each storm pays for its own records only.
+        let settle = || {
+            if case == Case::Daemon {
+                quiet(daemon_pid)
+            } else {
+                Ok(())
+            }
+        };
+        let tcp = storm(cg, Op::Tcp(listener.tcp), args.connects)?;
+        settle()?;
+        let udp = storm(cg, Op::Udp(listener.udp), args.sends)?;
+        settle()?;
+        let bulk = bulk_rate(cg, bulk.addr, args.bulk_mib)?;
+        settle()?;
+        drop(hooked);
+        Ok(Round { tcp, udp, bulk })
+    };
     // Warm-up: fault in the client, the listeners and the socket paths.
-    storm(&cg, Op::Tcp(listener.tcp), args.connects / 10)?;
-    storm(&cg, Op::Udp(listener.udp), args.sends / 10)?;
-    bulk_rate(&cg, bulk.addr, args.bulk_mib)?;
+    for case in Case::ALL {
+        let cg = cg(case);
+        storm(cg, Op::Tcp(listener.tcp), args.connects / 10)?;
+        storm(cg, Op::Udp(listener.udp), args.sends / 10)?;
+    }
+    quiet(daemon_pid)?;
 
     let mut rounds: Vec<(usize, Case, Round)> = Vec::new();
-    let mut kernel_time: Vec<(Case, KernelTime)> = Vec::new();
-    let mut nft_load = Vec::new();
     for round in 0..args.rounds {
         for i in 0..Case::ALL.len() {
             let case = Case::ALL[(i + round) % Case::ALL.len()];
             eprintln!("round {}/{}: {}", round + 1, args.rounds, case.name());
-            let measure = |cg: &TestCgroup| -> anyhow::Result<Round> {
-                Ok(Round {
-                    tcp: storm(cg, Op::Tcp(listener.tcp), args.connects)?,
-                    udp: storm(cg, Op::Udp(listener.udp), args.sends)?,
-                    bulk: bulk_rate(cg, bulk.addr, args.bulk_mib)?,
-                })
-            };
-            let r = match case {
-                Case::None => measure(&cg)?,
-                Case::FlowsOff | Case::FlowsOn => {
-                    let attached =
-                        Programs::attach(&loopback_monitor(case == Case::FlowsOn), &cg, &runtime)?;
-                    let r = measure(&cg)?;
-                    // Then, untimed, the programs' own run time per call.
-                    let per_call = KernelTime {
-                        connect: kernel_ns(|| {
-                            storm(&cg, Op::Tcp(listener.tcp), args.connects).map(|_| args.connects)
-                        })?,
-                        sendto: kernel_ns(|| {
-                            storm(&cg, Op::Udp(listener.udp), args.sends).map(|_| args.sends)
-                        })?,
-                    };
-                    kernel_time.push((case, per_call));
-                    drop(attached);
-                    r
-                }
-                Case::Daemon => {
-                    let daemon = Daemon::start(&loopback_monitor(true), &cg)?;
-                    let r = measure(&cg)?;
-                    daemon.stop()?;
-                    r
-                }
-                Case::Nft => {
-                    let started = std::time::Instant::now();
-                    let set = NftSet::load(&cg, &us)?;
-                    nft_load.push(started.elapsed().as_secs_f64());
-                    let r = measure(&cg)?;
-                    drop(set);
-                    r
-                }
-            };
-            rounds.push((round, case, r));
+            rounds.push((round, case, measure(case)?));
         }
     }
+    // Then, untimed, the programs' own run time per call: three storms
+    // each, with the kernel's statistics on (only the storm's cgroup runs
+    // programs meanwhile).
+    let mut kernel_time: Vec<(Case, KernelTime)> = Vec::new();
+    for _ in 0..3 {
+        for case in [Case::FlowsOff, Case::FlowsOn] {
+            let cg = cg(case);
+            let per_call = KernelTime {
+                connect: kernel_ns(|| {
+                    storm(cg, Op::Tcp(listener.tcp), args.connects).map(|_| args.connects)
+                })?,
+                sendto: kernel_ns(|| {
+                    storm(cg, Op::Udp(listener.udp), args.sends).map(|_| args.sends)
+                })?,
+            };
+            kernel_time.push((case, per_call));
+        }
+    }
+    drop(nft);
+    let _ = daemon.stop_finding(|_| false)?;
+    drop((off, on));
+    drop(cgs);
 
     let volume = [false, true]
         .into_iter()
         .map(|flows| evidence_volume(db, flows, args.datagrams))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    drop(cg);
 
-    let (mut body, met) = render(args, &rounds, us.len(), median(nft_load), &volume);
+    let (mut body, met) = render(args, &rounds, us.len(), nft_load, &volume);
     body.push_str(&render_kernel_time(&kernel_time));
     println!("{body}");
     if let Some(path) = write {
@@ -170,6 +213,34 @@ pub fn run(db: &Path, args: &Args, write: Option<PathBuf>) -> anyhow::Result<()>
         eprintln!("wrote the table to {}", path.display());
     }
     ensure!(met, "a target was missed; see the table");
+    Ok(())
+}
+
+/// Waits until the process has used no CPU for 300 ms (its clock ticks
+/// unchanged), at most a minute.
+fn quiet(pid: i32) -> anyhow::Result<()> {
+    let ticks = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // After the command name's closing parenthesis: state is field 3,
+        // utime and stime fields 14 and 15.
+        let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Ok(f.get(11).context("utime")?.parse::<u64>()?
+            + f.get(12).context("stime")?.parse::<u64>()?)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let mut last = ticks()?;
+    let mut still = 0;
+    while still < 3 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the daemon (pid {pid}) did not go idle within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let now = ticks()?;
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
     Ok(())
 }
 
@@ -245,8 +316,8 @@ fn render_kernel_time(samples: &[(Case, KernelTime)]) -> String {
     };
     let mut out = String::from(
         "\nThe programs' own run time per call, by the kernel's count (`kernel.bpf_stats_enabled`, \
-         on for an untimed storm after each timed one; it adds two clock reads to every program \
-         run, so these are upper bounds), median over rounds:\n\n\
+         on for three untimed storms of each after the timed rounds; it adds two clock reads to \
+         every program run, so these are upper bounds), median of the three:\n\n\
          | | per connect() | per sendto() (repeated destination) |\n|---|---:|---:|\n",
     );
     for case in [Case::FlowsOff, Case::FlowsOn] {
@@ -298,11 +369,17 @@ fn us_prefixes(db: &Path) -> anyhow::Result<Vec<String>> {
 /// bench touches: the rule names the bench's own child cgroup under it.
 const NFT_CGROUPV2_BASE: &str = "/sys/fs/cgroup";
 
-/// An nftables table with the country set and one rule, for the bench
-/// cgroup's packets only; deleted on drop.
+/// An nftables table with the country set, for the bench cgroup's
+/// packets only; deleted on drop. Its output chain is hooked in for the
+/// nftables case's turns only ([`NftSet::hook`]).
 struct NftSet {
     table: String,
+    /// The rule, as nft takes it.
+    rule: String,
 }
+
+/// The output chain of an [`NftSet`], hooked in while it lives.
+struct Hooked<'a>(&'a NftSet);
 
 impl NftSet {
     fn load(cg: &TestCgroup, prefixes: &[String]) -> anyhow::Result<Self> {
@@ -333,26 +410,55 @@ impl NftSet {
             "table inet {table} {{\n set us4 {{\n  type ipv4_addr\n  flags interval\n  elements = {{ "
         );
         script.push_str(&prefixes.join(", "));
-        let _ = write!(
-            script,
-            " }}\n }}\n chain out {{\n  type filter hook output priority 0; policy accept;\n  \
-             socket cgroupv2 level 1 \"{path}\" ip daddr @us4 drop\n }}\n}}\n"
-        );
-        let file = tempfile::NamedTempFile::new()?;
-        std::fs::write(file.path(), script)?;
-        let out = Command::new("nft")
-            .arg("-f")
-            .arg(file.path())
-            .stdin(Stdio::null())
-            .output()
-            .context("running nft (Debian package nftables)")?;
-        ensure!(
-            out.status.success(),
-            "nft -f: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(NftSet { table })
+        script.push_str(" }\n }\n}\n");
+        let set = NftSet {
+            rule: format!("socket cgroupv2 level 1 \"{path}\" ip daddr @us4 drop"),
+            table,
+        };
+        nft(&script)?;
+        // Hooked once here, so that the load time includes the rule.
+        drop(set.hook()?);
+        Ok(set)
     }
+
+    /// Hooks the output chain in: every packet of the host is looked at,
+    /// the bench cgroup's looked up in the set.
+    fn hook(&self) -> anyhow::Result<Hooked<'_>> {
+        let table = &self.table;
+        nft(&format!(
+            "add chain inet {table} out {{ type filter hook output priority 0; policy accept; }}\n\
+             add rule inet {table} out {}\n",
+            self.rule
+        ))?;
+        Ok(Hooked(self))
+    }
+}
+
+impl Drop for Hooked<'_> {
+    fn drop(&mut self) {
+        let table = &self.0.table;
+        let _ = nft(&format!(
+            "flush chain inet {table} out\ndelete chain inet {table} out\n"
+        ));
+    }
+}
+
+/// Runs an nft script.
+fn nft(script: &str) -> anyhow::Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), script)?;
+    let out = Command::new("nft")
+        .arg("-f")
+        .arg(file.path())
+        .stdin(Stdio::null())
+        .output()
+        .context("running nft (Debian package nftables)")?;
+    ensure!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 impl Drop for NftSet {
@@ -526,8 +632,9 @@ fn render(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Measured {} by `cargo xtask bench flows` on this {cpus}-CPU VM: {} rounds, cases \
-         interleaved; per case and round {} loopback TCP connects, {} UDP sends to one \
+        "Measured {} by `cargo xtask bench flows` on this {cpus}-CPU VM: {} rounds, each case \
+         set up once on its own cgroup and the rounds alternating between them (in the daemon's \
+         turn, each storm begins once it is idle again); per case and round {} loopback TCP connects, {} UDP sends to one \
          destination (one socket: repeats), and 5 bulk TCP transfers of {} MiB. p50/p99 per call, \
          median over rounds; \"vs none\" compares with the same round's no-programs case (median \
          over rounds). The nftables case is an interval set of the database's {us_prefixes} US \
