@@ -64,8 +64,9 @@ static FLOW_REPORT_NS: u64 = 60_000_000_000;
 #[map]
 static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(FLOW_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// Where a connected socket's new flow is made before it goes into
-/// `FLOWS` (too large for the stack beside a decision's frame).
+/// What a connected socket's `FLOWS` entry is made from (then filled in
+/// place): a value's worth of map memory, as the stack has no room for
+/// one beside a decision's frame. Its contents do not matter.
 #[map]
 static FLOW_NEW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
@@ -274,8 +275,8 @@ pub(crate) struct Kept {
     st: *mut FlowState,
     /// The flow's number on its socket.
     pub(crate) n: u32,
-    /// `Some(cookie)`: `st` is `FLOW_NEW`, to go into `FLOWS` under the
-    /// socket's cookie once filled.
+    /// `Some(cookie)`: `st` is `FLOW_NEW`, from which the socket's entry
+    /// in `FLOWS` is made.
     insert: Option<u64>,
 }
 
@@ -340,8 +341,6 @@ pub(crate) fn begin(
             return Begun::Untracked;
         };
         let n = dgram_count.wrapping_add(1);
-        // SAFETY: this CPU's scratch entry, checked for null by the map.
-        unsafe { (*st).count = n };
         return Begun::New(Kept {
             st,
             n,
@@ -401,29 +400,49 @@ fn max(a: u32, b: u32) -> u32 {
 /// the hash is full, the flow is not followed (counted).
 #[inline(always)]
 pub(crate) fn keep(kept: &Kept, decision: *const ConnectEvent) {
-    let st = kept.st;
+    let Some(cookie) = kept.insert else {
+        // SAFETY: `st` is the socket's datagram slot or its `FLOWS` entry
+        // (from `begin`), valid for the program's run.
+        start(unsafe { &mut *kept.st }, decision);
+        return;
+    };
+    // The entry is made from `FLOW_NEW` as it is, then filled in place:
+    // on a kernel that preempts, another call on this CPU may have used
+    // `FLOW_NEW` since `begin`, so only what is written to the entry
+    // itself is sure to be this flow's. No packet of the socket is
+    // counted before `connect()` returns.
+    // SAFETY: this CPU's `FLOW_NEW` entry, valid for the program's run.
+    let scratch = unsafe { &*kept.st };
+    if FLOWS
+        .insert(cookie, scratch, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        count(Stat::FlowsDropped);
+        return;
+    }
+    let Some(st) = connected(cookie) else {
+        count(Stat::FlowsDropped);
+        return;
+    };
+    start(st, decision);
+    st.count = kept.n;
+}
+
+/// A flow's state as it begins: the decision as reported, no totals yet.
+#[inline(always)]
+fn start(st: &mut FlowState, decision: *const ConnectEvent) {
     let now = coarse();
-    // SAFETY: `st` is the socket's storage, its `FLOWS` entry or this
-    // CPU's `FLOW_NEW` (from `begin`), and `decision` the ring entry just
-    // written; all are valid for the program's run.
-    unsafe {
-        (*st).decision = *decision;
-        (*st).totals = FlowTotals {
-            calls: 1,
-            ..FlowTotals::default()
-        };
-        (*st).reported = FlowTotals::default();
-        (*st).reported_ns = now;
-        (*st).decided_ns = now;
-        (*st).established_ns = 0;
-    }
-    if let Some(cookie) = kept.insert {
-        // SAFETY: as above.
-        let value = unsafe { &*st };
-        if FLOWS.insert(cookie, value, u64::from(BPF_NOEXIST)).is_err() {
-            count(Stat::FlowsDropped);
-        }
-    }
+    // SAFETY: `decision` is the ring entry just written, valid for the
+    // program's run.
+    st.decision = unsafe { *decision };
+    st.totals = FlowTotals {
+        calls: 1,
+        ..FlowTotals::default()
+    };
+    st.reported = FlowTotals::default();
+    st.reported_ns = now;
+    st.decided_ns = now;
+    st.established_ns = 0;
 }
 
 /// Reports a flow's totals. Only a report that reached the ring moves
