@@ -159,6 +159,9 @@ pub mod names {
     /// The socket's end (`cgroup/sock_release`), when flows are followed
     /// (their bytes are counted by [`SKB_EGRESS`] and [`SKB_INGRESS`]).
     pub const SOCK_RELEASE: &str = "residency_release";
+    /// A TCP connection's end (`sock_ops`: its state reaching
+    /// `TCP_CLOSE`), when flows are followed.
+    pub const TCP_STATE: &str = "residency_tcp";
 }
 
 /// Bytes of an `execve`'s arguments the kernel keeps (NUL-separated). Each
@@ -597,7 +600,8 @@ pub const PIN_ABI: u32 = {
         STAT_COUNT as usize,
     ];
     // 2: `FLOWS` became a hash by socket cookie (same value size).
-    let mut h: u32 = 2;
+    // 3: `FlowState::ends` (was padding).
+    let mut h: u32 = 3;
     let mut i = 0;
     while i < sizes.len() {
         #[expect(clippy::cast_possible_truncation, reason = "a hash: sizes are small")]
@@ -850,8 +854,16 @@ pub struct FlowState {
     /// Flows begun on this connected socket so far (the next one is
     /// numbered one more; unused in a datagram slot).
     pub count: u32,
-    pub _pad: u32,
+    /// [`FLOW_ENDS_ON_CLOSE`] once the TCP program follows the
+    /// connection's state: its flow ends when the connection does, not at
+    /// the socket's release.
+    pub ends: u32,
 }
+
+/// [`FlowState::ends`]: the flow ends when its TCP connection reaches
+/// `TCP_CLOSE` (after what the stack still sends once the application
+/// has closed the socket: queued data, the FIN).
+pub const FLOW_ENDS_ON_CLOSE: u32 = 1;
 
 /// Destinations an unconnected UDP socket's flows are kept for at once:
 /// a socket that sends to more at a time ends (reports) the flow it used

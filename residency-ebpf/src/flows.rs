@@ -26,7 +26,11 @@
 //!   `FLOW_REPORT_NS` has passed since the last report, so a connection
 //!   that lasts a week is seen while it lasts. They never drop a packet.
 //! - `residency_release` (`cgroup/sock_release`) reports the totals of
-//!   each of the socket's flows when the socket is closed.
+//!   each of the socket's flows when the socket is closed, except a TCP
+//!   connection's: the stack still sends after `close()` (data the
+//!   application queued, the FIN), so `residency_tcp` (`sock_ops`) asks
+//!   for the connection's state changes when it connects, and reports
+//!   its end when it reaches `TCP_CLOSE`.
 //!
 //! Reports carry cumulative totals and the totals of the previous report
 //! that reached the ring, so a lost update is carried by the next one.
@@ -34,7 +38,10 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+    },
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_pid_tgid,
@@ -43,14 +50,14 @@ use aya_ebpf::{
             bpf_sk_storage_get,
         },
     },
-    macros::{btf_map, cgroup_sock, map},
+    macros::{btf_map, cgroup_sock, map, sock_ops},
     maps::{HashMap, PerCpuArray},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use residency_common::{
     AF_INET, AF_INET6, ConnectEvent, DGRAM_SLOTS, DgramFlows, EventHeader, EventKind,
-    FLOW_CAPACITY, FLOW_END, FLOW_REDECIDE_NS, FLOW_SUPERSEDED, FLOW_UPDATE, FlowEvent, FlowState,
-    FlowTotals, Hook, IPPROTO_TCP, IPPROTO_UDP, Stat, Verdict,
+    FLOW_CAPACITY, FLOW_END, FLOW_ENDS_ON_CLOSE, FLOW_REDECIDE_NS, FLOW_SUPERSEDED, FLOW_UPDATE,
+    FlowEvent, FlowState, FlowTotals, Hook, IPPROTO_TCP, IPPROTO_UDP, Stat, Verdict,
 };
 
 use crate::{ALLOW, DENY, EVENTS, POLICY_ACTIVE, active_generation, count, names::submit};
@@ -74,6 +81,7 @@ static FLOW_NEW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 static DGRAMS: SkStorage<DgramFlows> = SkStorage::new();
 
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE: u32 = 7;
 
 #[inline(always)]
 fn enabled() -> bool {
@@ -443,6 +451,7 @@ fn start(st: &mut FlowState, decision: *const ConnectEvent) {
     st.reported_ns = now;
     st.decided_ns = now;
     st.established_ns = 0;
+    st.ends = 0;
 }
 
 /// Reports a flow's totals. Only a report that reached the ring moves
@@ -663,7 +672,9 @@ pub fn residency_release(ctx: SockContext) -> i32 {
 fn on_release(sk: *mut bpf_sock) {
     // SAFETY: `sk` is the program's context (the socket being released).
     let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
-    if let Some(st) = connected(cookie) {
+    if let Some(st) = connected(cookie)
+        && st.ends != FLOW_ENDS_ON_CLOSE
+    {
         if st.decision.flow != 0 {
             // SAFETY: a field of the program's context.
             let state = unsafe { (*sk).state };
@@ -688,5 +699,47 @@ fn on_release(sk: *mut bpf_sock) {
             dg.slots[i].decision.flow = 0;
         }
         i += 1;
+    }
+}
+
+/// A followed TCP connection's state, from its `connect()` to its end.
+/// On `connect()` (before the SYN) it asks for the connection's state
+/// changes and marks the flow to end with it; when the connection reaches
+/// `TCP_CLOSE` (after the FIN exchange, a reset, or a refused connect),
+/// it reports the flow's end and removes it. Every other callback returns
+/// at once.
+#[sock_ops]
+pub fn residency_tcp(ctx: SockOpsContext) -> u32 {
+    if enabled() {
+        on_tcp(&ctx);
+    }
+    1
+}
+
+#[inline(always)]
+fn on_tcp(ctx: &SockOpsContext) {
+    let op = ctx.op();
+    let closing = op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE;
+    if op != BPF_SOCK_OPS_TCP_CONNECT_CB && !closing {
+        return;
+    }
+    // SAFETY: a helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let Some(st) = connected(cookie) else {
+        return;
+    };
+    if closing {
+        if st.decision.flow != 0 {
+            #[expect(clippy::cast_possible_truncation, reason = "TCP_CLOSE is 7")]
+            report(st, FLOW_END, TCP_CLOSE as u8);
+            st.decision.flow = 0;
+        }
+        let _ = FLOWS.remove(cookie);
+        return;
+    }
+    #[expect(clippy::cast_possible_wrap, reason = "a few flag bits")]
+    let flags = (ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32;
+    if st.decision.flow != 0 && ctx.set_cb_flags(flags).is_ok() {
+        st.ends = FLOW_ENDS_ON_CLOSE;
     }
 }

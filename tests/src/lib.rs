@@ -643,6 +643,12 @@ pub enum Op {
         addr: SocketAddr,
         bytes: u64,
     },
+    /// Connect, send `bytes`, close at once (what is still queued goes out
+    /// after `close()`).
+    Send {
+        addr: SocketAddr,
+        bytes: u64,
+    },
 }
 
 impl std::fmt::Display for Op {
@@ -653,6 +659,7 @@ impl std::fmt::Display for Op {
             Op::Dns { name, server } => write!(f, "dns:{name}@{server}"),
             Op::DnsTcp { name, server, port } => write!(f, "dnstcp:{name}@{server}:{port}"),
             Op::Bulk { addr, bytes } => write!(f, "bulk:{bytes}@{addr}"),
+            Op::Send { addr, bytes } => write!(f, "send:{bytes}@{addr}"),
         }
     }
 }
@@ -706,7 +713,7 @@ pub fn run_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Val
 pub fn spawn_client(ops: &[Op], options: &ClientOptions<'_>) -> anyhow::Result<Child> {
     for op in ops {
         let a = match op {
-            Op::Tcp(a) | Op::Udp(a) | Op::Bulk { addr: a, .. } => a.ip(),
+            Op::Tcp(a) | Op::Udp(a) | Op::Bulk { addr: a, .. } | Op::Send { addr: a, .. } => a.ip(),
             Op::Dns { server, .. } | Op::DnsTcp { server, .. } => *server,
         };
         ensure!(
@@ -842,6 +849,26 @@ impl BulkServer {
     /// # Errors
     /// If binding fails.
     pub fn start(ip: IpAddr, reply: u64, chunks: u64, pause: Duration) -> anyhow::Result<Self> {
+        Self::serve(ip, Duration::ZERO, reply, chunks, pause)
+    }
+
+    /// A server that begins reading each connection only `delay` after
+    /// accepting it, and answers nothing: a client's data waits in the
+    /// kernel's buffers meanwhile.
+    ///
+    /// # Errors
+    /// If binding fails.
+    pub fn late_reader(ip: IpAddr, delay: Duration) -> anyhow::Result<Self> {
+        Self::serve(ip, delay, 0, 0, Duration::ZERO)
+    }
+
+    fn serve(
+        ip: IpAddr,
+        delay: Duration,
+        reply: u64,
+        chunks: u64,
+        pause: Duration,
+    ) -> anyhow::Result<Self> {
         use std::io::{Read as _, Write as _};
         ensure!(is_loopback(ip), "bulk servers stay on loopback");
         let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
@@ -853,6 +880,7 @@ impl BulkServer {
                 let Ok(mut s) = conn else { continue };
                 let got = got.clone();
                 thread::spawn(move || {
+                    thread::sleep(delay);
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut n = 0u64;
                     while let Ok(k) = s.read(&mut buf) {

@@ -4,7 +4,8 @@
 //! - A TCP connection's totals records (`flow-update` while it moves
 //!   bytes, `flow-end` when it closes) carry the decision's flow id, the
 //!   bytes and packets each way, and when it was established; their bytes
-//!   match what the client and server moved, within the IP and TCP headers.
+//!   match what the client and server moved, within the IP and TCP headers,
+//!   including what the stack sent after the application closed.
 //! - Repeated datagrams to one destination are one decision record and a
 //!   count; a blocked destination is refused on every datagram; a socket
 //!   keeps a flow per destination (up to 16), and ends the one it used
@@ -205,7 +206,39 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
 
     api_adds_up(&s.daemon, &id, out, back)?;
     refused_is_not_established(&s)?;
+    sent_after_close_is_counted(&s)?;
     verify_after_stop(s)
+}
+
+/// A client that writes 30 MB and closes at once, to a server that reads
+/// only a second later: part of the data leaves after `close()` (the
+/// socket is released first), and the flow's end still counts it all.
+fn sent_after_close_is_counted(s: &Setup) -> anyhow::Result<()> {
+    let server = BulkServer::late_reader(IpAddr::V4(DE), Duration::from_secs(1))?;
+    let sent: u64 = 30_000_000;
+    let report = run_client(
+        &[Op::Send {
+            addr: server.addr,
+            bytes: sent,
+        }],
+        &ClientOptions {
+            cgroup_dir: Some(&s.llm),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(report["ops"][0]["ok"], 1, "{report}");
+    let end = s.daemon.wait_for(Duration::from_secs(15), |r| {
+        action(r) == "flow-end" && r["destination"]["port"] == server.addr.port()
+    })?;
+    let got = server.received.lock().expect("the server's counts").clone();
+    assert_eq!(got, [sent], "the server read it all");
+    let out = u(&end["source"]["bytes"]);
+    assert!(
+        within_headers(out, sent),
+        "sent {sent} then closed, counted {out}: {end}"
+    );
+    assert_eq!(end["residency"]["flow"]["tcp_state"], "close", "{end}");
+    Ok(())
 }
 
 /// A `connect()` the destination refuses: its flow ends never established.

@@ -233,10 +233,9 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
         .map(|p| p.instance.clone())
         .unwrap_or_default();
     if let Some(progs) = bpftool_attached(&cg)? {
-        // With name tracking (on by default), the DNS-answer and TLS
-        // programs too, and with flows followed (also on by default) the
-        // byte counters out and in and the socket-release program; none
-        // of them is on the cgroup2 root.
+        // With name tracking or flows followed (both on by default), one
+        // packet program per direction, and with flows the socket-release
+        // and TCP-state programs; none of them is on the cgroup2 root.
         let mut kinds: Vec<&str> = progs
             .iter()
             .map(|p| p.split(':').next().unwrap_or(""))
@@ -248,10 +247,9 @@ fn denied_prefixes_fail_with_eperm_and_are_reported_blocked() -> anyhow::Result<
                 "cgroup_inet4_connect",
                 "cgroup_inet6_connect",
                 "cgroup_inet_egress",
-                "cgroup_inet_egress",
-                "cgroup_inet_ingress",
                 "cgroup_inet_ingress",
                 "cgroup_inet_sock_release",
+                "cgroup_sock_ops",
                 "cgroup_udp4_sendmsg",
                 "cgroup_udp6_sendmsg"
             ],

@@ -87,7 +87,8 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
             kinds.sort_unstable();
             // One packet program per direction, where a part of it is on:
             // in, DNS answers (names) and bytes (flows); out, TLS hellos
-            // (server names) and bytes. The socket's end comes with flows.
+            // (server names) and bytes. The socket's end and the TCP
+            // connection's come with flows.
             let mut want = vec![
                 "cgroup_inet4_connect",
                 "cgroup_inet6_connect",
@@ -106,7 +107,7 @@ fn every_program_variant_passes_the_verifier() -> anyhow::Result<()> {
                 want.push("cgroup_inet_egress");
             }
             if flows {
-                want.push("cgroup_inet_sock_release");
+                want.extend(["cgroup_inet_sock_release", "cgroup_sock_ops"]);
             }
             want.sort_unstable();
             assert_eq!(kinds, want, "{name}: {progs:?}");
@@ -161,6 +162,7 @@ fn monitor_mode_programs_have_no_deny_path() -> anyhow::Result<()> {
             !hook.starts_with("cgroup_inet_ingress")
                 && !hook.starts_with("cgroup_inet_egress")
                 && !hook.starts_with("cgroup_inet_sock_release")
+                && !hook.starts_with("cgroup_sock_ops")
         });
         drop(k);
         sizes.push(s);

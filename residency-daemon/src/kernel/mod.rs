@@ -31,7 +31,7 @@ use aya::{
     maps::{MapData, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
-        TracePoint,
+        SockOps, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -865,8 +865,10 @@ fn attach_skb(
     Ok(())
 }
 
-/// The flows' end program (`residency-ebpf/src/flows.rs`; their bytes
-/// are counted by the packet programs). It never refuses a close.
+/// The flows' end programs (`residency-ebpf/src/flows.rs`; their bytes
+/// are counted by the packet programs): the socket's release, and a TCP
+/// connection's state (its end at `TCP_CLOSE`, after what the stack sends
+/// once the application has closed it). They never refuse a close.
 fn attach_flow_programs(
     ebpf: &mut Ebpf,
     cgroup: &File,
@@ -877,6 +879,16 @@ fn attach_flow_programs(
 ) -> Result<(), KernelError> {
     let name = names::SOCK_RELEASE;
     let program: &mut CgroupSock = find_program(ebpf, name)?;
+    let fd = load_and_lend!(program, name);
+    let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
+        let id = program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+        fd_link!(program, id, name)
+    })?;
+    held.keep(name, outcome);
+    let name = names::TCP_STATE;
+    let program: &mut SockOps = find_program(ebpf, name)?;
     let fd = load_and_lend!(program, name);
     let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
         let id = program

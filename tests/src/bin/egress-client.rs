@@ -60,6 +60,8 @@ struct Args {
     /// so that every pass asks for another name. bulk:BYTES@ADDR:PORT
     /// connects, sends BYTES, closes its sending side and reads until the
     /// server closes (timed as a whole; `received` counts what came back).
+    /// send:BYTES@ADDR:PORT connects, sends BYTES and closes the socket at
+    /// once: what the kernel has not sent yet goes out after `close()`.
     #[arg(required = true)]
     ops: Vec<String>,
 }
@@ -67,6 +69,7 @@ struct Args {
 enum Op {
     Tcp(SocketAddr),
     Bulk(SocketAddr, u64),
+    Send(SocketAddr, u64),
     Udp(SocketAddr),
     Dns {
         name: String,
@@ -145,6 +148,11 @@ fn main() -> anyhow::Result<()> {
                         ns,
                     )
                 }
+                Op::Send(addr, bytes) => {
+                    let t = Instant::now();
+                    let r = send_and_close(*addr, *bytes);
+                    (r, elapsed_ns(t))
+                }
                 _ => sockets.run(op, pass)?,
             };
             match result {
@@ -197,7 +205,7 @@ impl Sockets {
     fn run(&mut self, op: &Op, pass: u64) -> anyhow::Result<(Result<(), Errno>, u64)> {
         Ok(match op {
             Op::Tcp(addr) => tcp_connect(*addr)?,
-            Op::Bulk(..) => unreachable!("run by main"),
+            Op::Bulk(..) | Op::Send(..) => unreachable!("run by main"),
             Op::Udp(addr) => {
                 let fd = if addr.is_ipv4() {
                     &self.udp4
@@ -321,6 +329,22 @@ fn resolve(
     }
 }
 
+/// `bytes` out, then `close()` at once, without waiting for them to leave.
+fn send_and_close(addr: SocketAddr, bytes: u64) -> Result<(), Errno> {
+    use std::io::Write as _;
+    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
+    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        s.write_all(&chunk[..n]).map_err(io)?;
+        left -= n as u64;
+    }
+    drop(s);
+    Ok(())
+}
+
 /// A bulk transfer: `bytes` out, then whatever the server sends back
 /// until it closes. The bytes read back, or the error.
 fn bulk(addr: SocketAddr, bytes: u64) -> Result<u64, Errno> {
@@ -346,7 +370,8 @@ fn bulk(addr: SocketAddr, bytes: u64) -> Result<u64, Errno> {
 }
 
 fn parse_op(s: &str) -> anyhow::Result<Op> {
-    if let Some(rest) = s.strip_prefix("bulk:") {
+    let send = s.starts_with("send:");
+    if let Some(rest) = s.strip_prefix("bulk:").or_else(|| s.strip_prefix("send:")) {
         let (bytes, addr) = rest
             .split_once('@')
             .context("expected bulk:BYTES@ADDR:PORT")?;
@@ -358,7 +383,11 @@ fn parse_op(s: &str) -> anyhow::Result<Op> {
             residency_tests::is_loopback(addr.ip()),
             "{s}: bulk transfers go to loopback only"
         );
-        return Ok(Op::Bulk(addr, bytes));
+        return Ok(if send {
+            Op::Send(addr, bytes)
+        } else {
+            Op::Bulk(addr, bytes)
+        });
     }
     if let Some(rest) = s.strip_prefix("dns:").or_else(|| s.strip_prefix("dnstcp:")) {
         let (name, at) = rest.split_once('@').context("expected NAME@SERVER")?;
