@@ -855,8 +855,8 @@ pub struct FlowState {
     /// numbered one more; unused in a datagram slot).
     pub count: u32,
     /// [`FLOW_ENDS_ON_CLOSE`] once the TCP program follows the
-    /// connection's state: its flow ends when the connection does, not at
-    /// the socket's release.
+    /// connection's state (from its establishment): its flow ends when
+    /// the connection does, not at the socket's release.
     pub ends: u32,
 }
 

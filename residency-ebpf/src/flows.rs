@@ -29,8 +29,8 @@
 //!   each of the socket's flows when the socket is closed, except a TCP
 //!   connection's: the stack still sends after `close()` (data the
 //!   application queued, the FIN), so `residency_tcp` (`sock_ops`) asks
-//!   for the connection's state changes when it connects, and reports
-//!   its end when it reaches `TCP_CLOSE`.
+//!   for the connection's state changes once it is established, and
+//!   reports its end when it reaches `TCP_CLOSE`.
 //!
 //! Reports carry cumulative totals and the totals of the previous report
 //! that reached the ring, so a lost update is carried by the next one.
@@ -39,8 +39,8 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock,
     },
     btf_maps::SkStorage,
     helpers::{
@@ -702,12 +702,14 @@ fn on_release(sk: *mut bpf_sock) {
     }
 }
 
-/// A followed TCP connection's state, from its `connect()` to its end.
-/// On `connect()` (before the SYN) it asks for the connection's state
-/// changes and marks the flow to end with it; when the connection reaches
-/// `TCP_CLOSE` (after the FIN exchange, a reset, or a refused connect),
-/// it reports the flow's end and removes it. Every other callback returns
-/// at once.
+/// A followed TCP connection's state, from its establishment to its end.
+/// Once established it asks for the connection's state changes and marks
+/// the flow to end with it; when the connection reaches `TCP_CLOSE`
+/// (after the FIN exchange, or a reset), it reports the flow's end and
+/// removes it. A connect that never established (refused) sent nothing
+/// after its release, which ends it. Every other callback returns at
+/// once; asking only once established spares the state change to
+/// `ESTABLISHED`, inside `connect()`, a program run.
 #[sock_ops]
 pub fn residency_tcp(ctx: SockOpsContext) -> u32 {
     if enabled() {
@@ -720,7 +722,7 @@ pub fn residency_tcp(ctx: SockOpsContext) -> u32 {
 fn on_tcp(ctx: &SockOpsContext) {
     let op = ctx.op();
     let closing = op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE;
-    if op != BPF_SOCK_OPS_TCP_CONNECT_CB && !closing {
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && !closing {
         return;
     }
     // SAFETY: a helper call on the program's own context.
