@@ -79,6 +79,17 @@ fn setup_with(name: &str, kernel: &str) -> anyhow::Result<Setup> {
     })
 }
 
+/// Runs `op` once from the test cgroup's `llm` child: the client's report.
+fn from_llm(s: &Setup, op: Op) -> anyhow::Result<Value> {
+    run_client(
+        &[op],
+        &ClientOptions {
+            cgroup_dir: Some(&s.llm),
+            ..Default::default()
+        },
+    )
+}
+
 /// Stops the daemon, then `residency evidence verify` must pass on its
 /// store: it adds the bytes up again from the records.
 fn verify_after_stop(s: Setup) -> anyhow::Result<()> {
@@ -115,14 +126,11 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
     // connection lasts about 2 s and is reported while it lasts.
     let server = BulkServer::start(IpAddr::V4(DE), 400_000, 4, Duration::from_millis(700))?;
     let sent: u64 = 3_000_000;
-    let report = run_client(
-        &[Op::Bulk {
+    let report = from_llm(
+        &s,
+        Op::Bulk {
             addr: server.addr,
             bytes: sent,
-        }],
-        &ClientOptions {
-            cgroup_dir: Some(&s.llm),
-            ..Default::default()
         },
     )?;
     let op = &report["ops"][0];
@@ -216,14 +224,11 @@ fn a_tcp_connection_is_totalled_while_it_lasts_and_at_its_end() -> anyhow::Resul
 fn sent_after_close_is_counted(s: &Setup) -> anyhow::Result<()> {
     let server = BulkServer::late_reader(IpAddr::V4(DE), Duration::from_secs(1))?;
     let sent: u64 = 30_000_000;
-    let report = run_client(
-        &[Op::Send {
+    let report = from_llm(
+        s,
+        Op::Send {
             addr: server.addr,
             bytes: sent,
-        }],
-        &ClientOptions {
-            cgroup_dir: Some(&s.llm),
-            ..Default::default()
         },
     )?;
     assert_eq!(report["ops"][0]["ok"], 1, "{report}");

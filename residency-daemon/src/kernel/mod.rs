@@ -877,26 +877,24 @@ fn attach_flow_programs(
     reuse: bool,
     held: &mut Held,
 ) -> Result<(), KernelError> {
-    let name = names::SOCK_RELEASE;
-    let program: &mut CgroupSock = find_program(ebpf, name)?;
-    let fd = load_and_lend!(program, name);
-    let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
-        let id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-        fd_link!(program, id, name)
-    })?;
-    held.keep(name, outcome);
-    let name = names::TCP_STATE;
-    let program: &mut SockOps = find_program(ebpf, name)?;
-    let fd = load_and_lend!(program, name);
-    let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
-        let id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(|e| KernelError::from_program(name, "attaching", e))?;
-        fd_link!(program, id, name)
-    })?;
-    held.keep(name, outcome);
+    // Two program types with the same attach call: a macro, not a
+    // generic function (aya has no trait for it).
+    macro_rules! attach {
+        ($kind:ty, $name:expr) => {{
+            let name = $name;
+            let program: &mut $kind = find_program(ebpf, name)?;
+            let fd = load_and_lend!(program, name);
+            let outcome = pins::install_link(&pins.link_path(name), fd, reuse, || {
+                let id = program
+                    .attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| KernelError::from_program(name, "attaching", e))?;
+                fd_link!(program, id, name)
+            })?;
+            held.keep(name, outcome);
+        }};
+    }
+    attach!(CgroupSock, names::SOCK_RELEASE);
+    attach!(SockOps, names::TCP_STATE);
     debug!(cgroup = %target.path.display(), "flow programs in force");
     Ok(())
 }

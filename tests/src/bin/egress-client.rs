@@ -329,10 +329,17 @@ fn resolve(
     }
 }
 
-/// `bytes` out, then `close()` at once, without waiting for them to leave.
-fn send_and_close(addr: SocketAddr, bytes: u64) -> Result<(), Errno> {
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "for `map_err`, which hands the error over"
+)]
+fn io(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(0))
+}
+
+/// Connects to `addr` and writes `bytes` (as the socket takes them).
+fn connect_and_write(addr: SocketAddr, bytes: u64) -> Result<std::net::TcpStream, Errno> {
     use std::io::Write as _;
-    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
     let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
     let chunk = vec![0x5au8; 64 * 1024];
     let mut left = bytes;
@@ -341,23 +348,20 @@ fn send_and_close(addr: SocketAddr, bytes: u64) -> Result<(), Errno> {
         s.write_all(&chunk[..n]).map_err(io)?;
         left -= n as u64;
     }
-    drop(s);
+    Ok(s)
+}
+
+/// `bytes` out, then `close()` at once, without waiting for them to leave.
+fn send_and_close(addr: SocketAddr, bytes: u64) -> Result<(), Errno> {
+    drop(connect_and_write(addr, bytes)?);
     Ok(())
 }
 
 /// A bulk transfer: `bytes` out, then whatever the server sends back
 /// until it closes. The bytes read back, or the error.
 fn bulk(addr: SocketAddr, bytes: u64) -> Result<u64, Errno> {
-    use std::io::{Read as _, Write as _};
-    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
-    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
-    let chunk = vec![0x5au8; 64 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
-        s.write_all(&chunk[..n]).map_err(io)?;
-        left -= n as u64;
-    }
+    use std::io::Read as _;
+    let mut s = connect_and_write(addr, bytes)?;
     s.shutdown(std::net::Shutdown::Write).map_err(io)?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0u64;
