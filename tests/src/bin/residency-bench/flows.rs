@@ -391,12 +391,6 @@ fn us_prefixes(db: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Where nftables resolves a `socket cgroupv2` path: its compiled-in
-/// `SYSFS_CGROUPSV2_PATH`, whatever the host mounts there (on these
-/// machines the cgroup2 mount is its `unified` child). Not a cgroup this
-/// bench touches: the rule names the bench's own child cgroup under it.
-const NFT_CGROUPV2_BASE: &str = "/sys/fs/cgroup";
-
 /// An nftables table with the country set, for the bench cgroup's
 /// packets only; deleted on drop. Its output chain is hooked in for the
 /// nftables case's turns only ([`NftSet::hook`]).
@@ -411,28 +405,26 @@ struct Hooked<'a>(&'a NftSet);
 
 impl NftSet {
     fn load(cg: &TestCgroup, prefixes: &[String]) -> anyhow::Result<Self> {
-        // nft names a cgroup by a path under its own base and its level in
-        // the cgroup2 tree: the bench's child cgroup (level 1), checked by
-        // inode to be that cgroup and nothing above it.
-        let path = cg
+        // nft names a cgroup by its level in the cgroup2 tree and a path
+        // relative to a base compiled into nft. The path climbs from that
+        // base to `/` (`..` stops there) and names the bench's own cgroup
+        // from there, so the base need not be known; its level comes from
+        // the cgroup2 mount, and is never 0 (the root).
+        let mount = residency_tests::cgroup2_mount()?;
+        let level = cg
             .path
-            .strip_prefix(NFT_CGROUPV2_BASE)
+            .strip_prefix(&mount)
             .with_context(|| {
                 format!(
-                    "{} is not under {NFT_CGROUPV2_BASE}, where nft looks for cgroups",
-                    cg.path.display()
+                    "{} is not under the cgroup2 mount {}",
+                    cg.path.display(),
+                    mount.display()
                 )
             })?
-            .to_string_lossy()
-            .into_owned();
-        {
-            use std::os::unix::fs::MetadataExt as _;
-            let named = std::fs::metadata(Path::new(NFT_CGROUPV2_BASE).join(&path))?.ino();
-            ensure!(
-                !path.is_empty() && named == cg.id()?,
-                "the nft rule would not name the bench's own cgroup ({path})"
-            );
-        }
+            .components()
+            .count();
+        ensure!(level > 0, "the nft rule would name the cgroup2 root");
+        let path = format!("{}{}", "../".repeat(16), cg.path.display());
         let table = format!("residency_bench_{}", std::process::id());
         let mut script = format!(
             "table inet {table} {{\n set us4 {{\n  type ipv4_addr\n  flags interval\n  elements = {{ "
@@ -440,7 +432,7 @@ impl NftSet {
         script.push_str(&prefixes.join(", "));
         script.push_str(" }\n }\n}\n");
         let set = NftSet {
-            rule: format!("socket cgroupv2 level 1 \"{path}\" ip daddr @us4 drop"),
+            rule: format!("socket cgroupv2 level {level} \"{path}\" ip daddr @us4 drop"),
             table,
         };
         nft(&script)?;
