@@ -5,7 +5,7 @@
 //! connection, a connected UDP socket, or an unconnected UDP socket's
 //! datagrams to one destination. A connected socket's flow is in `FLOWS`,
 //! a hash by socket cookie whose entries are allocated as used and
-//! removed at the socket's release: making socket storage in `connect()`
+//! removed when the flow ends: making socket storage in `connect()`
 //! cost 1.2-1.5 µs per call here (a memory-cgroup-charged allocation),
 //! an entry of this hash a fraction of that. An unconnected UDP socket's
 //! flows are in `DGRAMS`, socket storage (made once, on its first
@@ -21,10 +21,11 @@
 //!   last full decision, is decided from the storage and counted, with no
 //!   record. A blocked destination stays blocked: the stored verdict is
 //!   returned on every datagram.
-//! - `count_packet`, in `residency_egress` / `residency_ingress` (`cgroup_skb`, see `packets`), adds each
-//!   packet of a flow's socket to its totals, and report the totals when
-//!   `FLOW_REPORT_NS` has passed since the last report, so a connection
-//!   that lasts a week is seen while it lasts. They never drop a packet.
+//! - `count_packet`, in `residency_egress` and `residency_ingress`
+//!   (`cgroup_skb`, see `packets`), adds each packet of a flow's socket to
+//!   its totals, and reports the totals when `FLOW_REPORT_NS` has passed
+//!   since the last report, so a connection that lasts a week is seen
+//!   while it lasts. It never drops a packet.
 //! - `residency_release` (`cgroup/sock_release`) reports the totals of
 //!   each of the socket's flows when the socket is closed, except a TCP
 //!   connection's: the stack still sends after `close()` (data the
