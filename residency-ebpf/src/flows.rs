@@ -545,52 +545,59 @@ fn on_packet(ctx: &SkBuffContext, out: bool) {
 /// A UDP packet's peer: its destination going out, its source coming in
 /// (family, address as flows keep it, port). `None` for anything else.
 /// Read from the linear area with direct packet access (no helper calls),
-/// else with `bpf_skb_load_bytes`.
+/// else with `bpf_skb_load_bytes`. Only the bytes read are asked of the
+/// linear area (an IPv4 datagram of one byte is 29 bytes long), so small
+/// datagrams (statsd lines, DNS queries) take the fast path too.
 #[inline(always)]
 fn udp_peer(ctx: &SkBuffContext, out: bool) -> Option<(u8, [u8; 16], u16)> {
     let skb = ctx.skb.skb;
     // SAFETY: reads of the program's own context.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    // Every UDP packet over IPv4 is at least 28 bytes (over IPv6, 48).
+    if start + 24 > end {
+        return peer(ctx, out);
+    }
+    let p = start as *const u8;
     let mut addr = [0u8; 16];
-    if start + 48 <= end {
-        let p = start as *const u8;
-        // SAFETY: every read below is within the 48 bytes checked above.
-        unsafe {
-            let b0 = *p;
-            let (family, l4, proto) = match b0 >> 4 {
-                4 => (AF_INET, usize::from(b0 & 0xf) * 4, *p.add(9)),
-                6 => (AF_INET6, 40, *p.add(6)),
-                _ => return None,
-            };
-            if proto != IPPROTO_UDP {
-                return None;
-            }
-            if family == AF_INET {
-                if !(20..=40).contains(&l4) || start + l4 + 4 > end {
-                    return peer(ctx, out);
+    // SAFETY: each read below is within [start, end), checked before it.
+    unsafe {
+        match *p {
+            // IPv4 without options (20-byte header), then the ports.
+            0x45 => {
+                if *p.add(9) != IPPROTO_UDP {
+                    return None;
                 }
                 let a = if out { 16 } else { 12 };
                 addr[0] = *p.add(a);
                 addr[1] = *p.add(a + 1);
                 addr[2] = *p.add(a + 2);
                 addr[3] = *p.add(a + 3);
-            } else {
+                let port = if out { 22 } else { 20 };
+                let port = u16::from_be_bytes([*p.add(port), *p.add(port + 1)]);
+                Some((AF_INET, addr, port))
+            }
+            b0 if b0 >> 4 == 6 => {
+                if start + 44 > end {
+                    return peer(ctx, out);
+                }
+                if *p.add(6) != IPPROTO_UDP {
+                    return None;
+                }
                 let a = if out { 24 } else { 8 };
                 let mut i = 0;
                 while i < 16 {
                     addr[i] = *p.add(a + i);
                     i += 1;
                 }
+                let port = if out { 42 } else { 40 };
+                let port = u16::from_be_bytes([*p.add(port), *p.add(port + 1)]);
+                Some((AF_INET6, addr, port))
             }
-            let port = if out { l4 + 2 } else { l4 };
-            if start + port + 2 > end {
-                return peer(ctx, out);
-            }
-            let port = u16::from_be_bytes([*p.add(port), *p.add(port + 1)]);
-            return Some((family, addr, port));
+            // IPv4 with options: rare; the helper reads them.
+            b0 if b0 >> 4 == 4 => peer(ctx, out),
+            _ => None,
         }
     }
-    peer(ctx, out)
 }
 
 /// [`udp_peer`] through `bpf_skb_load_bytes`, for headers outside the

@@ -576,7 +576,9 @@ fn tcp_payload_fast(ctx: &SkBuffContext) -> Option<usize> {
     let skb = ctx.skb.skb;
     // SAFETY: reads of the program's own context.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    if start + 40 > end {
+    // The protocol first, from the first 10 bytes: a datagram shorter than
+    // a TCP header (a one-byte one is 29 bytes) is passed over here too.
+    if start + 10 > end {
         return None;
     }
     let p = start as *const u8;
@@ -584,22 +586,28 @@ fn tcp_payload_fast(ctx: &SkBuffContext) -> Option<usize> {
     // just before it.
     unsafe {
         let b0 = *p;
-        let (l4, total, proto) = match b0 >> 4 {
-            4 => (
-                usize::from(b0 & 0xf) * 4,
-                usize::from(u16::from_be_bytes([*p.add(2), *p.add(3)])),
-                *p.add(9),
-            ),
-            6 => (
-                40,
-                40 + usize::from(u16::from_be_bytes([*p.add(4), *p.add(5)])),
-                *p.add(6),
-            ),
+        let proto = match b0 >> 4 {
+            4 => *p.add(9),
+            6 => *p.add(6),
             _ => return None,
         };
         if proto != IPPROTO_TCP {
             return Some(0);
         }
+        if start + 40 > end {
+            return None;
+        }
+        let (l4, total) = if b0 >> 4 == 4 {
+            (
+                usize::from(b0 & 0xf) * 4,
+                usize::from(u16::from_be_bytes([*p.add(2), *p.add(3)])),
+            )
+        } else {
+            (
+                40,
+                40 + usize::from(u16::from_be_bytes([*p.add(4), *p.add(5)])),
+            )
+        };
         if l4 < 20 {
             return None;
         }
