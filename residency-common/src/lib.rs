@@ -984,14 +984,22 @@ pub struct ProcessEvent {
 pub const EXIT_GROUP_DEAD: u32 = 1;
 
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 136);
+// The kernel writes `name_state` with its padding as one u32, and `flow`
+// with `_pad2` as one u64.
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, name_state).is_multiple_of(4));
+const _: () = assert!(core::mem::offset_of!(ConnectEvent, flow).is_multiple_of(8));
 const _: () = assert!(core::mem::offset_of!(ConnectEvent, flow) == 128);
 const _: () = assert!(core::mem::size_of::<FlowTotals>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 136 + 80 + 32);
 const _: () = assert!(core::mem::size_of::<DgramFlows>() == DGRAM_SLOTS * 248 + 16);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 136 + 80 + 16);
+// The kernel writes `stage`, `tcp_state` and the padding as one word.
+const _: () = assert!(core::mem::offset_of!(FlowEvent, stage).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<PatternKey>() == 8 + PATTERN_BYTES);
 const _: () = assert!(core::mem::size_of::<NameClass>() == 40);
 const _: () = assert!(core::mem::size_of::<NameKey>() == 32);
+// The kernel writes `NameKey::addr` as two words.
+const _: () = assert!(core::mem::offset_of!(NameKey, addr).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<NameEntry>() == 40);
 const _: () = assert!(core::mem::size_of::<NameRuleKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TlsPending>() == 8);

@@ -58,10 +58,10 @@ use aya_ebpf::{
 use residency_common::{
     AF_INET, AF_INET6, ConnectEvent, DGRAM_SLOTS, DgramFlows, EventHeader, EventKind,
     FLOW_CAPACITY, FLOW_END, FLOW_ENDS_ON_CLOSE, FLOW_REDECIDE_NS, FLOW_SUPERSEDED, FLOW_UPDATE,
-    FlowEvent, FlowState, FlowTotals, Hook, IPPROTO_TCP, IPPROTO_UDP, Stat, Verdict,
+    FlowEvent, FlowState, Hook, IPPROTO_TCP, IPPROTO_UDP, Stat, Verdict,
 };
 
-use crate::{ALLOW, DENY, EVENTS, POLICY_ACTIVE, active_generation, count, names::submit};
+use crate::{ALLOW, DENY, EVENTS, POLICY_ACTIVE, active_generation, count, mem, names::submit};
 
 #[unsafe(no_mangle)]
 static FLOWS_ENABLED: u8 = 0;
@@ -441,14 +441,14 @@ pub(crate) fn keep(kept: &Kept, decision: *const ConnectEvent) {
 #[inline(always)]
 fn start(st: &mut FlowState, decision: *const ConnectEvent) {
     let now = coarse();
-    // SAFETY: `decision` is the ring entry just written, valid for the
-    // program's run.
-    st.decision = unsafe { *decision };
-    st.totals = FlowTotals {
-        calls: 1,
-        ..FlowTotals::default()
-    };
-    st.reported = FlowTotals::default();
+    // SAFETY: `decision` is the ring entry just written, `st` a map value
+    // or this CPU's scratch: both valid for the program's run.
+    unsafe {
+        mem::copy(&raw mut st.decision, decision);
+        mem::zero(&raw mut st.totals);
+        mem::zero(&raw mut st.reported);
+    }
+    st.totals.calls = 1;
     st.reported_ns = now;
     st.decided_ns = now;
     st.established_ns = 0;
@@ -464,10 +464,10 @@ fn report(st: &mut FlowState, stage: u8, tcp_state: u8) {
         count(Stat::FlowsDropped);
         return;
     };
-    let totals = st.totals;
     let e = entry.as_mut_ptr();
     // SAFETY: `e` is the reserved entry, written field by field (a whole
-    // event built on the stack would not fit beside the caller's frame).
+    // event built on the stack would not fit beside the caller's frame),
+    // and read back before it is submitted.
     unsafe {
         (*e).header = EventHeader {
             kind: EventKind::Flow as u32,
@@ -475,16 +475,20 @@ fn report(st: &mut FlowState, stage: u8, tcp_state: u8) {
             size: size_of::<FlowEvent>() as u32,
         };
         (*e).boot_ns = now();
-        (*e).decision = st.decision;
-        (*e).totals = totals;
-        (*e).previous = st.reported;
+        mem::copy(&raw mut (*e).decision, &raw const st.decision);
+        // One snapshot of totals other CPUs may be adding to: what is
+        // reported is what the next report calls previous.
+        mem::copy(&raw mut (*e).totals, &raw const st.totals);
+        mem::copy(&raw mut (*e).previous, &raw const st.reported);
+        mem::copy(&raw mut st.reported, &raw const (*e).totals);
         (*e).established_ns = st.established_ns;
-        (*e).stage = stage;
-        (*e).tcp_state = tcp_state;
-        (*e)._pad = [0; 6];
+        // `stage`, `tcp_state` and the padding: one word.
+        ptr::write_volatile(
+            (&raw mut (*e).stage).cast::<u64>(),
+            u64::from(stage) | (u64::from(tcp_state) << 8),
+        );
     }
     submit(entry);
-    st.reported = totals;
 }
 
 /// A socket's TCP state as reports carry it (0 for other sockets).

@@ -36,7 +36,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+            bpf_get_current_comm as bpf_get_current_comm_raw, bpf_get_socket_cookie,
             bpf_ktime_get_boot_ns,
         },
     },
@@ -47,6 +48,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 mod flows;
+mod mem;
 mod names;
 mod packets;
 mod process;
@@ -506,7 +508,12 @@ fn classify(
         ),
     };
     let policy = applied.policy;
-    let names = lookup_names(dest, applied);
+    let mut names = core::mem::MaybeUninit::<names::Names>::uninit();
+    // SAFETY: `lookup_names` writes every byte of it.
+    let names = unsafe {
+        lookup_names(names.as_mut_ptr(), dest, applied);
+        names.assume_init_ref()
+    };
     #[expect(
         clippy::cast_possible_truncation,
         reason = "the port sits in the low 16 bits"
@@ -515,7 +522,7 @@ fn classify(
     if port == 853 {
         return (
             special(DestKind::ResolverBypass, policy.bypass_action, 0),
-            facts(&names),
+            facts(names),
         );
     }
     if let Some(rule) = rule
@@ -523,7 +530,7 @@ fn classify(
     {
         return (
             from_rule(ctx, &rule, DestKind::Denied, policy),
-            facts(&names),
+            facts(names),
         );
     }
     // Rules that name hosts: a deny for any live name wins; an exception
@@ -542,7 +549,7 @@ fn classify(
                 Some(r) if r.kind == DestKind::Denied as u8 => {
                     let mut f = from_rule(ctx, &r, DestKind::Denied, policy);
                     f.flags = FLAG_BY_NAME;
-                    return (f, facts_for(&names, i));
+                    return (f, facts_for(names, i));
                 }
                 Some(r) => excepted = r,
                 None => all_excepted = false,
@@ -553,25 +560,25 @@ fn classify(
     if all_excepted && excepted.rule_id != 0 {
         let mut f = allowed_by(&excepted);
         f.flags = FLAG_BY_NAME;
-        return (f, facts(&names));
+        return (f, facts(names));
     }
     if let Some(exc) = exception {
-        return (allowed_by(&exc), facts(&names));
+        return (allowed_by(&exc), facts(names));
     }
     if let Some(rule) = rule {
         if rule.kind == DestKind::ResolverBypass as u8 {
             if port == 443 {
                 return (
                     special(DestKind::ResolverBypass, policy.bypass_action, rule.rule_id),
-                    facts(&names),
+                    facts(names),
                 );
             }
         } else {
             let kind = kind_of(rule.kind);
-            return (from_rule(ctx, &rule, kind, policy), facts(&names));
+            return (from_rule(ctx, &rule, kind, policy), facts(names));
         }
     }
-    by_name_or_geo(dest, slot, policy, &names)
+    by_name_or_geo(dest, slot, policy, names)
 }
 
 /// The catalog's judgement of the live names, or `GeoIP`'s. (No `Option`s
@@ -720,25 +727,47 @@ fn allowed_by(exc: &DestRule) -> Finding {
 }
 
 #[inline(always)]
-fn lookup_names(dest: &Dest, applied: &Applied<'_>) -> names::Names {
+fn lookup_names(out: *mut names::Names, dest: &Dest, applied: &Applied<'_>) {
     if !names::names_enabled() {
-        return names::Names {
-            state: NAME_OFF,
-            stamp: [0; 2],
-            pattern: [0; 2],
-            live: [false; 2],
-        };
+        // SAFETY: `out` is the caller's, valid for writes.
+        unsafe { names::Names::none(out, NAME_OFF) };
+        return;
     }
     // SAFETY: a helper call without pointer arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    let word = |a: &[u8; 16], i: usize| {
+        u64::from_ne_bytes([
+            a[i],
+            a[i + 1],
+            a[i + 2],
+            a[i + 3],
+            a[i + 4],
+            a[i + 5],
+            a[i + 6],
+            a[i + 7],
+        ])
+    };
     match dest {
-        Dest::V4(a) => names::names_for(
-            applied.cgroup_id,
-            [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            AF_INET,
-            now,
-        ),
-        Dest::V6(a) => names::names_for(applied.cgroup_id, *a, AF_INET6, now),
+        // The address in the first 4 of 16 bytes, the rest zero.
+        // SAFETY (both): `out` is the caller's, valid for writes.
+        Dest::V4(a) => unsafe {
+            names::names_for(
+                out,
+                applied.cgroup_id,
+                [u64::from(u32::from_ne_bytes(*a)), 0],
+                AF_INET,
+                now,
+            );
+        },
+        Dest::V6(a) => unsafe {
+            names::names_for(
+                out,
+                applied.cgroup_id,
+                [word(a, 0), word(a, 8)],
+                AF_INET6,
+                now,
+            );
+        },
     }
 }
 
@@ -969,51 +998,59 @@ fn report(
     // SAFETY: a helper call without pointer arguments.
     let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     let cgroup_id = applied.cgroup_id;
+    let e = entry.as_mut_ptr();
+    // Written field by field into the entry: a record built whole (on the
+    // stack, or in place) has its arrays and padding cleared by calls of
+    // a byte-at-a-time `memset` (see `mem`). Every byte is written.
     #[expect(
         clippy::cast_possible_truncation,
         reason = "the helpers pack two u32 values into one u64, and the port sits in the low 16 bits"
     )]
-    entry.write(ConnectEvent {
-        header: EventHeader {
+    // SAFETY: `e` is the entry just reserved, valid until it is submitted
+    // or discarded; the comm helper writes its 16 bytes.
+    unsafe {
+        (*e).header = EventHeader {
             kind: EventKind::Connect as u32,
             size: size_of::<ConnectEvent>() as u32,
-        },
-        boot_ns,
-        cgroup_id,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        rule_id: finding.rule_id,
-        geo_gen: finding.geo_gen,
-        dport: u16::from_be(port_be as u16),
-        country: finding.country,
-        family,
-        protocol: protocol(ctx.sock_addr),
-        hook: hook as u8,
-        verdict: verdict as u8,
-        flags,
-        dest_kind: finding.kind as u8,
+        };
+        (*e).boot_ns = boot_ns;
+        (*e).cgroup_id = cgroup_id;
+        (*e).tgid = (pid_tgid >> 32) as u32;
+        (*e).tid = pid_tgid as u32;
+        (*e).uid = uid_gid as u32;
+        (*e).gid = (uid_gid >> 32) as u32;
+        (*e).rule_id = finding.rule_id;
+        (*e).geo_gen = finding.geo_gen;
+        (*e).dport = u16::from_be(port_be as u16);
+        (*e).country = finding.country;
+        (*e).family = family;
+        (*e).protocol = protocol(ctx.sock_addr);
+        (*e).hook = hook as u8;
+        (*e).verdict = verdict as u8;
+        (*e).flags = flags;
+        (*e).dest_kind = finding.kind as u8;
         #[expect(clippy::cast_possible_truncation, reason = "at most MAX_POLICIES")]
-        policy: applied.index as u16,
-        daddr: *daddr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        policy_gen: applied.generation,
-        // SAFETY: a helper call on the program's own context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
-        name_stamp: names.stamp,
-        name_stamp2: names.stamp2,
-        name_pattern: names.pattern,
-        name_state: names.state,
-        _pad: [0; 3],
-        flow: 0,
-        _pad2: 0,
-    });
+        let policy = applied.index as u16;
+        (*e).policy = policy;
+        (*e).daddr = *daddr;
+        // Zeroed by the helper if it fails.
+        bpf_get_current_comm_raw((&raw mut (*e).comm).cast(), 16);
+        (*e).policy_gen = applied.generation;
+        (*e).cookie = bpf_get_socket_cookie(ctx.sock_addr.cast());
+        (*e).name_stamp = names.stamp;
+        (*e).name_stamp2 = names.stamp2;
+        (*e).name_pattern = names.pattern;
+        // `name_state` and its padding, then `flow` and its padding.
+        core::ptr::write_volatile(
+            (&raw mut (*e).name_state).cast::<u32>(),
+            u32::from(names.state),
+        );
+        core::ptr::write_volatile((&raw mut (*e).flow).cast::<u64>(), 0);
+    }
     // The flow the call belongs to is worked out from the record as
     // written, not from the values that made it: past this point nothing
     // of the decision is live in registers, so the verifier sees every
     // path of the decision as one state here.
-    let e = entry.as_mut_ptr();
     match flows::begin(ctx, hook, probe, e) {
         flows::Begun::Same => {
             entry.discard(u64::from(BPF_RB_NO_WAKEUP));

@@ -40,7 +40,7 @@ use residency_common::{
     PatternKey, Stat, TLS_EVENT_BYTES, TLS_MAX_HELLO, TLS_PENDING_ENTRIES, TlsEvent, TlsPending,
 };
 
-use crate::{EVENTS, POLICY_ACTIVE, PolicySlots, count, wakeup_bytes};
+use crate::{EVENTS, POLICY_ACTIVE, PolicySlots, count, mem, wakeup_bytes};
 
 #[unsafe(no_mangle)]
 static NAMES_ENABLED: u8 = 0;
@@ -692,32 +692,67 @@ fn on_egress(ctx: &SkBuffContext) -> Option<()> {
 }
 
 /// What the DNS program knew of a destination, for connect4/6.
+#[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Names {
-    pub state: u8,
     /// Live slots: stamp and pattern.
     pub stamp: [u64; 2],
     pub pattern: [u32; 2],
+    pub state: u8,
     pub live: [bool; 2],
+    _pad: [u8; 5],
 }
 
-/// The names this workload's answers gave for `addr`.
+impl Names {
+    /// Writes "no names, in `state`" to `out`, a word at a time, in place
+    /// (see `crate::mem`): built whole and returned, it was cleared by a
+    /// byte-at-a-time `memset` on every decision.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of a `Names`.
+    #[inline(always)]
+    pub(crate) unsafe fn none(out: *mut Names, state: u8) {
+        // SAFETY: as the caller promised; all zero bytes are a valid `Names`.
+        unsafe {
+            mem::zero(out);
+            (*out).state = state;
+        }
+    }
+}
+
+/// Writes to `out` the names this workload's answers gave for the address
+/// `addr` (its 16 bytes as two words, as `NameKey` holds them).
+///
+/// # Safety
+/// `out` is valid for writes of a `Names`.
 #[inline(always)]
-pub(crate) fn names_for(cgroup_id: u64, addr: [u8; 16], family: u8, now: u64) -> Names {
-    let mut names = Names {
-        state: residency_common::NAME_NONE,
-        stamp: [0; 2],
-        pattern: [0; 2],
-        live: [false; 2],
-    };
-    let key = NameKey {
-        cgroup_id,
-        addr,
-        family: u32::from(family),
-        _pad: 0,
+pub(crate) unsafe fn names_for(
+    out: *mut Names,
+    cgroup_id: u64,
+    addr: [u64; 2],
+    family: u8,
+    now: u64,
+) {
+    // SAFETY: as the caller promised.
+    unsafe { Names::none(out, residency_common::NAME_NONE) };
+    // SAFETY: as the caller promised.
+    let names = unsafe { &mut *out };
+    let mut key = core::mem::MaybeUninit::<NameKey>::uninit();
+    let k = key.as_mut_ptr();
+    // SAFETY: every field of the key is written (`addr`, 8-aligned in it,
+    // as two words), so it is fully initialized.
+    let key = unsafe {
+        (*k).cgroup_id = cgroup_id;
+        let a = (&raw mut (*k).addr).cast::<u64>();
+        core::ptr::write_volatile(a, addr[0]);
+        core::ptr::write_volatile(a.add(1), addr[1]);
+        (*k).family = u32::from(family);
+        (*k)._pad = 0;
+        key.assume_init()
     };
     // SAFETY: the map is read only through helpers; the entry is copied.
     let Some(e) = (unsafe { DNS_NAMES.get(key) }).copied() else {
-        return names;
+        return;
     };
     names.live = [
         e.stamp[0] != 0 && e.expires[0] > now,
@@ -730,7 +765,6 @@ pub(crate) fn names_for(cgroup_id: u64, addr: [u8; 16], family: u8, now: u64) ->
     } else {
         residency_common::NAME_EXPIRED
     };
-    names
 }
 
 /// What the generation in `slot` says of names matching `pattern`.
