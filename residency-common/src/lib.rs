@@ -566,6 +566,10 @@ pub struct DaemonState {
     pub consumed: u64,
     /// The kernel's `Dropped` counter as far as the chain accounts for it.
     pub lost_reported: u64,
+    /// The kernel's `FlowsDropped` counter as far as the chain accounts
+    /// for it (`flow-totals-lost` records), so that flows the kernel could
+    /// not follow while no daemon ran are recorded by the next one.
+    pub flows_lost_reported: u64,
     /// The cgroup the programs are attached to.
     pub cgroup_id: u64,
     /// The last policy and `GeoIP` generations it installed (the next

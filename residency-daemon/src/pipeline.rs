@@ -205,7 +205,7 @@ pub async fn run(
         state,
         persist,
         reported_lost: baseline.lost_reported,
-        flows_lost: None,
+        flows_lost: baseline.flows_lost_reported,
         received: baseline.consumed,
         undecodable: 0,
         poll: config.kernel.poll_interval,
@@ -260,9 +260,10 @@ struct Reader {
     ready: Arc<Notify>,
     room: Arc<Notify>,
     reported_lost: u64,
-    /// Flow totals the kernel could not report, as reported so far (from
-    /// the first read: drops while no daemon ran are not known here).
-    flows_lost: Option<u64>,
+    /// The kernel's count of flow totals it could not report, as far as
+    /// the chain accounts for it (from the daemons before this one too:
+    /// what was lost while none ran is recorded by the next).
+    flows_lost: u64,
     received: u64,
     undecodable: u64,
     poll: Duration,
@@ -342,6 +343,7 @@ impl Reader {
             // and accounted for.
             self.state.state.consumed = self.received;
             self.state.state.lost_reported = self.reported_lost;
+            self.state.state.flows_lost_reported = self.flows_lost;
             self.state.state.clean_stop = 1;
             self.state.write();
             let pins = self
@@ -425,9 +427,8 @@ impl Reader {
         self.metrics
             .kernel_flows_dropped
             .set(i64::try_from(totals.flows_dropped).unwrap_or(i64::MAX));
-        let flows_lost = *self.flows_lost.get_or_insert(totals.flows_dropped);
-        if totals.flows_dropped > flows_lost && self.producer.vacant_len() > 0 {
-            let count = totals.flows_dropped - flows_lost;
+        if totals.flows_dropped > self.flows_lost && self.producer.vacant_len() > 0 {
+            let count = totals.flows_dropped - self.flows_lost;
             warn!(
                 count,
                 total = totals.flows_dropped,
@@ -438,7 +439,7 @@ impl Reader {
                 count,
                 total: totals.flows_dropped,
             });
-            self.flows_lost = Some(totals.flows_dropped);
+            self.flows_lost = totals.flows_dropped;
             self.ready.notify_one();
         }
         if totals.dropped > self.reported_lost && self.producer.vacant_len() > 0 {
@@ -457,6 +458,7 @@ impl Reader {
         }
         // The heartbeat: the programs count the tables stale from it.
         self.state.state.lost_reported = self.reported_lost;
+        self.state.state.flows_lost_reported = self.flows_lost;
         self.state.write();
         Ok(())
     }
@@ -475,6 +477,21 @@ impl Reader {
             })
             .await;
             self.reported_lost = totals.dropped;
+        }
+        if totals.flows_dropped > self.flows_lost {
+            let count = totals.flows_dropped - self.flows_lost;
+            warn!(
+                count,
+                total = totals.flows_dropped,
+                "flow totals not reported (kernel ring buffer full, or more connected sockets \
+                 than the kernel follows at once)"
+            );
+            self.push_waiting(Item::FlowsLost {
+                count,
+                total: totals.flows_dropped,
+            })
+            .await;
+            self.flows_lost = totals.flows_dropped;
         }
     }
 

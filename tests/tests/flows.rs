@@ -22,8 +22,8 @@ use std::{
 };
 
 use residency_tests::{
-    BulkServer, ClientOptions, Daemon, Listener, Op, TestCgroup, acme_config, action, de_us_db,
-    flows, is_totals, privileged_or_skip, residency_cli, run_client, totals_of,
+    BulkServer, ClientOptions, Daemon, Listener, Op, TestCgroup, TestPins, acme_config, action,
+    de_us_db, flows, is_totals, privileged_or_skip, residency_cli, run_client, totals_of,
 };
 use serde_json::Value;
 
@@ -339,28 +339,8 @@ fn connections_beyond_max_flows_are_recorded_and_counted() -> anyhow::Result<()>
         return Ok(());
     }
     let s = setup_with("flows-bound", &format!("max_flows = {FOLLOWED}\n"))?;
-    // Each connection lasts at least 2 s (the reply comes in 3 pieces a
-    // second apart), so all of them are open at once.
     let server = BulkServer::start(IpAddr::V4(DE), 3_000, 3, Duration::from_secs(1))?;
-    let clients: Vec<_> = (0..OPEN)
-        .map(|_| {
-            let llm = s.llm.clone();
-            let addr = server.addr;
-            std::thread::spawn(move || {
-                run_client(
-                    &[Op::Bulk { addr, bytes: 1_000 }],
-                    &ClientOptions {
-                        cgroup_dir: Some(&llm),
-                        ..Default::default()
-                    },
-                )
-            })
-        })
-        .collect();
-    for c in clients {
-        let report = c.join().expect("a client thread")?;
-        assert_eq!(report["ops"][0]["ok"], 1, "{report}");
-    }
+    hold_at_once(&s.llm, server.addr, OPEN)?;
     let to_server = |r: &Value| r["destination"]["port"] == server.addr.port();
     let lost = s
         .daemon
@@ -392,6 +372,105 @@ fn connections_beyond_max_flows_are_recorded_and_counted() -> anyhow::Result<()>
         .unwrap_or_else(|| panic!("no kernel_flows_dropped: {metrics}"));
     assert_eq!(dropped.trim().parse::<usize>()?, OPEN - FOLLOWED);
     verify_after_stop(s)
+}
+
+/// `n` connections from `llm` to `addr` (a `BulkServer` whose reply comes
+/// in 3 pieces a second apart, so each lasts at least 2 s and all are open
+/// at once), each sending 1,000 bytes; returns once all have ended.
+fn hold_at_once(llm: &std::path::Path, addr: std::net::SocketAddr, n: usize) -> anyhow::Result<()> {
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let llm = llm.to_path_buf();
+            std::thread::spawn(move || {
+                run_client(
+                    &[Op::Bulk { addr, bytes: 1_000 }],
+                    &ClientOptions {
+                        cgroup_dir: Some(&llm),
+                        ..Default::default()
+                    },
+                )
+            })
+        })
+        .collect();
+    for c in clients {
+        let report = c.join().expect("a client thread")?;
+        assert_eq!(report["ops"][0]["ok"], 1, "{report}");
+    }
+    Ok(())
+}
+
+/// Flows the kernel could not follow while no daemon ran (the programs
+/// stay after a clean stop) are recorded by the next daemon: it counts on
+/// from what the previous one accounted for, kept in the pinned state.
+#[test]
+fn flows_not_followed_while_no_daemon_ran_are_recorded_by_the_next() -> anyhow::Result<()> {
+    const FOLLOWED: usize = 16;
+    const OPEN: usize = 24;
+    if !privileged_or_skip("flows_not_followed_while_no_daemon_ran_are_recorded_by_the_next") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let db = de_us_db(dir.path());
+    let cgroup = TestCgroup::new("flows-downtime")?;
+    let llm = cgroup.child("llm")?;
+    let state = dir.path().join("state");
+    // Removed when dropped, after the second daemon has stopped.
+    let pins = TestPins::new("flows-downtime");
+    let config = config(&cgroup.relative()?)
+        .replace("[kernel]\n", &format!("[kernel]\nmax_flows = {FOLLOWED}\n"));
+    let args = [
+        OsStr::new("--geoip"),
+        db.as_os_str(),
+        OsStr::new("--state-dir"),
+        state.as_os_str(),
+        OsStr::new("--instance"),
+        OsStr::new(&pins.instance),
+    ];
+    let first = Daemon::start_with(&config, &cgroup, &args)?;
+    // A clean stop leaves the programs deciding (`persist`, the default).
+    drop(first.stop()?);
+    assert!(pins.exists(), "a clean stop removed the pins");
+
+    let server = BulkServer::start(IpAddr::V4(DE), 3_000, 3, Duration::from_secs(1))?;
+    hold_at_once(&llm, server.addr, OPEN)?;
+
+    let second = Daemon::start_with(&config, &cgroup, &args)?;
+    let lost = second.wait_for(Duration::from_secs(15), |r| action(r) == "flow-totals-lost")?;
+    assert_eq!(
+        u(&lost["residency"]["count"]),
+        u64::try_from(OPEN - FOLLOWED)?,
+        "{lost}"
+    );
+    let to_server = |r: &Value| r["destination"]["port"] == server.addr.port();
+    // The decisions and the followed flows' ends waited in the pinned ring
+    // for this daemon.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (decisions, ends) = loop {
+        let records = second.records()?;
+        let decisions = flows(&records).into_iter().filter(|r| to_server(r)).count();
+        let ends = records
+            .iter()
+            .filter(|r| action(r) == "flow-end" && to_server(r))
+            .count();
+        if (decisions >= OPEN && ends >= FOLLOWED) || std::time::Instant::now() >= deadline {
+            break (decisions, ends);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(decisions, OPEN, "every connection is recorded");
+    assert_eq!(
+        ends, FOLLOWED,
+        "every followed connection's end is recorded"
+    );
+    drop(second.stop()?);
+    let (code, stdout, stderr) = residency_cli(&[
+        OsStr::new("evidence"),
+        OsStr::new("verify"),
+        OsStr::new("--store"),
+        state.as_os_str(),
+    ])?;
+    assert_eq!(code, 0, "verify failed:\n{stdout}\n{stderr}");
+    Ok(())
 }
 
 #[test]

@@ -409,6 +409,7 @@ pub struct Kernel {
 pub struct Baseline {
     pub consumed: u64,
     pub lost_reported: u64,
+    pub flows_lost_reported: u64,
 }
 
 /// Diagnostics that the kernel programs write with `aya-log` (only on paths
@@ -587,6 +588,7 @@ pub fn start(
     let baseline = Baseline {
         consumed: prev_state.map_or(0, |s| s.consumed),
         lost_reported: prev_state.map_or(0, |s| s.lost_reported),
+        flows_lost_reported: prev_state.map_or(0, |s| s.flows_lost_reported),
     };
     let state = StateMap::new(
         take_map(&mut ebpf, names::DAEMON)?,
@@ -595,6 +597,7 @@ pub fn start(
             clean_stop: 0,
             consumed: baseline.consumed,
             lost_reported: baseline.lost_reported,
+            flows_lost_reported: baseline.flows_lost_reported,
             cgroup_id: target.id,
             policy_generation,
             geo_generation: installed.map_or(0, |i| i.generation),
