@@ -427,19 +427,10 @@ impl Reader {
         self.metrics
             .kernel_flows_dropped
             .set(i64::try_from(totals.flows_dropped).unwrap_or(i64::MAX));
-        if totals.flows_dropped > self.flows_lost && self.producer.vacant_len() > 0 {
-            let count = totals.flows_dropped - self.flows_lost;
-            warn!(
-                count,
-                total = totals.flows_dropped,
-                "flow totals not reported (kernel ring buffer full, or more connected sockets \
-                 than the kernel follows at once)"
-            );
-            let _ = self.producer.try_push(Item::FlowsLost {
-                count,
-                total: totals.flows_dropped,
-            });
-            self.flows_lost = totals.flows_dropped;
+        if self.producer.vacant_len() > 0
+            && let Some(item) = self.flows_lost_since(totals.flows_dropped)
+        {
+            let _ = self.producer.try_push(item);
             self.ready.notify_one();
         }
         if totals.dropped > self.reported_lost && self.producer.vacant_len() > 0 {
@@ -478,21 +469,27 @@ impl Reader {
             .await;
             self.reported_lost = totals.dropped;
         }
-        if totals.flows_dropped > self.flows_lost {
-            let count = totals.flows_dropped - self.flows_lost;
-            warn!(
-                count,
-                total = totals.flows_dropped,
-                "flow totals not reported (kernel ring buffer full, or more connected sockets \
-                 than the kernel follows at once)"
-            );
-            self.push_waiting(Item::FlowsLost {
-                count,
-                total: totals.flows_dropped,
-            })
-            .await;
-            self.flows_lost = totals.flows_dropped;
+        if let Some(item) = self.flows_lost_since(totals.flows_dropped) {
+            self.push_waiting(item).await;
         }
+    }
+
+    /// The record of flow totals the kernel has not reported since the
+    /// chain last accounted for them (`total`: its counter now), if any;
+    /// from here on they count as accounted for.
+    fn flows_lost_since(&mut self, total: u64) -> Option<Item> {
+        if total <= self.flows_lost {
+            return None;
+        }
+        let count = total - self.flows_lost;
+        warn!(
+            count,
+            total,
+            "flow totals not reported (kernel ring buffer full, or more connected sockets than \
+             the kernel follows at once)"
+        );
+        self.flows_lost = total;
+        Some(Item::FlowsLost { count, total })
     }
 
     async fn push_waiting(&mut self, mut item: Item) {
