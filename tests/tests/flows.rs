@@ -94,11 +94,16 @@ fn from_llm(s: &Setup, op: Op) -> anyhow::Result<Value> {
 /// store: it adds the bytes up again from the records.
 fn verify_after_stop(s: Setup) -> anyhow::Result<()> {
     drop(s.daemon.stop()?);
+    verify_store(&s.state)
+}
+
+/// `residency evidence verify` must pass on the store in `state`.
+fn verify_store(state: &std::path::Path) -> anyhow::Result<()> {
     let (code, stdout, stderr) = residency_cli(&[
         OsStr::new("evidence"),
         OsStr::new("verify"),
         OsStr::new("--store"),
-        s.state.as_os_str(),
+        state.as_os_str(),
     ])?;
     assert_eq!(code, 0, "{stdout}{stderr}");
     Ok(())
@@ -463,14 +468,7 @@ fn flows_not_followed_while_no_daemon_ran_are_recorded_by_the_next() -> anyhow::
         "every followed connection's end is recorded"
     );
     drop(second.stop()?);
-    let (code, stdout, stderr) = residency_cli(&[
-        OsStr::new("evidence"),
-        OsStr::new("verify"),
-        OsStr::new("--store"),
-        state.as_os_str(),
-    ])?;
-    assert_eq!(code, 0, "verify failed:\n{stdout}\n{stderr}");
-    Ok(())
+    verify_store(&state)
 }
 
 #[test]
